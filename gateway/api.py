@@ -1,0 +1,230 @@
+"""HTTP handlers: thin; parsing and answering only, the logic lives in plain modules."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import structlog
+from aiohttp import web
+from sqlalchemy.exc import SQLAlchemyError
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+from gateway import API_BASE, ingest, tasks
+from gateway.appkeys import CONFIG, DB, ENGINE, NOTIFIER, ROUTER, STORE
+from gateway.deliveries import delivery_summary
+from gateway.envelope import ok
+from gateway.errors import ApiError, BadRequest, NotFound, PayloadTooLarge, Unauthorized, Unavailable
+from gateway.jobs import TASKS
+from gateway.models import Asset, CallbackReceipt, TaskStatus
+from gateway.payloads import parse_callback
+
+log = structlog.get_logger(__name__)
+routes = web.RouteTableDef()
+
+
+async def read_json(request: web.Request) -> Any:
+    limit = request.app[CONFIG].server.max_json_kb * 1024
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"JSON body is larger than server.max_json_kb ({limit // 1024} KB)")
+    raw = await request.content.read(limit + 1)
+    if len(raw) > limit:
+        raise PayloadTooLarge(f"JSON body is larger than server.max_json_kb ({limit // 1024} KB)")
+    return _parse_json(raw)
+
+
+def _parse_json(raw: bytes) -> Any:
+    if not raw.strip():
+        raise BadRequest("body is empty; send a JSON object")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"body is not valid JSON: {exc}") from None
+
+
+# --- assets ------------------------------------------------------------------------------
+
+
+@routes.post(API_BASE + "/upload")
+async def upload(request: web.Request) -> web.Response:
+    cfg = request.app[CONFIG]
+    max_bytes = int(cfg.server.max_upload_mb * 1048576)
+    if request.content_length is not None and request.content_length > max_bytes + 65536:
+        raise PayloadTooLarge(f"file is larger than server.max_upload_mb ({cfg.server.max_upload_mb:g} MB)")
+    if not request.content_type.startswith("multipart/"):
+        raise BadRequest("send the file as multipart/form-data in a field named 'file'")
+    reader = await request.multipart()
+    async for part in reader:
+        if part.name != "file":
+            await part.release()
+            continue
+        if part.filename is None:
+            raise BadRequest("multipart field 'file' must be a file upload (with a filename)")
+
+        async def chunks():
+            while chunk := await part.read_chunk(1 << 16):
+                yield chunk
+
+        stored = await request.app[STORE].save_stream(chunks(), max_bytes)
+        from gateway.storage import safe_filename
+
+        asset = Asset(id=stored.asset_id, filename=safe_filename(part.filename),
+                      content_type=(part.headers.get("Content-Type") or "application/octet-stream")[:255],
+                      size=stored.size, sha256=stored.sha256, path=str(stored.path))
+        try:
+            async with request.app[DB].session() as s:
+                s.add(asset)
+        except BaseException:
+            request.app[STORE].discard(stored.path)
+            raise
+        log.info("asset.uploaded", asset_id=asset.id, size=asset.size)
+        return ok({"asset_id": asset.id})
+    raise BadRequest("multipart field 'file' is required")
+
+
+@routes.get(API_BASE + "/{asset_id}/download")
+async def download(request: web.Request) -> web.StreamResponse:
+    asset_id = request.match_info["asset_id"]
+    async with request.app[DB].session() as s:
+        asset = await s.get(Asset, asset_id)
+    if asset is None:
+        raise NotFound(f"asset {asset_id!r} not found")
+    disposition = "attachment; filename*=UTF-8''" + _quote(asset.filename)
+    return web.FileResponse(asset.path, headers={"Content-Type": asset.content_type,
+                                                 "Content-Disposition": disposition})
+
+
+def _quote(name: str) -> str:
+    from urllib.parse import quote
+
+    return quote(name, safe="")
+
+
+# --- transcriptions ----------------------------------------------------------------------
+
+
+async def _submit(request: web.Request) -> tasks.Task:
+    app = request.app
+    req = tasks.parse_generate_request(await read_json(request))
+    provider = await tasks.validate_request(app[DB], app[CONFIG], app[ROUTER], req)
+    task = await tasks.create_task(app[DB], req, provider)
+    app[NOTIFIER].wake(TASKS)
+    log.info("task.queued", task_id=task.id, model=task.model, provider=provider)
+    return task
+
+
+@routes.post(API_BASE + "/transcriptions/async-generate-audio")
+async def async_generate(request: web.Request) -> web.Response:
+    task = await _submit(request)
+    return ok({"task_id": task.id})
+
+
+@routes.post(API_BASE + "/transcriptions/sync-generate-audio")
+async def sync_generate(request: web.Request) -> web.Response:
+    task = await _submit(request)
+    app = request.app
+    task = await tasks.wait_for_task(app[DB], app[NOTIFIER], task.id, app[CONFIG].server.sync_timeout_s)
+    if task.status == TaskStatus.COMPLETED:
+        result = tasks.task_view(task)["result"]
+        items = [{"text": x["text"], "start_time": x["start_time"], "end_time": x["end_time"],
+                  "speaker": x["speaker"]} for x in result["data"]]
+        return ok({"model": task.model, "items": items, "task_id": task.id})
+    if task.status == TaskStatus.FAILED:
+        code = json.loads(task.result_json)["code"]
+        raise ApiError(f"transcription failed: {task.error}", 400 if code.startswith("4") else 500)
+    raise ApiError(f"transcription still running after {app[CONFIG].server.sync_timeout_s:g}s; "
+                   f"poll GET {API_BASE}/transcriptions/{task.id}", 504)
+
+
+@routes.get(API_BASE + "/transcriptions/{task_id}")
+async def get_transcription(request: web.Request) -> web.Response:
+    db = request.app[DB]
+    task = await tasks.get_task(db, request.match_info["task_id"])
+    view = tasks.task_view(task)
+    view["deliveries"] = await delivery_summary(db, task.id)
+    return ok(view)
+
+
+@routes.get(API_BASE + "/transcriptions")
+async def list_transcriptions(request: web.Request) -> web.Response:
+    q = request.query
+    try:
+        limit = int(q.get("limit", "20"))
+    except ValueError:
+        raise BadRequest("limit: must be an integer from 1 to 100") from None
+    if not 1 <= limit <= 100:
+        raise BadRequest("limit: must be an integer from 1 to 100")
+    return ok(await tasks.list_tasks(request.app[DB], q.get("status") or None, limit, q.get("cursor") or None))
+
+
+# --- callbacks ---------------------------------------------------------------------------
+
+
+async def _receipt(request: web.Request, provider: str, raw: bytes, outcome: str, detail: str) -> None:
+    async with request.app[DB].session() as s:
+        s.add(CallbackReceipt(provider=provider, body_sha256=ingest.body_sha256(raw), outcome=outcome,
+                              detail=detail[:1000]))
+
+
+def known_providers(request: web.Request) -> set[str]:
+    return {"local", *request.app[CONFIG].providers}
+
+
+@routes.post(API_BASE + "/callbacks/{provider}")
+async def callback(request: web.Request) -> web.Response:
+    app = request.app
+    provider = request.match_info["provider"]
+    if provider not in known_providers(request):
+        raise NotFound(f"unknown provider {provider!r}")
+    limit = app[CONFIG].server.max_json_kb * 1024
+    raw = await request.content.read(limit + 1)
+    if len(raw) > limit:
+        raise PayloadTooLarge(f"JSON body is larger than server.max_json_kb ({limit // 1024} KB)")
+    secret = app[CONFIG].provider(provider).get("secret")
+    if secret:
+        try:
+            Webhook(secret).verify(raw, dict(request.headers), json_parse=False)
+        except (WebhookVerificationError, ValueError) as exc:
+            await _receipt(request, provider, raw, "bad_signature", str(exc))
+            raise Unauthorized(f"invalid webhook signature: {exc}") from None
+    try:
+        external_id, outcome = parse_callback(_parse_json(raw))
+    except BadRequest as exc:
+        await _receipt(request, provider, raw, "invalid", exc.message)
+        raise
+    task_id = await ingest.find_task_id(app[DB], provider, external_id)
+    result = await ingest.ingest(app[DB], app[CONFIG], task_id, outcome, provider=provider,
+                                 external_task_id=external_id, raw_sha256=ingest.body_sha256(raw))
+    if result.outcome == ingest.UNKNOWN_TASK:
+        raise NotFound(f"no task {external_id!r} for provider {provider!r}")
+    if result.outcome == ingest.CONFLICT:
+        raise ApiError(f"task {result.task_id} already has a different result; nothing changed", 409)
+    if result.outcome == ingest.ACCEPTED:
+        app[NOTIFIER].wake("deliveries")
+        app[NOTIFIER].wake(f"task:{result.task_id}")
+    return ok({"task_id": result.task_id, "outcome": result.outcome})
+
+
+# --- health ------------------------------------------------------------------------------
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return ok({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    try:
+        await asyncio.wait_for(request.app[DB].ping(), 5)
+    except (SQLAlchemyError, OSError, asyncio.TimeoutError) as exc:
+        raise Unavailable(f"database unreachable: {type(exc).__name__}") from None
+    if not request.app[ENGINE].loaded:
+        raise Unavailable("engine not loaded yet")
+    return ok({"database": "ok", "engine": "loaded"})
+
+
+for prefix in ("", API_BASE):
+    routes.get(prefix + "/healthz")(healthz)
+    routes.get(prefix + "/readyz")(readyz)
+
+PUBLIC_PATHS = {"/healthz", "/readyz", API_BASE + "/healthz", API_BASE + "/readyz"}

@@ -1,0 +1,137 @@
+"""The application factory: `create_app(config)` wires state, middlewares and cleanup contexts."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+from gateway import API_BASE, api
+from gateway.appkeys import CONFIG, DB, ENGINE, HTTP, NOTIFIER, ROUTER, STORE, WORKERS
+from gateway.config import Config
+from gateway.db import Database, upgrade_async
+from gateway.engine import LocalEngine
+from gateway.envelope import error
+from gateway.errors import ApiError
+from gateway.jobs import Workers
+from gateway.notify import Notifier
+from gateway.storage import AssetStore
+from gateway.tasks import Router
+
+log = structlog.get_logger(__name__)
+
+
+def _http_message(exc: web.HTTPException, request: web.Request) -> str:
+    if exc.status == 404:
+        return f"no such endpoint: {request.method} {request.path}"
+    if exc.status == 405:
+        return f"method {request.method} is not allowed on {request.path}"
+    if exc.status == 413:
+        return "request body is too large"
+    return exc.reason
+
+
+@web.middleware
+async def envelope_middleware(request: web.Request, handler):
+    """Every answer is the JSON envelope: ApiError and HTTP errors mapped, never a stack trace."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return error(exc.status, exc.message)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error(exc.status, _http_message(exc, request))
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("http.unhandled", method=request.method, path=request.path)
+        return error(500, "internal error; see the gateway's log")
+
+
+def _presented_key(header: str) -> str:
+    return header[7:].strip() if header[:7].lower() == "bearer " else header.strip()
+
+
+def key_ok(presented: str, keys: list[str]) -> bool:
+    """Constant-time comparison against every configured key."""
+    found = False
+    for k in keys:
+        found |= hmac.compare_digest(presented.encode(), k.encode())
+    return found
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler):
+    cfg = request.app[CONFIG]
+    keys = cfg.server.api_keys
+    if not keys or request.path in api.PUBLIC_PATHS or not request.path.startswith(API_BASE):
+        return await handler(request)
+    if request.path.startswith(API_BASE + "/callbacks/"):
+        provider = request.path.rsplit("/", 1)[-1]
+        if cfg.provider(provider).get("secret"):
+            return await handler(request)  # authenticated by its signature instead
+    header = request.headers.get("Authorization", "")
+    if not header:
+        return error(401, "missing Authorization header; send 'Authorization: <api key>' or 'Bearer <api key>'")
+    if not key_ok(_presented_key(header), keys):
+        return error(401, "invalid API key")
+    return await handler(request)
+
+
+async def _database(app: web.Application):
+    url = app[CONFIG].database.url
+    await upgrade_async(url)
+    app[DB] = Database(url)
+    yield
+    await app[DB].close()
+
+
+async def _engine(app: web.Application):
+    engine = LocalEngine(app[CONFIG].engine)
+    app[ENGINE] = engine
+    app[ROUTER] = Router(app[CONFIG], engine)
+    loading = asyncio.create_task(engine.load())
+    yield
+    if not loading.done():
+        loading.cancel()
+    engine.close()
+
+
+async def _http(app: web.Application):
+    app[HTTP] = aiohttp.ClientSession()
+    yield
+    await app[HTTP].close()
+
+
+def _worker_context(app: web.Application):
+    async def ctx(app: web.Application):
+        workers = Workers(app[DB], app[CONFIG], app[ENGINE], app[NOTIFIER], app[HTTP])
+        app[WORKERS] = workers
+        loops = [asyncio.create_task(workers.task_loop()), asyncio.create_task(workers.delivery_loop())]
+        yield
+        await workers.stop()
+        for t in loops:
+            t.cancel()
+        for t in loops:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+    return ctx
+
+
+def create_app(config: Config, *, worker: bool = True) -> web.Application:
+    """The gateway application; `worker=False` serves the API only."""
+    app = web.Application(middlewares=[envelope_middleware, auth_middleware],
+                          client_max_size=config.server.max_json_kb * 1024)
+    app[CONFIG] = config
+    app[NOTIFIER] = Notifier()
+    app[STORE] = AssetStore(config.storage.dir)
+    app.cleanup_ctx.extend([_database, _engine, _http])
+    if worker:
+        app.cleanup_ctx.append(_worker_context(app))
+    app.add_routes(api.routes)
+    return app

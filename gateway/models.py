@@ -1,0 +1,142 @@
+"""The data model (SQLModel tables). The schema itself only changes through Alembic migrations."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Optional
+
+from sqlalchemy import Column, Index, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    """Aware UTC: what every timestamp column holds."""
+    return datetime.now(timezone.utc)
+
+
+class TaskStatus:
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    ALL = (QUEUED, PROCESSING, COMPLETED, FAILED)
+    TERMINAL = (COMPLETED, FAILED)
+
+
+class DeliveryStatus:
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    DEAD = "dead"
+    ALL = (PENDING, DELIVERED, DEAD)
+
+
+class Asset(SQLModel, table=True):
+    id: str = Field(primary_key=True, max_length=40)
+    filename: str = Field(max_length=255)
+    content_type: str = Field(max_length=255)
+    size: int
+    sha256: str = Field(max_length=64)
+    path: str = Field(max_length=1024)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Task(SQLModel, table=True):
+    __table_args__ = (
+        UniqueConstraint("provider", "upstream_task_id", name="uq_task_provider_upstream"),
+        Index("ix_task_status_lease", "status", "lease_expires_at"),
+        Index("ix_task_created", "created_at", "id"),
+    )
+
+    id: str = Field(primary_key=True, max_length=32)
+    asset_id: Optional[str] = Field(default=None, foreign_key="asset.id", max_length=40)
+    url: Optional[str] = Field(default=None, max_length=2048)
+    model: str = Field(max_length=100)
+    speaker: bool = False
+    language: Optional[str] = Field(default=None, max_length=16)
+    num_speakers: Optional[int] = None
+    provider: str = Field(max_length=64)
+    upstream_task_id: Optional[str] = Field(default=None, max_length=255)
+    callback_url: Optional[str] = Field(default=None, max_length=2048)
+    status: str = Field(default=TaskStatus.QUEUED, max_length=16)
+    progress: float = 0.0
+    attempts: int = 0
+    lease_owner: Optional[str] = Field(default=None, max_length=255)
+    lease_expires_at: Optional[datetime] = None
+    error: Optional[str] = Field(default=None, sa_column=Column(Text))
+    # The callback payload exactly as sent to webhooks, and the hash that makes ingest idempotent.
+    result_json: Optional[str] = Field(default=None, sa_column=Column(Text))
+    result_sha256: Optional[str] = Field(default=None, max_length=64)
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    started_at: Optional[datetime] = None
+    finished_at: Optional[datetime] = None
+
+
+class Transcript(SQLModel, table=True):
+    """One per completed task: the idempotency anchor (primary key task_id)."""
+
+    task_id: str = Field(primary_key=True, foreign_key="task.id", max_length=32)
+    model: str = Field(max_length=100)
+    duration: float
+    segment_count: int
+    text: str = Field(sa_column=Column(Text, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Segment(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("task_id", "idx", name="uq_segment_task_idx"),)
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    task_id: str = Field(foreign_key="transcript.task_id", max_length=32, index=True)
+    idx: int
+    start_time: float
+    end_time: float
+    speaker: Optional[str] = Field(default=None, max_length=32)
+    text: str = Field(sa_column=Column(Text, nullable=False))
+
+
+class Delivery(SQLModel, table=True):
+    """One per (task, target); target is a webhook URL (later also `plugin:<name>`)."""
+
+    __table_args__ = (
+        UniqueConstraint("task_id", "target", name="uq_delivery_task_target"),
+        Index("ix_delivery_due", "status", "next_attempt_at"),
+    )
+
+    id: str = Field(primary_key=True, max_length=32)
+    task_id: str = Field(foreign_key="task.id", max_length=32, index=True)
+    target: str = Field(max_length=2048)
+    kind: str = Field(max_length=16)
+    status: str = Field(default=DeliveryStatus.PENDING, max_length=16)
+    attempts: int = 0
+    next_attempt_at: datetime = Field(default_factory=utcnow)
+    lease_owner: Optional[str] = Field(default=None, max_length=255)
+    lease_expires_at: Optional[datetime] = None
+    last_status_code: Optional[int] = None
+    last_error: Optional[str] = Field(default=None, sa_column=Column(Text))
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    delivered_at: Optional[datetime] = None
+
+
+class DeliveryAttempt(SQLModel, table=True):
+    id: Optional[int] = Field(default=None, primary_key=True)
+    delivery_id: str = Field(foreign_key="delivery.id", max_length=32, index=True)
+    number: int
+    started_at: datetime
+    duration_ms: float
+    status_code: Optional[int] = None
+    error: Optional[str] = Field(default=None, sa_column=Column(Text))
+
+
+class CallbackReceipt(SQLModel, table=True):
+    """Every inbound result, from a provider callback or our own engine, and what became of it."""
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    provider: str = Field(max_length=64)
+    external_task_id: Optional[str] = Field(default=None, max_length=255)
+    task_id: Optional[str] = Field(default=None, max_length=32, index=True)
+    body_sha256: str = Field(max_length=64)
+    outcome: str = Field(max_length=32)
+    detail: Optional[str] = Field(default=None, sa_column=Column(Text))
+    received_at: datetime = Field(default_factory=utcnow)

@@ -1,0 +1,185 @@
+"""The callback payload contract: parse and validate it, normalise segments, build it, hash it.
+
+Success:  {"code": "0000", "message": "SUCCESS", "data": {"data": {"data": [segments],
+           "usage_metadata": {...}}, "msg": "transcription completed", "success": true}, "task_id": ...}
+Failure:  same shape, code != "0000", message "FAILED", data.success false, data.msg the
+          reason, data.data null.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from gateway.errors import BadRequest
+
+SUCCESS_CODE = "0000"
+COMPLETED_MSG = "transcription completed"
+
+
+@dataclass(frozen=True)
+class Segment:
+    start_time: float
+    end_time: float
+    text: str
+    speaker: Optional[str] = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"start_time": self.start_time, "end_time": self.end_time,
+                "text": self.text, "speaker": self.speaker}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a provider produced for a task: segments and usage, or a failure reason."""
+
+    success: bool
+    segments: tuple[Segment, ...] = ()
+    duration: float = 0.0
+    model: str = ""
+    output_tokens: int = 0
+    prompt_tokens: int = 0
+    error: str | None = None
+    code: str = SUCCESS_CODE
+    extra: dict = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def failure(cls, reason: str, code: str = "5000") -> "Outcome":
+        return cls(success=False, error=reason, code=code)
+
+
+def normalise_segments(raw: list[Segment], duration: float, speaker: bool) -> tuple[Segment, ...]:
+    """Clamp times into [0, duration], order by time, strip text, drop empty ones; speakers only if asked."""
+    out = []
+    for s in raw:
+        text = s.text.strip()
+        if not text:
+            continue
+        start = round(min(max(s.start_time, 0.0), duration), 3)
+        end = round(min(max(s.end_time, start), duration), 3)
+        out.append(Segment(start, end, text, s.speaker if speaker else None))
+    out.sort(key=lambda s: (s.start_time, s.end_time))
+    return tuple(out)
+
+
+def build_payload(task_id: str, outcome: Outcome) -> dict[str, Any]:
+    if not outcome.success:
+        return {"code": outcome.code, "message": "FAILED",
+                "data": {"data": None, "msg": outcome.error or "transcription failed", "success": False},
+                "task_id": task_id}
+    return {
+        "code": SUCCESS_CODE,
+        "message": "SUCCESS",
+        "data": {
+            "data": {
+                "data": [s.as_dict() for s in outcome.segments],
+                "usage_metadata": {"duration": round(outcome.duration, 3), "model": outcome.model,
+                                   "output_tokens": outcome.output_tokens,
+                                   "prompt_tokens": outcome.prompt_tokens},
+            },
+            "msg": COMPLETED_MSG,
+            "success": True,
+        },
+        "task_id": task_id,
+    }
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+
+
+def outcome_sha256(payload: dict[str, Any]) -> str:
+    """Identity of a result for idempotency: the payload without its task_id."""
+    body = {k: v for k, v in payload.items() if k != "task_id"}
+    return hashlib.sha256(canonical_json(body).encode()).hexdigest()
+
+
+# --- inbound validation ------------------------------------------------------------------
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class _InSegment(_Strict):
+    start_time: float = Field(allow_inf_nan=False, ge=0)
+    end_time: float = Field(allow_inf_nan=False, ge=0)
+    text: str
+    speaker: Optional[str] = Field(default=None, max_length=32)
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.end_time < self.start_time:
+            raise ValueError("end_time is before start_time")
+        return self
+
+
+class _InUsage(_Strict):
+    duration: float = Field(allow_inf_nan=False, ge=0)
+    model: Optional[str] = None
+    output_tokens: int = Field(default=0, ge=0)
+    prompt_tokens: int = Field(default=0, ge=0)
+
+
+class _InInner(_Strict):
+    data: list[_InSegment]
+    usage_metadata: _InUsage
+
+
+class _InData(_Strict):
+    data: Optional[_InInner] = None
+    msg: str = ""
+    success: bool
+
+
+class _InPayload(_Strict):
+    code: str
+    message: str
+    data: _InData
+    task_id: str = Field(min_length=1, max_length=255)
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        ok = self.code == SUCCESS_CODE
+        if ok != self.data.success:
+            raise ValueError("code and data.success disagree")
+        if ok and self.data.data is None:
+            raise ValueError("data.data is required when the task succeeded")
+        return self
+
+
+def _loc(loc: tuple) -> str:
+    out = ""
+    for p in loc:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "body"
+
+
+def parse_callback(body: Any) -> tuple[str, Outcome]:
+    """Validate an inbound callback payload: (its task_id, the Outcome); BadRequest naming the field."""
+    if not isinstance(body, dict):
+        raise BadRequest("body must be a JSON object")
+    try:
+        p = _InPayload.model_validate(body)
+    except ValidationError as exc:
+        e = exc.errors()[0]
+        msg = "is required" if e["type"] == "missing" else e["msg"]
+        raise BadRequest(f"invalid callback payload: {_loc(e['loc'])}: {msg}") from None
+    if not p.data.success:
+        return p.task_id, Outcome.failure(p.data.msg or p.message or "transcription failed", code=p.code)
+    inner = p.data.data
+    segments = [Segment(s.start_time, s.end_time, s.text, s.speaker) for s in inner.data]
+    return p.task_id, Outcome(
+        success=True, segments=tuple(segments), duration=inner.usage_metadata.duration,
+        model=inner.usage_metadata.model or "", output_tokens=inner.usage_metadata.output_tokens,
+        prompt_tokens=inner.usage_metadata.prompt_tokens,
+    )
+
+
+def result_of(payload: dict[str, Any]) -> dict[str, Any] | None:
+    """The status endpoint's `result`: the callback's data.data."""
+    return payload.get("data", {}).get("data")

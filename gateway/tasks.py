@@ -1,0 +1,244 @@
+"""Tasks: validating a transcription request, creating the task, claiming it with a lease,
+and the views the status and list endpoints return."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import uuid
+from datetime import datetime, timedelta
+from typing import Any, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError
+from sqlalchemy import and_, or_, update
+from sqlmodel import col, select
+
+from gateway.config import Config
+from gateway.db import Database
+from gateway.engine import LocalEngine
+from gateway.errors import BadRequest, NotFound
+from gateway.models import Asset, Task, TaskStatus, utcnow
+from gateway.payloads import result_of
+from gateway.urls import UrlError, check_fetchable, validate_http_url
+
+
+class GenerateRequest(BaseModel):
+    """Body of async-generate-audio and sync-generate-audio."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    asset_id: Optional[StrictStr] = None
+    url: Optional[StrictStr] = None
+    model: StrictStr = "whisper-1"
+    speaker: StrictBool = False
+    callback_url: Optional[StrictStr] = None
+    language: Optional[StrictStr] = None
+    num_speakers: Optional[int] = Field(default=None, ge=1, le=32, strict=True)
+
+
+def parse_generate_request(body: Any) -> GenerateRequest:
+    if not isinstance(body, dict):
+        raise BadRequest("body must be a JSON object")
+    try:
+        return GenerateRequest.model_validate(body)
+    except ValidationError as exc:
+        e = exc.errors()[0]
+        field = ".".join(str(p) for p in e["loc"]) or "body"
+        msg = "unknown field" if e["type"] == "extra_forbidden" else e["msg"]
+        raise BadRequest(f"{field}: {msg}") from None
+
+
+def whisper_languages() -> set[str]:
+    from faster_whisper.tokenizer import _LANGUAGE_CODES
+
+    return set(_LANGUAGE_CODES)
+
+
+class Router:
+    """Which provider runs which model alias. For now every alias runs on the local engine."""
+
+    def __init__(self, config: Config, engine: LocalEngine):
+        self.routes = {config.engine.model_alias: "local"}
+        self.engine = engine
+
+    def provider_for(self, model: str) -> str:
+        if model not in self.routes:
+            valid = ", ".join(sorted(self.routes))
+            raise BadRequest(f"model: unknown model {model!r}; valid models: {valid}")
+        return self.routes[model]
+
+
+async def validate_request(db: Database, config: Config, router: Router, req: GenerateRequest) -> str:
+    """Check everything about a request before anything is stored; returns the provider name."""
+    if (req.asset_id is None) == (req.url is None):
+        raise BadRequest("give exactly one of asset_id or url" if req.asset_id else
+                         "asset_id or url is required")
+    provider = router.provider_for(req.model)
+    if req.speaker:
+        raise BadRequest("speaker: speaker labelling (speaker=true) is not available on this gateway yet")
+    if req.num_speakers is not None and not req.speaker:
+        raise BadRequest("num_speakers: only meaningful with speaker=true")
+    if req.language is not None:
+        lang = req.language.lower()
+        if lang not in whisper_languages():
+            raise BadRequest(f"language: unknown language code {req.language!r} (use an ISO 639-1 code such as 'en')")
+        if provider == "local" and lang != "en" and not await router.engine.multilingual():
+            raise BadRequest(f"language: the model behind {req.model!r} is English-only; "
+                             f"{req.language!r} is not supported")
+    if req.callback_url is not None:
+        try:
+            validate_http_url(req.callback_url)
+        except UrlError as exc:
+            raise BadRequest(f"callback_url: {exc}") from None
+    if req.url is not None:
+        try:
+            await check_fetchable(req.url, config.server.allow_private_urls)
+        except UrlError as exc:
+            raise BadRequest(f"url: {exc}") from None
+    if req.asset_id is not None:
+        async with db.session() as s:
+            if await s.get(Asset, req.asset_id) is None:
+                raise BadRequest(f"asset_id: no asset {req.asset_id!r}; upload the file first")
+    return provider
+
+
+async def create_task(db: Database, req: GenerateRequest, provider: str) -> Task:
+    task = Task(id=uuid.uuid4().hex, asset_id=req.asset_id, url=req.url, model=req.model,
+                speaker=req.speaker, language=req.language.lower() if req.language else None,
+                num_speakers=req.num_speakers, provider=provider, callback_url=req.callback_url)
+    async with db.session() as s:
+        s.add(task)
+    return task
+
+
+# --- leases ------------------------------------------------------------------------------
+
+
+async def claim_task(db: Database, owner: str, lease_s: float, providers: list[str]) -> Task | None:
+    """Atomically take the oldest runnable task (queued, or processing with an expired lease)."""
+    now = utcnow()
+    async with db.session() as s:
+        stmt = (select(Task)
+                .where(col(Task.provider).in_(providers))
+                .where(or_(Task.status == TaskStatus.QUEUED,
+                           and_(Task.status == TaskStatus.PROCESSING, col(Task.lease_expires_at) < now)))
+                .order_by(col(Task.created_at), col(Task.id))
+                .limit(1)
+                .with_for_update(skip_locked=True))
+        task = (await s.exec(stmt)).first()
+        if task is None:
+            return None
+        task.status = TaskStatus.PROCESSING
+        task.lease_owner = owner
+        task.lease_expires_at = now + timedelta(seconds=lease_s)
+        task.attempts += 1
+        task.started_at = task.started_at or now
+        task.updated_at = now
+        s.add(task)
+    return task
+
+
+async def renew_lease(db: Database, task_id: str, owner: str, lease_s: float,
+                      progress: float | None = None) -> bool:
+    """Extend our lease (and store progress); False if the lease is no longer ours."""
+    now = utcnow()
+    values: dict[str, Any] = {"lease_expires_at": now + timedelta(seconds=lease_s), "updated_at": now}
+    if progress is not None:
+        values["progress"] = round(progress, 4)
+    async with db.session() as s:
+        res = await s.exec(update(Task).where(Task.id == task_id, Task.lease_owner == owner,
+                                              Task.status == TaskStatus.PROCESSING).values(**values))
+        return res.rowcount == 1
+
+
+async def release_task(db: Database, task_id: str, owner: str, error: str | None = None) -> None:
+    """Give a claimed task back to the queue (shutdown, or a retryable error)."""
+    async with db.session() as s:
+        await s.exec(update(Task).where(Task.id == task_id, Task.lease_owner == owner,
+                                        Task.status == TaskStatus.PROCESSING)
+                     .values(status=TaskStatus.QUEUED, lease_owner=None, lease_expires_at=None,
+                             error=error, updated_at=utcnow()))
+
+
+async def set_upstream(db: Database, task_id: str, upstream_id: str) -> None:
+    async with db.session() as s:
+        await s.exec(update(Task).where(Task.id == task_id).values(upstream_task_id=upstream_id))
+
+
+# --- views -------------------------------------------------------------------------------
+
+
+def iso(dt: datetime | None) -> str | None:
+    return dt.isoformat().replace("+00:00", "Z") if dt else None
+
+
+def task_view(task: Task, *, with_result: bool = True) -> dict[str, Any]:
+    view = {
+        "task_id": task.id,
+        "status": task.status,
+        "progress": round(task.progress, 4),
+        "created_at": iso(task.created_at),
+        "updated_at": iso(task.updated_at),
+        "error": task.error,
+        "model": task.model,
+        "provider": task.provider,
+        "speaker": task.speaker,
+        "asset_id": task.asset_id,
+        "url": task.url,
+        "attempts": task.attempts,
+    }
+    if with_result:
+        view["result"] = result_of(json.loads(task.result_json)) if task.result_json else None
+    return view
+
+
+async def get_task(db: Database, task_id: str) -> Task:
+    async with db.session() as s:
+        task = await s.get(Task, task_id)
+    if task is None:
+        raise NotFound(f"task {task_id!r} not found")
+    return task
+
+
+def _encode_cursor(task: Task) -> str:
+    raw = f"{task.created_at.isoformat()}|{task.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created, task_id = raw.split("|", 1)
+        return datetime.fromisoformat(created), task_id
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("cursor: invalid cursor; use next_cursor from the previous page") from None
+
+
+async def list_tasks(db: Database, status: str | None, limit: int, cursor: str | None) -> dict[str, Any]:
+    """A page of tasks, newest first, with an opaque cursor for the next page."""
+    if status is not None and status not in TaskStatus.ALL:
+        raise BadRequest(f"status: must be one of {', '.join(TaskStatus.ALL)}")
+    stmt = select(Task).order_by(col(Task.created_at).desc(), col(Task.id).desc()).limit(limit + 1)
+    if status:
+        stmt = stmt.where(Task.status == status)
+    if cursor:
+        created, task_id = _decode_cursor(cursor)
+        stmt = stmt.where(or_(col(Task.created_at) < created,
+                              and_(Task.created_at == created, col(Task.id) < task_id)))
+    async with db.session() as s:
+        rows = list((await s.exec(stmt)).all())
+    page = rows[:limit]
+    return {"items": [task_view(t, with_result=False) for t in page],
+            "next_cursor": _encode_cursor(page[-1]) if len(rows) > limit else None}
+
+
+async def wait_for_task(db: Database, notifier, task_id: str, timeout_s: float) -> Task:
+    """Wait until the task is completed or failed (or the timeout passes); returns its latest state."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        task = await get_task(db, task_id)
+        remaining = deadline - asyncio.get_running_loop().time()
+        if task.status in TaskStatus.TERMINAL or remaining <= 0:
+            return task
+        await notifier.wait(f"task:{task_id}", min(0.5, remaining))
