@@ -1,0 +1,333 @@
+"""Shared fixtures: real gateways (in-process on a real port, or as a subprocess), a real
+webhook receiver, real speech from espeak-ng, and a fresh database per test.
+
+Set TGW_TEST_DB=postgresql to run against the PostgreSQL at 127.0.0.1:5432 (a fresh
+database per test) instead of SQLite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from gateway import API_BASE
+from gateway.config import Config, load_config
+
+PG_ADMIN_URL = os.environ.get("TGW_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+# --- audio -------------------------------------------------------------------------------
+
+
+def espeak(text: str, out: Path, voice: str = "en-us", speed: int = 160) -> Path:
+    if shutil.which("espeak-ng") is None:
+        pytest.fail("espeak-ng is not installed (apt-get install espeak-ng); .ci/run installs it")
+    subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-w", str(out), text], check=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def audio_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("audio")
+
+
+SENTENCE = "Hello, how are you today? We are testing the transcription gateway."
+
+
+@pytest.fixture(scope="session")
+def speech_wav(audio_dir) -> Path:
+    """About five seconds of one voice saying SENTENCE."""
+    return espeak(SENTENCE, audio_dir / "speech.wav")
+
+
+@pytest.fixture(scope="session")
+def long_speech_wav(audio_dir) -> Path:
+    """About two minutes of speech (several seconds of work): long enough to act in the middle of it."""
+    text = " ".join([
+        "The morning meeting started with a review of the quarterly numbers.",
+        "Sales in the northern region grew by twelve percent, while the south stayed flat.",
+        "The team agreed to move the product launch to the second week of March.",
+        "Marketing will prepare a new campaign for the spring season.",
+        "Engineering reported that the migration to the new servers is almost complete.",
+        "Two open issues remain, and both should be fixed by Friday.",
+        "Finally, everyone was reminded to submit their travel expenses before the end of the month.",
+    ] * 4)
+    return espeak(text, audio_dir / "long.wav")
+
+
+# --- databases ---------------------------------------------------------------------------
+
+
+def _pg_admin(sql: str) -> None:
+    import psycopg
+
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(sql)
+
+
+@pytest.fixture
+def database_url(tmp_path) -> Any:
+    if os.environ.get("TGW_TEST_DB", "sqlite") != "postgresql":
+        yield f"sqlite:///{tmp_path / 'gateway.db'}"
+        return
+    name = f"tgw_test_{uuid.uuid4().hex[:12]}"
+    _pg_admin(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
+    yield f"{base}/{name}"
+    _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_config(tmp_path: Path, database_url: str, **sections: dict) -> Config:
+    """Defaults for tests: fresh database and storage, fast polling, retries and leases."""
+    base: dict[str, dict] = {
+        "database": {"url": database_url},
+        "storage": {"dir": str(tmp_path / "assets")},
+        "server": {"allow_private_urls": True},
+        "jobs": {"poll_s": 0.2, "lease_s": 5},
+        "webhooks": {"secret": "whsec_" + "dGVzdC1zZWNyZXQtdGVzdC1zZWNyZXQ=", "timeout_s": 2,
+                     "backoff_base_s": 0.1, "backoff_max_s": 0.5, "max_attempts": 4},
+        "log": {"format": "json"},
+    }
+    for name, values in sections.items():
+        base.setdefault(name, {}).update(values)
+    return load_config(None, environ={}, overrides=base)
+
+
+test_config.__test__ = False  # a helper, not a test
+
+
+# --- a running gateway -------------------------------------------------------------------
+
+
+@dataclass
+class Gateway:
+    url: str
+    config: Config
+    app: web.Application | None = None
+    http: aiohttp.ClientSession | None = None
+
+    @property
+    def base(self) -> str:
+        return self.url + API_BASE
+
+    async def call(self, method: str, path: str, **kw) -> tuple[int, dict]:
+        async with self.http.request(method, self.base + path, **kw) as resp:
+            text = await resp.text()
+            assert resp.content_type == "application/json", f"{resp.status} {resp.content_type}: {text[:200]}"
+            return resp.status, json.loads(text)
+
+    async def upload(self, path: Path, name: str | None = None) -> str:
+        form = aiohttp.FormData(quote_fields=False)  # raw file names, as curl and requests send them
+        form.add_field("file", path.read_bytes(), filename=name or path.name)
+        status, body = await self.call("POST", "/upload", data=form)
+        assert status == 200, body
+        return body["data"]["asset_id"]
+
+    async def submit(self, **body) -> str:
+        status, resp = await self.call("POST", "/transcriptions/async-generate-audio", json=body)
+        assert status == 200, resp
+        return resp["data"]["task_id"]
+
+    async def task(self, task_id: str) -> dict:
+        status, body = await self.call("GET", f"/transcriptions/{task_id}")
+        assert status == 200, body
+        return body["data"]
+
+    async def wait_task(self, task_id: str, timeout: float = 60, until=("completed", "failed")) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            task = await self.task(task_id)
+            if task["status"] in until:
+                return task
+            assert time.monotonic() < deadline, f"task still {task['status']} after {timeout}s"
+            await asyncio.sleep(0.1)
+
+    async def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                async with self.http.get(self.url + "/readyz") as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+        raise AssertionError("gateway did not become ready")
+
+
+@pytest.fixture
+async def start_gateway(tmp_path, database_url):
+    """Start an in-process gateway (real HTTP server on a free port) with config overrides."""
+    from gateway.app import create_app
+
+    servers: list[TestServer] = []
+    sessions: list[aiohttp.ClientSession] = []
+
+    async def start(config: Config | None = None, **sections) -> Gateway:
+        cfg = config or test_config(tmp_path, database_url, **sections)
+        server = TestServer(create_app(cfg), host="127.0.0.1")
+        await server.start_server()
+        servers.append(server)
+        http = aiohttp.ClientSession()
+        sessions.append(http)
+        gw = Gateway(url=str(server.make_url("")).rstrip("/"), config=cfg, app=server.app, http=http)
+        await gw.wait_ready()
+        return gw
+
+    yield start
+    for http in sessions:
+        await http.close()
+    for server in servers:
+        await server.close()
+
+
+@pytest.fixture
+async def gateway(start_gateway) -> Gateway:
+    return await start_gateway()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Daemon:
+    """`transcribe-gateway serve` in a subprocess, for tests that kill it."""
+
+    config_path: Path
+    port: int
+    log_path: Path
+    proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "serve", "--config", str(self.config_path), "--port", str(self.port)],
+            stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT, env=env)
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+@pytest.fixture
+def daemon_factory(tmp_path):
+    daemons: list[Daemon] = []
+
+    def make(config_toml: str) -> Daemon:
+        path = tmp_path / f"gateway-{len(daemons)}.toml"
+        path.write_text(config_toml)
+        d = Daemon(path, free_port(), tmp_path / f"daemon-{len(daemons)}.log")
+        daemons.append(d)
+        return d
+
+    yield make
+    for d in daemons:
+        d.stop()
+
+
+# --- a webhook receiver ------------------------------------------------------------------
+
+
+@dataclass
+class Received:
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> dict:
+        return json.loads(self.body)
+
+
+@dataclass
+class WebhookReceiver:
+    """A real HTTP server that records every request; `responses` scripts its status codes."""
+
+    url: str = ""
+    received: list[Received] = field(default_factory=list)
+    responses: list[int] = field(default_factory=list)  # consumed in order; then 200
+    delay_s: float = 0.0
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.received.append(Received(dict(request.headers), await request.read()))
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        status = self.responses.pop(0) if self.responses else 200
+        return web.Response(status=status, text="ok" if status < 300 else "nope")
+
+    async def wait_for(self, n: int, timeout: float = 30) -> list[Received]:
+        deadline = time.monotonic() + timeout
+        while len(self.received) < n:
+            assert time.monotonic() < deadline, f"got {len(self.received)} of {n} webhook calls"
+            await asyncio.sleep(0.05)
+        return self.received
+
+
+@pytest.fixture
+async def webhook():
+    receiver = WebhookReceiver()
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", receiver.handle)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    receiver.url = str(server.make_url("/hook"))
+    yield receiver
+    await server.close()
+
+
+WEBHOOK_SECRET = "whsec_" + "dGVzdC1zZWNyZXQtdGVzdC1zZWNyZXQ="
+
+
+def to_toml(sections: dict[str, dict]) -> str:
+    """A TOML document from {section: {key: value}} (values written as JSON, which TOML accepts here)."""
+    lines = []
+    for name, values in sections.items():
+        lines.append(f"[{name}]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
+    return "\n".join(lines) + "\n"
+
+
+def daemon_sections(tmp_path: Path, database_url: str, **sections: dict) -> dict[str, dict]:
+    """The same test defaults as test_config, as TOML sections for a subprocess daemon."""
+    cfg = test_config(tmp_path, database_url, **sections)
+    dump = cfg.model_dump(exclude={"providers", "plugins"})
+    return {name: values for name, values in dump.items()}
+
+
+async def count_rows(database_url: str, sql: str, **params) -> int:
+    """Read the database directly (read-only checks of what the daemon stored)."""
+    from sqlalchemy import text
+
+    from gateway.db import Database
+
+    db = Database(database_url)
+    try:
+        async with db.engine.connect() as conn:
+            return (await conn.execute(text(sql), params)).scalar_one()
+    finally:
+        await db.close()

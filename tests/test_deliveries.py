@@ -1,0 +1,81 @@
+"""Outbound callbacks: retries with backoff and jitter, the same webhook-id on every retry,
+every attempt recorded, `dead` after webhooks.max_attempts, timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from datetime import datetime, timezone
+
+from standardwebhooks.webhooks import Webhook
+
+from conftest import WEBHOOK_SECRET, count_rows
+from gateway.config import WebhooksConfig
+from gateway.deliveries import backoff_s, signed_headers
+
+
+async def wait_delivery(gw, task_id, status, timeout=30):
+    for _ in range(int(timeout / 0.1)):
+        deliveries = (await gw.task(task_id))["deliveries"]
+        if deliveries and all(d["status"] == status for d in deliveries):
+            return deliveries
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"deliveries not {status}: {deliveries}")
+
+
+async def test_failing_receiver_is_retried_then_dead(start_gateway, webhook, speech_wav, database_url):
+    webhook.responses = [500] * 10
+    gw = await start_gateway(webhooks={"max_attempts": 3})
+    task_id = await gw.submit(asset_id=await gw.upload(speech_wav), callback_url=webhook.url)
+    [d] = await wait_delivery(gw, task_id, "dead")
+    assert d["attempts"] == 3 and d["last_status_code"] == 500 and d["last_error"] == "HTTP 500"
+    await asyncio.sleep(0.8)  # no attempt after dead
+    assert len(webhook.received) == 3
+    assert len({c.headers["webhook-id"] for c in webhook.received}) == 1
+    timestamps = [int(c.headers["webhook-timestamp"]) for c in webhook.received]
+    assert timestamps == sorted(timestamps)
+    for c in webhook.received:  # each retry is signed afresh, and verifies
+        Webhook(WEBHOOK_SECRET).verify(c.body, c.headers)
+    assert await count_rows(database_url, "SELECT count(*) FROM deliveryattempt WHERE status_code = 500") == 3
+
+
+async def test_timeout_counts_as_a_failed_attempt(start_gateway, webhook, speech_wav):
+    webhook.delay_s = 1.5
+    gw = await start_gateway(webhooks={"timeout_s": 0.5, "max_attempts": 2})
+    task_id = await gw.submit(asset_id=await gw.upload(speech_wav), callback_url=webhook.url)
+    [d] = await wait_delivery(gw, task_id, "dead")
+    assert d["attempts"] == 2 and d["last_status_code"] is None
+    assert d["last_error"] == "timed out after 0.5s"
+
+
+async def test_unreachable_receiver_records_the_connection_error(start_gateway, speech_wav):
+    gw = await start_gateway(webhooks={"max_attempts": 2})
+    task_id = await gw.submit(asset_id=await gw.upload(speech_wav), callback_url="http://127.0.0.1:9/hook")
+    [d] = await wait_delivery(gw, task_id, "dead")
+    assert d["last_error"].startswith("ClientConnectorError")
+
+
+async def test_recovering_receiver_gets_it_delivered(start_gateway, webhook, speech_wav):
+    webhook.responses = [502, 429]
+    gw = await start_gateway()
+    task_id = await gw.submit(asset_id=await gw.upload(speech_wav), callback_url=webhook.url)
+    [d] = await wait_delivery(gw, task_id, "delivered")
+    assert d["attempts"] == 3 and d["last_status_code"] == 200 and d["last_error"] is None
+
+
+def test_backoff_grows_exponentially_with_equal_jitter_and_a_cap():
+    cfg = WebhooksConfig(backoff_base_s=2, backoff_max_s=60)
+    rng = random.Random(7)
+    for attempt, ceiling in [(1, 2), (2, 4), (3, 8), (5, 32), (6, 60), (12, 60)]:
+        delays = [backoff_s(attempt, cfg, rng) for _ in range(200)]
+        assert min(delays) >= ceiling / 2 and max(delays) <= ceiling
+        assert max(delays) - min(delays) > ceiling / 4  # jittered, not constant
+
+
+def test_signature_matches_the_standard_webhooks_reference():
+    body = '{"task_id":"x"}'
+    now = datetime.now(timezone.utc)
+    headers = signed_headers("msg_1", body, WEBHOOK_SECRET, now)
+    assert Webhook(WEBHOOK_SECRET).verify(body, headers) == {"task_id": "x"}
+    assert headers["webhook-timestamp"] == str(int(now.timestamp()))
+    assert "webhook-signature" not in signed_headers("msg_1", body, "", now)

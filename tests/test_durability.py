@@ -1,0 +1,90 @@
+"""Crashes lose nothing and double-process nothing: the daemon is SIGKILLed in the middle of
+a transcription, or while a delivery is failing, and restarted."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import pytest
+from standardwebhooks.webhooks import Webhook
+
+from conftest import WEBHOOK_SECRET, Gateway, count_rows, daemon_sections, to_toml
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+async def http():
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def started(daemon, http, config) -> Gateway:
+    daemon.start()
+    gw = Gateway(url=f"http://127.0.0.1:{daemon.port}", config=config, http=http)
+    await gw.wait_ready()
+    return gw
+
+
+async def test_sigkill_mid_transcription_completes_once_after_restart(
+        tmp_path, database_url, daemon_factory, http, webhook, long_speech_wav):
+    sections = daemon_sections(tmp_path, database_url, jobs={"lease_s": 3, "poll_s": 0.2})
+    daemon = daemon_factory(to_toml(sections))
+    gw = await started(daemon, http, None)
+
+    task_id = await gw.submit(asset_id=await gw.upload(long_speech_wav), callback_url=webhook.url)
+    for _ in range(600):
+        task = await gw.task(task_id)
+        if task["status"] == "processing" and task["progress"] > 0:
+            break
+        await asyncio.sleep(0.05)
+    assert task["status"] == "processing" and 0 < task["progress"] < 1, task
+    daemon.kill()
+
+    assert webhook.received == []
+    assert await count_rows(database_url, "SELECT count(*) FROM transcript") == 0
+
+    gw = await started(daemon, http, None)  # the same daemon, a new process
+    done = await gw.wait_task(task_id, timeout=120)
+    assert done["status"] == "completed", done
+    assert done["attempts"] == 2  # claimed again once the dead process's lease expired
+    calls = await webhook.wait_for(1)
+    await asyncio.sleep(1.0)  # nothing else may arrive
+    assert len(calls) == 1
+    payload = Webhook(WEBHOOK_SECRET).verify(calls[0].body, calls[0].headers)
+    assert payload["task_id"] == task_id and payload["data"]["data"] == done["result"]
+
+    assert await count_rows(database_url, "SELECT count(*) FROM transcript WHERE task_id = :t", t=task_id) == 1
+    assert await count_rows(database_url, "SELECT count(*) FROM segment WHERE task_id = :t",
+                            t=task_id) == len(done["result"]["data"])
+    assert await count_rows(database_url, "SELECT count(*) FROM callbackreceipt WHERE task_id = :t "
+                            "AND outcome = 'accepted'", t=task_id) == 1
+    assert await count_rows(database_url, "SELECT count(*) FROM delivery WHERE task_id = :t", t=task_id) == 1
+
+
+async def test_pending_delivery_survives_a_crash_and_keeps_its_webhook_id(
+        tmp_path, database_url, daemon_factory, http, webhook, speech_wav):
+    webhook.responses = [500, 503]  # the receiver fails twice, then accepts
+    sections = daemon_sections(tmp_path, database_url,
+                               webhooks={"backoff_base_s": 2.0, "backoff_max_s": 2.0, "max_attempts": 5})
+    daemon = daemon_factory(to_toml(sections))
+    gw = await started(daemon, http, None)
+    task_id = await gw.submit(asset_id=await gw.upload(speech_wav), callback_url=webhook.url)
+    await gw.wait_task(task_id)
+    await webhook.wait_for(1)
+    daemon.kill()  # between the failed first attempt and its retry
+
+    gw = await started(daemon, http, None)
+    calls = await webhook.wait_for(3, timeout=60)
+    await asyncio.sleep(1.0)
+    assert len(calls) == 3
+    ids = {c.headers["webhook-id"] for c in calls}
+    assert len(ids) == 1, ids  # one delivery, the same id on every retry
+    bodies = {c.body for c in calls}
+    assert len(bodies) == 1
+    for c in calls:
+        Webhook(WEBHOOK_SECRET).verify(c.body, c.headers)
+    [delivery] = (await gw.task(task_id))["deliveries"]
+    assert delivery["status"] == "delivered" and delivery["attempts"] == 3
+    assert await count_rows(database_url, "SELECT count(*) FROM deliveryattempt") == 3

@@ -1,0 +1,154 @@
+"""The happy path through the real daemon: upload, async and sync transcription, status,
+list, download, and the signed callback verified with the `standardwebhooks` package."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+from standardwebhooks.webhooks import Webhook
+
+from conftest import WEBHOOK_SECRET
+
+
+def words(text: str) -> set[str]:
+    return {w.strip(".,?!").lower() for w in text.split()}
+
+
+async def test_async_transcription_delivers_signed_callback(start_gateway, webhook, speech_wav):
+    gw = await start_gateway()
+    asset_id = await gw.upload(speech_wav)
+    assert asset_id.startswith("re_") and asset_id[3:].isdigit()
+
+    task_id = await gw.submit(asset_id=asset_id, callback_url=webhook.url)
+    assert len(task_id) == 32 and int(task_id, 16) >= 0
+
+    task = await gw.wait_task(task_id)
+    assert task["status"] == "completed", task
+    assert task["progress"] == 1.0
+    result = task["result"]
+    segments = result["data"]
+    assert {"hello", "testing", "transcription", "gateway"} <= words(" ".join(s["text"] for s in segments))
+    duration = result["usage_metadata"]["duration"]
+    assert 3 < duration < 8
+    assert result["usage_metadata"] == {"duration": duration, "model": "whisper-1",
+                                        "output_tokens": 0, "prompt_tokens": 0}
+    prev_start = 0.0
+    for s in segments:
+        assert 0 <= s["start_time"] <= s["end_time"] <= duration
+        assert s["start_time"] >= prev_start
+        prev_start = s["start_time"]
+        assert s["text"] == s["text"].strip() and s["text"]
+        assert s["speaker"] is None
+
+    [call] = await webhook.wait_for(1)
+    # The receiver verifies the signature with the standardwebhooks package, unchanged.
+    payload = Webhook(WEBHOOK_SECRET).verify(call.body, call.headers)
+    assert payload == {
+        "code": "0000",
+        "message": "SUCCESS",
+        "data": {"data": result, "msg": "transcription completed", "success": True},
+        "task_id": task_id,
+    }
+    assert call.headers["webhook-id"].startswith("msg_")
+
+    deliveries = (await gw.task(task_id))["deliveries"]
+    for _ in range(50):
+        if deliveries[0]["status"] == "delivered":
+            break
+        await asyncio.sleep(0.1)
+        deliveries = (await gw.task(task_id))["deliveries"]
+    assert deliveries == [{"target": webhook.url, "kind": "webhook", "status": "delivered", "attempts": 1,
+                           "last_status_code": 200, "last_error": None}]
+
+
+async def test_sync_transcription_returns_items(gateway, speech_wav):
+    asset_id = await gateway.upload(speech_wav)
+    status, body = await gateway.call("POST", "/transcriptions/sync-generate-audio",
+                                      json={"asset_id": asset_id, "model": "whisper-1"})
+    assert status == 200, body
+    assert body["code"] == "0000" and body["msg"] == "success" and body["success"] and not body["failed"]
+    data = body["data"]
+    assert data["model"] == "whisper-1"
+    assert "hello" in words(" ".join(i["text"] for i in data["items"]))
+    assert set(data["items"][0]) == {"text", "start_time", "end_time", "speaker"}
+
+
+async def test_configured_webhooks_and_callback_url_each_get_one_delivery(start_gateway, webhook, speech_wav):
+    gw = await start_gateway(webhooks={"urls": [webhook.url + "/a", webhook.url + "/b"]})
+    task_id = await gw.submit(asset_id=await gw.upload(speech_wav), callback_url=webhook.url + "/a")
+    await gw.wait_task(task_id)
+    calls = await webhook.wait_for(2)
+    await asyncio.sleep(0.5)
+    assert len(webhook.received) == 2  # callback_url equal to a configured URL is delivered once
+    assert len({c.headers["webhook-id"] for c in calls}) == 2
+
+
+async def test_download_returns_the_uploaded_bytes(gateway, speech_wav):
+    asset_id = await gateway.upload(speech_wav, name="../../etc/meeting notes.wav")
+    async with gateway.http.get(f"{gateway.base}/{asset_id}/download") as resp:
+        assert resp.status == 200
+        assert await resp.read() == speech_wav.read_bytes()
+        assert "meeting%20notes.wav" in resp.headers["Content-Disposition"]
+        assert ".." not in resp.headers["Content-Disposition"]
+    status, body = await gateway.call("GET", "/re_123/download")
+    assert status == 404 and body["msg"] == "asset 're_123' not found"
+
+
+async def test_list_pages_newest_first(gateway, speech_wav):
+    asset_id = await gateway.upload(speech_wav)
+    ids = [await gateway.submit(asset_id=asset_id) for _ in range(5)]
+    seen, cursor = [], None
+    while True:
+        params = {"limit": "2"} | ({"cursor": cursor} if cursor else {})
+        status, body = await gateway.call("GET", "/transcriptions", params=params)
+        assert status == 200, body
+        seen += [t["task_id"] for t in body["data"]["items"]]
+        cursor = body["data"]["next_cursor"]
+        if not cursor:
+            break
+    assert seen == list(reversed(ids))
+    status, body = await gateway.call("GET", "/transcriptions", params={"status": "bogus"})
+    assert status == 400 and body["msg"].startswith("status: must be one of")
+    status, body = await gateway.call("GET", "/transcriptions", params={"limit": "0"})
+    assert status == 400 and "limit" in body["msg"]
+    status, body = await gateway.call("GET", "/transcriptions", params={"cursor": "!!"})
+    assert status == 400 and "cursor" in body["msg"]
+
+
+async def test_healthz_answers_fast_while_a_job_runs(gateway, long_speech_wav):
+    task_id = await gateway.submit(asset_id=await gateway.upload(long_speech_wav))
+    await gateway.wait_task(task_id, until=("processing",))
+    latencies, progress_seen = [], []
+    while True:
+        t0 = time.perf_counter()
+        async with gateway.http.get(gateway.url + "/healthz") as resp:
+            assert resp.status == 200
+        latency = time.perf_counter() - t0
+        task = await gateway.task(task_id)
+        if task["status"] != "processing":
+            break
+        latencies.append(latency)  # only samples taken while the engine was busy count
+        progress_seen.append(task["progress"])
+        await asyncio.sleep(0.05)
+    assert len(latencies) >= 5, f"only {len(latencies)} samples while the job ran"
+    assert max(latencies) < 0.1, latencies
+    assert task["status"] == "completed", task
+    assert any(0 < p < 1 for p in progress_seen), progress_seen
+    assert progress_seen == sorted(progress_seen)
+
+
+async def test_auth_by_raw_key_or_bearer(start_gateway):
+    gw = await start_gateway(server={"api_keys": ["k-one", "k-two"]})
+    path = "/transcriptions"
+    status, body = await gw.call("GET", path)
+    assert status == 401 and body["code"] == "401" and body["data"] is None and body["failed"]
+    for header in ("k-one", "Bearer k-two", "bearer k-one"):
+        status, _ = await gw.call("GET", path, headers={"Authorization": header})
+        assert status == 200, header
+    status, body = await gw.call("GET", path, headers={"Authorization": "Bearer nope"})
+    assert status == 401 and body["msg"] == "invalid API key"
+    async with aiohttp.ClientSession() as http:  # health endpoints stay open for probes
+        async with http.get(gw.url + "/healthz") as resp:
+            assert resp.status == 200
