@@ -1,8 +1,9 @@
 """Shared fixtures: real gateways (in-process on a real port, or as a subprocess), a real
 webhook receiver, real speech from espeak-ng, and a fresh database per test.
 
-Set TGW_TEST_DB=postgresql to run against the PostgreSQL at 127.0.0.1:5432 (a fresh
-database per test) instead of SQLite.
+Every test that touches a database runs on each backend named by `--db` (default
+`sqlite,postgresql`, or the TGW_TEST_DB environment variable): SQLite in a temp folder, and
+the PostgreSQL at 127.0.0.1:5432 with a fresh database per test.
 """
 
 from __future__ import annotations
@@ -80,9 +81,26 @@ def _pg_admin(sql: str) -> None:
         conn.execute(sql)
 
 
+BACKENDS = ("sqlite", "postgresql")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--db", default=os.environ.get("TGW_TEST_DB", ",".join(BACKENDS)),
+                     help="comma-separated database backends to run on: sqlite, postgresql")
+
+
+def pytest_generate_tests(metafunc):
+    if "db_backend" in metafunc.fixturenames:
+        chosen = [b.strip() for b in metafunc.config.getoption("--db").split(",") if b.strip()]
+        unknown = set(chosen) - set(BACKENDS)
+        if unknown:
+            raise pytest.UsageError(f"--db: unknown backend(s) {', '.join(sorted(unknown))}")
+        metafunc.parametrize("db_backend", chosen)
+
+
 @pytest.fixture
-def database_url(tmp_path) -> Any:
-    if os.environ.get("TGW_TEST_DB", "sqlite") != "postgresql":
+def database_url(tmp_path, db_backend) -> Any:
+    if db_backend == "sqlite":
         yield f"sqlite:///{tmp_path / 'gateway.db'}"
         return
     name = f"tgw_test_{uuid.uuid4().hex[:12]}"

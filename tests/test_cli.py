@@ -1,0 +1,81 @@
+"""The `transcribe-gateway` command against a real running gateway: submit, status, db upgrade,
+and errors as one clear line with a non-zero exit code."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+
+from conftest import count_rows, free_port
+
+
+async def cli(*args: str, env: dict | None = None) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", *args, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_submit_wait_prints_the_transcript(gateway, speech_wav):
+    code, out, err = await cli("submit", str(speech_wav), "--wait", "--url", gateway.url)
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert lines[0].startswith("[00:00.00 - ")
+    assert "hello" in out.lower() and "gateway" in out.lower()
+
+
+async def test_submit_json_then_status(gateway, speech_wav, webhook):
+    code, out, err = await cli("submit", str(speech_wav), "--json", "--url", gateway.url,
+                               "--callback-url", webhook.url)
+    assert code == 0, err
+    task_id = json.loads(out)["task_id"]
+    await gateway.wait_task(task_id)
+    await webhook.wait_for(1)
+    code, out, err = await cli("status", task_id, "--json", "--url", gateway.url)
+    assert code == 0, err
+    status = json.loads(out)
+    assert status["status"] == "completed" and status["result"]["data"]
+    code, out, _ = await cli("status", task_id, "--url", gateway.url)
+    assert code == 0 and "gateway" in out.lower()
+
+
+async def test_submit_wait_json_reports_a_failed_task(gateway, tmp_path):
+    junk = tmp_path / "notes.wav"
+    junk.write_text("this is not audio at all\n" * 50)
+    code, out, _ = await cli("submit", str(junk), "--wait", "--json", "--url", gateway.url)
+    assert code == 1
+    task = json.loads(out)
+    assert task["status"] == "failed" and "could not be decoded" in task["error"]
+
+
+async def test_errors_are_one_line_with_nonzero_exit(gateway, speech_wav, start_gateway):
+    code, _, err = await cli("submit", str(speech_wav), "--model", "nope", "--url", gateway.url)
+    assert code == 1
+    assert err.strip().splitlines() == [
+        "Error: POST /transcriptions/async-generate-audio: 400 model: unknown model 'nope'; valid models: whisper-1"]
+
+    code, _, err = await cli("status", "0" * 32, "--url", gateway.url)
+    assert code == 1 and err.strip().splitlines() == [
+        f"Error: GET /transcriptions/{'0' * 32}: 404 task '{'0' * 32}' not found"]
+
+    port = free_port()
+    code, _, err = await cli("status", "x", "--url", f"http://127.0.0.1:{port}")
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert err.startswith(f"Error: cannot reach the gateway at http://127.0.0.1:{port}")
+
+    secured = await start_gateway(server={"api_keys": ["s3cret"]})
+    code, _, err = await cli("status", "x", "--url", secured.url)
+    assert code == 1 and "401 missing Authorization header" in err
+    code, out, err = await cli("submit", str(speech_wav), "--url", secured.url, "--api-key", "s3cret")
+    assert code == 0 and len(out.strip()) == 32, err
+
+
+async def test_db_upgrade_creates_the_schema(tmp_path, database_url):
+    cfg = tmp_path / "g.toml"
+    cfg.write_text(f'[database]\nurl = "{database_url}"\n')
+    code, out, err = await cli("db", "upgrade", "--config", str(cfg))
+    assert code == 0, err
+    assert "is at revision head" in out
+    assert await count_rows(database_url, "SELECT count(*) FROM task") == 0
