@@ -127,12 +127,12 @@ async def _submit(file, speaker, callback_url, model, language, wait, as_json, b
 async def _wait(client, task_id: str, show_bar: bool) -> dict:
     from tqdm import tqdm
 
-    with tqdm(total=100, desc=task_id[:8], unit="%", disable=not show_bar, file=sys.stderr,
-              bar_format="{desc} {percentage:3.0f}%|{bar}| {postfix}") as bar:
+    with tqdm(total=100, unit="%", disable=not show_bar, file=sys.stderr,
+              bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed}") as bar:
         while True:
             task = await client.status(task_id)
             bar.n = round(task["progress"] * 100)
-            bar.set_postfix_str(task["status"])
+            bar.set_description(f"{task_id[:8]} {task['status']:<10}")
             if task["status"] in ("completed", "failed"):
                 return task
             await asyncio.sleep(0.5)
