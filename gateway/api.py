@@ -19,6 +19,7 @@ from gateway.errors import ApiError, BadRequest, NotFound, PayloadTooLarge, Unau
 from gateway.jobs import TASKS
 from gateway.models import Asset, CallbackReceipt, TaskStatus
 from gateway.payloads import parse_callback
+from gateway.storage import safe_filename
 
 log = structlog.get_logger(__name__)
 routes = web.RouteTableDef()
@@ -67,8 +68,6 @@ async def upload(request: web.Request) -> web.Response:
                 yield chunk
 
         stored = await request.app[STORE].save_stream(chunks(), max_bytes)
-        from gateway.storage import safe_filename
-
         asset = Asset(id=stored.asset_id, filename=safe_filename(part.filename),
                       content_type=(part.headers.get("Content-Type") or "application/octet-stream")[:255],
                       size=stored.size, sha256=stored.sha256, path=str(stored.path))
@@ -218,7 +217,10 @@ async def readyz(request: web.Request) -> web.Response:
         await asyncio.wait_for(request.app[DB].ping(), 5)
     except (SQLAlchemyError, OSError, asyncio.TimeoutError) as exc:
         raise Unavailable(f"database unreachable: {type(exc).__name__}") from None
-    if not request.app[ENGINE].loaded:
+    engine = request.app[ENGINE]
+    if engine.load_error:
+        raise Unavailable(f"engine failed to load: {engine.load_error}")
+    if not engine.loaded:
         raise Unavailable("engine not loaded yet")
     return ok({"database": "ok", "engine": "loaded"})
 

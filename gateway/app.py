@@ -96,6 +96,7 @@ async def _engine(app: web.Application):
     app[ENGINE] = engine
     app[ROUTER] = Router(app[CONFIG], engine)
     loading = asyncio.create_task(engine.load())
+    loading.add_done_callback(lambda t: t.cancelled() or t.exception())  # reported by /readyz
     yield
     if not loading.done():
         loading.cancel()

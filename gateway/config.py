@@ -63,6 +63,13 @@ class EngineConfig(_Section):
     beam_size: int = Field(5, ge=1)
     vad_filter: bool = True
 
+    @field_validator("model_path")
+    @classmethod
+    def _model_dir(cls, v: str) -> str:
+        if v and not (Path(v) / "model.bin").is_file():
+            raise ValueError(f"{v!r} is not a CTranslate2 Whisper model folder (no model.bin)")
+        return v
+
 
 class JobsConfig(_Section):
     lease_s: float = Field(60, gt=0)

@@ -89,6 +89,7 @@ class LocalEngine:
         self.cfg = cfg
         self._executor = ThreadPoolExecutor(max_workers=cfg.concurrency, thread_name_prefix="asr")
         self._model = None
+        self.load_error: str | None = None
         self._stopping = threading.Event()
 
     @property
@@ -96,7 +97,12 @@ class LocalEngine:
         return self._model is not None
 
     async def load(self) -> None:
-        self._model = await asyncio.get_running_loop().run_in_executor(self._executor, load_model, self.cfg)
+        try:
+            self._model = await asyncio.get_running_loop().run_in_executor(self._executor, load_model, self.cfg)
+        except Exception as exc:
+            self.load_error = f"{type(exc).__name__}: {exc}"
+            log.error("engine.load_failed", error=self.load_error)
+            raise
 
     async def multilingual(self) -> bool:
         if self._model is None:

@@ -69,3 +69,12 @@ def test_serve_refuses_to_start_on_a_bad_key(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines() == ["Error: invalid configuration: jobs.lease: unknown key"]
+
+
+def test_model_path_must_be_a_model_folder(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, environ={"TGW_ENGINE__MODEL_PATH": str(tmp_path)})
+    assert "engine.model_path: Value error" in str(err.value) and "no model.bin" in str(err.value)
+    from gateway.engine import bundled_model_path
+
+    assert load_config(None, environ={"TGW_ENGINE__MODEL_PATH": bundled_model_path()}).engine.model_path
