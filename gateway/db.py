@@ -27,23 +27,22 @@ def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
 
 
-def sync_url(url: str) -> str:
-    """The URL for synchronous use (Alembic): plain sqlite, psycopg for PostgreSQL."""
+def _with_driver(url: str, sqlite_driver: str) -> str:
     u = make_url(url)
     if u.get_backend_name() == "sqlite":
-        return u.set(drivername="sqlite").render_as_string(hide_password=False)
-    if u.drivername in ("postgresql", "postgres"):
-        return u.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
-    return url
+        u = u.set(drivername=sqlite_driver)
+    elif u.drivername in ("postgresql", "postgres"):
+        u = u.set(drivername="postgresql+psycopg")  # psycopg 3 serves both sync and async
+    return u.render_as_string(hide_password=False)
+
+
+def sync_url(url: str) -> str:
+    """The URL for synchronous use (Alembic)."""
+    return _with_driver(url, "sqlite")
 
 
 def async_url(url: str) -> str:
-    u = make_url(url)
-    if u.get_backend_name() == "sqlite":
-        return u.set(drivername="sqlite+aiosqlite").render_as_string(hide_password=False)
-    if u.drivername in ("postgresql", "postgres"):
-        return u.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
-    return url
+    return _with_driver(url, "sqlite+aiosqlite")
 
 
 def ensure_sqlite_dir(url: str) -> None:

@@ -86,24 +86,34 @@ class Workers:
 
     # --- tasks ---------------------------------------------------------------------------
 
-    async def task_loop(self) -> None:
-        slots = asyncio.Semaphore(self.config.engine.concurrency)
+    async def _claim_loop(self, name: str, parallel: int, claim, run, idle_s) -> None:
+        """Claim work while a slot is free and run each claimed item in its own asyncio task."""
+        slots = asyncio.Semaphore(parallel)
         while not self.stopping:
             await slots.acquire()
             try:
-                task = await tasks.claim_task(self.db, self.owner, self.config.jobs.lease_s, ["local"])
+                item = await claim()
             except Exception:
                 slots.release()
-                log.exception("tasks.claim_failed")
+                log.exception(f"{name}.claim_failed")
                 await asyncio.sleep(self.config.jobs.poll_s)
                 continue
-            if task is None:
+            if item is None:
                 slots.release()
-                await self.notifier.wait(TASKS, self.config.jobs.poll_s)
+                await self.notifier.wait(name, await idle_s())
                 continue
-            job = asyncio.create_task(self._run_task(task))
+            job = asyncio.create_task(run(item))
             self._jobs.add(job)
             job.add_done_callback(lambda j: (self._jobs.discard(j), slots.release()))
+
+    async def task_loop(self) -> None:
+        async def idle_s() -> float:
+            return self.config.jobs.poll_s
+
+        await self._claim_loop(
+            TASKS, self.config.engine.concurrency,
+            lambda: tasks.claim_task(self.db, self.owner, self.config.jobs.lease_s, ["local"]),
+            self._run_task, idle_s)
 
     async def _run_task(self, task: Task) -> None:
         structlog.contextvars.bind_contextvars(task_id=task.id)
@@ -208,26 +218,15 @@ class Workers:
     # --- deliveries ----------------------------------------------------------------------
 
     async def delivery_loop(self, parallel: int = 8) -> None:
-        slots = asyncio.Semaphore(parallel)
         lease_s = self.config.webhooks.timeout_s * 1.5 + 5  # a send never outlives its lease
-        while not self.stopping:
-            await slots.acquire()
-            try:
-                claimed = await deliveries.claim_delivery(self.db, self.owner, lease_s)
-            except Exception:
-                slots.release()
-                log.exception("deliveries.claim_failed")
-                await asyncio.sleep(self.config.jobs.poll_s)
-                continue
-            if claimed is None:
-                slots.release()
-                due = await deliveries.next_due_in(self.db)
-                wait = self.config.jobs.poll_s if due is None else min(max(due, 0.05), self.config.jobs.poll_s)
-                await self.notifier.wait(DELIVERIES, wait)
-                continue
-            job = asyncio.create_task(self._deliver(claimed))
-            self._jobs.add(job)
-            job.add_done_callback(lambda j: (self._jobs.discard(j), slots.release()))
+
+        async def idle_s() -> float:
+            due = await deliveries.next_due_in(self.db)
+            return self.config.jobs.poll_s if due is None else min(max(due, 0.05), self.config.jobs.poll_s)
+
+        await self._claim_loop(DELIVERIES, parallel,
+                               lambda: deliveries.claim_delivery(self.db, self.owner, lease_s),
+                               self._deliver, idle_s)
 
     async def _deliver(self, claimed: deliveries.Claimed) -> None:
         structlog.contextvars.bind_contextvars(task_id=claimed.delivery.task_id)
