@@ -196,9 +196,9 @@ async def start_gateway(tmp_path, database_url):
     servers: list[TestServer] = []
     sessions: list[aiohttp.ClientSession] = []
 
-    async def start(config: Config | None = None, **sections) -> Gateway:
+    async def start(config: Config | None = None, worker: bool = True, **sections) -> Gateway:
         cfg = config or test_config(tmp_path, database_url, **sections)
-        server = TestServer(create_app(cfg), host="127.0.0.1")
+        server = TestServer(create_app(cfg, worker=worker), host="127.0.0.1")
         await server.start_server()
         servers.append(server)
         http = aiohttp.ClientSession()

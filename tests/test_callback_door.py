@@ -1,0 +1,197 @@
+"""POST /callbacks/{provider}: the one idempotent door, keyed on task_id.
+
+The gateway under test runs without its worker, so tasks stay queued until a callback
+completes them; a second gateway on the same database (with a worker) sends the deliveries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+from datetime import datetime, timezone
+
+import aiohttp
+import pytest
+from standardwebhooks.webhooks import Webhook
+
+from conftest import WEBHOOK_SECRET, count_rows
+
+
+def success(task_id: str, *segments: tuple, duration: float = 4.0) -> dict:
+    return {
+        "code": "0000", "message": "SUCCESS", "task_id": task_id,
+        "data": {"msg": "transcription completed", "success": True, "data": {
+            "data": [{"start_time": a, "end_time": b, "text": t, "speaker": None} for a, b, t in segments],
+            "usage_metadata": {"duration": duration, "model": "whisper-1", "output_tokens": 0, "prompt_tokens": 0},
+        }},
+    }
+
+
+def failure(task_id: str, reason: str = "upstream broke") -> dict:
+    return {"code": "5000", "message": "FAILED", "task_id": task_id,
+            "data": {"data": None, "msg": reason, "success": False}}
+
+
+HELLO = success("", (0.0, 1.5, "Hello there."), (1.5, 3.0, "General Kenobi."))
+
+
+def for_task(payload: dict, task_id: str) -> dict:
+    p = copy.deepcopy(payload)
+    p["task_id"] = task_id
+    return p
+
+
+@pytest.fixture
+async def api_only(start_gateway, speech_wav, webhook):
+    gw = await start_gateway(worker=False, webhooks={"urls": [webhook.url]})
+    gw.asset_id = await gw.upload(speech_wav)
+    return gw
+
+
+async def new_task(gw) -> str:
+    return await gw.submit(asset_id=gw.asset_id)
+
+
+async def post(gw, body, provider="local", **kw):
+    data = body if isinstance(body, (bytes, str)) else json.dumps(body)
+    return await gw.call("POST", f"/callbacks/{provider}", data=data,
+                         headers={"Content-Type": "application/json", **kw.pop("headers", {})}, **kw)
+
+
+async def test_100_concurrent_identical_callbacks_store_one_result(api_only, start_gateway, webhook, database_url):
+    gw = api_only
+    task_id = await new_task(gw)
+    body = json.dumps(for_task(HELLO, task_id))
+    answers = await asyncio.gather(*(post(gw, body) for _ in range(100)))
+    assert {status for status, _ in answers} == {200}
+    outcomes = [b["data"]["outcome"] for _, b in answers]
+    assert outcomes.count("accepted") == 1 and outcomes.count("duplicate") == 99
+    assert all(b["data"]["task_id"] == task_id for _, b in answers)
+
+    task = await gw.task(task_id)
+    assert task["status"] == "completed"
+    assert [s["text"] for s in task["result"]["data"]] == ["Hello there.", "General Kenobi."]
+    assert await count_rows(database_url, "SELECT count(*) FROM transcript") == 1
+    assert await count_rows(database_url, "SELECT count(*) FROM segment") == 2
+    assert await count_rows(database_url, "SELECT count(*) FROM delivery") == 1
+    assert await count_rows(database_url, "SELECT count(*) FROM callbackreceipt WHERE outcome = 'duplicate'") == 99
+
+    await start_gateway(config=gw.config)  # a worker on the same database sends the one delivery
+    [call] = await webhook.wait_for(1)
+    await asyncio.sleep(1.0)
+    assert len(webhook.received) == 1
+    payload = Webhook(WEBHOOK_SECRET).verify(call.body, call.headers)
+    assert payload["task_id"] == task_id and payload["data"]["data"] == task["result"]
+
+
+async def test_conflicting_repeat_is_refused_and_changes_nothing(api_only, database_url):
+    task_id = await new_task(api_only)
+    status, _ = await post(api_only, for_task(HELLO, task_id))
+    assert status == 200
+    before = await api_only.task(task_id)
+    other = for_task(success("", (0.0, 1.0, "Something else entirely.")), task_id)
+    status, body = await post(api_only, other)
+    assert status == 409 and body["code"] == "409"
+    assert body["msg"] == f"task {task_id} already has a different result; nothing changed"
+    after = await api_only.task(task_id)
+    assert after["result"] == before["result"] and after["status"] == "completed"
+    # a failure after a success is a conflicting result too
+    status, _ = await post(api_only, failure(task_id))
+    assert status == 409
+    assert await count_rows(database_url, "SELECT count(*) FROM callbackreceipt WHERE outcome = 'conflict'") == 2
+
+
+async def test_unknown_task_and_unknown_provider_are_404(api_only, database_url):
+    status, body = await post(api_only, for_task(HELLO, "f" * 32))
+    assert status == 404 and body["msg"] == f"no task '{'f' * 32}' for provider 'local'"
+    assert await count_rows(database_url, "SELECT count(*) FROM callbackreceipt WHERE outcome = 'unknown_task'") == 1
+    status, body = await post(api_only, for_task(HELLO, "f" * 32), provider="nope")
+    assert status == 404 and body["msg"] == "unknown provider 'nope'"
+
+
+def _drop(path: list, payload: dict) -> dict:
+    node = payload
+    for key in path[:-1]:
+        node = node[key]
+    del node[path[-1]]
+    return payload
+
+
+@pytest.mark.parametrize("mutate, field", [
+    (lambda p: _drop(["data", "data", "data", 0, "start_time"], p), "data.data.data[0].start_time: is required"),
+    (lambda p: _drop(["task_id"], p), "task_id: is required"),
+    (lambda p: p["data"]["data"]["data"][1].update(start_time=2.9, end_time=1.0) or p,
+     "data.data.data[1]: Value error, end_time is before start_time"),
+    (lambda p: p["data"]["data"]["data"][0].update(start_time="soon") or p, "data.data.data[0].start_time:"),
+    (lambda p: p["data"]["data"]["data"][0].update(end_time=-1) or p, "data.data.data[0].end_time:"),
+    (lambda p: p["data"]["data"]["usage_metadata"].update(duration="NaN") or p, "data.data.usage_metadata.duration:"),
+    (lambda p: p["data"].update(success=False) or p, "Value error, code and data.success disagree"),
+    (lambda p: p["data"].update(data=None) or p, "data.data is required when the task succeeded"),
+    (lambda p: [], "body must be a JSON object"),
+])
+async def test_malformed_callback_is_400_naming_the_field(api_only, mutate, field, database_url):
+    task_id = await new_task(api_only)
+    status, body = await post(api_only, mutate(for_task(HELLO, task_id)))
+    assert status == 400, body
+    assert field in body["msg"], body["msg"]
+    assert (await api_only.task(task_id))["status"] == "queued"
+    assert await count_rows(database_url, "SELECT count(*) FROM callbackreceipt WHERE outcome = 'invalid'") == 1
+
+
+@pytest.mark.parametrize("raw", [b"", b"{not json", b"\xff\xfe", b"null"])
+async def test_non_json_callback_is_400(api_only, raw):
+    status, body = await post(api_only, raw)
+    assert status == 400 and body["data"] is None and body["failed"] is True
+
+
+async def test_inbound_segments_are_normalised(api_only):
+    task_id = await new_task(api_only)
+    messy = for_task(success("", (2.0, 4.4, "  second  "), (0.0, 2.0, "\tfirst"), (3.0, 3.5, "   "),
+                             duration=4.0), task_id)
+    status, _ = await post(api_only, messy)
+    assert status == 200
+    result = (await api_only.task(task_id))["result"]
+    assert result["data"] == [
+        {"start_time": 0.0, "end_time": 2.0, "text": "first", "speaker": None},
+        {"start_time": 2.0, "end_time": 4.0, "text": "second", "speaker": None},
+    ]
+
+
+async def test_failure_callback_fails_the_task_and_is_delivered(api_only, start_gateway, webhook):
+    task_id = await new_task(api_only)
+    status, body = await post(api_only, failure(task_id, "upstream broke"))
+    assert status == 200 and body["data"]["outcome"] == "accepted"
+    task = await api_only.task(task_id)
+    assert task["status"] == "failed" and task["error"] == "upstream broke" and task["result"] is None
+    status, body = await post(api_only, failure(task_id, "upstream broke"))
+    assert body["data"]["outcome"] == "duplicate"
+
+    await start_gateway(config=api_only.config)
+    [call] = await webhook.wait_for(1)
+    assert Webhook(WEBHOOK_SECRET).verify(call.body, call.headers) == {
+        "code": "5000", "message": "FAILED", "task_id": task_id,
+        "data": {"data": None, "msg": "upstream broke", "success": False}}
+
+
+async def test_signed_callbacks_when_the_provider_has_a_secret(start_gateway, speech_wav):
+    gw = await start_gateway(worker=False, server={"api_keys": ["k"]},
+                             providers={"local": {"secret": WEBHOOK_SECRET}})
+    auth = {"Authorization": "k"}
+    form = aiohttp.FormData()
+    form.add_field("file", speech_wav.read_bytes(), filename="speech.wav")
+    status, body = await gw.call("POST", "/upload", data=form, headers=auth)
+    task_id = (await gw.call("POST", "/transcriptions/async-generate-audio", headers=auth,
+                             json={"asset_id": body["data"]["asset_id"]}))[1]["data"]["task_id"]
+    raw = json.dumps(for_task(HELLO, task_id))
+
+    status, body = await post(gw, raw)  # no signature (and no API key needed: the signature is the auth)
+    assert status == 401 and body["msg"].startswith("invalid webhook signature")
+    now = datetime.now(timezone.utc)
+    bad = {"webhook-id": "msg_1", "webhook-timestamp": str(int(now.timestamp())),
+           "webhook-signature": "v1,AAAA"}
+    status, _ = await post(gw, raw, headers=bad)
+    assert status == 401
+    good = dict(bad, **{"webhook-signature": Webhook(WEBHOOK_SECRET).sign("msg_1", now, raw)})
+    status, body = await post(gw, raw, headers=good)
+    assert status == 200 and body["data"]["outcome"] == "accepted"
