@@ -59,7 +59,7 @@ async def fetch_url(http: aiohttp.ClientSession, url: str, dest_dir: Path, max_b
                     size += len(chunk)
                     if size > max_bytes:
                         raise PermanentError(f"url content is larger than server.max_upload_mb "
-                                             f"({max_bytes / 1048576:g} MB)")
+                                             f"({max_bytes / 1048576:.4g} MB)")
                     f.write(chunk)
         if size == 0:
             raise PermanentError("url returned an empty body")

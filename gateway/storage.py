@@ -59,7 +59,7 @@ class AssetStore:
                     size += len(chunk)
                     if size > max_bytes:
                         raise PayloadTooLarge(f"file is larger than server.max_upload_mb "
-                                              f"({max_bytes / 1048576:g} MB)")
+                                              f"({max_bytes / 1048576:.4g} MB)")
                     digest.update(chunk)
                     f.write(chunk)
                 f.flush()
