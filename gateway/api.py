@@ -11,9 +11,8 @@ from aiohttp import web
 from sqlalchemy.exc import SQLAlchemyError
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from gateway import API_BASE, ingest, tasks
-from gateway.appkeys import CONFIG, DB, ENGINE, NOTIFIER, ROUTER, STORE
-from gateway.deliveries import delivery_summary
+from gateway import API_BASE, deliveries, ingest, tasks
+from gateway.appkeys import CONFIG, DB, ENGINE, NOTIFIER, PLUGINS, ROUTER, STORE
 from gateway.envelope import ok
 from gateway.errors import ApiError, BadRequest, NotFound, PayloadTooLarge, Unauthorized, Unavailable
 from gateway.jobs import TASKS
@@ -141,8 +140,21 @@ async def get_transcription(request: web.Request) -> web.Response:
     db = request.app[DB]
     task = await tasks.get_task(db, request.match_info["task_id"])
     view = tasks.task_view(task)
-    view["deliveries"] = await delivery_summary(db, task.id)
+    view["deliveries"] = await deliveries.delivery_summary(db, task.id)
     return ok(view)
+
+
+@routes.post(API_BASE + "/transcriptions/{task_id}/redeliver")
+async def redeliver(request: web.Request) -> web.Response:
+    """Run a finished task's deliveries again (all, or `?target=`), with a fresh attempt budget."""
+    db = request.app[DB]
+    task = await tasks.get_task(db, request.match_info["task_id"])
+    target = request.query.get("target") or None
+    count = await deliveries.redeliver(db, task.id, target)
+    if target and count == 0:
+        raise NotFound(f"task {task.id} has no delivery to {target!r}")
+    request.app[NOTIFIER].wake("deliveries")
+    return ok({"task_id": task.id, "redelivering": count})
 
 
 @routes.get(API_BASE + "/transcriptions")
@@ -193,7 +205,7 @@ async def callback(request: web.Request) -> web.Response:
         await _receipt(request, provider, raw, "invalid", exc.message)
         raise
     task_id = await ingest.find_task_id(app[DB], provider, external_id)
-    result = await ingest.ingest(app[DB], app[CONFIG], task_id, outcome, provider=provider,
+    result = await ingest.ingest(app[DB], app[CONFIG], task_id, outcome, provider=provider, plugins=app[PLUGINS],
                                  external_task_id=external_id, raw_sha256=ingest.body_sha256(raw))
     if result.outcome == ingest.UNKNOWN_TASK:
         raise NotFound(f"no task {external_id!r} for provider {provider!r}")

@@ -11,7 +11,7 @@ import structlog
 from aiohttp import web
 
 from gateway import API_BASE, api
-from gateway.appkeys import CONFIG, DB, ENGINE, HTTP, NOTIFIER, ROUTER, STORE, WORKERS
+from gateway.appkeys import CONFIG, DB, ENGINE, HTTP, NOTIFIER, PLUGINS, ROUTER, STORE, WORKERS
 from gateway.config import Config
 from gateway.db import Database, upgrade_async
 from gateway.engine import LocalEngine
@@ -19,6 +19,7 @@ from gateway.envelope import error
 from gateway.errors import ApiError
 from gateway.jobs import Workers
 from gateway.notify import Notifier
+from gateway.plugins import GatewayContext, Plugins
 from gateway.storage import AssetStore
 from gateway.tasks import Router
 
@@ -111,7 +112,7 @@ async def _http(app: web.Application):
 
 def _worker_context(app: web.Application):
     async def ctx(app: web.Application):
-        workers = Workers(app[DB], app[CONFIG], app[ENGINE], app[NOTIFIER], app[HTTP])
+        workers = Workers(app[DB], app[CONFIG], app[ENGINE], app[NOTIFIER], app[HTTP], app[PLUGINS])
         app[WORKERS] = workers
         loops = [asyncio.create_task(workers.task_loop()), asyncio.create_task(workers.delivery_loop())]
         yield
@@ -124,15 +125,25 @@ def _worker_context(app: web.Application):
     return ctx
 
 
-def create_app(config: Config, *, worker: bool = True) -> web.Application:
-    """The gateway application; `worker=False` serves the API only."""
+async def _startup_hooks(app: web.Application):
+    app[PLUGINS].context = GatewayContext(app[CONFIG], app[DB], app)
+    await app[PLUGINS].call_all("startup")
+    yield
+
+
+def create_app(config: Config, *, worker: bool = True, plugins: Plugins | None = None) -> web.Application:
+    """The gateway application; `worker=False` serves the API only.
+
+    Raises PluginError when a plugin cannot be loaded or its section is invalid."""
     app = web.Application(middlewares=[envelope_middleware, auth_middleware],
                           client_max_size=config.server.max_json_kb * 1024)
     app[CONFIG] = config
     app[NOTIFIER] = Notifier()
     app[STORE] = AssetStore(config.storage.dir)
-    app.cleanup_ctx.extend([_database, _engine, _http])
+    app[PLUGINS] = plugins or Plugins(config.plugins.load, config.plugins.sections())
+    app.cleanup_ctx.extend([_database, _engine, _http, _startup_hooks])
     if worker:
         app.cleanup_ctx.append(_worker_context(app))
     app.add_routes(api.routes)
+    app[PLUGINS].call_all_sync("register_routes", app=app)
     return app

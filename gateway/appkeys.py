@@ -9,6 +9,7 @@ from gateway.config import Config
 from gateway.db import Database
 from gateway.engine import LocalEngine
 from gateway.notify import Notifier
+from gateway.plugins import Plugins
 from gateway.storage import AssetStore
 
 CONFIG = web.AppKey("config", Config)
@@ -19,3 +20,4 @@ STORE = web.AppKey("store", AssetStore)
 HTTP = web.AppKey("http", aiohttp.ClientSession)
 ROUTER = web.AppKey("router", object)
 WORKERS = web.AppKey("workers", object)
+PLUGINS = web.AppKey("plugins", Plugins)

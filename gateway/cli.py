@@ -22,6 +22,15 @@ def _config(path: str | None):
         raise click.ClickException(str(exc)) from None
 
 
+def _plugins(cfg):
+    from gateway.plugins import PluginError, Plugins
+
+    try:
+        return Plugins(cfg.plugins.load, cfg.plugins.sections())
+    except PluginError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 config_option = click.option("--config", "config_path", type=click.Path(dir_okay=False),
                              envvar="TGW_CONFIG", help="TOML configuration file (default: built-in defaults).")
 url_option = click.option("--url", "base_url", envvar="TRANSCRIBE_GATEWAY_URL", default=DEFAULT_URL,
@@ -53,7 +62,8 @@ def serve(config_path: str | None, host: str | None, port: int | None) -> None:
 
     structlog.get_logger("gateway").info("serve.start", version=__version__, host=host or cfg.server.host,
                                          port=port or cfg.server.port, database=_redact(cfg.database.url))
-    web.run_app(create_app(cfg), host=host or cfg.server.host, port=port or cfg.server.port,
+    app = create_app(cfg, plugins=_plugins(cfg))
+    web.run_app(app, host=host or cfg.server.host, port=port or cfg.server.port,
                 print=None, shutdown_timeout=10, access_log=None)
 
 
@@ -173,6 +183,47 @@ def status(task_id: str, as_json: bool, base_url: str, api_key: str) -> None:
 
     _print_task(_run(go()), as_json)
 
+
+@main.command()
+@click.argument("task_id")
+@click.option("--target", default=None, help="Only this target (a webhook URL or plugin:<name>).")
+@url_option
+@key_option
+def redeliver(task_id: str, target: str | None, base_url: str, api_key: str) -> None:
+    """Run a task's deliveries (webhooks and plugins) again."""
+    from gateway.client import GatewayClient
+
+    async def go():
+        async with GatewayClient(base_url, api_key) as client:
+            return await client.redeliver(task_id, target)
+
+    data = _run(go())
+    click.echo(f"task {data['task_id']}: {data['redelivering']} deliveries queued again")
+
+
+@main.command("plugins")
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def list_plugins(config_path: str | None, as_json: bool) -> None:
+    """List the loaded plugins, their versions and hooks."""
+    rows = _plugins(_config(config_path)).describe()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        click.echo(f"{row['name']:<12} {row['package'] or '-'} {row['version'] or ''}  hooks: {', '.join(row['hooks'])}")
+
+
+def _add_plugin_commands() -> None:
+    """Commands from plugins (register_commands), chosen by the environment's plugins.load."""
+    try:
+        plugins = _plugins(load_config(None))
+    except click.ClickException:
+        return  # `serve` and `plugins` report the configuration error properly
+    plugins.call_all_sync("register_commands", cli=main)
+
+
+_add_plugin_commands()
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -58,3 +58,11 @@ class GatewayClient:
 
     async def status(self, task_id: str) -> dict[str, Any]:
         return await self._call("GET", f"/transcriptions/{task_id}")
+
+    async def redeliver(self, task_id: str, target: str | None = None) -> dict[str, Any]:
+        params = {"target": target} if target else {}
+        return await self._call("POST", f"/transcriptions/{task_id}/redeliver", params=params)
+
+    async def search(self, q: str, **filters: Any) -> dict[str, Any]:
+        params = {"q": q, **{k: str(v) for k, v in filters.items() if v is not None}}
+        return await self._call("GET", "/search", params=params)

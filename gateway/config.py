@@ -10,9 +10,9 @@ import json
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ENV_PREFIX = "TGW_"
 
@@ -116,6 +116,32 @@ class LogConfig(_Section):
     format: Literal["auto", "json", "console"] = "auto"
 
 
+class PluginsConfig(BaseModel):
+    """`load` chooses plugins (None = every installed one); each other key is a plugin's section,
+    validated by that plugin at start-up."""
+
+    model_config = ConfigDict(extra="allow")
+
+    load: Optional[list[str]] = None
+
+    @field_validator("load", mode="before")
+    @classmethod
+    def _comma_list(cls, v: Any) -> Any:
+        if isinstance(v, str):  # TGW_PLUGINS__LOAD=slack,srt
+            return [name.strip() for name in v.split(",") if name.strip()]
+        return v
+
+    @model_validator(mode="after")
+    def _tables(self):
+        for name, value in (self.model_extra or {}).items():
+            if not isinstance(value, dict):
+                raise ValueError(f"[plugins.{name}] must be a table")
+        return self
+
+    def sections(self) -> dict[str, dict[str, Any]]:
+        return dict(self.model_extra or {})
+
+
 class Config(_Section):
     server: ServerConfig = ServerConfig()
     database: DatabaseConfig = DatabaseConfig()
@@ -124,9 +150,9 @@ class Config(_Section):
     jobs: JobsConfig = JobsConfig()
     webhooks: WebhooksConfig = WebhooksConfig()
     log: LogConfig = LogConfig()
-    # Provider and plugin sections are free-form tables here; their owners validate them.
+    # Provider sections are free-form tables here; their owners validate them.
     providers: dict[str, dict[str, Any]] = {}
-    plugins: dict[str, dict[str, Any]] = {}
+    plugins: PluginsConfig = PluginsConfig()
 
     def provider(self, name: str) -> dict[str, Any]:
         return self.providers.get(name, {})

@@ -9,6 +9,7 @@ delivery's id (stable across its retries), `webhook-timestamp` the attempt's tim
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
 from dataclasses import dataclass
@@ -16,15 +17,19 @@ from datetime import datetime, timedelta, timezone
 
 import aiohttp
 import structlog
-from sqlalchemy import or_
+from sqlalchemy import or_, update
 from sqlmodel import col, select
 from standardwebhooks.webhooks import Webhook
 
+from gateway import API_BASE
 from gateway.config import Config, WebhooksConfig
 from gateway.db import Database
-from gateway.models import Delivery, DeliveryAttempt, DeliveryStatus, Task, utcnow
+from gateway.models import Asset, Delivery, DeliveryAttempt, DeliveryStatus, Task, utcnow
+from gateway.plugins import Plugins, RetryAfter, TaskInfo, transcript_from_payload
 
 log = structlog.get_logger(__name__)
+
+PLUGIN_PREFIX = "plugin:"
 
 
 def backoff_s(attempt: int, cfg: WebhooksConfig, rng: random.Random = random.Random()) -> float:
@@ -50,7 +55,12 @@ def signed_headers(msg_id: str, body: str, secret: str, now: datetime | None = N
 @dataclass
 class Claimed:
     delivery: Delivery
-    body: str
+    task: Task
+    filename: str | None
+
+    @property
+    def body(self) -> str:
+        return self.task.result_json
 
 
 async def claim_delivery(db: Database, owner: str, lease_s: float) -> Claimed | None:
@@ -68,8 +78,11 @@ async def claim_delivery(db: Database, owner: str, lease_s: float) -> Claimed | 
         d.lease_owner = owner
         d.lease_expires_at = now + timedelta(seconds=lease_s)
         s.add(d)
-        body = (await s.exec(select(Task.result_json).where(Task.id == d.task_id))).one()
-    return Claimed(d, body)
+        task = await s.get(Task, d.task_id)
+        filename = None
+        if task.asset_id:
+            filename = (await s.exec(select(Asset.filename).where(Asset.id == task.asset_id))).first()
+    return Claimed(d, task, filename)
 
 
 async def next_due_in(db: Database) -> float | None:
@@ -101,8 +114,19 @@ async def send_webhook(http: aiohttp.ClientSession, d: Delivery, body: str,
         return None, f"{type(exc).__name__}: {exc}"
 
 
-async def record_attempt(db: Database, d: Delivery, owner: str, started: datetime, duration_ms: float,
-                         status_code: int | None, error: str | None, cfg: WebhooksConfig) -> str:
+@dataclass
+class Attempt:
+    """What one try of a delivery gave."""
+
+    started: datetime
+    duration_ms: float
+    status_code: int | None = None
+    error: str | None = None
+    retry_after_s: float | None = None  # the target asked for this delay (HTTP 429 Retry-After)
+
+
+async def record_attempt(db: Database, d: Delivery, owner: str, attempt: Attempt, max_attempts: int,
+                         cfg: WebhooksConfig) -> str:
     """Store the attempt and move the delivery on: delivered, retried later, or dead."""
     now = utcnow()
     async with db.session() as s:
@@ -110,41 +134,101 @@ async def record_attempt(db: Database, d: Delivery, owner: str, started: datetim
         if row is None or row.lease_owner != owner or row.status != DeliveryStatus.PENDING:
             return row.status if row else "gone"  # someone else took over; their outcome stands
         row.attempts += 1
-        s.add(DeliveryAttempt(delivery_id=row.id, number=row.attempts, started_at=started,
-                              duration_ms=round(duration_ms, 2), status_code=status_code, error=error))
-        row.last_status_code = status_code
-        row.last_error = error
+        s.add(DeliveryAttempt(delivery_id=row.id, number=row.attempts, started_at=attempt.started,
+                              duration_ms=round(attempt.duration_ms, 2), status_code=attempt.status_code,
+                              error=attempt.error))
+        row.last_status_code = attempt.status_code
+        row.last_error = attempt.error
         row.lease_owner = None
         row.lease_expires_at = None
         row.updated_at = now
-        if error is None:
+        if attempt.error is None:
             row.status = DeliveryStatus.DELIVERED
             row.delivered_at = now
-        elif row.attempts >= cfg.max_attempts:
+        elif row.attempts >= max_attempts:
             row.status = DeliveryStatus.DEAD
         else:
-            row.next_attempt_at = now + timedelta(seconds=backoff_s(row.attempts, cfg))
+            delay = attempt.retry_after_s if attempt.retry_after_s is not None else backoff_s(row.attempts, cfg)
+            row.next_attempt_at = now + timedelta(seconds=delay)
         s.add(row)
         return row.status
 
 
-async def deliver_one(db: Database, config: Config, http: aiohttp.ClientSession, owner: str,
-                      claimed: Claimed) -> str:
+def task_info(claimed: Claimed, public_url: str) -> TaskInfo:
+    t = claimed.task
+    link = f"{public_url.rstrip('/')}{API_BASE}/transcriptions/{t.id}" if public_url else None
+    return TaskInfo(task_id=t.id, status=t.status, model=t.model, provider=t.provider, speaker=t.speaker,
+                    language=t.language, asset_id=t.asset_id, filename=claimed.filename, url=t.url,
+                    created_at=t.created_at, finished_at=t.finished_at, link=link)
+
+
+async def run_plugin(plugins: Plugins, name: str, claimed: Claimed, public_url: str) -> None:
+    """Call one plugin's transcript_completed or transcript_failed for the claimed task."""
+    payload = json.loads(claimed.body)
+    info = task_info(claimed, public_url)
+    cfg = plugins.configs[name]
+    if payload["data"]["success"]:
+        call = plugins.call_one("transcript_completed", name, task=info,
+                                transcript=transcript_from_payload(payload), config=cfg)
+    else:
+        call = plugins.call_one("transcript_failed", name, task=info, error=payload["data"]["msg"], config=cfg)
+    await asyncio.wait_for(call, cfg.timeout_s)
+
+
+async def attempt_delivery(config: Config, http: aiohttp.ClientSession, plugins: Plugins | None,
+                           claimed: Claimed) -> tuple[Attempt, int]:
+    """Try the delivery once: (what happened, the target's max attempts)."""
     d = claimed.delivery
-    bound = log.bind(task_id=d.task_id, delivery_id=d.id, target=d.target)
-    started = utcnow()
+    attempt = Attempt(started=utcnow(), duration_ms=0)
     t0 = time.perf_counter()
-    status_code, error = await send_webhook(http, d, claimed.body, config.webhooks)
-    outcome = await record_attempt(db, d, owner, started, (time.perf_counter() - t0) * 1000,
-                                   status_code, error, config.webhooks)
-    bound.info("delivery.attempt", status_code=status_code, error=error, outcome=outcome,
-               attempt=d.attempts + 1)
+    if d.kind == "webhook":
+        max_attempts = config.webhooks.max_attempts
+        attempt.status_code, attempt.error = await send_webhook(http, d, claimed.body, config.webhooks)
+    else:
+        name = d.target.removeprefix(PLUGIN_PREFIX)
+        if plugins is None or name not in plugins.configs:
+            max_attempts = config.webhooks.max_attempts
+            attempt.error = f"plugin {name!r} is not loaded in this process"
+        else:
+            max_attempts = plugins.configs[name].max_attempts
+            try:
+                await run_plugin(plugins, name, claimed, config.server.public_url)
+            except RetryAfter as exc:
+                attempt.error, attempt.retry_after_s = str(exc), exc.seconds
+            except asyncio.TimeoutError:
+                attempt.error = f"timed out after {plugins.configs[name].timeout_s:g}s"
+            except Exception as exc:
+                attempt.error = f"{type(exc).__name__}: {exc}"
+    attempt.duration_ms = (time.perf_counter() - t0) * 1000
+    return attempt, max_attempts
+
+
+async def deliver_one(db: Database, config: Config, http: aiohttp.ClientSession, plugins: Plugins | None,
+                      owner: str, claimed: Claimed) -> str:
+    d = claimed.delivery
+    attempt, max_attempts = await attempt_delivery(config, http, plugins, claimed)
+    outcome = await record_attempt(db, d, owner, attempt, max_attempts, config.webhooks)
+    log.info("delivery.attempt", task_id=d.task_id, delivery_id=d.id, target=d.target,
+             status_code=attempt.status_code, error=attempt.error, outcome=outcome, attempt=d.attempts + 1)
     return outcome
+
+
+async def redeliver(db: Database, task_id: str, target: str | None = None) -> int:
+    """Queue a task's deliveries (all, or one target) to run again now, with a fresh attempt budget."""
+    now = utcnow()
+    async with db.session() as s:
+        stmt = update(Delivery).where(Delivery.task_id == task_id)
+        if target:
+            stmt = stmt.where(Delivery.target == target)
+        res = await s.exec(stmt.values(status=DeliveryStatus.PENDING, attempts=0, next_attempt_at=now,
+                                       lease_owner=None, lease_expires_at=None, updated_at=now))
+        return res.rowcount
 
 
 async def delivery_summary(db: Database, task_id: str) -> list[dict]:
     async with db.session() as s:
         rows = (await s.exec(select(Delivery).where(Delivery.task_id == task_id)
-                             .order_by(col(Delivery.created_at)))).all()
+                             .order_by(col(Delivery.created_at), col(Delivery.kind).desc(),
+                                       col(Delivery.target)))).all()
     return [{"target": d.target, "kind": d.kind, "status": d.status, "attempts": d.attempts,
              "last_status_code": d.last_status_code, "last_error": d.last_error} for d in rows]

@@ -18,9 +18,11 @@ from sqlmodel import select
 
 from gateway.config import Config
 from gateway.db import Database
+from gateway.deliveries import PLUGIN_PREFIX
 from gateway.models import (CallbackReceipt, Delivery, Segment, Task, TaskStatus, Transcript,
                             utcnow)
 from gateway.payloads import Outcome, build_payload, normalise_segments, outcome_sha256
+from gateway.plugins import Plugins
 
 log = structlog.get_logger(__name__)
 
@@ -36,10 +38,15 @@ class IngestResult:
     task_id: str | None
 
 
-def delivery_targets(task: Task, config: Config) -> list[tuple[str, str]]:
-    """(target, kind) for every place a finished task goes: its callback_url, then webhooks.urls."""
+def delivery_targets(task: Task, config: Config, plugins: Plugins | None, success: bool) -> list[tuple[str, str]]:
+    """(target, kind) for every place a finished task goes: its callback_url, webhooks.urls,
+    and each loaded plugin that implements transcript_completed (or transcript_failed)."""
     urls = ([task.callback_url] if task.callback_url else []) + list(config.webhooks.urls)
-    return [(u, "webhook") for u in dict.fromkeys(urls)]
+    targets = [(u, "webhook") for u in dict.fromkeys(urls)]
+    if plugins is not None:
+        hook = "transcript_completed" if success else "transcript_failed"
+        targets += [(PLUGIN_PREFIX + name, "plugin") for name in plugins.delivery_targets(hook)]
+    return targets
 
 
 def _final_payload(task: Task, outcome: Outcome) -> dict:
@@ -67,7 +74,7 @@ async def find_task_id(db: Database, provider: str, external_id: str) -> str | N
 
 
 async def ingest(db: Database, config: Config, task_id: str | None, outcome: Outcome, *,
-                 provider: str, external_task_id: str | None = None,
+                 provider: str, plugins: Plugins | None, external_task_id: str | None = None,
                  raw_sha256: str = "") -> IngestResult:
     """Store the first result for `task_id` and schedule its deliveries; repeats change nothing."""
     bound = log.bind(task_id=task_id, provider=provider)
@@ -81,7 +88,7 @@ async def ingest(db: Database, config: Config, task_id: str | None, outcome: Out
             payload = _final_payload(task, outcome)
             digest = outcome_sha256(payload)
             if task.result_sha256 is None:
-                await _store(s, task, outcome, payload, digest, config)
+                await _store(s, task, outcome, payload, digest, delivery_targets(task, config, plugins, outcome.success))
                 result = IngestResult(ACCEPTED, task.id)
             elif task.result_sha256 == digest:
                 result = IngestResult(DUPLICATE, task.id)
@@ -94,7 +101,8 @@ async def ingest(db: Database, config: Config, task_id: str | None, outcome: Out
     return result
 
 
-async def _store(s, task: Task, outcome: Outcome, payload: dict, digest: str, config: Config) -> None:
+async def _store(s, task: Task, outcome: Outcome, payload: dict, digest: str,
+                 targets: list[tuple[str, str]]) -> None:
     now = utcnow()
     task.result_json = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
     task.result_sha256 = digest
@@ -115,6 +123,6 @@ async def _store(s, task: Task, outcome: Outcome, payload: dict, digest: str, co
         for i, x in enumerate(segs):
             s.add(Segment(task_id=task.id, idx=i, start_time=x["start_time"], end_time=x["end_time"],
                           speaker=x["speaker"], text=x["text"]))
-    for target, kind in delivery_targets(task, config):
+    for target, kind in targets:
         s.add(Delivery(id=uuid.uuid4().hex, task_id=task.id, target=target, kind=kind,
                        next_attempt_at=now))

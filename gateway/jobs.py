@@ -25,6 +25,7 @@ from gateway.engine import AudioError, LocalEngine, TranscribeRequest
 from gateway.models import Asset, Task
 from gateway.notify import Notifier
 from gateway.payloads import Outcome
+from gateway.plugins import Plugins
 from gateway.urls import PublicOnlyResolver
 
 log = structlog.get_logger(__name__)
@@ -73,8 +74,9 @@ class Workers:
     """The task loop and the delivery loop of one process."""
 
     def __init__(self, db: Database, config: Config, engine: LocalEngine, notifier: Notifier,
-                 http: aiohttp.ClientSession):
+                 http: aiohttp.ClientSession, plugins: Plugins | None):
         self.db = db
+        self.plugins = plugins
         self.config = config
         self.engine = engine
         self.notifier = notifier
@@ -138,7 +140,7 @@ class Workers:
             outcome = Outcome.failure(f"failed after {task.attempts} attempts: {reason}")
         try:
             result = await ingest.ingest(self.db, self.config, task.id, outcome, provider="local",
-                                         external_task_id=task.id)
+                                         plugins=self.plugins, external_task_id=task.id)
         except Exception:
             log.exception("task.ingest_failed")  # the lease expires and the task is run again
             return
@@ -231,7 +233,7 @@ class Workers:
     async def _deliver(self, claimed: deliveries.Claimed) -> None:
         structlog.contextvars.bind_contextvars(task_id=claimed.delivery.task_id)
         try:
-            await deliveries.deliver_one(self.db, self.config, self.http, self.owner, claimed)
+            await deliveries.deliver_one(self.db, self.config, self.http, self.plugins, self.owner, claimed)
         except Exception:
             log.exception("delivery.error", delivery_id=claimed.delivery.id)
 

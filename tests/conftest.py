@@ -120,6 +120,7 @@ def test_config(tmp_path: Path, database_url: str, **sections: dict) -> Config:
         "webhooks": {"secret": "whsec_" + "dGVzdC1zZWNyZXQtdGVzdC1zZWNyZXQ=", "timeout_s": 2,
                      "backoff_base_s": 0.1, "backoff_max_s": 0.5, "max_attempts": 4},
         "log": {"format": "json"},
+        "plugins": {"srt": {"output_dir": str(tmp_path / "subtitles")}},
     }
     for name, values in sections.items():
         base.setdefault(name, {}).update(values)
@@ -321,6 +322,10 @@ async def webhook():
 WEBHOOK_SECRET = "whsec_" + "dGVzdC1zZWNyZXQtdGVzdC1zZWNyZXQ="
 
 
+def webhook_deliveries(task: dict) -> list[dict]:
+    return [d for d in task["deliveries"] if d["kind"] == "webhook"]
+
+
 def to_toml(sections: dict[str, dict]) -> str:
     """A TOML document from {section: {key: value}} (values written as JSON, which TOML accepts here)."""
     lines = []
@@ -334,7 +339,8 @@ def daemon_sections(tmp_path: Path, database_url: str, **sections: dict) -> dict
     """The same test defaults as test_config, as TOML sections for a subprocess daemon."""
     cfg = test_config(tmp_path, database_url, **sections)
     dump = cfg.model_dump(exclude={"providers", "plugins"})
-    return {name: values for name, values in dump.items()}
+    dump.update({f"plugins.{name}": values for name, values in cfg.plugins.sections().items()})
+    return dump
 
 
 async def count_rows(database_url: str, sql: str, **params) -> int:

@@ -9,14 +9,14 @@ from datetime import datetime, timezone
 
 from standardwebhooks.webhooks import Webhook
 
-from conftest import WEBHOOK_SECRET, count_rows
+from conftest import WEBHOOK_SECRET, count_rows, webhook_deliveries
 from gateway.config import WebhooksConfig
 from gateway.deliveries import backoff_s, signed_headers
 
 
 async def wait_delivery(gw, task_id, status, timeout=30):
     for _ in range(int(timeout / 0.1)):
-        deliveries = (await gw.task(task_id))["deliveries"]
+        deliveries = webhook_deliveries(await gw.task(task_id))
         if deliveries and all(d["status"] == status for d in deliveries):
             return deliveries
         await asyncio.sleep(0.1)

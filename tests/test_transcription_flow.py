@@ -55,12 +55,18 @@ async def test_async_transcription_delivers_signed_callback(start_gateway, webho
 
     deliveries = (await gw.task(task_id))["deliveries"]
     for _ in range(50):
-        if deliveries[0]["status"] == "delivered":
+        if all(d["status"] == "delivered" for d in deliveries):
             break
         await asyncio.sleep(0.1)
         deliveries = (await gw.task(task_id))["deliveries"]
-    assert deliveries == [{"target": webhook.url, "kind": "webhook", "status": "delivered", "attempts": 1,
-                           "last_status_code": 200, "last_error": None}]
+    assert deliveries == [
+        {"target": webhook.url, "kind": "webhook", "status": "delivered", "attempts": 1,
+         "last_status_code": 200, "last_error": None},
+        {"target": "plugin:search", "kind": "plugin", "status": "delivered", "attempts": 1,
+         "last_status_code": None, "last_error": None},
+        {"target": "plugin:srt", "kind": "plugin", "status": "delivered", "attempts": 1,
+         "last_status_code": None, "last_error": None},
+    ]
 
 
 async def test_sync_transcription_returns_items(gateway, speech_wav):

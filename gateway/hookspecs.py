@@ -1,0 +1,45 @@
+"""Plugin hook specifications. A plugin implements any of these with `@hookimpl`.
+
+Implementations may be plain functions or return awaitables (coroutines). See
+docs/PLUGINS.md for the arguments and an example of each hook.
+"""
+
+from pluggy import HookimplMarker, HookspecMarker
+
+hookspec = HookspecMarker("transcribe_gateway")
+hookimpl = HookimplMarker("transcribe_gateway")
+
+
+@hookspec
+def plugin_config():
+    """Return the pydantic model that validates this plugin's [plugins.<name>] section."""
+
+
+@hookspec
+def register_providers(register):
+    """Register transcription providers: call register(name, provider)."""
+
+
+@hookspec
+def transcript_completed(task, transcript, config, gateway):
+    """Deliver a completed transcript; raise to have the delivery retried."""
+
+
+@hookspec
+def transcript_failed(task, error, config, gateway):
+    """Report a failed task; raise to have the delivery retried."""
+
+
+@hookspec
+def register_routes(app):
+    """Add routes to the aiohttp application before it starts."""
+
+
+@hookspec
+def register_commands(cli):
+    """Add commands to the `transcribe-gateway` click group."""
+
+
+@hookspec
+def startup(gateway):
+    """Run once the gateway has started (database ready, before work is claimed)."""

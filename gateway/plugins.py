@@ -1,0 +1,193 @@
+"""The plugin manager: loads plugins from the `transcribe_gateway` entry-point group (the
+first-party ones too), validates their config sections, and calls one plugin's
+implementation of a hook at a time, so each plugin is delivered to and retried alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from dataclasses import dataclass, field
+from datetime import datetime
+from importlib.metadata import entry_points
+from typing import Any
+
+import pluggy
+import structlog
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from gateway import hookspecs
+from gateway.payloads import Segment
+
+log = structlog.get_logger(__name__)
+
+GROUP = "transcribe_gateway"
+
+
+class PluginError(Exception):
+    """A plugin cannot be loaded or configured; the message names it."""
+
+
+class RetryAfter(Exception):
+    """Raised by a plugin to have its delivery retried after `seconds` (e.g. HTTP 429 Retry-After)."""
+
+    def __init__(self, seconds: float, message: str = ""):
+        super().__init__(message or f"retry after {seconds:g}s")
+        self.seconds = seconds
+
+
+class PluginConfig(BaseModel):
+    """Keys every [plugins.<name>] section has; a plugin's own model extends this."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_attempts: int = Field(8, ge=1)
+    timeout_s: float = Field(60, gt=0)
+
+    def active(self) -> bool:
+        """Whether the plugin gets deliveries; e.g. Slack only once a webhook_url is set."""
+        return True
+
+
+class _FreeformConfig(PluginConfig):
+    model_config = ConfigDict(extra="allow")
+
+
+@dataclass
+class GatewayContext:
+    """The running gateway, as plugins see it (`startup` and the `gateway` argument of hooks)."""
+
+    config: Any
+    db: Any
+    app: Any = None
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """What a plugin learns about a task."""
+
+    task_id: str
+    status: str
+    model: str
+    provider: str
+    speaker: bool
+    language: str | None
+    asset_id: str | None
+    filename: str | None
+    url: str | None
+    created_at: datetime
+    finished_at: datetime | None
+    link: str | None  # the task's status URL under server.public_url, if that is set
+
+
+@dataclass(frozen=True)
+class TranscriptInfo:
+    """A completed transcript: segments in time order and the audio's duration."""
+
+    segments: tuple[Segment, ...]
+    duration: float
+    model: str
+    speakers: tuple[str, ...] = field(default=())
+
+    @property
+    def text(self) -> str:
+        return " ".join(s.text for s in self.segments)
+
+
+def transcript_from_payload(payload: dict) -> TranscriptInfo:
+    inner = payload["data"]["data"]
+    segments = tuple(Segment(s["start_time"], s["end_time"], s["text"], s["speaker"]) for s in inner["data"])
+    speakers = tuple(dict.fromkeys(s.speaker for s in segments if s.speaker))
+    usage = inner["usage_metadata"]
+    return TranscriptInfo(segments=segments, duration=usage["duration"], model=usage["model"], speakers=speakers)
+
+
+def installed_entry_points() -> dict[str, Any]:
+    return {ep.name: ep for ep in entry_points(group=GROUP)}
+
+
+class Plugins:
+    """The loaded plugins of one process, and their validated configuration."""
+
+    def __init__(self, load: list[str] | None, sections: dict[str, Any]):
+        self.pm = pluggy.PluginManager(GROUP)
+        self.pm.add_hookspecs(hookspecs)
+        available = installed_entry_points()
+        names = list(available) if load is None else load
+        for name in names:
+            if name not in available:
+                raise PluginError(f"plugins.load: no plugin named {name!r} is installed "
+                                  f"(installed: {', '.join(sorted(available)) or 'none'})")
+            self.pm.register(available[name].load(), name=name)
+        for name in sections:
+            if name not in available:
+                raise PluginError(f"plugins.{name}: no plugin named {name!r} is installed")
+        self.configs = {name: self._validate(name, sections.get(name, {})) for name in self.names()}
+        self.context: GatewayContext | None = None  # set once the gateway has started
+        self._dists = {name: available[name].dist for name in self.names()}
+
+    def names(self) -> list[str]:
+        return [name for name, _ in self.pm.list_name_plugin()]
+
+    def _validate(self, name: str, section: dict) -> PluginConfig:
+        impl = self._impl("plugin_config", name)
+        model = impl.function() if impl else _FreeformConfig
+        try:
+            return model.model_validate(section)
+        except ValidationError as exc:
+            e = exc.errors()[0]
+            key = ".".join(str(p) for p in e["loc"])
+            msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+            raise PluginError(f"plugins.{name}.{key}: {msg}") from None
+
+    def _impl(self, hook: str, name: str):
+        for impl in getattr(self.pm.hook, hook).get_hookimpls():
+            if impl.plugin_name == name:
+                return impl
+        return None
+
+    def implementing(self, hook: str) -> list[str]:
+        """Names of the loaded plugins that implement `hook`, in registration order."""
+        impls = {impl.plugin_name for impl in getattr(self.pm.hook, hook).get_hookimpls()}
+        return [n for n in self.names() if n in impls]
+
+    def delivery_targets(self, hook: str) -> list[str]:
+        """The plugins that get a delivery for `hook`: implementing it, and active by their config."""
+        return [n for n in self.implementing(hook) if self.configs[n].active()]
+
+    async def call_one(self, hook: str, name: str, **kwargs) -> Any:
+        """Call plugin `name`'s implementation of `hook`; sync ones run in a thread."""
+        impl = self._impl(hook, name)
+        if impl is None:
+            raise PluginError(f"plugin {name!r} does not implement {hook}")
+        kwargs.setdefault("gateway", self.context)
+        args = {k: kwargs[k] for k in impl.argnames}
+        if inspect.iscoroutinefunction(impl.function):
+            result = await impl.function(**args)
+        else:
+            result = await asyncio.to_thread(impl.function, **args)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+    async def call_all(self, hook: str, **kwargs) -> list[Any]:
+        return [await self.call_one(hook, name, **kwargs) for name in self.implementing(hook)]
+
+    def call_all_sync(self, hook: str, **kwargs) -> list[Any]:
+        """For hooks that run before the event loop (register_routes, register_commands)."""
+        out = []
+        for name in self.implementing(hook):
+            impl = self._impl(hook, name)
+            out.append(impl.function(**{k: kwargs[k] for k in impl.argnames}))
+        return out
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Name, distribution, version and hooks of every loaded plugin."""
+        out = []
+        for name in self.names():
+            plugin = self.pm.get_plugin(name)
+            hooks = sorted(c.name for c in self.pm.get_hookcallers(plugin) or [])
+            dist = self._dists.get(name)
+            out.append({"name": name, "package": dist.name if dist else None,
+                        "version": dist.version if dist else None, "hooks": hooks})
+        return out

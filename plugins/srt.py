@@ -1,0 +1,38 @@
+"""Subtitles: writes <output_dir>/<task_id>.srt and .vtt for every completed transcript."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import field_validator
+
+from gateway.hookspecs import hookimpl
+from gateway.plugins import PluginConfig
+from gateway.subtitles import render, write_atomic
+
+
+class SrtConfig(PluginConfig):
+    output_dir: str = "./data/subtitles"
+    formats: list[Literal["srt", "vtt", "txt", "json"]] = ["srt", "vtt"]
+
+    @field_validator("formats")
+    @classmethod
+    def _not_empty(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("name at least one format")
+        return list(dict.fromkeys(v))
+
+
+@hookimpl
+def plugin_config():
+    return SrtConfig
+
+
+@hookimpl
+def transcript_completed(task, transcript, config: SrtConfig):
+    # Rewriting the same task writes the same bytes: a repeated delivery is harmless.
+    result = {"data": [s.as_dict() for s in transcript.segments],
+              "usage_metadata": {"duration": transcript.duration, "model": transcript.model}}
+    for fmt in config.formats:
+        write_atomic(Path(config.output_dir) / f"{task.task_id}.{fmt}", render(fmt, transcript.segments, result))
