@@ -11,13 +11,14 @@ from aiohttp import web
 from sqlalchemy.exc import SQLAlchemyError
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from gateway import API_BASE, deliveries, ingest, tasks
+from gateway import API_BASE, deliveries, ingest, subtitles, tasks
 from gateway.appkeys import CONFIG, DB, ENGINE, NOTIFIER, PLUGINS, ROUTER, STORE
 from gateway.envelope import ok
 from gateway.errors import ApiError, BadRequest, NotFound, PayloadTooLarge, Unauthorized, Unavailable
 from gateway.jobs import TASKS
 from gateway.models import Asset, CallbackReceipt, TaskStatus
 from gateway.payloads import parse_callback
+from gateway.plugins import transcript_from_payload
 from gateway.storage import safe_filename
 
 log = structlog.get_logger(__name__)
@@ -142,6 +143,21 @@ async def get_transcription(request: web.Request) -> web.Response:
     view = tasks.task_view(task)
     view["deliveries"] = await deliveries.delivery_summary(db, task.id)
     return ok(view)
+
+
+@routes.get(API_BASE + "/transcriptions/{task_id}/transcript.{fmt}")
+async def transcript(request: web.Request) -> web.Response:
+    """The completed transcript as SRT, WebVTT, plain text or JSON (the same renderings as the srt plugin)."""
+    fmt = request.match_info["fmt"]
+    if fmt not in subtitles.FORMATS:
+        raise NotFound(f"no transcript format {fmt!r}; use one of {', '.join(subtitles.FORMATS)}")
+    task = await tasks.get_task(request.app[DB], request.match_info["task_id"])
+    if task.status != TaskStatus.COMPLETED:
+        raise ApiError(f"task {task.id} is {task.status}; a transcript exists once it is completed", 409)
+    result = tasks.task_view(task)["result"]
+    segments = transcript_from_payload(json.loads(task.result_json)).segments
+    return web.Response(text=subtitles.render(fmt, segments, result), charset="utf-8",
+                        content_type=subtitles.MEDIA_TYPES[fmt])
 
 
 @routes.post(API_BASE + "/transcriptions/{task_id}/redeliver")

@@ -57,12 +57,13 @@ def serve(config_path: str | None, host: str | None, port: int | None) -> None:
     from gateway.logs import configure_logging
 
     cfg = _config(config_path)
+    plugins = _plugins(cfg)
     configure_logging(cfg.log)
     import structlog
 
     structlog.get_logger("gateway").info("serve.start", version=__version__, host=host or cfg.server.host,
                                          port=port or cfg.server.port, database=_redact(cfg.database.url))
-    app = create_app(cfg, plugins=_plugins(cfg))
+    app = create_app(cfg, plugins=plugins)
     web.run_app(app, host=host or cfg.server.host, port=port or cfg.server.port,
                 print=None, shutdown_timeout=10, access_log=None)
 

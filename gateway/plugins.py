@@ -126,6 +126,11 @@ class Plugins:
         self.context: GatewayContext | None = None  # set once the gateway has started
         self._dists = {name: available[name].dist for name in self.names()}
 
+    def register(self, plugin: Any, name: str, section: dict | None = None) -> None:
+        """Register a plugin object directly (embedding, tests); its section is validated the same way."""
+        self.pm.register(plugin, name=name)
+        self.configs[name] = self._validate(name, section or {})
+
     def names(self) -> list[str]:
         return [name for name, _ in self.pm.list_name_plugin()]
 

@@ -197,9 +197,9 @@ async def start_gateway(tmp_path, database_url):
     servers: list[TestServer] = []
     sessions: list[aiohttp.ClientSession] = []
 
-    async def start(config: Config | None = None, worker: bool = True, **sections) -> Gateway:
+    async def start(config: Config | None = None, worker: bool = True, plugin_manager=None, **sections) -> Gateway:
         cfg = config or test_config(tmp_path, database_url, **sections)
-        server = TestServer(create_app(cfg, worker=worker), host="127.0.0.1")
+        server = TestServer(create_app(cfg, worker=worker, plugins=plugin_manager), host="127.0.0.1")
         await server.start_server()
         servers.append(server)
         http = aiohttp.ClientSession()

@@ -1,0 +1,251 @@
+"""The plugin system: one delivery per plugin, retried and isolated, re-runnable; config
+validated at start-up; plugins listed; a third-party plugin package installed for real."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from conftest import free_port, test_config
+from gateway.config import load_config
+from gateway.hookspecs import hookimpl
+from gateway.plugins import PluginError, Plugins, RetryAfter
+from test_cli import cli
+
+
+class Recorder:
+    """Remembers every call (a plain sync implementation: it runs in a thread)."""
+
+    def __init__(self):
+        self.completed, self.failed = [], []
+
+    @hookimpl
+    def transcript_completed(self, task, transcript):
+        self.completed.append((time.monotonic(), task, transcript))
+
+    @hookimpl
+    def transcript_failed(self, task, error):
+        self.failed.append((task, error))
+
+
+class Failing:
+    def __init__(self):
+        self.calls = 0
+        self.fixed = False
+
+    @hookimpl
+    async def transcript_completed(self, task):
+        self.calls += 1
+        if not self.fixed:
+            raise RuntimeError("boom")
+
+
+class Hanging:
+    @hookimpl
+    async def transcript_completed(self, task):
+        await asyncio.sleep(30)
+
+
+class RateLimited:
+    def __init__(self):
+        self.times = []
+
+    @hookimpl
+    async def transcript_completed(self, task):
+        self.times.append(time.monotonic())
+        if len(self.times) == 1:
+            raise RetryAfter(0.6, "slow down")
+
+
+async def start_with(start_gateway, tmp_path, database_url, extra: dict, **sections):
+    cfg = test_config(tmp_path, database_url, **sections)
+    plugins = Plugins(cfg.plugins.load, cfg.plugins.sections())
+    for name, (plugin, section) in extra.items():
+        plugins.register(plugin, name, section)
+    return await start_gateway(config=cfg, plugin_manager=plugins)
+
+
+async def wait_deliveries(gw, task_id, done, timeout=30):
+    deadline = time.monotonic() + timeout
+    while True:
+        deliveries = {d["target"]: d for d in (await gw.task(task_id))["deliveries"]}
+        if done(deliveries):
+            return deliveries
+        assert time.monotonic() < deadline, deliveries
+        await asyncio.sleep(0.05)
+
+
+def settled(deliveries) -> bool:
+    return all(d["status"] in ("delivered", "dead") for d in deliveries.values())
+
+
+async def test_one_failing_plugin_never_blocks_another(start_gateway, tmp_path, database_url, speech_wav, webhook):
+    recorder, failing, hanging = Recorder(), Failing(), Hanging()
+    gw = await start_with(start_gateway, tmp_path, database_url, {
+        "recorder": (recorder, {}), "failing": (failing, {"max_attempts": 3}),
+        "hanging": (hanging, {"timeout_s": 0.5, "max_attempts": 1})},
+        webhooks={"urls": [webhook.url]})
+    task_id = await gw.submit(asset_id=await gw.upload(speech_wav))
+    await gw.wait_task(task_id)
+    finished = time.monotonic()
+    deliveries = await wait_deliveries(gw, task_id, settled)
+
+    assert deliveries["plugin:recorder"]["status"] == "delivered"
+    assert recorder.completed[0][0] - finished < 1.0  # not held up by the failing or hanging plugin
+    assert deliveries[webhook.url]["status"] == "delivered"
+    assert deliveries["plugin:failing"] | {} == {
+        "target": "plugin:failing", "kind": "plugin", "status": "dead", "attempts": 3,
+        "last_status_code": None, "last_error": "RuntimeError: boom"}
+    assert failing.calls == 3
+    assert deliveries["plugin:hanging"]["last_error"] == "timed out after 0.5s"
+    assert deliveries["plugin:hanging"]["status"] == "dead"
+
+    _, task, transcript = recorder.completed[0]
+    assert task.task_id == task_id and task.filename == speech_wav.name and task.status == "completed"
+    assert "gateway" in transcript.text.lower() and transcript.duration > 3
+    assert len(recorder.completed) == 1
+
+    # Re-run only the failing plugin, now fixed: the others are not called again.
+    failing.fixed = True
+    status, body = await gw.call("POST", f"/transcriptions/{task_id}/redeliver", params={"target": "plugin:failing"})
+    assert status == 200 and body["data"] == {"task_id": task_id, "redelivering": 1}
+    deliveries = await wait_deliveries(gw, task_id, lambda d: d["plugin:failing"]["status"] == "delivered")
+    assert deliveries["plugin:failing"]["attempts"] == 1 and failing.calls == 4
+    assert len(recorder.completed) == 1 and len(webhook.received) == 1
+
+    # The CLI re-runs all of them.
+    code, out, err = await cli("redeliver", task_id, "--url", gw.url)
+    assert code == 0 and "deliveries queued again" in out, err
+    await wait_deliveries(gw, task_id, lambda d: len(recorder.completed) == 2 and settled(d))
+    status, body = await gw.call("POST", f"/transcriptions/{task_id}/redeliver", params={"target": "plugin:nope"})
+    assert status == 404 and body["msg"] == f"task {task_id} has no delivery to 'plugin:nope'"
+
+
+async def test_retry_after_and_failure_hook(start_gateway, tmp_path, database_url, speech_wav):
+    limited, recorder = RateLimited(), Recorder()
+    gw = await start_with(start_gateway, tmp_path, database_url,
+                          {"limited": (limited, {}), "recorder": (recorder, {})})
+    task_id = await gw.submit(asset_id=await gw.upload(speech_wav))
+    deliveries = await wait_deliveries(gw, task_id, lambda d: d.get("plugin:limited", {}).get("status") == "delivered")
+    assert deliveries["plugin:limited"]["attempts"] == 2
+    assert limited.times[1] - limited.times[0] >= 0.55  # waited as asked, not the default backoff
+
+    junk = tmp_path / "junk.wav"
+    junk.write_bytes(b"not audio" * 100)
+    failed_id = await gw.submit(asset_id=await gw.upload(junk))
+    deliveries = await wait_deliveries(gw, failed_id, lambda d: d.get("plugin:recorder", {}).get("status") == "delivered")
+    assert "plugin:limited" not in deliveries  # it implements no transcript_failed
+    [(task, error)] = recorder.failed
+    assert task.task_id == failed_id and task.status == "failed" and error.startswith("the file could not be decoded")
+
+
+def test_plugin_sections_are_validated():
+    def plugins(**environ):
+        cfg = load_config(None, environ=environ)
+        return Plugins(cfg.plugins.load, cfg.plugins.sections())
+
+    with pytest.raises(PluginError, match=r"plugins\.srt\.formats\.0: Input should be 'srt', 'vtt', 'txt' or 'json'"):
+        plugins(TGW_PLUGINS__SRT__FORMATS='["doc"]')
+    with pytest.raises(PluginError, match=r"plugins\.srt\.bogus: unknown key"):
+        plugins(TGW_PLUGINS__SRT__BOGUS="1")
+    with pytest.raises(PluginError, match=r"plugins\.nope: no plugin named 'nope' is installed"):
+        plugins(TGW_PLUGINS__NOPE='{"a": 1}')
+    with pytest.raises(PluginError, match=r"plugins\.load: no plugin named 'nope' is installed \(installed: .*srt"):
+        plugins(TGW_PLUGINS__LOAD="srt,nope")
+    assert plugins(TGW_PLUGINS__LOAD="srt").names() == ["srt"]
+    assert plugins(TGW_PLUGINS__LOAD="[]").names() == []
+    assert not plugins().configs["slack"].active()  # no webhook_url: no Slack deliveries
+
+
+async def test_plugins_command_lists_first_party_plugins(tmp_path):
+    code, out, err = await cli("plugins", "--json")
+    assert code == 0, err
+    rows = {r["name"]: r for r in json.loads(out)}
+    assert {"srt", "search", "slack"} <= set(rows)
+    assert rows["slack"] == {"name": "slack", "package": "transcribe-gateway", "version": "0.1.0",
+                             "hooks": ["plugin_config", "transcript_completed", "transcript_failed"]}
+    bad = tmp_path / "g.toml"
+    bad.write_text('[plugins.srt]\nformats = "srt"\n')
+    code, _, err = await cli("serve", "--config", str(bad), "--port", str(free_port()))
+    assert code == 1 and err.strip().splitlines() == ["Error: plugins.srt.formats: Input should be a valid list"]
+
+
+THIRD_PARTY = '''
+from pathlib import Path
+import json
+
+from pydantic import BaseModel
+from gateway.hookspecs import hookimpl
+from gateway.plugins import PluginConfig
+
+
+class Config(PluginConfig):
+    out: str
+
+
+@hookimpl
+def plugin_config():
+    return Config
+
+
+@hookimpl
+async def transcript_completed(task, transcript, config):
+    record = {"task_id": task.task_id, "filename": task.filename, "text": transcript.text,
+              "duration": transcript.duration, "segments": len(transcript.segments), "out": config.out}
+    with open(config.out, "a") as f:
+        f.write(json.dumps(record) + "\\n")
+'''
+
+
+@pytest.fixture(scope="module")
+def third_party_plugin(tmp_path_factory):
+    """A real plugin package with its own pyproject and entry point, pip-installed for this module."""
+    root = tmp_path_factory.mktemp("tgw-hello")
+    (root / "tgw_hello.py").write_text(THIRD_PARTY)
+    (root / "pyproject.toml").write_text(textwrap.dedent('''
+        [build-system]
+        requires = ["setuptools"]
+        build-backend = "setuptools.build_meta"
+
+        [project]
+        name = "tgw-hello"
+        version = "1.2.3"
+
+        [project.entry-points.transcribe_gateway]
+        hello = "tgw_hello"
+
+        [tool.setuptools]
+        py-modules = ["tgw_hello"]
+    '''))
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "install", "--no-deps", str(root)], check=True)
+    yield
+    subprocess.run([*pip, "uninstall", "-y", "tgw-hello"], check=True)
+
+
+async def test_third_party_plugin_is_listed_and_delivered(third_party_plugin, start_gateway, speech_wav, tmp_path):
+    out_file = tmp_path / "hello.jsonl"
+    config = tmp_path / "g.toml"
+    config.write_text(f'[plugins.hello]\nout = "{out_file}"\n')
+    code, out, err = await cli("plugins", "--json", "--config", str(config))
+    assert code == 0, err
+    [hello] = [r for r in json.loads(out) if r["name"] == "hello"]
+    assert hello == {"name": "hello", "package": "tgw-hello", "version": "1.2.3",
+                     "hooks": ["plugin_config", "transcript_completed"]}
+
+    gw = await start_gateway(plugins={"hello": {"out": str(out_file)}})
+    task_id = await gw.submit(asset_id=await gw.upload(speech_wav))
+    await wait_deliveries(gw, task_id, lambda d: d.get("plugin:hello", {}).get("status") == "delivered")
+    [record] = [json.loads(line) for line in out_file.read_text().splitlines()]
+    assert record["task_id"] == task_id and record["filename"] == speech_wav.name
+    assert "gateway" in record["text"].lower() and record["segments"] >= 1 and record["out"] == str(out_file)
+
+    with pytest.raises(PluginError, match=r"plugins\.hello\.out: Field required"):
+        cfg = load_config(None, environ={})
+        Plugins(cfg.plugins.load, cfg.plugins.sections())
