@@ -1,6 +1,7 @@
 """Transcript renderings: SRT and WebVTT cues that follow subtitle conventions, plain text, JSON.
 
 Cues have at most 2 lines of at most 42 characters and last at most 7 s; they never overlap.
+Speakers are named where they change: "SPEAKER_01: …" in SRT, a <v SPEAKER_01> voice span in WebVTT.
 A segment too long for one cue is split at word boundaries, each word's time interpolated
 from its share of the segment's characters.
 """
@@ -78,10 +79,13 @@ def segment_cues(seg: Segment, width: int) -> list[Cue]:
 
 
 def make_cues(segments: Iterable[Segment], prefix_speaker: bool = True) -> list[Cue]:
-    """Cues for all segments, in order, without overlaps; SRT-style speaker prefixes if asked."""
+    """Cues for all segments, in order, without overlaps; with `prefix_speaker`, the first cue
+    after each change of speaker starts with "SPEAKER_xx: "."""
     out: list[Cue] = []
+    previous = None
     for seg in segments:
-        label = f"{seg.speaker}: " if (seg.speaker and prefix_speaker) else ""
+        label = f"{seg.speaker}: " if (seg.speaker and prefix_speaker and seg.speaker != previous) else ""
+        previous = seg.speaker
         seg_for_text = Segment(seg.start_time, seg.end_time, label + seg.text if label else seg.text, seg.speaker)
         for cue in segment_cues(seg_for_text, MAX_CHARS):
             start = max(cue.start, out[-1].end) if out else cue.start
