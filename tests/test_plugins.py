@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
-import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
@@ -176,53 +177,25 @@ async def test_plugins_command_lists_first_party_plugins(tmp_path):
     assert code == 1 and err.strip().splitlines() == ["Error: plugins.srt.formats: Input should be a valid list"]
 
 
-THIRD_PARTY = '''
-from pathlib import Path
-import json
-
-from pydantic import BaseModel
-from gateway.hookspecs import hookimpl
-from gateway.plugins import PluginConfig
+PLUGINS_MD = Path(__file__).resolve().parent.parent / "docs" / "PLUGINS.md"
 
 
-class Config(PluginConfig):
-    out: str
-
-
-@hookimpl
-def plugin_config():
-    return Config
-
-
-@hookimpl
-async def transcript_completed(task, transcript, config):
-    record = {"task_id": task.task_id, "filename": task.filename, "text": transcript.text,
-              "duration": transcript.duration, "segments": len(transcript.segments), "out": config.out}
-    with open(config.out, "a") as f:
-        f.write(json.dumps(record) + "\\n")
-'''
+def first_plugin_files() -> tuple[str, str]:
+    """The module and pyproject of docs/PLUGINS.md's "Your first plugin", as written there."""
+    section = PLUGINS_MD.read_text().split("## Your first plugin", 1)[1]
+    module = re.search(r"`tgw_hello.py`:\n\n```python\n(.*?)```", section, re.S).group(1)
+    pyproject = re.search(r"`pyproject.toml`:\n\n```toml\n(.*?)```", section, re.S).group(1)
+    return module, pyproject
 
 
 @pytest.fixture(scope="module")
 def third_party_plugin(tmp_path_factory):
-    """A real plugin package with its own pyproject and entry point, pip-installed for this module."""
+    """docs/PLUGINS.md's first plugin: a real package with its own pyproject and entry point,
+    pip-installed for this module (and uninstalled after it)."""
     root = tmp_path_factory.mktemp("tgw-hello")
-    (root / "tgw_hello.py").write_text(THIRD_PARTY)
-    (root / "pyproject.toml").write_text(textwrap.dedent('''
-        [build-system]
-        requires = ["setuptools"]
-        build-backend = "setuptools.build_meta"
-
-        [project]
-        name = "tgw-hello"
-        version = "1.2.3"
-
-        [project.entry-points.transcribe_gateway]
-        hello = "tgw_hello"
-
-        [tool.setuptools]
-        py-modules = ["tgw_hello"]
-    '''))
+    module, pyproject = first_plugin_files()
+    (root / "tgw_hello.py").write_text(module)
+    (root / "pyproject.toml").write_text(pyproject)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
     subprocess.run([*pip, "install", "--no-deps", str(root)], check=True)
     yield
