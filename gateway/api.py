@@ -17,7 +17,7 @@ from gateway.envelope import ok
 from gateway.errors import ApiError, BadRequest, NotFound, PayloadTooLarge, Unauthorized, Unavailable
 from gateway.jobs import TASKS
 from gateway.models import Asset, CallbackReceipt, TaskStatus
-from gateway.payloads import parse_callback
+from gateway.payloads import parse_callback, result_of
 from gateway.plugins import transcript_from_payload
 from gateway.storage import safe_filename
 
@@ -154,9 +154,9 @@ async def transcript(request: web.Request) -> web.Response:
     task = await tasks.get_task(request.app[DB], request.match_info["task_id"])
     if task.status != TaskStatus.COMPLETED:
         raise ApiError(f"task {task.id} is {task.status}; a transcript exists once it is completed", 409)
-    result = tasks.task_view(task)["result"]
-    segments = transcript_from_payload(json.loads(task.result_json)).segments
-    return web.Response(text=subtitles.render(fmt, segments, result), charset="utf-8",
+    payload = json.loads(task.result_json)
+    segments = transcript_from_payload(payload).segments
+    return web.Response(text=subtitles.render(fmt, segments, result_of(payload)), charset="utf-8",
                         content_type=subtitles.MEDIA_TYPES[fmt])
 
 

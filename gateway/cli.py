@@ -94,7 +94,8 @@ def db_upgrade(config_path: str | None, revision: str) -> None:
     click.echo(f"database at {_redact(cfg.database.url)} is at revision {revision}")
 
 
-def _run(coro):
+def run_client(coro):
+    """Run a client coroutine; a ClientError becomes one clear line and exit code 1."""
     from gateway.client import ClientError
 
     try:
@@ -116,7 +117,7 @@ def _run(coro):
 def submit(file: Path, speaker: bool, callback_url: str | None, model: str | None, language: str | None,
            wait: bool, as_json: bool, base_url: str, api_key: str) -> None:
     """Upload FILE and submit it for transcription."""
-    _run(_submit(file, speaker, callback_url, model, language, wait, as_json, base_url, api_key))
+    run_client(_submit(file, speaker, callback_url, model, language, wait, as_json, base_url, api_key))
 
 
 async def _submit(file, speaker, callback_url, model, language, wait, as_json, base_url, api_key):
@@ -182,7 +183,7 @@ def status(task_id: str, as_json: bool, base_url: str, api_key: str) -> None:
         async with GatewayClient(base_url, api_key) as client:
             return await client.status(task_id)
 
-    _print_task(_run(go()), as_json)
+    _print_task(run_client(go()), as_json)
 
 
 @main.command()
@@ -198,7 +199,7 @@ def redeliver(task_id: str, target: str | None, base_url: str, api_key: str) -> 
         async with GatewayClient(base_url, api_key) as client:
             return await client.redeliver(task_id, target)
 
-    data = _run(go())
+    data = run_client(go())
     click.echo(f"task {data['task_id']}: {data['redelivering']} deliveries queued again")
 
 

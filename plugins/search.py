@@ -70,7 +70,7 @@ def register_routes(app):
 
 @hookimpl
 def register_commands(cli):
-    from gateway.cli import _run, key_option, url_option
+    from gateway.cli import key_option, run_client, url_option
 
     @cli.command("search")
     @click.argument("query")
@@ -88,7 +88,7 @@ def register_commands(cli):
             async with GatewayClient(base_url, api_key) as client:
                 return await client.search(query, speaker=speaker, task_id=task_id, limit=limit)
 
-        page = _run(go())
+        page = run_client(go())
         if as_json:
             click.echo(json.dumps(page, indent=2))
             return
