@@ -25,14 +25,23 @@ log = structlog.get_logger(__name__)
 routes = web.RouteTableDef()
 
 
-async def read_json(request: web.Request) -> Any:
+async def read_body(request: web.Request) -> bytes:
+    """The whole request body, or PayloadTooLarge past server.max_json_kb (read at most one byte more)."""
     limit = request.app[CONFIG].server.max_json_kb * 1024
+    too_large = PayloadTooLarge(f"JSON body is larger than server.max_json_kb ({limit // 1024} KB)")
     if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"JSON body is larger than server.max_json_kb ({limit // 1024} KB)")
-    raw = await request.content.read(limit + 1)
+        raise too_large
+    raw = bytearray()
+    # StreamReader.read(n) returns what has arrived so far (up to n), not n bytes: loop to the end.
+    while len(raw) <= limit and (chunk := await request.content.read(limit + 1 - len(raw))):
+        raw += chunk
     if len(raw) > limit:
-        raise PayloadTooLarge(f"JSON body is larger than server.max_json_kb ({limit // 1024} KB)")
-    return _parse_json(raw)
+        raise too_large
+    return bytes(raw)
+
+
+async def read_json(request: web.Request) -> Any:
+    return _parse_json(await read_body(request))
 
 
 def _parse_json(raw: bytes) -> Any:
@@ -55,30 +64,33 @@ async def upload(request: web.Request) -> web.Response:
         raise PayloadTooLarge(f"file is larger than server.max_upload_mb ({cfg.server.max_upload_mb:g} MB)")
     if not request.content_type.startswith("multipart/"):
         raise BadRequest("send the file as multipart/form-data in a field named 'file'")
-    reader = await request.multipart()
-    async for part in reader:
-        if part.name != "file":
-            await part.release()
-            continue
-        if part.filename is None:
-            raise BadRequest("multipart field 'file' must be a file upload (with a filename)")
+    try:
+        reader = await request.multipart()
+        async for part in reader:
+            if part.name != "file":
+                await part.release()
+                continue
+            if part.filename is None:
+                raise BadRequest("multipart field 'file' must be a file upload (with a filename)")
 
-        async def chunks():
-            while chunk := await part.read_chunk(1 << 16):
-                yield chunk
+            async def chunks():
+                while chunk := await part.read_chunk(1 << 16):
+                    yield chunk
 
-        stored = await request.app[STORE].save_stream(chunks(), max_bytes)
-        asset = Asset(id=stored.asset_id, filename=safe_filename(part.filename),
-                      content_type=(part.headers.get("Content-Type") or "application/octet-stream")[:255],
-                      size=stored.size, sha256=stored.sha256, path=str(stored.path))
-        try:
-            async with request.app[DB].session() as s:
-                s.add(asset)
-        except BaseException:
-            request.app[STORE].discard(stored.path)
-            raise
-        log.info("asset.uploaded", asset_id=asset.id, size=asset.size)
-        return ok({"asset_id": asset.id})
+            stored = await request.app[STORE].save_stream(chunks(), max_bytes)
+            asset = Asset(id=stored.asset_id, filename=safe_filename(part.filename),
+                          content_type=(part.headers.get("Content-Type") or "application/octet-stream")[:255],
+                          size=stored.size, sha256=stored.sha256, path=str(stored.path))
+            try:
+                async with request.app[DB].session() as s:
+                    s.add(asset)
+            except BaseException:
+                request.app[STORE].discard(stored.path)
+                raise
+            log.info("asset.uploaded", asset_id=asset.id, size=asset.size)
+            return ok({"asset_id": asset.id})
+    except ValueError as exc:  # aiohttp's multipart parser on a malformed body
+        raise BadRequest(f"malformed multipart/form-data body: {exc}") from None
     raise BadRequest("multipart field 'file' is required")
 
 
@@ -204,10 +216,7 @@ async def callback(request: web.Request) -> web.Response:
     provider = request.match_info["provider"]
     if provider not in known_providers(request):
         raise NotFound(f"unknown provider {provider!r}")
-    limit = app[CONFIG].server.max_json_kb * 1024
-    raw = await request.content.read(limit + 1)
-    if len(raw) > limit:
-        raise PayloadTooLarge(f"JSON body is larger than server.max_json_kb ({limit // 1024} KB)")
+    raw = await read_body(request)
     secret = app[CONFIG].provider(provider).get("secret")
     if secret:
         try:

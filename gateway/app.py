@@ -46,7 +46,8 @@ async def envelope_middleware(request: web.Request, handler):
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return error(exc.status, _http_message(exc, request))
+        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None  # required on a 405
+        return error(exc.status, _http_message(exc, request), headers=allow)
     except asyncio.CancelledError:
         raise
     except Exception:
