@@ -17,7 +17,7 @@ from datetime import datetime, timedelta, timezone
 
 import aiohttp
 import structlog
-from sqlalchemy import or_, update
+from sqlalchemy import func, or_, update
 from sqlmodel import col, select
 from standardwebhooks.webhooks import Webhook
 
@@ -50,6 +50,17 @@ def signed_headers(msg_id: str, body: str, secret: str, now: datetime | None = N
     if secret:
         headers["webhook-signature"] = Webhook(secret).sign(msg_id, now, body)
     return headers
+
+
+@dataclass
+class Attempt:
+    """What one try of a delivery gave."""
+
+    started: datetime
+    duration_ms: float
+    status_code: int | None = None
+    error: str | None = None
+    retry_after_s: float | None = None  # the target asked for this delay (HTTP 429 Retry-After)
 
 
 @dataclass
@@ -96,33 +107,32 @@ async def next_due_in(db: Database) -> float | None:
     return max(0.0, (row - utcnow()).total_seconds())
 
 
-async def send_webhook(http: aiohttp.ClientSession, d: Delivery, body: str,
-                       cfg: WebhooksConfig) -> tuple[int | None, str | None]:
-    """POST the signed body; (status code, error) where error is None on 2xx."""
+def retry_after_s(value: str | None, cfg: WebhooksConfig) -> float | None:
+    """A receiver's Retry-After in seconds (capped at backoff_max_s); None if absent or a date."""
+    try:
+        return min(max(float(value), 0.0), cfg.backoff_max_s) if value is not None else None
+    except ValueError:
+        return None
+
+
+async def send_webhook(http: aiohttp.ClientSession, d: Delivery, body: str, cfg: WebhooksConfig,
+                       attempt: Attempt) -> None:
+    """POST the signed body and note the outcome on `attempt` (error None on 2xx)."""
     headers = signed_headers(webhook_id(d.id), body, cfg.secret)
     try:
         async with http.post(d.target, data=body.encode(), headers=headers,
                              timeout=aiohttp.ClientTimeout(total=cfg.timeout_s),
                              allow_redirects=False) as resp:
             await resp.read()
-            if 200 <= resp.status < 300:
-                return resp.status, None
-            return resp.status, f"HTTP {resp.status}"
+            attempt.status_code = resp.status
+            if not 200 <= resp.status < 300:
+                attempt.error = f"HTTP {resp.status}"
+                if resp.status in (429, 503):
+                    attempt.retry_after_s = retry_after_s(resp.headers.get("Retry-After"), cfg)
     except asyncio.TimeoutError:
-        return None, f"timed out after {cfg.timeout_s:g}s"
+        attempt.error = f"timed out after {cfg.timeout_s:g}s"
     except aiohttp.ClientError as exc:
-        return None, f"{type(exc).__name__}: {exc}"
-
-
-@dataclass
-class Attempt:
-    """What one try of a delivery gave."""
-
-    started: datetime
-    duration_ms: float
-    status_code: int | None = None
-    error: str | None = None
-    retry_after_s: float | None = None  # the target asked for this delay (HTTP 429 Retry-After)
+        attempt.error = f"{type(exc).__name__}: {exc}"
 
 
 async def record_attempt(db: Database, d: Delivery, owner: str, attempt: Attempt, max_attempts: int,
@@ -134,7 +144,10 @@ async def record_attempt(db: Database, d: Delivery, owner: str, attempt: Attempt
         if row is None or row.lease_owner != owner or row.status != DeliveryStatus.PENDING:
             return row.status if row else "gone"  # someone else took over; their outcome stands
         row.attempts += 1
-        s.add(DeliveryAttempt(delivery_id=row.id, number=row.attempts, started_at=attempt.started,
+        # numbered over the delivery's whole history (redeliver restarts `attempts`, not the log)
+        number = (await s.exec(select(func.count()).select_from(DeliveryAttempt)
+                               .where(DeliveryAttempt.delivery_id == row.id))).one() + 1
+        s.add(DeliveryAttempt(delivery_id=row.id, number=number, started_at=attempt.started,
                               duration_ms=round(attempt.duration_ms, 2), status_code=attempt.status_code,
                               error=attempt.error))
         row.last_status_code = attempt.status_code
@@ -183,7 +196,7 @@ async def attempt_delivery(config: Config, http: aiohttp.ClientSession, plugins:
     t0 = time.perf_counter()
     if d.kind == "webhook":
         max_attempts = config.webhooks.max_attempts
-        attempt.status_code, attempt.error = await send_webhook(http, d, claimed.body, config.webhooks)
+        await send_webhook(http, d, claimed.body, config.webhooks, attempt)
     else:
         name = d.target.removeprefix(PLUGIN_PREFIX)
         if plugins is None or name not in plugins.configs:

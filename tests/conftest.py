@@ -278,6 +278,7 @@ def daemon_factory(tmp_path):
 class Received:
     headers: dict[str, str]
     body: bytes
+    at: float = field(default_factory=time.monotonic)  # when it arrived
 
     def json(self) -> dict:
         return json.loads(self.body)
@@ -289,7 +290,7 @@ class WebhookReceiver:
 
     url: str = ""
     received: list[Received] = field(default_factory=list)
-    responses: list[int] = field(default_factory=list)  # consumed in order; then 200
+    responses: list = field(default_factory=list)  # status or (status, headers), in order; then 200
     delay_s: float = 0.0
 
     async def handle(self, request: web.Request) -> web.Response:
@@ -297,7 +298,8 @@ class WebhookReceiver:
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         status = self.responses.pop(0) if self.responses else 200
-        return web.Response(status=status, text="ok" if status < 300 else "nope")
+        status, headers = status if isinstance(status, tuple) else (status, {})
+        return web.Response(status=status, text="ok" if status < 300 else "nope", headers=headers)
 
     async def wait_for(self, n: int, timeout: float = 30) -> list[Received]:
         deadline = time.monotonic() + timeout

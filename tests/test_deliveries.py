@@ -55,6 +55,17 @@ async def test_unreachable_receiver_records_the_connection_error(start_gateway, 
     assert d["last_error"].startswith("ClientConnectorError")
 
 
+async def test_retry_after_from_the_receiver_is_honoured(start_gateway, webhook, speech_wav):
+    webhook.responses = [(429, {"Retry-After": "1"}), (503, {"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"})]
+    gw = await start_gateway(webhooks={"backoff_max_s": 5})  # Retry-After is capped at backoff_max_s
+    task_id = await gw.submit(asset_id=await gw.upload(speech_wav), callback_url=webhook.url)
+    [d] = await wait_delivery(gw, task_id, "delivered")
+    assert d["attempts"] == 3
+    first, second, third = (c.at for c in webhook.received)
+    assert second - first >= 1.0  # waited as asked, not the 0.1 s backoff of the test config
+    assert third - second < 1.0  # an HTTP date is not read: the ordinary backoff applies
+
+
 async def test_recovering_receiver_gets_it_delivered(start_gateway, webhook, speech_wav):
     webhook.responses = [502, 429]
     gw = await start_gateway()
