@@ -71,7 +71,9 @@ def decode(path: str):
     try:
         audio = decode_audio(path, sampling_rate=SAMPLE_RATE)
     except Exception as exc:  # PyAV raises many types for many kinds of garbage
-        raise AudioError(f"the file could not be decoded as audio ({type(exc).__name__}: {exc})") from None
+        # PyAV's messages name the file; the reason goes to clients, our storage path must not.
+        reason = getattr(exc, "strerror", None) or str(exc).replace(str(path), "<input>")
+        raise AudioError(f"the file could not be decoded as audio ({type(exc).__name__}: {reason})") from None
     return audio
 
 

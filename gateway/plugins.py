@@ -118,7 +118,12 @@ class Plugins:
             if name not in available:
                 raise PluginError(f"plugins.load: no plugin named {name!r} is installed "
                                   f"(installed: {', '.join(sorted(available)) or 'none'})")
-            self.pm.register(available[name].load(), name=name)
+            try:
+                module = available[name].load()
+            except Exception as exc:
+                raise PluginError(f"plugin {name!r} ({available[name].value}) failed to load: "
+                                  f"{type(exc).__name__}: {exc}") from None
+            self.pm.register(module, name=name)
         for name in sections:
             if name not in available:
                 raise PluginError(f"plugins.{name}: no plugin named {name!r} is installed")

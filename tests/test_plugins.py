@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port, test_config
+from conftest import count_rows, free_port, test_config
 from gateway.config import load_config
 from gateway.hookspecs import hookimpl
 from gateway.plugins import PluginError, Plugins, RetryAfter
@@ -118,6 +118,9 @@ async def test_one_failing_plugin_never_blocks_another(start_gateway, tmp_path, 
     assert status == 200 and body["data"] == {"task_id": task_id, "redelivering": 1}
     deliveries = await wait_deliveries(gw, task_id, lambda d: d["plugin:failing"]["status"] == "delivered")
     assert deliveries["plugin:failing"]["attempts"] == 1 and failing.calls == 4
+    numbers = await count_rows(database_url, "SELECT count(DISTINCT a.number) FROM deliveryattempt a "
+                               "JOIN delivery d ON d.id = a.delivery_id WHERE d.target = 'plugin:failing'")
+    assert numbers == 4  # the attempt log keeps counting across a redeliver
     assert len(recorder.completed) == 1 and len(webhook.received) == 1
 
     # The CLI re-runs all of them.
