@@ -1,5 +1,8 @@
 """Full-text search over transcript segments: SQLite FTS5 (bm25) or PostgreSQL tsvector (ts_rank).
 
+On SQLite the rows live in `segment_index` and their words in the external-content FTS5 table
+`segment_index_fts` (triggers keep it in step); on PostgreSQL one table with a generated tsvector.
+
 One query language for both: words (all must match), "quoted phrases", and prefix* terms.
 Indexing a task replaces its rows, so repeating it is harmless.
 """
@@ -116,9 +119,11 @@ async def search(db: Database, q: str, filters: Filters, limit: int, offset: int
     where = _where(db, filters, params)
     if db.sqlite:
         params["q"] = fts5_query(terms)
-        sql = (f"SELECT task_id, idx, start_time, end_time, speaker, text, "
-               f"snippet(segment_index, 0, '{MARK_START}', '{MARK_END}', '…', 16) AS snippet, "
-               f"bm25(segment_index) AS score FROM segment_index WHERE segment_index MATCH :q{where} "
+        sql = (f"SELECT task_id, idx, start_time, end_time, speaker, segment_index.text AS text, "
+               f"snippet(segment_index_fts, 0, '{MARK_START}', '{MARK_END}', '…', 16) AS snippet, "
+               f"bm25(segment_index_fts) AS score FROM segment_index_fts "
+               f"JOIN segment_index ON segment_index.id = segment_index_fts.rowid "
+               f"WHERE segment_index_fts MATCH :q{where} "
                f"ORDER BY score, task_id, idx LIMIT :limit OFFSET :offset")
     else:
         params["q"] = tsquery(terms)

@@ -19,10 +19,32 @@ depends_on: Union[str, Sequence[str], None] = None
 
 def upgrade() -> None:
     if op.get_bind().dialect.name == "sqlite":
+        # Rows in an ordinary table (indexed by task, so replacing a task's rows is a B-tree
+        # lookup, not a scan of the whole index), their text in an external-content FTS5
+        # table kept in step by triggers.
         op.execute(
-            "CREATE VIRTUAL TABLE segment_index USING fts5("
-            "text, task_id UNINDEXED, idx UNINDEXED, start_time UNINDEXED, end_time UNINDEXED, "
-            "speaker UNINDEXED, created_at UNINDEXED, tokenize = 'porter unicode61')")
+            "CREATE TABLE segment_index ("
+            " id INTEGER PRIMARY KEY,"
+            " task_id VARCHAR(32) NOT NULL,"
+            " idx INTEGER NOT NULL,"
+            " start_time FLOAT NOT NULL,"
+            " end_time FLOAT NOT NULL,"
+            " speaker VARCHAR(32),"
+            " text TEXT NOT NULL,"
+            " created_at VARCHAR(40) NOT NULL,"
+            " UNIQUE (task_id, idx))")
+        op.execute("CREATE INDEX ix_segment_index_created ON segment_index (created_at)")
+        op.execute("CREATE VIRTUAL TABLE segment_index_fts USING fts5("
+                   "text, content = 'segment_index', content_rowid = 'id', tokenize = 'porter unicode61')")
+        op.execute("CREATE TRIGGER segment_index_ai AFTER INSERT ON segment_index BEGIN "
+                   "INSERT INTO segment_index_fts (rowid, text) VALUES (new.id, new.text); END")
+        op.execute("CREATE TRIGGER segment_index_ad AFTER DELETE ON segment_index BEGIN "
+                   "INSERT INTO segment_index_fts (segment_index_fts, rowid, text) "
+                   "VALUES ('delete', old.id, old.text); END")
+        op.execute("CREATE TRIGGER segment_index_au AFTER UPDATE ON segment_index BEGIN "
+                   "INSERT INTO segment_index_fts (segment_index_fts, rowid, text) "
+                   "VALUES ('delete', old.id, old.text); "
+                   "INSERT INTO segment_index_fts (rowid, text) VALUES (new.id, new.text); END")
         return
     op.execute(
         "CREATE TABLE segment_index ("
@@ -40,4 +62,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    if op.get_bind().dialect.name == "sqlite":
+        op.execute("DROP TABLE segment_index_fts")  # its triggers go with segment_index below
     op.execute("DROP TABLE segment_index")
