@@ -32,8 +32,23 @@ class Term:
     prefix: bool = False
 
 
+# PostgreSQL's English stop words (its tsearch_data/english.stop). PostgreSQL leaves them out of
+# its index; both backends leave them out of queries, so they answer alike (and SQLite never
+# ranks the half of all segments that contain "the").
+STOP_WORDS = frozenset("""
+i me my myself we our ours ourselves you your yours yourself yourselves he him his himself she
+her hers herself it its itself they them their theirs themselves what which who whom this that
+these those am is are was were be been being have has had having do does did doing a an the and
+but if or because as until while of at by for with about against between into through during
+before after above below to from up down in out on off over under again further then once here
+there when where why how all any both each few more most other some such no nor not only own
+same so than too very s t can will just don should now
+""".split())
+
+
 def parse_query(q: str) -> list[Term]:
-    """Words, "phrases" and prefix* terms; punctuation and operators are not passed through."""
+    """Words, "phrases" and prefix* terms; punctuation and operators are not passed through;
+    terms made only of stop words are left out."""
     terms = []
     for phrase, word in _TOKEN.findall(q):
         if phrase:
@@ -48,7 +63,11 @@ def parse_query(q: str) -> list[Term]:
             terms += [Term((w,)) for w in words[:-1]] + [Term((words[-1],), prefix)]
     if not terms:
         raise BadRequest("q: give at least one word to search for")
-    return terms
+    searchable = [t for t in terms if not all(w in STOP_WORDS for w in t.words)]
+    if not searchable:
+        raise BadRequest("q: has only common words (such as 'the', 'of', 'and') that are not indexed; "
+                         "add a more specific word")
+    return searchable
 
 
 def fts5_query(terms: list[Term]) -> str:

@@ -97,6 +97,18 @@ async def test_queries_without_words_are_refused(db, q):
         await hits(db, q)
 
 
+@pytest.mark.parametrize("q", ["the", "of the", '"and the"', "it is what it is", "The*"])
+async def test_queries_of_stop_words_only_are_refused_on_both_backends(db, q):
+    with pytest.raises(BadRequest, match="q: has only common words .* that are not indexed; add a more specific word"):
+        await hits(db, q)
+
+
+async def test_stop_words_beside_other_words_are_left_out(db):
+    assert (await hits(db, "the budget was approved"))[0] == (await hits(db, "budget approved"))[0]
+    found, _ = await hits(db, '"the launch schedule and the"')  # a phrase keeps its other words
+    assert found == [("b", "We discussed the launch schedule and the budget.")]
+
+
 @pytest.mark.parametrize("q", ["budget' OR 1=1 --", "budget); DROP TABLE task; --", "NEAR(budget schedule)",
                                "budget AND OR NOT", "budget:*", "title:budget", "budget -schedule", "(budget"])
 async def test_operators_and_injection_are_just_words(db, q):
