@@ -11,7 +11,7 @@ from aiohttp import web
 from sqlalchemy.exc import SQLAlchemyError
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from gateway import API_BASE, deliveries, ingest, subtitles, tasks
+from gateway import API_BASE, deliveries, ingest, metrics, subtitles, tasks
 from gateway.appkeys import CONFIG, DB, ENGINE, NOTIFIER, PLUGINS, ROUTER, STORE
 from gateway.envelope import ok
 from gateway.errors import ApiError, BadRequest, NotFound, PayloadTooLarge, Unauthorized, Unavailable
@@ -260,6 +260,13 @@ async def readyz(request: web.Request) -> web.Response:
     if not engine.loaded:
         raise Unavailable("engine not loaded yet")
     return ok({"database": "ok", "engine": "loaded"})
+
+
+@routes.get("/metrics")
+async def prometheus_metrics(request: web.Request) -> web.Response:
+    """Prometheus text format; outside the API base, like /healthz, so it needs no key."""
+    body = await metrics.exposition(request.app[DB])
+    return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})
 
 
 for prefix in ("", API_BASE):

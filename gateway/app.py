@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import time
 
 import aiohttp
 import structlog
 from aiohttp import web
 
-from gateway import API_BASE, api
+from gateway import API_BASE, api, metrics
 from gateway.appkeys import CONFIG, DB, ENGINE, HTTP, NOTIFIER, PLUGINS, ROUTER, STORE, WORKERS
 from gateway.config import Config
 from gateway.db import Database, upgrade_async
@@ -34,6 +35,24 @@ def _http_message(exc: web.HTTPException, request: web.Request) -> str:
     if exc.status == 413:
         return "request body is too large"
     return exc.reason
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler):
+    """Count and time every answer by its route pattern (not its path: ids would explode the labels)."""
+    t0 = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        metrics.observe_http(request.method, route, status, time.perf_counter() - t0)
 
 
 @web.middleware
@@ -136,7 +155,7 @@ def create_app(config: Config, *, worker: bool = True, plugins: Plugins | None =
     """The gateway application; `worker=False` serves the API only.
 
     Raises PluginError when a plugin cannot be loaded or its section is invalid."""
-    app = web.Application(middlewares=[envelope_middleware, auth_middleware],
+    app = web.Application(middlewares=[metrics_middleware, envelope_middleware, auth_middleware],
                           client_max_size=config.server.max_json_kb * 1024)
     app[CONFIG] = config
     app[NOTIFIER] = Notifier()

@@ -22,6 +22,7 @@ from sqlmodel import col, select
 from standardwebhooks.webhooks import Webhook
 
 from gateway import API_BASE
+from gateway import metrics
 from gateway.config import Config, WebhooksConfig
 from gateway.db import Database
 from gateway.models import Asset, Delivery, DeliveryAttempt, DeliveryStatus, Task, utcnow
@@ -221,6 +222,7 @@ async def deliver_one(db: Database, config: Config, http: aiohttp.ClientSession,
     d = claimed.delivery
     attempt, max_attempts = await attempt_delivery(config, http, plugins, claimed)
     outcome = await record_attempt(db, d, owner, attempt, max_attempts, config.webhooks)
+    metrics.DELIVERY_ATTEMPTS.labels(d.kind, "retry" if outcome == DeliveryStatus.PENDING else outcome).inc()
     log.info("delivery.attempt", task_id=d.task_id, delivery_id=d.id, target=d.target,
              status_code=attempt.status_code, error=attempt.error, outcome=outcome, attempt=d.attempts + 1)
     return outcome

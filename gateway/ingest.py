@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import structlog
 from sqlmodel import select
 
+from gateway import metrics
 from gateway.config import Config
 from gateway.db import Database
 from gateway.deliveries import PLUGIN_PREFIX
@@ -97,6 +98,10 @@ async def ingest(db: Database, config: Config, task_id: str | None, outcome: Out
         s.add(CallbackReceipt(provider=provider, external_task_id=external_task_id or task_id,
                               task_id=result.task_id, body_sha256=raw_sha256 or "-",
                               outcome=result.outcome))
+    if result.outcome == ACCEPTED:
+        metrics.observe_result(task, ACCEPTED, outcome.success, outcome.duration)
+    else:
+        metrics.observe_repeat(provider, result.outcome)
     bound.info("ingest", outcome=result.outcome, success=outcome.success)
     return result
 

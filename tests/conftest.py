@@ -328,6 +328,17 @@ def webhook_deliveries(task: dict) -> list[dict]:
     return [d for d in task["deliveries"] if d["kind"] == "webhook"]
 
 
+async def wait_delivery(gw, task_id, status, timeout=30) -> list[dict]:
+    """Poll the task until all its webhook deliveries have `status`; returns them."""
+    deliveries: list[dict] = []
+    for _ in range(int(timeout / 0.1)):
+        deliveries = webhook_deliveries(await gw.task(task_id))
+        if deliveries and all(d["status"] == status for d in deliveries):
+            return deliveries
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"deliveries not {status}: {deliveries}")
+
+
 def to_toml(sections: dict[str, dict]) -> str:
     """A TOML document from {section: {key: value}} (values written as JSON, which TOML accepts here)."""
     lines = []

@@ -9,18 +9,9 @@ from datetime import datetime, timezone
 
 from standardwebhooks.webhooks import Webhook
 
-from conftest import WEBHOOK_SECRET, count_rows, webhook_deliveries
+from conftest import WEBHOOK_SECRET, count_rows, wait_delivery, webhook_deliveries
 from gateway.config import WebhooksConfig
 from gateway.deliveries import backoff_s, signed_headers
-
-
-async def wait_delivery(gw, task_id, status, timeout=30):
-    for _ in range(int(timeout / 0.1)):
-        deliveries = webhook_deliveries(await gw.task(task_id))
-        if deliveries and all(d["status"] == status for d in deliveries):
-            return deliveries
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"deliveries not {status}: {deliveries}")
 
 
 async def test_failing_receiver_is_retried_then_dead(start_gateway, webhook, speech_wav, database_url):
