@@ -7,10 +7,13 @@ import io
 import json
 import logging
 
+from datetime import datetime, timezone
+
 import aiohttp
 import structlog
+from standardwebhooks.webhooks import Webhook
 
-from conftest import Gateway, daemon_sections, to_toml
+from conftest import WEBHOOK_SECRET, Gateway, daemon_sections, to_toml
 from gateway.config import LogConfig
 from gateway.logs import configure_logging
 
@@ -53,3 +56,49 @@ def test_console_format_in_a_terminal():
     out = stream.getvalue()
     assert "hello.console" in out and "task_id" in out and "abc" in out
     assert not out.lstrip().startswith("{")
+
+
+
+API_KEY = "k-live-8f1d2c9b7a6e5d4c3b2a1908"
+PROVIDER_SECRET = "whsec_" + "cHJvdmlkZXItc2VjcmV0LXByb3ZpZGVyLXNlY3JldA=="
+DB_PASSWORD = "db-pass-5e4d3c2b1a"
+
+
+def signed_headers(secret: str, body: str) -> dict[str, str]:
+    now = datetime.now(timezone.utc)
+    return {"webhook-id": "msg_1", "webhook-timestamp": str(int(now.timestamp())),
+            "webhook-signature": Webhook(secret).sign("msg_1", now, body), "Content-Type": "application/json"}
+
+
+async def test_secrets_never_reach_the_log(tmp_path, database_url, daemon_factory, webhook, speech_wav):
+    """API keys, webhook and provider secrets and the database password appear in no log line,
+    at debug level, through good and bad keys, good and forged signatures, and a whole job."""
+    url = database_url.replace("postgres@", f"postgres:{DB_PASSWORD}@")  # trust auth ignores it
+    sections = daemon_sections(tmp_path, url, log={"format": "json", "level": "debug"},
+                               server={"api_keys": [API_KEY]})
+    sections["providers.local"] = {"secret": PROVIDER_SECRET}
+    daemon = daemon_factory(to_toml(sections))
+    daemon.start()
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {API_KEY}"}) as http:
+        gw = Gateway(url=f"http://127.0.0.1:{daemon.port}", config=None, http=http)
+        await gw.wait_ready()
+        task_id = await gw.submit(asset_id=await gw.upload(speech_wav), callback_url=webhook.url)
+        task = await gw.wait_task(task_id)
+        await webhook.wait_for(1)
+        for key in (API_KEY + "x", API_KEY[:-1], f"Bearer {API_KEY[::-1]}"):
+            async with http.get(gw.base + "/transcriptions", headers={"Authorization": key}) as resp:
+                assert resp.status == 401
+        body = json.dumps({"code": "0000", "message": "SUCCESS", "task_id": task_id,
+                           "data": {"data": task["result"], "msg": "transcription completed", "success": True}})
+        for secret, status in ((PROVIDER_SECRET, 200), (WEBHOOK_SECRET, 401)):
+            async with http.post(gw.base + "/callbacks/local", data=body,
+                                 headers=signed_headers(secret, body)) as resp:
+                assert resp.status == status, await resp.text()
+    daemon.stop()
+
+    events = [json.loads(line)["event"] for line in daemon.log_path.read_text().splitlines() if line.strip()]
+    assert {"serve.start", "ingest", "delivery.attempt"} <= set(events)  # the job's lines were written
+    log = daemon.log_path.read_text()
+    for secret in (API_KEY, PROVIDER_SECRET, PROVIDER_SECRET.removeprefix("whsec_"), WEBHOOK_SECRET,
+                   WEBHOOK_SECRET.removeprefix("whsec_"), DB_PASSWORD):
+        assert secret not in log, f"a secret ({secret[:8]}…) was logged"
