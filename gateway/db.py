@@ -9,6 +9,7 @@ PostgreSQL uses row locks (`FOR UPDATE SKIP LOCKED`) for claims.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import AsyncIterator
@@ -89,11 +90,16 @@ class Database:
         if self.sqlite:
             install_sqlite_hooks(self.engine)
         self._sessions = async_sessionmaker(self.engine, class_=AsyncSession, expire_on_commit=False)
+        # SQLite has one writer: this process's transactions take turns here, in arrival order,
+        # rather than in SQLite's busy handler, which sleeps up to 100 ms between tries.
+        self._turn = asyncio.Lock() if self.sqlite else contextlib.nullcontext()
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
-        """A session in one transaction: committed on success, rolled back on error."""
-        async with self._sessions() as s, s.begin():
+        """A session in one transaction: committed on success, rolled back on error.
+
+        Never open a second session while holding one (on SQLite that would wait for itself)."""
+        async with self._turn, self._sessions() as s, s.begin():
             yield s
 
     async def ping(self) -> None:
