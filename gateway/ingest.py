@@ -21,6 +21,7 @@ from gateway.db import Database
 from gateway.deliveries import PLUGIN_PREFIX
 from gateway.models import (CallbackReceipt, Delivery, Segment, Task, TaskStatus, Transcript,
                             utcnow)
+from gateway.notify import DELIVERIES, publish, task_done_channel
 from gateway.payloads import Outcome, build_payload, normalise_segments, outcome_sha256
 from gateway.plugins import Plugins
 
@@ -89,6 +90,7 @@ async def ingest(db: Database, config: Config, task_id: str | None, outcome: Out
             digest = outcome_sha256(payload)
             if task.result_sha256 is None:
                 await _store(s, task, outcome, payload, digest, delivery_targets(task, config, plugins, outcome.success))
+                await publish(s, DELIVERIES, task_done_channel(task.id))
                 result = IngestResult(ACCEPTED, task.id)
             elif task.result_sha256 == digest:
                 result = IngestResult(DUPLICATE, task.id)
