@@ -74,9 +74,9 @@ async def auth_middleware(request: web.Request, handler):
     if not keys or request.path in api_routes.PUBLIC_PATHS or not request.path.startswith(API_BASE):
         return await handler(request)
     if request.path.startswith(API_BASE + "/callbacks/"):
-        provider = request.path.rsplit("/", 1)[-1]
-        if cfg.provider(provider).get("secret"):
-            return await handler(request)  # authenticated by its signature instead
+        provider = request.app[PROVIDERS].active.get(request.path.rsplit("/", 1)[-1])
+        if provider is not None and (provider.settings.secret or provider.third_party_callbacks):
+            return await handler(request)  # authenticated by its signature, or by the upstream id
     header = request.headers.get("Authorization", "")
     if not header:
         return error(401, "missing Authorization header; send 'Authorization: <api key>' or 'Bearer <api key>'")

@@ -336,3 +336,21 @@ def test_shipped_gateway_toml_documents_every_provider_key():
         section = text[text.index(f"# [providers.{name}]"):]
         for key in settings.model_fields:
             assert f"\n# {key} = " in section, f"providers.{name}.{key} is missing from config/gateway.toml"
+
+
+async def test_memories_calls_back_without_our_api_key(start_gateway, memories, speech_wav, tmp_path, database_url):
+    import aiohttp
+
+    from conftest import Gateway, test_config
+
+    port = free_port()
+    cfg = test_config(tmp_path, database_url, server={"public_url": f"http://127.0.0.1:{port}", "api_keys": ["k-1"]},
+                      providers={"memories": {"base_url": memories.url, "api_key": memories.api_key}})
+    gw = await start_gateway(config=cfg, port=port)
+    async with aiohttp.ClientSession(headers={"Authorization": "k-1"}) as http:
+        client = Gateway(url=gw.url, config=cfg, http=http)
+        task_id = await submit_remote(client, speech_wav)
+        assert (await client.wait_task(task_id))["status"] == "completed"
+    assert memories.tasks[0].callbacks == [200]  # the fake sends no Authorization header
+    status, _ = await gw.call("POST", "/callbacks/local", json={})
+    assert status == 401  # local still needs the key

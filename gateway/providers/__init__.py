@@ -93,6 +93,9 @@ class Provider:
 
     Settings: ClassVar[type[ProviderSettings]] = ProviderSettings
     supports_speaker: ClassVar[bool] = False
+    # Callbacks come from the service itself, which cannot send our API key: without a secret
+    # they are accepted without one, and only find a task by an upstream id we were given.
+    third_party_callbacks: ClassVar[bool] = False
     callback_timeout_s: float | None = None  # how long a Pending waits for its callback
 
     def __init__(self, name: str, settings: ProviderSettings, config: Config):

@@ -30,6 +30,7 @@ class MemoriesSettings(RemoteSettings):
 class MemoriesProvider(Provider):
     Settings = MemoriesSettings
     supports_speaker = True
+    third_party_callbacks = True
 
     def __init__(self, name, settings, config):
         super().__init__(name, settings, config)
