@@ -154,10 +154,16 @@ class Workers:
         await self._ingest(provider, task, outcome, t0)
 
     async def _await_upstream(self, provider: Provider, task: Task, pending: Pending) -> None:
-        handed = await tasks.await_upstream(self.db, task.id, self.owner, provider.name,
-                                            pending.upstream_task_id, pending.wait_s)
-        log.info("task.submitted", upstream_task_id=pending.upstream_task_id, wait_s=pending.wait_s,
-                 lease_was_ours=handed)
+        try:
+            handed = await tasks.await_upstream(self.db, task.id, self.owner, provider.name,
+                                                pending.upstream_task_id, pending.wait_s)
+        except Exception:  # the lease expires, the task is submitted again; this upstream id is lost
+            log.exception("task.submitted_not_stored", upstream_task_id=pending.upstream_task_id)
+            return
+        if handed:
+            log.info("task.submitted", upstream_task_id=pending.upstream_task_id, wait_s=pending.wait_s)
+        else:  # our lease had expired and another worker holds the task now
+            log.warning("task.submitted_lease_lost", upstream_task_id=pending.upstream_task_id)
 
     async def _ingest(self, provider: Provider, task: Task, outcome: Outcome, t0: float) -> None:
         try:
