@@ -112,6 +112,24 @@ async def test_three_workers_one_killed_mid_job_every_task_once(
             w.proc.terminate()
             assert await asyncio.to_thread(w.proc.wait, 30) == 0
 
+    job_lines = [entry for w in workers for entry in log_entries(w.log_path)
+                 if entry["event"].startswith(("task.", "delivery.")) or entry["event"] in ("engine.done", "ingest")]
+    assert {"task.claimed", "task.finished", "delivery.attempt"} <= {e["event"] for e in job_lines}
+    assert all(e.get("task_id") in ids for e in job_lines), [e for e in job_lines if e.get("task_id") not in ids]
+
+
+def log_entries(path) -> list[dict]:
+    """JSON log lines (a SIGKILLed process may leave a torn last line)."""
+    import json
+
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            pass
+    return out
+
 
 async def test_worker_sigterm_releases_its_task_and_exits_0(
         tmp_path, database_url, daemon_factory, http, start_gateway, long_speech_wav):
