@@ -24,6 +24,8 @@ from gateway.storage import safe_filename
 log = structlog.get_logger(__name__)
 routes = web.RouteTableDef()
 
+CALLBACK_RACE_WAIT_S = 5.0  # how long a callback may wait for its submission to be stored
+
 
 async def read_body(request: web.Request) -> bytes:
     """The whole request body, or PayloadTooLarge past server.max_json_kb (read at most one byte more)."""
@@ -225,7 +227,7 @@ async def callback(request: web.Request) -> web.Response:
     except BadRequest as exc:
         await _receipt(request, provider, raw, "invalid", exc.message)
         raise
-    task_id = await ingest.find_task_id(app[DB], provider, external_id)
+    task_id = await ingest.find_task_id_waiting(app[DB], provider, external_id, CALLBACK_RACE_WAIT_S)
     result = await ingest.ingest(app[DB], app[CONFIG], task_id, outcome, provider=provider, plugins=app[PLUGINS],
                                  external_task_id=external_id, raw_sha256=ingest.body_sha256(raw))
     if result.outcome == ingest.UNKNOWN_TASK:

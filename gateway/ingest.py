@@ -8,13 +8,14 @@ call leaves a CallbackReceipt saying which of these happened.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import uuid
 from dataclasses import dataclass
 
 import structlog
-from sqlmodel import select
+from sqlmodel import col, select
 
 from gateway.config import Config
 from gateway.db import Database
@@ -72,6 +73,29 @@ async def find_task_id(db: Database, provider: str, external_id: str) -> str | N
         row = await s.exec(select(Task.id).where(Task.provider == provider,
                                                  Task.upstream_task_id == external_id))
         return row.first()
+
+
+async def _submission_in_flight(db: Database, provider: str) -> bool:
+    """A worker holds a task of `provider` that has no upstream id yet (it is being submitted)."""
+    async with db.session() as s:
+        row = await s.exec(select(Task.id).where(Task.provider == provider, Task.status == TaskStatus.PROCESSING,
+                                                 col(Task.upstream_task_id).is_(None)).limit(1))
+        return row.first() is not None
+
+
+async def find_task_id_waiting(db: Database, provider: str, external_id: str, wait_s: float,
+                               step_s: float = 0.1) -> str | None:
+    """find_task_id; for a remote provider, a callback may overtake the storing of the upstream id
+    it answers (the service calls back before our submission has committed): while some task of
+    that provider is being submitted, look again for up to `wait_s` seconds."""
+    deadline = asyncio.get_running_loop().time() + wait_s
+    while True:
+        task_id = await find_task_id(db, provider, external_id)
+        if task_id is not None or provider == "local" or asyncio.get_running_loop().time() >= deadline:
+            return task_id
+        if not await _submission_in_flight(db, provider):
+            return await find_task_id(db, provider, external_id)  # one may have been stored meanwhile
+        await asyncio.sleep(step_s)
 
 
 async def ingest(db: Database, config: Config, task_id: str | None, outcome: Outcome, *,

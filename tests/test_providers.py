@@ -354,3 +354,14 @@ async def test_memories_calls_back_without_our_api_key(start_gateway, memories, 
     assert memories.tasks[0].callbacks == [200]  # the fake sends no Authorization header
     status, _ = await gw.call("POST", "/callbacks/local", json={})
     assert status == 401  # local still needs the key
+
+
+async def test_a_callback_overtaking_the_stored_submission_still_finds_its_task(start_gateway, memories, speech_wav):
+    """The service may call back before the gateway has stored the upstream id it just got."""
+    memories.delay_s = 0  # the callback leaves together with the submission's answer
+    gw = await memories_gateway(start_gateway, memories)
+    asset = await gw.upload(speech_wav)
+    ids = [await gw.submit(asset_id=asset, model="memories-whisper") for _ in range(5)]
+    for task_id in ids:
+        assert (await gw.wait_task(task_id))["status"] == "completed"
+    assert [t.callbacks for t in memories.tasks] == [[200]] * 5
