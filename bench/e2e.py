@@ -17,20 +17,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import platform
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import aiohttp
-from common import BASE, environment, free_port, upload, wait_ready
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 CACHE = HERE / ".cache"
+BASE = "/serve/api/v2"
 TARGET = 1.10
 
 SCRIPT = [
@@ -98,7 +102,9 @@ class Gateway:
     """A `transcribe-gateway serve` subprocess on a temporary SQLite database."""
 
     def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
         cfg = workdir / "gateway.toml"
         cfg.write_text(f'[database]\nurl = "sqlite:///{workdir}/gw.db"\n[storage]\ndir = "{workdir}/assets"\n'
                        '[log]\nformat = "json"\nlevel = "warning"\n')
@@ -107,8 +113,22 @@ class Gateway:
                                       "--port", str(self.port)], stdout=self.log, stderr=subprocess.STDOUT)
         self.url = f"http://127.0.0.1:{self.port}"
 
+    async def ready(self, http: aiohttp.ClientSession) -> None:
+        for _ in range(600):
+            try:
+                async with http.get(self.url + "/readyz") as r:
+                    if r.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+        raise RuntimeError("gateway did not become ready")
+
     async def run(self, http: aiohttp.ClientSession, path: Path) -> int:
-        asset_id = await upload(http, self.url, path)
+        form = aiohttp.FormData()
+        form.add_field("file", path.read_bytes(), filename=path.name)
+        async with http.post(self.url + BASE + "/upload", data=form) as r:
+            asset_id = (await r.json())["data"]["asset_id"]
         async with http.post(self.url + BASE + "/transcriptions/async-generate-audio",
                              json={"asset_id": asset_id}) as r:
             task_id = (await r.json())["data"]["task_id"]
@@ -134,7 +154,7 @@ async def measure(runs: int, audio: Path) -> dict:
         gw = Gateway(Path(tmp))
         try:
             async with aiohttp.ClientSession() as http:
-                await wait_ready(http, gw.url)
+                await gw.ready(http)
                 sides = {"direct": lambda: asyncio.to_thread(direct.run, audio),
                          "gateway": lambda: gw.run(http, audio)}
                 counts = {name: await run() for name, run in sides.items()}  # warm-up
@@ -166,6 +186,14 @@ def table(audio_s: float, runs: int, times: dict[str, list[float]]) -> tuple[str
         f"| <= {TARGET:.2f}x | {'pass' if ratio <= TARGET else 'FAIL'} |",
     ]
     return "\n".join(rows), summary
+
+
+def environment() -> dict:
+    from importlib.metadata import version
+
+    return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpus": os.cpu_count(),
+            "python": platform.python_version(), "faster_whisper": version("faster-whisper"),
+            "ctranslate2": version("ctranslate2")}
 
 
 def main() -> None:
