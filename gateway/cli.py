@@ -139,6 +139,21 @@ def db_upgrade(config_path: str | None, revision: str) -> None:
     click.echo(f"database at {_redact(cfg.database.url)} is at revision {revision}")
 
 
+@db.command("downgrade")
+@config_option
+@click.argument("revision")
+def db_downgrade(config_path: str | None, revision: str) -> None:
+    """Revert database.url's schema to REVISION (e.g. 0001, or base), with this version's migrations."""
+    from gateway.db import downgrade
+
+    cfg = _config(config_path)
+    try:
+        downgrade(cfg.database.url, revision)
+    except Exception as exc:
+        raise click.ClickException(f"migration failed: {type(exc).__name__}: {exc}") from None
+    click.echo(f"database at {_redact(cfg.database.url)} is at revision {revision}")
+
+
 def run_client(coro):
     """Run a client coroutine; a ClientError becomes one clear line and exit code 1."""
     from gateway.client import ClientError
