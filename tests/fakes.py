@@ -54,7 +54,7 @@ class FakeMemories:
     url: str = ""  # base URL, .../serve/api/v2
     mode: str = "once"  # once | twice | never | manual
     delay_s: float = 0.2  # before the (first) callback
-    responses: list = field(default_factory=list)  # scripted (status, body) or ("hang", seconds), then normal
+    responses: list = field(default_factory=list)  # scripted (status, body), ("hang", s) or None (normal), then normal
     uploads: dict[str, bytes] = field(default_factory=dict)
     requests: list[tuple[str, dict]] = field(default_factory=list)  # (path, headers)
     tasks: list[UpstreamTask] = field(default_factory=list)

@@ -163,6 +163,14 @@ async def test_an_upstream_400_fails_the_task_with_the_services_message(start_ga
     assert memories.tasks == []
 
 
+async def test_an_error_envelope_with_http_200_fails_the_task(start_gateway, memories, speech_wav):
+    memories.responses = [None, (200, envelope(None, "1003", "insufficient balance"))]  # upload ok, submit refused
+    gw = await memories_gateway(start_gateway, memories)
+    done = await gw.wait_task(await submit_remote(gw, speech_wav))
+    assert done["status"] == "failed" and done["attempts"] == 1
+    assert done["error"] == "memories.ai async-generate-audio: code '1003': insufficient balance"
+
+
 async def test_upstream_5xx_and_timeouts_are_retried(start_gateway, memories, speech_wav):
     memories.responses = [(503, {"message": "maintenance"}), ("hang", 3)]  # then a timeout (request_timeout_s=2)
     gw = await memories_gateway(start_gateway, memories)

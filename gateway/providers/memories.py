@@ -53,7 +53,8 @@ class MemoriesProvider(Provider):
 
     async def _upload(self, job: Job) -> str:
         async with job.audio() as path:
-            data = await self._call(job, "upload", "/upload", data=file_form(path, path.name))
+            with open(path, "rb") as f:
+                data = await self._call(job, "upload", "/upload", data=file_form(f, path.name))
         return str(data["asset_id"])
 
     async def run(self, job: Job) -> Pending:

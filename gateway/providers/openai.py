@@ -48,10 +48,11 @@ class OpenAIProvider(Provider):
         s = self.settings
         headers = {"Authorization": f"Bearer {s.api_key}"} if s.api_key else {}
         async with job.audio() as path:
-            form = file_form(path, path.name, model=self.models()[job.task.model], response_format="verbose_json",
-                             language=job.task.language, **{"timestamp_granularities[]": "segment"})
-            status, body = await request(job.http, SERVICE, "transcription", s.base_url + "/audio/transcriptions",
-                                         timeout_s=s.request_timeout_s, headers=headers, data=form)
+            with open(path, "rb") as f:
+                form = file_form(f, path.name, model=self.models()[job.task.model], response_format="verbose_json",
+                                 language=job.task.language, **{"timestamp_granularities[]": "segment"})
+                status, body = await request(job.http, SERVICE, "transcription", s.base_url + "/audio/transcriptions",
+                                             timeout_s=s.request_timeout_s, headers=headers, data=form)
         raise_for_status(SERVICE, "transcription", status, _error_message(body))
         job.progress(1.0)
         return parse_verbose_json(body)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from typing import Any, BinaryIO
 
 import aiohttp
 
@@ -13,13 +13,13 @@ from gateway.providers import PermanentError, RetryableError
 RETRYABLE_4XX = {408, 409, 425, 429}
 
 
-def file_form(path, filename: str, **fields: Any) -> aiohttp.FormData:
-    """A multipart body with the audio file (streamed from disk) and plain fields."""
+def file_form(file: BinaryIO, filename: str, **fields: Any) -> aiohttp.FormData:
+    """A multipart body with the audio file (an open file, streamed) and plain fields."""
     form = aiohttp.FormData(quote_fields=False)
     for key, value in fields.items():
         if value is not None:
             form.add_field(key, str(value))
-    form.add_field("file", open(path, "rb"), filename=filename)
+    form.add_field("file", file, filename=filename)
     return form
 
 
@@ -38,11 +38,6 @@ async def request(http: aiohttp.ClientSession, service: str, step: str, url: str
         raise RetryableError(f"{service} {step}: no answer within {timeout_s:g}s") from None
     except aiohttp.ClientError as exc:
         raise RetryableError(f"{service} {step}: {type(exc).__name__}: {exc}") from None
-    finally:
-        form = kwargs.get("data")
-        for field in getattr(form, "_fields", []):
-            if hasattr(field[2], "close"):
-                field[2].close()
 
 
 def raise_for_status(service: str, step: str, status: int, message: str) -> None:
