@@ -12,17 +12,19 @@ from sqlalchemy.exc import SQLAlchemyError
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from gateway import API_BASE, deliveries, ingest, metrics, subtitles, tasks
-from gateway.appkeys import CONFIG, DB, ENGINE, NOTIFIER, PLUGINS, ROUTER, STORE
+from gateway.appkeys import CONFIG, DB, ENGINE, NOTIFIER, PLUGINS, PROVIDERS, STORE, WORKERS
 from gateway.envelope import ok
 from gateway.errors import ApiError, BadRequest, NotFound, PayloadTooLarge, Unauthorized, Unavailable
-from gateway.jobs import TASKS
 from gateway.models import Asset, CallbackReceipt, TaskStatus
+from gateway.notify import DELIVERIES, task_channel, task_done_channel
 from gateway.payloads import parse_callback, result_of
 from gateway.plugins import transcript_from_payload
 from gateway.storage import safe_filename
 
 log = structlog.get_logger(__name__)
 routes = web.RouteTableDef()
+
+CALLBACK_RACE_WAIT_S = 5.0  # how long a callback may wait for its submission to be stored
 
 
 async def read_body(request: web.Request) -> bytes:
@@ -118,9 +120,9 @@ def _quote(name: str) -> str:
 async def _submit(request: web.Request) -> tasks.Task:
     app = request.app
     req = tasks.parse_generate_request(await read_json(request))
-    provider = await tasks.validate_request(app[DB], app[CONFIG], app[ROUTER], req)
+    provider = await tasks.validate_request(app[DB], app[CONFIG], app[PROVIDERS], req)
     task = await tasks.create_task(app[DB], req, provider)
-    app[NOTIFIER].wake(TASKS)
+    app[NOTIFIER].wake(task_channel(provider))
     log.info("task.queued", task_id=task.id, model=task.model, provider=provider)
     return task
 
@@ -181,7 +183,7 @@ async def redeliver(request: web.Request) -> web.Response:
     count = await deliveries.redeliver(db, task.id, target)
     if target and count == 0:
         raise NotFound(f"task {task.id} has no delivery to {target!r}")
-    request.app[NOTIFIER].wake("deliveries")
+    request.app[NOTIFIER].wake(DELIVERIES)
     return ok({"task_id": task.id, "redelivering": count})
 
 
@@ -206,15 +208,11 @@ async def _receipt(request: web.Request, provider: str, raw: bytes, outcome: str
                               detail=detail[:1000]))
 
 
-def known_providers(request: web.Request) -> set[str]:
-    return {"local", *request.app[CONFIG].providers}
-
-
 @routes.post(API_BASE + "/callbacks/{provider}")
 async def callback(request: web.Request) -> web.Response:
     app = request.app
     provider = request.match_info["provider"]
-    if provider not in known_providers(request):
+    if provider not in request.app[PROVIDERS].names():
         raise NotFound(f"unknown provider {provider!r}")
     raw = await read_body(request)
     secret = app[CONFIG].provider(provider).get("secret")
@@ -229,7 +227,7 @@ async def callback(request: web.Request) -> web.Response:
     except BadRequest as exc:
         await _receipt(request, provider, raw, "invalid", exc.message)
         raise
-    task_id = await ingest.find_task_id(app[DB], provider, external_id)
+    task_id = await ingest.find_task_id_waiting(app[DB], provider, external_id, CALLBACK_RACE_WAIT_S)
     result = await ingest.ingest(app[DB], app[CONFIG], task_id, outcome, provider=provider, plugins=app[PLUGINS],
                                  external_task_id=external_id, raw_sha256=ingest.body_sha256(raw))
     if result.outcome == ingest.UNKNOWN_TASK:
@@ -237,8 +235,8 @@ async def callback(request: web.Request) -> web.Response:
     if result.outcome == ingest.CONFLICT:
         raise ApiError(f"task {result.task_id} already has a different result; nothing changed", 409)
     if result.outcome == ingest.ACCEPTED:
-        app[NOTIFIER].wake("deliveries")
-        app[NOTIFIER].wake(f"task:{result.task_id}")
+        app[NOTIFIER].wake(DELIVERIES)
+        app[NOTIFIER].wake(task_done_channel(result.task_id))
     return ok({"task_id": result.task_id, "outcome": result.outcome})
 
 
@@ -254,6 +252,8 @@ async def readyz(request: web.Request) -> web.Response:
         await asyncio.wait_for(request.app[DB].ping(), 5)
     except (SQLAlchemyError, OSError, asyncio.TimeoutError) as exc:
         raise Unavailable(f"database unreachable: {type(exc).__name__}") from None
+    if request.app.get(WORKERS) is None:
+        return ok({"database": "ok", "engine": "not used (no worker in this process)"})
     engine = request.app[ENGINE]
     if engine.load_error:
         raise Unavailable(f"engine failed to load: {engine.load_error}")

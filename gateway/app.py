@@ -11,18 +11,18 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from gateway import API_BASE, api, metrics
-from gateway.appkeys import CONFIG, DB, ENGINE, HTTP, NOTIFIER, PLUGINS, ROUTER, STORE, WORKERS
+from gateway import API_BASE, metrics
+from gateway import api as api_routes
+from gateway.appkeys import CONFIG, DB, ENGINE, HTTP, NOTIFIER, PLUGINS, PROVIDERS, STORE, WORKERS
 from gateway.config import Config
 from gateway.db import Database, upgrade_async
-from gateway.engine import LocalEngine
 from gateway.envelope import error
 from gateway.errors import ApiError
 from gateway.jobs import Workers
-from gateway.notify import Notifier
+from gateway.notify import Notifier, PgListener
 from gateway.plugins import GatewayContext, Plugins
 from gateway.storage import AssetStore
-from gateway.tasks import Router
+from gateway.providers import LOCAL, Providers
 
 log = structlog.get_logger(__name__)
 
@@ -90,12 +90,12 @@ def key_ok(presented: str, keys: list[str]) -> bool:
 async def auth_middleware(request: web.Request, handler):
     cfg = request.app[CONFIG]
     keys = cfg.server.api_keys
-    if not keys or request.path in api.PUBLIC_PATHS or not request.path.startswith(API_BASE):
+    if not keys or request.path in api_routes.PUBLIC_PATHS or not request.path.startswith(API_BASE):
         return await handler(request)
     if request.path.startswith(API_BASE + "/callbacks/"):
-        provider = request.path.rsplit("/", 1)[-1]
-        if cfg.provider(provider).get("secret"):
-            return await handler(request)  # authenticated by its signature instead
+        provider = request.app[PROVIDERS].active.get(request.path.rsplit("/", 1)[-1])
+        if provider is not None and (provider.settings.secret or provider.third_party_callbacks):
+            return await handler(request)  # authenticated by its signature, or by the upstream id
     header = request.headers.get("Authorization", "")
     if not header:
         return error(401, "missing Authorization header; send 'Authorization: <api key>' or 'Bearer <api key>'")
@@ -112,16 +112,36 @@ async def _database(app: web.Application):
     await app[DB].close()
 
 
-async def _engine(app: web.Application):
-    engine = LocalEngine(app[CONFIG].engine)
-    app[ENGINE] = engine
-    app[ROUTER] = Router(app[CONFIG], engine)
-    loading = asyncio.create_task(engine.load())
-    loading.add_done_callback(lambda t: t.cancelled() or t.exception())  # reported by /readyz
+def _providers_context(load_model: bool):
+    async def ctx(app: web.Application):
+        """The local engine loads in the background (reported by /readyz) where work runs;
+        an API-only process loads it only if a request needs it."""
+        engine = app[PROVIDERS].get(LOCAL).engine
+        app[ENGINE] = engine
+        loading = asyncio.create_task(engine.load()) if load_model else None
+        if loading:
+            loading.add_done_callback(lambda t: t.cancelled() or t.exception())
+        yield
+        if loading and not loading.done():
+            loading.cancel()
+        for provider in app[PROVIDERS].active.values():
+            provider.close()
+    return ctx
+
+
+async def _listener(app: web.Application):
+    """On PostgreSQL, wake-ups from other processes arrive by LISTEN/NOTIFY."""
+    if app[DB].sqlite:
+        yield
+        return
+    listener = PgListener(app[CONFIG].database.url, app[NOTIFIER])
+    task = asyncio.create_task(listener.run())
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(listener.listening.wait(), 5)
     yield
-    if not loading.done():
-        loading.cancel()
-    engine.close()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def _http(app: web.Application):
@@ -132,9 +152,9 @@ async def _http(app: web.Application):
 
 def _worker_context(app: web.Application):
     async def ctx(app: web.Application):
-        workers = Workers(app[DB], app[CONFIG], app[ENGINE], app[NOTIFIER], app[HTTP], app[PLUGINS])
+        workers = Workers(app[DB], app[CONFIG], app[PROVIDERS], app[NOTIFIER], app[HTTP], app[PLUGINS])
         app[WORKERS] = workers
-        loops = [asyncio.create_task(workers.task_loop()), asyncio.create_task(workers.delivery_loop())]
+        loops = [asyncio.create_task(loop) for loop in workers.loops()]
         yield
         await workers.stop()
         for t in loops:
@@ -151,19 +171,24 @@ async def _startup_hooks(app: web.Application):
     yield
 
 
-def create_app(config: Config, *, worker: bool = True, plugins: Plugins | None = None) -> web.Application:
-    """The gateway application; `worker=False` serves the API only.
+def create_app(config: Config, *, worker: bool = True, api: bool = True,
+               plugins: Plugins | None = None) -> web.Application:
+    """The gateway application: `worker=False` serves the API only (`serve --no-worker`),
+    `api=False` runs only the job loops (`transcribe-gateway worker`, no routes).
 
-    Raises PluginError when a plugin cannot be loaded or its section is invalid."""
+    Raises PluginError or ProviderError when a plugin or provider cannot be loaded or its
+    section is invalid."""
     app = web.Application(middlewares=[metrics_middleware, envelope_middleware, auth_middleware],
                           client_max_size=config.server.max_json_kb * 1024)
     app[CONFIG] = config
     app[NOTIFIER] = Notifier()
     app[STORE] = AssetStore(config.storage.dir)
     app[PLUGINS] = plugins or Plugins(config.plugins.load, config.plugins.sections())
-    app.cleanup_ctx.extend([_database, _engine, _http, _startup_hooks])
+    app[PROVIDERS] = Providers(config, app[PLUGINS])
+    app.cleanup_ctx.extend([_database, _listener, _providers_context(load_model=worker), _http, _startup_hooks])
     if worker:
         app.cleanup_ctx.append(_worker_context(app))
-    app.add_routes(api.routes)
-    app[PLUGINS].call_all_sync("register_routes", app=app)
+    if api:
+        app.add_routes(api_routes.routes)
+        app[PLUGINS].call_all_sync("register_routes", app=app)
     return app

@@ -1,4 +1,4 @@
-"""The `transcribe-gateway` command: serve, submit, status, db upgrade."""
+"""The `transcribe-gateway` command: serve, worker, submit, status, db upgrade, ..."""
 
 from __future__ import annotations
 
@@ -45,27 +45,72 @@ def main() -> None:
     """Self-hosted asynchronous transcription gateway."""
 
 
+def _app(cfg, plugins, **kwargs):
+    """create_app, with a bad provider section reported as one line."""
+    from gateway.app import create_app
+    from gateway.providers import ProviderError
+
+    try:
+        return create_app(cfg, plugins=plugins, **kwargs)
+    except ProviderError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _start(cfg, event: str, **fields):
+    from gateway.logs import configure_logging
+
+    configure_logging(cfg.log)
+    import structlog
+
+    structlog.get_logger("gateway").info(event, version=__version__, database=_redact(cfg.database.url), **fields)
+
+
 @main.command()
 @config_option
 @click.option("--host", default=None, help="Override server.host.")
 @click.option("--port", type=int, default=None, help="Override server.port.")
-def serve(config_path: str | None, host: str | None, port: int | None) -> None:
-    """Run the API and the in-process worker."""
+@click.option("--no-worker", is_flag=True, help="Serve the API only; `transcribe-gateway worker` processes run the jobs.")
+def serve(config_path: str | None, host: str | None, port: int | None, no_worker: bool) -> None:
+    """Run the API and (unless --no-worker) the in-process worker."""
     from aiohttp import web
-
-    from gateway.app import create_app
-    from gateway.logs import configure_logging
 
     cfg = _config(config_path)
     plugins = _plugins(cfg)
-    configure_logging(cfg.log)
-    import structlog
-
-    structlog.get_logger("gateway").info("serve.start", version=__version__, host=host or cfg.server.host,
-                                         port=port or cfg.server.port, database=_redact(cfg.database.url))
-    app = create_app(cfg, plugins=plugins)
+    app = _app(cfg, plugins, worker=not no_worker)
+    _start(cfg, "serve.start", host=host or cfg.server.host, port=port or cfg.server.port, worker=not no_worker)
     web.run_app(app, host=host or cfg.server.host, port=port or cfg.server.port,
                 print=None, shutdown_timeout=10, access_log=None)
+
+
+@main.command()
+@config_option
+def worker(config_path: str | None) -> None:
+    """Run only the job loops (transcription and deliveries), no HTTP. SIGTERM: stop claiming,
+    release the running tasks, exit 0."""
+    cfg = _config(config_path)
+    plugins = _plugins(cfg)
+    app = _app(cfg, plugins, api=False)
+    _start(cfg, "worker.start")
+    asyncio.run(_run_worker(app))
+
+
+async def _run_worker(app) -> None:
+    import signal
+
+    import structlog
+    from aiohttp import web
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()  # runs the cleanup contexts' start: database, providers, job loops
+    try:
+        await stop.wait()
+    finally:
+        structlog.get_logger("gateway").info("worker.stopping")
+        await runner.cleanup()  # stops claiming and releases running tasks
 
 
 def _redact(url: str) -> str:
@@ -89,6 +134,21 @@ def db_upgrade(config_path: str | None, revision: str) -> None:
     cfg = _config(config_path)
     try:
         upgrade(cfg.database.url, revision)
+    except Exception as exc:
+        raise click.ClickException(f"migration failed: {type(exc).__name__}: {exc}") from None
+    click.echo(f"database at {_redact(cfg.database.url)} is at revision {revision}")
+
+
+@db.command("downgrade")
+@config_option
+@click.argument("revision")
+def db_downgrade(config_path: str | None, revision: str) -> None:
+    """Revert database.url's schema to REVISION (e.g. 0001, or base), with this version's migrations."""
+    from gateway.db import downgrade
+
+    cfg = _config(config_path)
+    try:
+        downgrade(cfg.database.url, revision)
     except Exception as exc:
         raise click.ClickException(f"migration failed: {type(exc).__name__}: {exc}") from None
     click.echo(f"database at {_redact(cfg.database.url)} is at revision {revision}")

@@ -26,6 +26,22 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, coerce_numbers_to_str=True)
 
 
+def validate_whsec(v: str) -> str:
+    """A Standard Webhooks secret: "" (none) or "whsec_<base64>"."""
+    if v and not v.startswith("whsec_"):
+        raise ValueError("must start with 'whsec_' followed by base64")
+    if v:
+        import base64
+        import binascii
+
+        try:
+            if not base64.b64decode(v[len("whsec_"):] + "==", validate=False):
+                raise ValueError("secret is empty after 'whsec_'")
+        except binascii.Error as exc:
+            raise ValueError(f"not valid base64 after 'whsec_': {exc}") from None
+    return v
+
+
 class ServerConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
@@ -75,6 +91,7 @@ class JobsConfig(_Section):
     lease_s: float = Field(60, gt=0)
     max_attempts: int = Field(3, ge=1)
     poll_s: float = Field(1.0, gt=0)
+    retry_backoff_s: float = Field(5.0, ge=0)
 
 
 class WebhooksConfig(_Section):
@@ -88,18 +105,7 @@ class WebhooksConfig(_Section):
     @field_validator("secret")
     @classmethod
     def _whsec(cls, v: str) -> str:
-        if v and not v.startswith("whsec_"):
-            raise ValueError("must start with 'whsec_' followed by base64")
-        if v:
-            import base64
-            import binascii
-
-            try:
-                if not base64.b64decode(v[len("whsec_"):] + "==", validate=False):
-                    raise ValueError("secret is empty after 'whsec_'")
-            except binascii.Error as exc:
-                raise ValueError(f"not valid base64 after 'whsec_': {exc}") from None
-        return v
+        return validate_whsec(v)
 
     @field_validator("urls")
     @classmethod

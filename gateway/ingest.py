@@ -8,13 +8,14 @@ call leaves a CallbackReceipt saying which of these happened.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import uuid
 from dataclasses import dataclass
 
 import structlog
-from sqlmodel import select
+from sqlmodel import col, select
 
 from gateway import metrics
 from gateway.config import Config
@@ -22,6 +23,7 @@ from gateway.db import Database
 from gateway.deliveries import PLUGIN_PREFIX
 from gateway.models import (CallbackReceipt, Delivery, Segment, Task, TaskStatus, Transcript,
                             utcnow)
+from gateway.notify import DELIVERIES, publish, task_done_channel
 from gateway.payloads import Outcome, build_payload, normalise_segments, outcome_sha256
 from gateway.plugins import Plugins
 
@@ -74,6 +76,29 @@ async def find_task_id(db: Database, provider: str, external_id: str) -> str | N
         return row.first()
 
 
+async def _submission_in_flight(db: Database, provider: str) -> bool:
+    """A worker holds a task of `provider` that has no upstream id yet (it is being submitted)."""
+    async with db.session() as s:
+        row = await s.exec(select(Task.id).where(Task.provider == provider, Task.status == TaskStatus.PROCESSING,
+                                                 col(Task.upstream_task_id).is_(None)).limit(1))
+        return row.first() is not None
+
+
+async def find_task_id_waiting(db: Database, provider: str, external_id: str, wait_s: float,
+                               step_s: float = 0.1) -> str | None:
+    """find_task_id; for a remote provider, a callback may overtake the storing of the upstream id
+    it answers (the service calls back before our submission has committed): while some task of
+    that provider is being submitted, look again for up to `wait_s` seconds."""
+    deadline = asyncio.get_running_loop().time() + wait_s
+    while True:
+        task_id = await find_task_id(db, provider, external_id)
+        if task_id is not None or provider == "local" or asyncio.get_running_loop().time() >= deadline:
+            return task_id
+        if not await _submission_in_flight(db, provider):
+            return await find_task_id(db, provider, external_id)  # one may have been stored meanwhile
+        await asyncio.sleep(step_s)
+
+
 async def ingest(db: Database, config: Config, task_id: str | None, outcome: Outcome, *,
                  provider: str, plugins: Plugins | None, external_task_id: str | None = None,
                  raw_sha256: str = "") -> IngestResult:
@@ -90,6 +115,7 @@ async def ingest(db: Database, config: Config, task_id: str | None, outcome: Out
             digest = outcome_sha256(payload)
             if task.result_sha256 is None:
                 await _store(s, task, outcome, payload, digest, delivery_targets(task, config, plugins, outcome.success))
+                await publish(s, DELIVERIES, task_done_channel(task.id))
                 result = IngestResult(ACCEPTED, task.id)
             elif task.result_sha256 == digest:
                 result = IngestResult(DUPLICATE, task.id)

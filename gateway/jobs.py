@@ -1,7 +1,9 @@
 """The job loops: claim tasks and run them on their provider; claim deliveries and send them.
 
-Both loops take work from the database with a lease, so a process that dies loses nothing:
-its leases expire and another loop (or the restarted process) claims the work again.
+Every loop takes work from the database with a lease, so a process that dies loses nothing:
+its leases expire and another loop (or the restarted process) claims the work again. There is
+one task loop per configured provider (the local engine: `engine.concurrency` at once; a
+remote provider: its `concurrency`) and one delivery loop.
 """
 
 from __future__ import annotations
@@ -21,27 +23,18 @@ import structlog
 from gateway import deliveries, ingest, tasks
 from gateway.config import Config
 from gateway.db import Database
-from gateway.engine import AudioError, LocalEngine, TranscribeRequest
 from gateway.models import Asset, Task
-from gateway.notify import Notifier
+from gateway.notify import DELIVERIES, Notifier, task_channel, task_done_channel
 from gateway.payloads import Outcome
 from gateway.plugins import Plugins
+from gateway.providers import Job, PermanentError, Pending, Provider, Providers, RetryableError
 from gateway.urls import PublicOnlyResolver
 
 log = structlog.get_logger(__name__)
 
-TASKS = "tasks"
-DELIVERIES = "deliveries"
-
 
 def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-class PermanentError(Exception):
-    """The task cannot succeed however often it is tried; it fails with this reason."""
-
-    code = "4000"
 
 
 async def fetch_url(http: aiohttp.ClientSession, url: str, dest_dir: Path, max_bytes: int,
@@ -70,15 +63,21 @@ async def fetch_url(http: aiohttp.ClientSession, url: str, dest_dir: Path, max_b
         raise
 
 
-class Workers:
-    """The task loop and the delivery loop of one process."""
+def no_callback_reason(provider: Provider, upstream_task_id: str) -> str:
+    waited = (f"providers.{provider.name}.timeout_s ({provider.callback_timeout_s:g} s)"
+              if provider.callback_timeout_s is not None else "the time it was given")
+    return f"no callback from provider {provider.name!r} for its task {upstream_task_id} within {waited}"
 
-    def __init__(self, db: Database, config: Config, engine: LocalEngine, notifier: Notifier,
+
+class Workers:
+    """The task loops and the delivery loop of one process."""
+
+    def __init__(self, db: Database, config: Config, providers: Providers, notifier: Notifier,
                  http: aiohttp.ClientSession, plugins: Plugins | None):
         self.db = db
         self.plugins = plugins
         self.config = config
-        self.engine = engine
+        self.providers = providers
         self.notifier = notifier
         self.http = http
         self.owner = worker_id()
@@ -86,7 +85,9 @@ class Workers:
         self._fetch_http: aiohttp.ClientSession | None = None
         self._jobs: set[asyncio.Task] = set()
 
-    # --- tasks ---------------------------------------------------------------------------
+    def loops(self) -> list:
+        """Coroutines of every loop this process runs."""
+        return [self.task_loop(p) for p in self.providers.active.values()] + [self.delivery_loop()]
 
     async def _claim_loop(self, name: str, parallel: int, claim, run, idle_s) -> None:
         """Claim work while a slot is free and run each claimed item in its own asyncio task."""
@@ -108,38 +109,65 @@ class Workers:
             self._jobs.add(job)
             job.add_done_callback(lambda j: (self._jobs.discard(j), slots.release()))
 
-    async def task_loop(self) -> None:
+    # --- tasks ---------------------------------------------------------------------------
+
+    async def task_loop(self, provider: Provider) -> None:
         async def idle_s() -> float:
             return self.config.jobs.poll_s
 
         await self._claim_loop(
-            TASKS, self.config.engine.concurrency,
-            lambda: tasks.claim_task(self.db, self.owner, self.config.jobs.lease_s, ["local"]),
-            self._run_task, idle_s)
+            task_channel(provider.name), provider.concurrency,
+            lambda: tasks.claim_task(self.db, self.owner, self.config.jobs.lease_s, [provider.name]),
+            lambda task: self._run_task(provider, task), idle_s)
 
-    async def _run_task(self, task: Task) -> None:
-        structlog.contextvars.bind_contextvars(task_id=task.id)
-        log.info("task.claimed", attempt=task.attempts, provider=task.provider)
+    async def _run_task(self, provider: Provider, task: Task) -> None:
+        structlog.contextvars.bind_contextvars(task_id=task.id, provider=provider.name)
+        log.info("task.claimed", attempt=task.attempts)
         t0 = time.perf_counter()
         try:
-            if task.attempts > self.config.jobs.max_attempts:
+            if task.upstream_task_id:  # submitted earlier; the provider's callback never came
+                outcome = Outcome.failure(no_callback_reason(provider, task.upstream_task_id))
+            elif task.attempts > self.config.jobs.max_attempts:
                 outcome = Outcome.failure(f"gave up after {task.attempts - 1} interrupted attempts")
             else:
-                outcome = await self._transcribe_with_lease(task)
+                outcome = await self._run_with_lease(provider, task)
         except asyncio.CancelledError:
             await asyncio.shield(tasks.release_task(self.db, task.id, self.owner))
             log.info("task.released")
             raise
         except Exception as exc:
-            log.exception("task.error", attempt=task.attempts)
-            reason = f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, RetryableError):
+                reason = str(exc)
+                log.warning("task.error", attempt=task.attempts, error=reason)
+            else:
+                reason = f"{type(exc).__name__}: {exc}"
+                log.exception("task.error", attempt=task.attempts)
             if task.attempts < self.config.jobs.max_attempts:
-                await tasks.release_task(self.db, task.id, self.owner, error=reason)
-                self.notifier.wake(TASKS)
+                delay = self.config.jobs.retry_backoff_s * 2 ** (task.attempts - 1)
+                log.info("task.retry", retry_in_s=delay)
+                await tasks.release_task(self.db, task.id, self.owner, error=reason, delay_s=delay)
                 return
             outcome = Outcome.failure(f"failed after {task.attempts} attempts: {reason}")
+        if isinstance(outcome, Pending):
+            await self._await_upstream(provider, task, outcome)
+            return
+        await self._ingest(provider, task, outcome, t0)
+
+    async def _await_upstream(self, provider: Provider, task: Task, pending: Pending) -> None:
         try:
-            result = await ingest.ingest(self.db, self.config, task.id, outcome, provider="local",
+            handed = await tasks.await_upstream(self.db, task.id, self.owner, provider.name,
+                                                pending.upstream_task_id, pending.wait_s)
+        except Exception:  # the lease expires, the task is submitted again; this upstream id is lost
+            log.exception("task.submitted_not_stored", upstream_task_id=pending.upstream_task_id)
+            return
+        if handed:
+            log.info("task.submitted", upstream_task_id=pending.upstream_task_id, wait_s=pending.wait_s)
+        else:  # our lease had expired and another worker holds the task now
+            log.warning("task.submitted_lease_lost", upstream_task_id=pending.upstream_task_id)
+
+    async def _ingest(self, provider: Provider, task: Task, outcome: Outcome, t0: float) -> None:
+        try:
+            result = await ingest.ingest(self.db, self.config, task.id, outcome, provider=provider.name,
                                          plugins=self.plugins, external_task_id=task.id)
         except Exception:
             log.exception("task.ingest_failed")  # the lease expires and the task is run again
@@ -147,26 +175,22 @@ class Workers:
         log.info("task.finished", outcome=result.outcome, success=outcome.success,
                  seconds=round(time.perf_counter() - t0, 3))
         self.notifier.wake(DELIVERIES)
-        self.notifier.wake(f"task:{task.id}")
+        self.notifier.wake(task_done_channel(task.id))
 
-    async def _transcribe_with_lease(self, task: Task) -> Outcome:
+    async def _run_with_lease(self, provider: Provider, task: Task) -> Outcome | Pending:
+        """Run the task on its provider while renewing the lease; a PermanentError fails it."""
         progress = {"value": 0.0, "stored": 0.0}
         renewer = asyncio.create_task(self._renew(task.id, progress))
-        path = None
+        job = Job(task=task, config=self.config, http=self.http, audio=lambda: self._audio(task),
+                  progress=lambda f: progress.__setitem__("value", f))
         try:
-            path, temporary = await self._input_path(task)
-            req = TranscribeRequest(path=str(path), language=task.language, speaker=task.speaker)
-            return await self.engine.transcribe(req, lambda f: progress.__setitem__("value", f))
-        except AudioError as exc:
-            return Outcome.failure(str(exc), code="4000")
+            return await provider.run(job)
         except PermanentError as exc:
             return Outcome.failure(str(exc), code=exc.code)
         finally:
             renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewer
-            if path is not None and temporary:
-                path.unlink(missing_ok=True)
 
     async def _renew(self, task_id: str, progress: dict) -> None:
         """Renew the lease every lease_s/3 and store progress at most every second."""
@@ -189,13 +213,16 @@ class Workers:
                 log.warning("task.lease_lost")
                 return
 
-    async def _input_path(self, task: Task) -> tuple[Path, bool]:
+    @contextlib.asynccontextmanager
+    async def _audio(self, task: Task):
+        """The task's audio as a local file: the stored asset, or its url downloaded (then deleted)."""
         if task.asset_id:
             async with self.db.session() as s:
                 asset = await s.get(Asset, task.asset_id)
             if asset is None or not Path(asset.path).exists():
                 raise PermanentError(f"asset {task.asset_id} is missing from storage")
-            return Path(asset.path), False
+            yield Path(asset.path)
+            return
         tmp_dir = Path(self.config.storage.dir) / "tmp"
         tmp_dir.mkdir(parents=True, exist_ok=True)
         try:
@@ -206,7 +233,10 @@ class Workers:
             if "non-public address" in str(exc):
                 raise PermanentError(f"could not fetch url: {exc.os_error}") from None
             raise
-        return path, True
+        try:
+            yield path
+        finally:
+            path.unlink(missing_ok=True)
 
     def _fetcher(self) -> aiohttp.ClientSession:
         if self._fetch_http is None:

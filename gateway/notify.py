@@ -1,9 +1,34 @@
-"""In-process wake-ups, so a worker in the same process reacts at once instead of at its next poll."""
+"""Wake-ups, so a loop reacts at once instead of at its next poll.
+
+In one process, `Notifier.wake(name)` sets an event. Across processes on PostgreSQL, a
+transaction calls `publish(session, name)` (`pg_notify`, delivered when it commits) and every
+process's `PgListener` (LISTEN on one channel) wakes its own Notifier with that name. Polling
+(`jobs.poll_s`) stays the fallback: a lost notification only costs latency, never work.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+
+import structlog
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+log = structlog.get_logger(__name__)
+
+CHANNEL = "transcribe_gateway"
+DELIVERIES = "deliveries"
+
+
+def task_channel(provider: str) -> str:
+    """The wake-up name of the loop that claims `provider`'s tasks."""
+    return f"tasks:{provider}"
+
+
+def task_done_channel(task_id: str) -> str:
+    """The wake-up name a request waiting for one task (sync-generate-audio) listens on."""
+    return f"task:{task_id}"
 
 
 class Notifier:
@@ -16,9 +41,53 @@ class Notifier:
     def wake(self, name: str) -> None:
         self._event(name).set()
 
+    def wake_all(self) -> None:
+        for event in self._events.values():
+            event.set()
+
     async def wait(self, name: str, timeout: float) -> None:
         """Return when `name` is woken or after `timeout` seconds, whichever is first."""
         event = self._event(name)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(event.wait(), timeout)
         event.clear()
+
+
+async def publish(session, *names: str) -> None:
+    """Wake `names` in every process once this session's transaction commits (PostgreSQL only)."""
+    if session.bind.dialect.name != "postgresql":
+        return
+    for name in names:
+        await session.exec(text("SELECT pg_notify(:channel, :name)").bindparams(channel=CHANNEL, name=name))
+
+
+def libpq_url(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+class PgListener:
+    """LISTEN on the channel and wake the local Notifier; reconnects after a lost connection."""
+
+    def __init__(self, url: str, notifier: Notifier, retry_s: float = 1.0):
+        self.url = libpq_url(url)
+        self.notifier = notifier
+        self.retry_s = retry_s
+        self.listening = asyncio.Event()
+
+    async def run(self) -> None:
+        import psycopg
+
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as conn:
+                    await conn.execute(f"LISTEN {CHANNEL}")
+                    self.listening.set()
+                    self.notifier.wake_all()  # whatever was missed while disconnected
+                    async for n in conn.notifies():
+                        self.notifier.wake(n.payload)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.listening.clear()
+                log.warning("notify.listen_failed", error=f"{type(exc).__name__}: {exc}")
+                await asyncio.sleep(self.retry_s)

@@ -6,6 +6,7 @@ implementation of a hook at a time, so each plugin is delivered to and retried a
 from __future__ import annotations
 
 import asyncio
+import importlib
 import inspect
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -22,6 +23,9 @@ from gateway.payloads import Segment
 log = structlog.get_logger(__name__)
 
 GROUP = "transcribe_gateway"
+# Built into the gateway and registered like any plugin (as llm's default_plugins), but always
+# loaded and not listed: the first-party providers.
+DEFAULT_PLUGINS = ("gateway.providers.builtin",)
 
 
 class PluginError(Exception):
@@ -112,6 +116,8 @@ class Plugins:
     def __init__(self, load: list[str] | None, sections: dict[str, Any]):
         self.pm = pluggy.PluginManager(GROUP)
         self.pm.add_hookspecs(hookspecs)
+        for module_name in DEFAULT_PLUGINS:
+            self.pm.register(importlib.import_module(module_name), name=module_name)
         available = installed_entry_points()
         names = list(available) if load is None else load
         for name in names:
@@ -137,7 +143,8 @@ class Plugins:
         self.configs[name] = self._validate(name, section or {})
 
     def names(self) -> list[str]:
-        return [name for name, _ in self.pm.list_name_plugin()]
+        """The loaded plugins (not the built-in default ones)."""
+        return [name for name, _ in self.pm.list_name_plugin() if name not in DEFAULT_PLUGINS]
 
     def _validate(self, name: str, section: dict) -> PluginConfig:
         impl = self._impl("plugin_config", name)

@@ -16,9 +16,10 @@ from sqlmodel import col, select
 
 from gateway.config import Config
 from gateway.db import Database
-from gateway.engine import LocalEngine
 from gateway.errors import BadRequest, NotFound
 from gateway.models import Asset, Task, TaskStatus, utcnow
+from gateway.notify import publish, task_channel, task_done_channel
+from gateway.providers import LOCAL, Provider, Providers
 from gateway.payloads import result_of
 from gateway.urls import UrlError, check_fetchable, validate_http_url
 
@@ -55,27 +56,23 @@ def whisper_languages() -> set[str]:
     return set(_LANGUAGE_CODES)
 
 
-class Router:
-    """Which provider runs which model alias. For now every alias runs on the local engine."""
-
-    def __init__(self, config: Config, engine: LocalEngine):
-        self.routes = {config.engine.model_alias: "local"}
-        self.engine = engine
-
-    def provider_for(self, model: str) -> str:
-        if model not in self.routes:
-            valid = ", ".join(sorted(self.routes))
-            raise BadRequest(f"model: unknown model {model!r}; valid models: {valid}")
-        return self.routes[model]
+def route(providers: Providers, model: str) -> Provider:
+    """The provider that serves model alias `model`; BadRequest listing the valid ones."""
+    name = providers.provider_for(model)
+    if name is None:
+        valid = ", ".join(sorted(providers.routes))
+        raise BadRequest(f"model: unknown model {model!r}; valid models: {valid}")
+    return providers.get(name)
 
 
-async def validate_request(db: Database, config: Config, router: Router, req: GenerateRequest) -> str:
+async def validate_request(db: Database, config: Config, providers: Providers, req: GenerateRequest) -> str:
     """Check everything about a request before anything is stored; returns the provider name."""
     if (req.asset_id is None) == (req.url is None):
         raise BadRequest("give exactly one of asset_id or url" if req.asset_id else
                          "asset_id or url is required")
-    provider = router.provider_for(req.model)
-    if req.speaker:
+    chosen = route(providers, req.model)
+    provider = chosen.name
+    if req.speaker and not chosen.supports_speaker:
         raise BadRequest("speaker: speaker labelling (speaker=true) is not available on this gateway yet")
     if req.num_speakers is not None and not req.speaker:
         raise BadRequest("num_speakers: only meaningful with speaker=true")
@@ -83,7 +80,7 @@ async def validate_request(db: Database, config: Config, router: Router, req: Ge
         lang = req.language.lower()
         if lang not in whisper_languages():
             raise BadRequest(f"language: unknown language code {req.language!r} (use an ISO 639-1 code such as 'en')")
-        if provider == "local" and lang != "en" and not await router.engine.multilingual():
+        if provider == LOCAL and lang != "en" and not await chosen.engine.multilingual():
             raise BadRequest(f"language: the model behind {req.model!r} is English-only; "
                              f"{req.language!r} is not supported")
     if req.callback_url is not None:
@@ -109,6 +106,7 @@ async def create_task(db: Database, req: GenerateRequest, provider: str) -> Task
                 num_speakers=req.num_speakers, provider=provider, callback_url=req.callback_url)
     async with db.session() as s:
         s.add(task)
+        await publish(s, task_channel(provider))
     return task
 
 
@@ -116,12 +114,14 @@ async def create_task(db: Database, req: GenerateRequest, provider: str) -> Task
 
 
 async def claim_task(db: Database, owner: str, lease_s: float, providers: list[str]) -> Task | None:
-    """Atomically take the oldest runnable task (queued, or processing with an expired lease)."""
+    """Atomically take the oldest runnable task: queued (and not waiting out a retry delay), or
+    processing with an expired lease (its worker died, or its provider never called back)."""
     now = utcnow()
     async with db.session() as s:
         stmt = (select(Task)
                 .where(col(Task.provider).in_(providers))
-                .where(or_(Task.status == TaskStatus.QUEUED,
+                .where(or_(and_(Task.status == TaskStatus.QUEUED,
+                                or_(col(Task.lease_expires_at).is_(None), col(Task.lease_expires_at) < now)),
                            and_(Task.status == TaskStatus.PROCESSING, col(Task.lease_expires_at) < now)))
                 .order_by(col(Task.created_at), col(Task.id))
                 .limit(1)
@@ -152,18 +152,34 @@ async def renew_lease(db: Database, task_id: str, owner: str, lease_s: float,
         return res.rowcount == 1
 
 
-async def release_task(db: Database, task_id: str, owner: str, error: str | None = None) -> None:
-    """Give a claimed task back to the queue (shutdown, or a retryable error)."""
+async def release_task(db: Database, task_id: str, owner: str, error: str | None = None,
+                       delay_s: float = 0.0) -> None:
+    """Give a claimed task back to the queue (shutdown, or a retryable error), claimable again
+    after `delay_s` (queued tasks keep their not-before time in lease_expires_at)."""
+    now = utcnow()
     async with db.session() as s:
         await s.exec(update(Task).where(Task.id == task_id, Task.lease_owner == owner,
                                         Task.status == TaskStatus.PROCESSING)
-                     .values(status=TaskStatus.QUEUED, lease_owner=None, lease_expires_at=None,
-                             error=error, updated_at=utcnow()))
+                     .values(status=TaskStatus.QUEUED, lease_owner=None,
+                             lease_expires_at=now + timedelta(seconds=delay_s) if delay_s > 0 else None,
+                             error=error, updated_at=now))
 
 
-async def set_upstream(db: Database, task_id: str, upstream_id: str) -> None:
+def upstream_owner(provider: str) -> str:
+    return f"upstream:{provider}"
+
+
+async def await_upstream(db: Database, task_id: str, owner: str, provider: str, upstream_id: str,
+                         wait_s: float) -> bool:
+    """Store the provider's task id and hand the lease to the provider for `wait_s`: its callback
+    completes the task; if none comes, the lease expires and a worker fails the task."""
+    now = utcnow()
     async with db.session() as s:
-        await s.exec(update(Task).where(Task.id == task_id).values(upstream_task_id=upstream_id))
+        res = await s.exec(update(Task).where(Task.id == task_id, Task.lease_owner == owner,
+                                              Task.status == TaskStatus.PROCESSING)
+                           .values(upstream_task_id=upstream_id, lease_owner=upstream_owner(provider),
+                                   lease_expires_at=now + timedelta(seconds=wait_s), updated_at=now))
+        return res.rowcount == 1
 
 
 # --- views -------------------------------------------------------------------------------
@@ -241,4 +257,4 @@ async def wait_for_task(db: Database, notifier, task_id: str, timeout_s: float) 
         remaining = deadline - asyncio.get_running_loop().time()
         if task.status in TaskStatus.TERMINAL or remaining <= 0:
             return task
-        await notifier.wait(f"task:{task_id}", min(0.5, remaining))
+        await notifier.wait(task_done_channel(task_id), min(0.5, remaining))

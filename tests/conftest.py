@@ -116,7 +116,7 @@ def test_config(tmp_path: Path, database_url: str, **sections: dict) -> Config:
         "database": {"url": database_url},
         "storage": {"dir": str(tmp_path / "assets")},
         "server": {"allow_private_urls": True},
-        "jobs": {"poll_s": 0.2, "lease_s": 5},
+        "jobs": {"poll_s": 0.2, "lease_s": 5, "retry_backoff_s": 0.2},
         "webhooks": {"secret": "whsec_" + "dGVzdC1zZWNyZXQtdGVzdC1zZWNyZXQ=", "timeout_s": 2,
                      "backoff_base_s": 0.1, "backoff_max_s": 0.5, "max_attempts": 4},
         "log": {"format": "json"},
@@ -197,9 +197,10 @@ async def start_gateway(tmp_path, database_url):
     servers: list[TestServer] = []
     sessions: list[aiohttp.ClientSession] = []
 
-    async def start(config: Config | None = None, worker: bool = True, plugin_manager=None, **sections) -> Gateway:
+    async def start(config: Config | None = None, worker: bool = True, plugin_manager=None, port: int | None = None,
+                    **sections) -> Gateway:
         cfg = config or test_config(tmp_path, database_url, **sections)
-        server = TestServer(create_app(cfg, worker=worker, plugins=plugin_manager), host="127.0.0.1")
+        server = TestServer(create_app(cfg, worker=worker, plugins=plugin_manager), host="127.0.0.1", port=port)
         await server.start_server()
         servers.append(server)
         http = aiohttp.ClientSession()
@@ -234,11 +235,13 @@ class Daemon:
     port: int
     log_path: Path
     proc: subprocess.Popen | None = None
+    command: tuple[str, ...] = ("serve",)  # or ("serve", "--no-worker"), ("worker",)
 
     def start(self) -> None:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        port = ["--port", str(self.port)] if self.command[0] == "serve" else []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "serve", "--config", str(self.config_path), "--port", str(self.port)],
+            [sys.executable, "-m", "gateway", *self.command, "--config", str(self.config_path), *port],
             stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT, env=env)
 
     def kill(self) -> None:
@@ -259,16 +262,42 @@ class Daemon:
 def daemon_factory(tmp_path):
     daemons: list[Daemon] = []
 
-    def make(config_toml: str) -> Daemon:
+    def make(config_toml: str, command: tuple[str, ...] = ("serve",)) -> Daemon:
         path = tmp_path / f"gateway-{len(daemons)}.toml"
         path.write_text(config_toml)
-        d = Daemon(path, free_port(), tmp_path / f"daemon-{len(daemons)}.log")
+        d = Daemon(path, free_port(), tmp_path / f"daemon-{len(daemons)}.log", command=command)
         daemons.append(d)
         return d
 
     yield make
     for d in daemons:
         d.stop()
+
+
+# --- third-party services (tests/fakes.py) -----------------------------------------------
+
+
+@pytest.fixture
+async def memories():
+    """A local memories.ai API that calls back (see fakes.FakeMemories)."""
+    from fakes import memories_server
+
+    server, fake = await memories_server()
+    yield fake
+    for t in list(fake._sends):
+        t.cancel()
+    await fake.http.close()
+    await server.close()
+
+
+@pytest.fixture
+async def openai_server():
+    """A local OpenAI-compatible transcription server (see fakes.FakeOpenAI)."""
+    from fakes import openai_server as start
+
+    server, fake = await start()
+    yield fake
+    await server.close()
 
 
 # --- a webhook receiver ------------------------------------------------------------------
@@ -309,14 +338,26 @@ class WebhookReceiver:
         return self.received
 
 
-@pytest.fixture
-async def webhook():
+async def _receiver():
     receiver = WebhookReceiver()
     app = web.Application()
     app.router.add_post("/{tail:.*}", receiver.handle)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     receiver.url = str(server.make_url("/hook"))
+    return receiver, server
+
+
+@pytest.fixture
+async def webhook():
+    receiver, server = await _receiver()
+    yield receiver
+    await server.close()
+
+
+@pytest.fixture
+async def second_webhook():
+    receiver, server = await _receiver()
     yield receiver
     await server.close()
 

@@ -79,3 +79,14 @@ async def test_db_upgrade_creates_the_schema(tmp_path, database_url):
     assert code == 0, err
     assert "is at revision head" in out
     assert await count_rows(database_url, "SELECT count(*) FROM task") == 0
+
+
+async def test_db_downgrade_reverts_to_a_revision_and_upgrade_returns(tmp_path, database_url):
+    cfg = tmp_path / "g.toml"
+    cfg.write_text(f'[database]\nurl = "{database_url}"\n')
+    assert (await cli("db", "upgrade", "--config", str(cfg)))[0] == 0
+    code, out, err = await cli("db", "downgrade", "0001", "--config", str(cfg))
+    assert code == 0 and "is at revision 0001" in out, err
+    assert await count_rows(database_url, "SELECT version_num FROM alembic_version") == "0001"
+    assert (await cli("db", "upgrade", "--config", str(cfg)))[0] == 0
+    assert await count_rows(database_url, "SELECT count(*) FROM task") == 0

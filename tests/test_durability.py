@@ -74,6 +74,10 @@ async def test_pending_delivery_survives_a_crash_and_keeps_its_webhook_id(
     task_id = await gw.submit(asset_id=await gw.upload(speech_wav), callback_url=webhook.url)
     await gw.wait_task(task_id)
     await webhook.wait_for(1)
+    for _ in range(200):  # the receiver answered; wait until the daemon has recorded that attempt
+        if await count_rows(database_url, "SELECT count(*) FROM deliveryattempt") == 1:
+            break
+        await asyncio.sleep(0.01)
     daemon.kill()  # between the failed first attempt and its retry
 
     gw = await started(daemon, http, None)

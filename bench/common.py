@@ -1,0 +1,47 @@
+"""What the benchmarks share: a free port, waiting for /readyz, uploading, the environment."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import socket
+from datetime import datetime, timezone
+from pathlib import Path
+
+import aiohttp
+
+BASE = "/serve/api/v2"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def wait_ready(http: aiohttp.ClientSession, url: str, what: str = "gateway") -> None:
+    for _ in range(600):
+        try:
+            async with http.get(url + "/readyz") as r:
+                if r.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(0.1)
+    raise RuntimeError(f"{what} did not become ready")
+
+
+async def upload(http: aiohttp.ClientSession, url: str, path: Path) -> str:
+    form = aiohttp.FormData()
+    form.add_field("file", path.read_bytes(), filename=path.name)
+    async with http.post(url + BASE + "/upload", data=form) as r:
+        return (await r.json())["data"]["asset_id"]
+
+
+def environment() -> dict:
+    from importlib.metadata import version
+
+    return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpus": os.cpu_count(),
+            "python": platform.python_version(), "faster_whisper": version("faster-whisper"),
+            "ctranslate2": version("ctranslate2"), "load_average": round(os.getloadavg()[0], 2)}

@@ -1,0 +1,34 @@
+"""The embedded engine as a provider: faster-whisper in this process's ASR thread pool."""
+
+from __future__ import annotations
+
+from gateway.engine import AudioError, LocalEngine, TranscribeRequest
+from gateway.payloads import Outcome
+from gateway.providers import Job, PermanentError, Provider
+
+
+class LocalProvider(Provider):
+    """Serves `engine.model_alias`; [providers.local] holds only `secret` (for workers on
+    other machines reporting over POST /callbacks/local)."""
+
+    def __init__(self, name, settings, config):
+        super().__init__(name, settings, config)
+        self.engine = LocalEngine(config.engine)
+
+    def models(self) -> dict[str, str]:
+        return {self.config.engine.model_alias: self.config.engine.model_path or "bundled"}
+
+    @property
+    def concurrency(self) -> int:
+        return self.config.engine.concurrency
+
+    async def run(self, job: Job) -> Outcome:
+        async with job.audio() as path:
+            req = TranscribeRequest(path=str(path), language=job.task.language, speaker=job.task.speaker)
+            try:
+                return await self.engine.transcribe(req, job.progress)
+            except AudioError as exc:
+                raise PermanentError(str(exc)) from None
+
+    def close(self) -> None:
+        self.engine.close()
