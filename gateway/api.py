@@ -8,16 +8,18 @@ from typing import Any
 
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from sqlalchemy.exc import SQLAlchemyError
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from gateway import API_BASE, deliveries, ingest, metrics, subtitles, tasks
+from gateway import API_BASE, deliveries, ingest, metrics, openapi, schemas, subtitles, tasks
 from gateway.appkeys import CONFIG, DB, ENGINE, NOTIFIER, PLUGINS, PROVIDERS, STORE, WORKERS
 from gateway.envelope import ok
 from gateway.errors import ApiError, BadRequest, NotFound, PayloadTooLarge, Unauthorized, Unavailable
 from gateway.models import Asset, CallbackReceipt, TaskStatus
 from gateway.notify import DELIVERIES, task_channel, task_done_channel
-from gateway.payloads import parse_callback, result_of
+from gateway.openapi import endpoint
+from gateway.payloads import CallbackPayload, parse_callback, result_of
 from gateway.plugins import transcript_from_payload
 from gateway.storage import safe_filename
 
@@ -25,6 +27,9 @@ log = structlog.get_logger(__name__)
 routes = web.RouteTableDef()
 
 CALLBACK_RACE_WAIT_S = 5.0  # how long a callback may wait for its submission to be stored
+UPLOAD_FORM = {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["file"],
+    "properties": {"file": {"type": "string", "format": "binary", "description": "the audio or video file"}}}}}
 
 
 async def read_body(request: web.Request) -> bytes:
@@ -59,6 +64,8 @@ def _parse_json(raw: bytes) -> Any:
 
 
 @routes.post(API_BASE + "/upload")
+@endpoint("Upload an audio or video file; answers its asset_id", data=schemas.UploadData, errors=(400, 413),
+          request_content=UPLOAD_FORM)
 async def upload(request: web.Request) -> web.Response:
     cfg = request.app[CONFIG]
     max_bytes = int(cfg.server.max_upload_mb * 1048576)
@@ -90,13 +97,17 @@ async def upload(request: web.Request) -> web.Response:
                 request.app[STORE].discard(stored.path)
                 raise
             log.info("asset.uploaded", asset_id=asset.id, size=asset.size)
-            return ok({"asset_id": asset.id})
+            return ok(schemas.UploadData(asset_id=asset.id))
     except ValueError as exc:  # aiohttp's multipart parser on a malformed body
         raise BadRequest(f"malformed multipart/form-data body: {exc}") from None
+    except HttpProcessingError as exc:  # a part's headers are not valid HTTP headers
+        raise BadRequest(f"malformed multipart/form-data body: {exc.message}") from None
     raise BadRequest("multipart field 'file' is required")
 
 
 @routes.get(API_BASE + "/{asset_id}/download")
+@endpoint("Download an uploaded file, with the content type it was uploaded with", errors=(404,),
+          content={"*/*": {"schema": {"type": "string", "format": "binary"}}})
 async def download(request: web.Request) -> web.StreamResponse:
     asset_id = request.match_info["asset_id"]
     async with request.app[DB].session() as s:
@@ -128,12 +139,16 @@ async def _submit(request: web.Request) -> tasks.Task:
 
 
 @routes.post(API_BASE + "/transcriptions/async-generate-audio")
+@endpoint("Queue a transcription; answers its task_id at once", body=tasks.GenerateRequest,
+          data=schemas.TaskIdData)
 async def async_generate(request: web.Request) -> web.Response:
     task = await _submit(request)
-    return ok({"task_id": task.id})
+    return ok(schemas.TaskIdData(task_id=task.id))
 
 
 @routes.post(API_BASE + "/transcriptions/sync-generate-audio")
+@endpoint("Transcribe and wait for the result (up to server.sync_timeout_s)", body=tasks.GenerateRequest,
+          data=schemas.SyncData, errors=(500, 504))
 async def sync_generate(request: web.Request) -> web.Response:
     task = await _submit(request)
     app = request.app
@@ -142,7 +157,7 @@ async def sync_generate(request: web.Request) -> web.Response:
         result = tasks.task_view(task)["result"]
         items = [{"text": x["text"], "start_time": x["start_time"], "end_time": x["end_time"],
                   "speaker": x["speaker"]} for x in result["data"]]
-        return ok({"model": task.model, "items": items, "task_id": task.id})
+        return ok(schemas.SyncData(model=task.model, items=items, task_id=task.id))
     if task.status == TaskStatus.FAILED:
         code = json.loads(task.result_json)["code"]
         raise ApiError(f"transcription failed: {task.error}", 400 if code.startswith("4") else 500)
@@ -151,15 +166,20 @@ async def sync_generate(request: web.Request) -> web.Response:
 
 
 @routes.get(API_BASE + "/transcriptions/{task_id}")
+@endpoint("A task: status, progress, error, result once completed, and its deliveries", data=schemas.TaskView,
+          errors=(404,))
 async def get_transcription(request: web.Request) -> web.Response:
     db = request.app[DB]
     task = await tasks.get_task(db, request.match_info["task_id"])
     view = tasks.task_view(task)
     view["deliveries"] = await deliveries.delivery_summary(db, task.id)
-    return ok(view)
+    return ok(schemas.TaskView(**view))
 
 
 @routes.get(API_BASE + "/transcriptions/{task_id}/transcript.{fmt}")
+@endpoint("The completed transcript as SRT, WebVTT, plain text or JSON", errors=(404, 409),
+          content={media: {"schema": {"type": "string"}} for media in subtitles.MEDIA_TYPES.values()},
+          path_params={"fmt": {"type": "string", "enum": list(subtitles.FORMATS)}})
 async def transcript(request: web.Request) -> web.Response:
     """The completed transcript as SRT, WebVTT, plain text or JSON (the same renderings as the srt plugin)."""
     fmt = request.match_info["fmt"]
@@ -175,28 +195,24 @@ async def transcript(request: web.Request) -> web.Response:
 
 
 @routes.post(API_BASE + "/transcriptions/{task_id}/redeliver")
+@endpoint("Run a finished task's deliveries again (all, or one target), with a fresh attempt budget",
+          query=schemas.RedeliverQuery, data=schemas.RedeliverData, errors=(404,))
 async def redeliver(request: web.Request) -> web.Response:
-    """Run a finished task's deliveries again (all, or `?target=`), with a fresh attempt budget."""
     db = request.app[DB]
     task = await tasks.get_task(db, request.match_info["task_id"])
-    target = request.query.get("target") or None
+    target = schemas.parse_query(schemas.RedeliverQuery, request.query).target
     count = await deliveries.redeliver(db, task.id, target)
     if target and count == 0:
         raise NotFound(f"task {task.id} has no delivery to {target!r}")
     request.app[NOTIFIER].wake(DELIVERIES)
-    return ok({"task_id": task.id, "redelivering": count})
+    return ok(schemas.RedeliverData(task_id=task.id, redelivering=count))
 
 
 @routes.get(API_BASE + "/transcriptions")
+@endpoint("A page of tasks, newest first", query=schemas.ListQuery, data=schemas.TaskPage)
 async def list_transcriptions(request: web.Request) -> web.Response:
-    q = request.query
-    try:
-        limit = int(q.get("limit", "20"))
-    except ValueError:
-        raise BadRequest("limit: must be an integer from 1 to 100") from None
-    if not 1 <= limit <= 100:
-        raise BadRequest("limit: must be an integer from 1 to 100")
-    return ok(await tasks.list_tasks(request.app[DB], q.get("status") or None, limit, q.get("cursor") or None))
+    q = schemas.parse_query(schemas.ListQuery, request.query)
+    return ok(schemas.TaskPage(**await tasks.list_tasks(request.app[DB], q.status, q.limit, q.cursor)))
 
 
 # --- callbacks ---------------------------------------------------------------------------
@@ -209,6 +225,8 @@ async def _receipt(request: web.Request, provider: str, raw: bytes, outcome: str
 
 
 @routes.post(API_BASE + "/callbacks/{provider}")
+@endpoint("A provider's result for a task: stored once, repeats acknowledged, conflicts refused",
+          body=CallbackPayload, data=schemas.CallbackAck, errors=(401, 404, 409))
 async def callback(request: web.Request) -> web.Response:
     app = request.app
     provider = request.match_info["provider"]
@@ -237,36 +255,47 @@ async def callback(request: web.Request) -> web.Response:
     if result.outcome == ingest.ACCEPTED:
         app[NOTIFIER].wake(DELIVERIES)
         app[NOTIFIER].wake(task_done_channel(result.task_id))
-    return ok({"task_id": result.task_id, "outcome": result.outcome})
+    return ok(schemas.CallbackAck(task_id=result.task_id, outcome=result.outcome))
 
 
 # --- health ------------------------------------------------------------------------------
 
 
+@endpoint("Liveness: the process serves HTTP", data=schemas.Health, auth=False)
 async def healthz(request: web.Request) -> web.Response:
-    return ok({"status": "ok"})
+    return ok(schemas.Health(status="ok"))
 
 
+@endpoint("Readiness: the database answers and the engine is loaded", data=schemas.Ready, errors=(503,),
+          auth=False)
 async def readyz(request: web.Request) -> web.Response:
     try:
         await asyncio.wait_for(request.app[DB].ping(), 5)
     except (SQLAlchemyError, OSError, asyncio.TimeoutError) as exc:
         raise Unavailable(f"database unreachable: {type(exc).__name__}") from None
     if request.app.get(WORKERS) is None:
-        return ok({"database": "ok", "engine": "not used (no worker in this process)"})
+        return ok(schemas.Ready(database="ok", engine="not used (no worker in this process)"))
     engine = request.app[ENGINE]
     if engine.load_error:
         raise Unavailable(f"engine failed to load: {engine.load_error}")
     if not engine.loaded:
         raise Unavailable("engine not loaded yet")
-    return ok({"database": "ok", "engine": "loaded"})
+    return ok(schemas.Ready(database="ok", engine="loaded"))
 
 
 @routes.get("/metrics")
+@endpoint("Prometheus metrics (text exposition format)", auth=False,
+          content={"text/plain": {"schema": {"type": "string"}}})
 async def prometheus_metrics(request: web.Request) -> web.Response:
-    """Prometheus text format; outside the API base, like /healthz, so it needs no key."""
     body = await metrics.exposition(request.app[DB])
     return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})
+
+
+@routes.get("/openapi.json")
+@endpoint("This description of the API (OpenAPI 3.1)", auth=False,
+          content={"application/json": {"schema": {"type": "object"}}})
+async def openapi_json(request: web.Request) -> web.Response:
+    return web.json_response(openapi.spec(request.app))
 
 
 for prefix in ("", API_BASE):

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from aiohttp import web
+from pydantic import BaseModel
 
 
 def dumps(obj: Any) -> str:
@@ -13,6 +14,9 @@ def dumps(obj: Any) -> str:
 
 
 def ok(data: Any = None, status: int = 200) -> web.Response:
+    """A success envelope; `data` may be a pydantic model (gateway.schemas), dumped as JSON."""
+    if isinstance(data, BaseModel):
+        data = data.model_dump(mode="json")
     body = {"code": "0000", "msg": "success", "data": data, "success": True, "failed": False}
     return web.json_response(body, status=status, dumps=dumps)
 

@@ -105,7 +105,7 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
-class _InSegment(_Strict):
+class CallbackSegment(_Strict):
     start_time: float = Field(allow_inf_nan=False, ge=0)
     end_time: float = Field(allow_inf_nan=False, ge=0)
     text: str
@@ -118,28 +118,30 @@ class _InSegment(_Strict):
         return self
 
 
-class _InUsage(_Strict):
+class CallbackUsage(_Strict):
     duration: float = Field(allow_inf_nan=False, ge=0)
     model: Optional[str] = None
     output_tokens: int = Field(default=0, ge=0)
     prompt_tokens: int = Field(default=0, ge=0)
 
 
-class _InInner(_Strict):
-    data: list[_InSegment]
-    usage_metadata: _InUsage
+class CallbackResult(_Strict):
+    data: list[CallbackSegment]
+    usage_metadata: CallbackUsage
 
 
-class _InData(_Strict):
-    data: Optional[_InInner] = None
+class CallbackData(_Strict):
+    data: Optional[CallbackResult] = None
     msg: str = ""
     success: bool
 
 
-class _InPayload(_Strict):
+class CallbackPayload(_Strict):
+    """A callback payload as accepted at POST /callbacks/{provider} (and sent to webhooks)."""
+
     code: str
     message: str
-    data: _InData
+    data: CallbackData
     task_id: str = Field(min_length=1, max_length=255)
 
     @model_validator(mode="after")
@@ -164,7 +166,7 @@ def parse_callback(body: Any) -> tuple[str, Outcome]:
     if not isinstance(body, dict):
         raise BadRequest("body must be a JSON object")
     try:
-        p = _InPayload.model_validate(body)
+        p = CallbackPayload.model_validate(body)
     except ValidationError as exc:
         e = exc.errors()[0]
         msg = "is required" if e["type"] == "missing" else e["msg"]

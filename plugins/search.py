@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
+from typing import Any, Optional
 
 import click
 from aiohttp import web
+from pydantic import BaseModel, Field, field_validator
 
 from gateway import API_BASE, search
 from gateway.appkeys import DB, PLUGINS
 from gateway.envelope import ok
-from gateway.errors import BadRequest
 from gateway.hookspecs import hookimpl
+from gateway.openapi import endpoint
 from gateway.plugins import PluginConfig
+from gateway.schemas import QueryModel, parse_query
 
 
 class SearchConfig(PluginConfig):
@@ -33,33 +36,47 @@ async def transcript_completed(task, transcript, gateway):
     await search.index_transcript(gateway.db, task.task_id, transcript.segments, task.created_at)
 
 
-def _date(name: str, value: str | None) -> datetime | None:
-    if not value:
-        return None
-    try:
-        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise BadRequest(f"{name}: not an ISO 8601 date or date-time: {value!r}") from None
-    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+class SearchQuery(QueryModel):
+    q: str = Field("", description='words (all must match), "quoted phrases", prefix* terms')
+    speaker: Optional[str] = Field(None, description="only segments of this speaker, e.g. SPEAKER_00")
+    task_id: Optional[str] = Field(None, description="only this task")
+    since: Optional[datetime] = Field(None, description="tasks created at or after (ISO 8601; UTC if no offset)")
+    until: Optional[datetime] = Field(None, description="tasks created before (ISO 8601; UTC if no offset)")
+    limit: int = Field(20, ge=1, le=100, description="items per page")
+    cursor: Optional[str] = Field(None, description="next_cursor of the previous page")
+
+    @field_validator("since", "until", mode="before")
+    @classmethod
+    def _date(cls, value: Any) -> datetime:
+        try:
+            dt = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(f"not an ISO 8601 date or date-time: {value!r}") from None
+        return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
 
 
-def _limit(value: str | None) -> int:
-    try:
-        limit = int(value or 20)
-    except ValueError:
-        limit = 0
-    if not 1 <= limit <= 100:
-        raise BadRequest("limit: must be an integer from 1 to 100")
-    return limit
+class SearchHit(BaseModel):
+    task_id: str
+    start_time: float
+    end_time: float
+    speaker: Optional[str]
+    text: str
+    snippet: str = Field(description="the matching part, matches in [ ], … where cut")
+    score: float = Field(description="relevance: ts_rank on PostgreSQL, |bm25| on SQLite")
 
 
+class SearchPage(BaseModel):
+    items: list[SearchHit]
+    next_cursor: Optional[str]
+
+
+@endpoint("Full-text search over the segments of completed transcripts, best match first",
+          query=SearchQuery, data=SearchPage)
 async def search_handler(request: web.Request) -> web.Response:
-    q = request.query
-    filters = search.Filters(speaker=q.get("speaker") or None, task_id=q.get("task_id") or None,
-                             since=_date("since", q.get("since")), until=_date("until", q.get("until")))
-    page = await search.search(request.app[DB], q.get("q", ""), filters, _limit(q.get("limit")),
-                               search.decode_cursor(q.get("cursor")))
-    return ok(page)
+    q = parse_query(SearchQuery, request.query)
+    filters = search.Filters(speaker=q.speaker, task_id=q.task_id, since=q.since, until=q.until)
+    page = await search.search(request.app[DB], q.q, filters, q.limit, search.decode_cursor(q.cursor))
+    return ok(SearchPage(**page))
 
 
 @hookimpl

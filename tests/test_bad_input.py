@@ -189,6 +189,10 @@ async def test_upload_errors_leave_nothing_in_storage(start_gateway):
     await expect_error(gw, "POST", "/upload", 400,
                        "malformed multipart/form-data body: Could not find starting boundary b'--xyz'",
                        data=b"RIFF", headers={"Content-Type": "multipart/form-data; boundary=xyz"})
+    bad_part_header = b'--xyz\r\nContent-Disposition: form-data; name="\x13"\r\n\r\nRIFF\r\n--xyz--\r\n'
+    status, body = await gw.call("POST", "/upload", data=bad_part_header,
+                                 headers={"Content-Type": "multipart/form-data; boundary=xyz"})
+    assert status == 400 and body["msg"].startswith("malformed multipart/form-data body: Invalid HTTP header"), body
     expect_empty_storage(gw)
 
     # Exactly the limit is fine, and is the only file stored.

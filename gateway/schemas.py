@@ -1,0 +1,157 @@
+"""The models of what the API answers (the `data` of each success envelope) and of its query
+strings. Handlers build their answers through these models, and `gateway.openapi` describes the
+API from them, so the description and the answers are one thing."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from gateway.errors import BadRequest
+
+TaskStatusName = Literal["queued", "processing", "completed", "failed"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    def dump(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+class UploadData(_Model):
+    asset_id: str = Field(pattern=r"^re_\d+$", examples=["re_657929111888723968"])
+
+
+class TaskIdData(_Model):
+    task_id: str = Field(pattern=r"^[0-9a-f]{32}$", examples=["ec2449885ba84c4f943a80ff0633158e"])
+
+
+class Segment(_Model):
+    start_time: float = Field(ge=0)
+    end_time: float = Field(ge=0)
+    text: str
+    speaker: Optional[str] = Field(description="SPEAKER_00, SPEAKER_01, … when the task asked speaker=true")
+
+
+class UsageMetadata(_Model):
+    duration: float = Field(ge=0)
+    model: str
+    output_tokens: int = Field(ge=0)
+    prompt_tokens: int = Field(ge=0)
+
+
+class TranscriptResult(_Model):
+    """The callback payload's data.data."""
+
+    data: list[Segment]
+    usage_metadata: UsageMetadata
+
+
+class SyncData(_Model):
+    model: str
+    items: list[Segment]
+    task_id: str
+
+
+class DeliveryView(_Model):
+    target: str = Field(description="a webhook URL, or plugin:<name>")
+    kind: Literal["webhook", "plugin"]
+    status: Literal["pending", "delivered", "dead"]
+    attempts: int = Field(ge=0)
+    last_status_code: Optional[int]
+    last_error: Optional[str]
+
+
+class TaskSummary(_Model):
+    task_id: str
+    status: TaskStatusName
+    progress: float = Field(ge=0, le=1)
+    created_at: str
+    updated_at: str
+    error: Optional[str]
+    model: str
+    provider: str
+    speaker: bool
+    asset_id: Optional[str]
+    url: Optional[str]
+    attempts: int = Field(ge=0)
+
+
+class TaskView(TaskSummary):
+    result: Optional[TranscriptResult] = Field(description="the callback's data.data once completed")
+    deliveries: list[DeliveryView]
+
+
+class TaskPage(_Model):
+    items: list[TaskSummary]
+    next_cursor: Optional[str]
+
+
+class CallbackAck(_Model):
+    task_id: str
+    outcome: Literal["accepted", "duplicate"]
+
+
+class RedeliverData(_Model):
+    task_id: str
+    redelivering: int = Field(ge=0)
+
+
+class Health(_Model):
+    status: Literal["ok"]
+
+
+class Ready(_Model):
+    database: Literal["ok"]
+    engine: str = Field(description='"loaded", or why this process has none')
+
+
+# --- query strings -------------------------------------------------------------------------
+
+
+class QueryModel(BaseModel):
+    """A query string: values arrive as text; empty values count as absent."""
+
+    model_config = ConfigDict(extra="ignore")  # unknown parameters are ignored, as HTTP caches add them
+
+    @field_validator("limit", mode="before", check_fields=False)
+    @classmethod
+    def _limit(cls, v: Any) -> int:
+        try:
+            n = int(v)
+        except (TypeError, ValueError):
+            n = 0
+        if not 1 <= n <= 100:
+            raise ValueError("must be an integer from 1 to 100")
+        return n
+
+
+class ListQuery(QueryModel):
+    status: Optional[TaskStatusName] = Field(None, description="only tasks in this status")
+    limit: int = Field(20, ge=1, le=100, description="items per page")
+    cursor: Optional[str] = Field(None, description="next_cursor of the previous page")
+
+    @field_validator("status", mode="before")
+    @classmethod
+    def _status(cls, v: Any) -> Any:
+        if v not in get_args(TaskStatusName):
+            raise ValueError(f"must be one of {', '.join(get_args(TaskStatusName))}")
+        return v
+
+
+class RedeliverQuery(QueryModel):
+    target: Optional[str] = Field(None, description="only this target (a webhook URL or plugin:<name>)")
+
+
+def parse_query(model: type[BaseModel], query) -> Any:
+    """Validate a query string with `model`; BadRequest naming the first bad parameter."""
+    values = {k: v for k, v in query.items() if v != ""}
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        e = exc.errors()[0]
+        name = ".".join(str(p) for p in e["loc"]) or "query"
+        msg = "unknown parameter" if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, ")
+        raise BadRequest(f"{name}: {msg}") from None
