@@ -10,6 +10,7 @@ import time
 import aiohttp
 import structlog
 from aiohttp import web
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from gateway import API_BASE, metrics
 from gateway import api as api_routes
@@ -69,6 +70,13 @@ async def envelope_middleware(request: web.Request, handler):
         return error(exc.status, _http_message(exc, request), headers=allow)
     except asyncio.CancelledError:
         raise
+    except DBAPIError as exc:
+        if not exc.connection_invalidated and not isinstance(exc, OperationalError):
+            log.exception("http.unhandled", method=request.method, path=request.path)
+            return error(500, "internal error; see the gateway's log")
+        log.warning("http.database_unavailable", method=request.method, path=request.path,
+                    error=type(exc.orig).__name__)
+        return error(503, "database unavailable; try again later")
     except Exception:
         log.exception("http.unhandled", method=request.method, path=request.path)
         return error(500, "internal error; see the gateway's log")

@@ -1,0 +1,90 @@
+"""/readyz follows the database: 503 while PostgreSQL cannot be reached, 200 again once it can,
+with no restart. The gateway reaches PostgreSQL through a TCP relay that the test cuts and
+restores (closing the listening socket and every relayed connection)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from conftest import free_port
+
+
+class Relay:
+    """127.0.0.1:<port> -> PostgreSQL at 127.0.0.1:5432, until cut."""
+
+    def __init__(self, port: int, upstream=("127.0.0.1", 5432)):
+        self.port = port
+        self.upstream = upstream
+        self.server: asyncio.AbstractServer | None = None
+        self.writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._client, "127.0.0.1", self.port)
+
+    async def cut(self) -> None:
+        self.server.close()
+        await self.server.wait_closed()
+        for w in list(self.writers):
+            w.transport.abort()
+        self.writers.clear()
+
+    async def _client(self, reader, writer) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+        except OSError:
+            writer.transport.abort()
+            return
+        self.writers |= {writer, up_writer}
+
+        async def pipe(src, dst):
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, asyncio.CancelledError):
+                pass
+            finally:
+                dst.transport.abort()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
+async def ready(gw) -> tuple[int, dict]:
+    async with gw.http.get(gw.url + "/readyz") as resp:
+        return resp.status, await resp.json()
+
+
+async def until(gw, status: int, timeout: float = 30) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        got, body = await ready(gw)
+        if got == status:
+            return body
+        assert time.monotonic() < deadline, (got, body)
+        await asyncio.sleep(0.2)
+
+
+async def test_readyz_fails_while_the_database_is_unreachable_and_recovers(start_gateway, database_url, db_backend):
+    if db_backend != "postgresql":
+        pytest.skip("SQLite is a file in the process: there is no connection to lose")
+    relay = Relay(free_port())
+    await relay.start()
+    url = database_url.replace("127.0.0.1:5432", f"127.0.0.1:{relay.port}")
+    gw = await start_gateway(database={"url": url}, worker=False)
+    assert (await ready(gw))[0] == 200
+
+    await relay.cut()
+    body = await until(gw, 503)
+    assert body["msg"].startswith("database unreachable: ") and body["code"] == "503"
+    status, body = await gw.call("GET", "/transcriptions")  # the API answers in the envelope meanwhile
+    assert (status, body["msg"]) == (503, "database unavailable; try again later")
+
+    await relay.start()
+    body = await until(gw, 200)
+    assert body["data"]["database"] == "ok"
+    status, page = await gw.call("GET", "/transcriptions")
+    assert status == 200 and page["data"]["items"] == []
+    await relay.cut()
