@@ -115,3 +115,52 @@ async def test_sigterm_releases_the_running_task_and_exits_promptly(
     gw = await started(daemon, http, None)
     done = await gw.wait_task(task_id, timeout=60)
     assert done["status"] == "completed" and done["attempts"] == 2
+
+
+async def test_sigterm_under_load_loses_no_acknowledged_request(
+        tmp_path, database_url, daemon_factory, http, audio_dir):
+    """Clients keep submitting while the daemon gets SIGTERM: it stops accepting, finishes the
+    requests it has, exits 0; after a restart every task it acknowledged is there and completes."""
+    from conftest import espeak
+
+    clip = espeak("Hi.", audio_dir / "hi.wav")
+    sections = daemon_sections(tmp_path, database_url)
+    daemon = daemon_factory(to_toml(sections))
+    gw = await started(daemon, http, None)
+    asset_id = await gw.upload(clip)
+
+    acked: list[str] = []
+    refused = 0
+    stop = asyncio.Event()
+
+    async def client() -> None:
+        nonlocal refused
+        while not stop.is_set():
+            try:
+                async with http.post(gw.base + "/transcriptions/async-generate-audio",
+                                     json={"asset_id": asset_id}) as resp:
+                    body = await resp.json()
+                    if resp.status == 200:
+                        acked.append(body["data"]["task_id"])
+                    else:
+                        refused += 1
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                refused += 1  # the connection closed: nothing was promised
+            await asyncio.sleep(0.1)  # about 40 requests a second in all: enough to be mid-request
+
+    clients = [asyncio.create_task(client()) for _ in range(4)]
+    await asyncio.sleep(1.0)
+    before = len(acked)
+    daemon.proc.terminate()
+    code = await asyncio.to_thread(daemon.proc.wait, 30)
+    stop.set()
+    await asyncio.gather(*clients)
+    assert code == 0 and before > 10, (code, before)
+
+    stored = await count_rows(database_url, "SELECT count(*) FROM task")
+    assert stored >= len(acked)  # a request cut off after its commit may exist unacknowledged
+    gw = await started(daemon, http, None)
+    for task_id in acked:
+        task = await gw.wait_task(task_id, timeout=120)
+        assert task["status"] == "completed", task
+    assert await count_rows(database_url, "SELECT count(*) FROM task WHERE status <> 'completed'") == 0
