@@ -26,7 +26,6 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,6 +36,7 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
+from common import free_port, wait_ready
 
 HERE = Path(__file__).resolve().parent
 CACHE = HERE / ".cache"
@@ -98,12 +98,6 @@ def audio_seconds(path: Path) -> float:
     return float(subprocess.run(["soxi", "-D", str(path)], capture_output=True, text=True, check=True).stdout)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # --- the two sides -----------------------------------------------------------------------
 
 
@@ -158,7 +152,7 @@ class Gateway:
         self.receiver: web.AppRunner | None = None
         self.callback_url = ""
 
-    async def start(self, timeout_s: float = 120) -> None:
+    async def start(self) -> None:
         app = web.Application()
         app.router.add_post("/hook", self._on_callback)
         self.receiver = web.AppRunner(app, access_log=None)
@@ -166,16 +160,7 @@ class Gateway:
         port = free_port()
         await web.TCPSite(self.receiver, "127.0.0.1", port).start()
         self.callback_url = f"http://127.0.0.1:{port}/hook"
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            try:
-                async with self.http.get(self.url + "/readyz") as r:
-                    if r.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-        raise RuntimeError(f"the gateway did not become ready; its log:\n{self.log_path.read_text()[-3000:]}")
+        await wait_ready(self.http, self.url)
 
     async def _on_callback(self, request: web.Request) -> web.Response:
         payload = await request.json()

@@ -28,15 +28,16 @@ import asyncio
 import json
 import os
 import random
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from datetime import datetime, timezone
 from pathlib import Path
+
+import aiohttp
+from common import environment, free_port, wait_ready
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -45,12 +46,6 @@ PATH = "/serve/api/v2/callbacks/local"
 CONNECTIONS = 64
 TARGET_SHARE, TARGET_P99_MS = 0.5, 100.0
 SEGMENTS = 20  # per result: a minute of speech
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def payload(task_id: str) -> bytes:
@@ -72,8 +67,6 @@ def payload(task_id: str) -> bytes:
 
 
 async def client(url: str, task_ids: list[str], seconds: float, out: Path) -> None:
-    import aiohttp
-
     fresh = iter(task_ids)
     acked: list[str] = []  # tasks whose first result was acknowledged: duplicates come from here
     latencies: list[float] = []
@@ -120,7 +113,7 @@ async def handle(request):
                               "success": True, "failed": False})
 app = web.Application()
 app.router.add_post("/serve/api/v2/callbacks/{provider}", handle)
-app.router.add_get("/healthz", lambda r: web.json_response({}))
+app.router.add_get("/readyz", lambda r: web.json_response({}))
 web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
 '''
 
@@ -139,22 +132,6 @@ def start_server(target: str, workdir: Path, database_url: str | None) -> tuple[
         cmd = [sys.executable, "-m", "gateway", "serve", "--no-worker", "--config", str(config), "--port", str(port)]
     proc = subprocess.Popen(cmd, cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
     return proc, f"http://127.0.0.1:{port}"
-
-
-async def wait_up(url: str, proc: subprocess.Popen, timeout_s: float = 120) -> None:
-    import aiohttp
-
-    deadline = time.monotonic() + timeout_s
-    async with aiohttp.ClientSession() as http:
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                async with http.get(url + "/healthz") as r:
-                    if r.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.2)
-    raise RuntimeError(f"{url} did not come up")
 
 
 async def create_tasks(database_url: str, n: int) -> list[str]:
@@ -209,7 +186,8 @@ async def measure(target: str, args, workdir: Path) -> dict:
         database_url = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + "/" + pg_name
     proc, url = start_server(target, workdir, database_url)
     try:
-        await wait_up(url, proc)
+        async with aiohttp.ClientSession() as http:
+            await wait_ready(http, url, target)
         task_ids = (await create_tasks(database_url, args.tasks) if database_url
                     else [uuid.uuid4().hex for _ in range(args.tasks)])  # the ceiling gets the same bodies
         out = workdir / f"{target}.client.json"
@@ -275,14 +253,14 @@ def main() -> None:
             print(f"  {results[-1]}"[:400], flush=True)
     md = table(results)
     print("\n" + md)
-    now = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+    env = environment()
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "ingest.md").write_text(
         f"# bench/ingest.py\n\n{md}\n\n{CONNECTIONS} connections, {args.seconds:g} s per target, half new results and "
         f"half repeats, {SEGMENTS} segments per result; client and server in separate processes. "
-        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at the end; {now}.\n\n"
+        f"{env['cpus']} CPUs, load average {env['load_average']} at the end; {env['date']}.\n\n"
         f"Reproduce: `python bench/ingest.py`\n")
-    (RESULTS / "ingest.json").write_text(json.dumps({"date": now, "args": vars(args), "results": results}, indent=2))
+    (RESULTS / "ingest.json").write_text(json.dumps({**env, "args": vars(args), "results": results}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

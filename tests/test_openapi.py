@@ -61,7 +61,7 @@ async def test_schemathesis_finds_no_server_error_and_no_drift(tmp_path, databas
          "--phases", "examples,coverage,fuzzing", "--max-examples", "50", "--seed", "20261125",
          "--workers", "2", "--request-timeout", "20", "--no-color", "--suppress-health-check", "all",
          "--generation-database", "none", "--report", "junit", "--report-dir", str(report)],
-        capture_output=True, text=True, timeout=600)
+        capture_output=True, text=True, timeout=600, cwd=tmp_path)
     daemon.stop()
     server_errors = [line for line in daemon.log_path.read_text().splitlines() if "http.unhandled" in line]
     assert proc.returncode == 0 and not server_errors, (
