@@ -15,6 +15,7 @@ import uuid
 from dataclasses import dataclass
 
 import structlog
+from sqlalchemy import insert
 from sqlmodel import col, select
 
 from gateway import metrics
@@ -151,9 +152,10 @@ async def _store(s, task: Task, outcome: Outcome, payload: dict, digest: str,
         s.add(Transcript(task_id=task.id, model=task.model, duration=inner["usage_metadata"]["duration"],
                          segment_count=len(segs), text=" ".join(x["text"] for x in segs)))
         await s.flush()  # no ORM relationships: parents first, so foreign keys hold
-        for i, x in enumerate(segs):
-            s.add(Segment(task_id=task.id, idx=i, start_time=x["start_time"], end_time=x["end_time"],
-                          speaker=x["speaker"], text=x["text"]))
+        if segs:  # one executemany; as ORM objects each row would be an INSERT … RETURNING of its own
+            await s.exec(insert(Segment), params=[
+                {"task_id": task.id, "idx": i, "start_time": x["start_time"], "end_time": x["end_time"],
+                 "speaker": x["speaker"], "text": x["text"]} for i, x in enumerate(segs)])
     for target, kind in targets:
         s.add(Delivery(id=uuid.uuid4().hex, task_id=task.id, target=target, kind=kind,
                        next_attempt_at=now))
