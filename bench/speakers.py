@@ -1,0 +1,324 @@
+"""Speaker labelling quality and cost on synthetic conversations of espeak-ng voices.
+
+Conversations of 2, 3 and 4 voices (turns of 1-8 s; half the changes after a pause of
+0.3-1.2 s, half quick exchanges of 0-0.15 s) and single-voice clips are built from a seed,
+with their reference turns written as RTTM under bench/.cache/speakers/. Each clip goes
+through the local engine (LocalEngine.transcribe, the code a task runs) with speaker=false
+and with speaker=true, alternating which runs first. Reported:
+  DER (pyannote.metrics, collar 0.25 s, overlap counted) per number of speakers, from the
+  labelled segments the API returns; the share of clips with the right number of speakers;
+  WER of the transcript without and with labelling; time with labelling / without.
+Targets: DER <= 10 %, right count >= 90 %, WER unchanged, time ratio <= 1.3.
+
+    python bench/speakers.py            # 8 conversations per speaker count + 4 single voices
+    python bench/speakers.py --quick    # 2 per count + 2 single voices
+    python bench/speakers.py --sweep    # DER and count accuracy per clustering threshold, on
+                                        # other seeds (the tuning set), saved as speakers-sweep
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import platform
+import random
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from gateway import speakers  # noqa: E402
+from gateway.config import EngineConfig  # noqa: E402
+from gateway.engine import SAMPLE_RATE, LocalEngine, TranscribeRequest, decode  # noqa: E402
+
+RESULTS = HERE / "results"
+CACHE = HERE / ".cache" / "speakers"
+VOICES = ["en-us", "en+f4", "en-us+klatt", "en+Andy", "en+belinda"]
+COLLAR = 0.25
+TEST_SEED, TUNE_SEED = 0, 1000   # the reported clips and the tuning clips never share a seed
+THRESHOLDS = [0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5]
+
+CORPUS = """
+The committee met on a rainy afternoon to discuss the plans for the new library building.
+Most of the members agreed that the reading rooms should face the river and the park.
+A few people worried about the cost of heating such a large open space in the winter.
+The architect explained that the walls would be thick and the windows would have three layers of glass.
+After a long debate the group voted to keep the old clock tower and to build around it.
+Children from the local school had sent drawings of what they hoped the building would look like.
+One drawing showed a slide from the top floor straight down into the garden below.
+Everybody laughed, but the architect said she would think about a smaller version of the idea.
+The budget would be reviewed again in the spring, once the engineers had finished their survey.
+Until then the old library would stay open every day except Sunday and public holidays.
+Volunteers offered to help move the books, which would take at least three full weekends.
+The head librarian thanked everyone and promised to send a summary of the meeting by Friday.
+On the way home several members stopped at the bakery to talk about the vote over coffee.
+Some of them still thought the tower should become a small museum about the history of the town.
+Others wanted a cafe on the roof, with a view of the hills and the old railway bridge.
+In the end they agreed to ask the whole town in a short survey before the summer.
+""".split()
+
+
+@dataclass(frozen=True)
+class Clip:
+    name: str
+    speakers: int
+    wav: Path
+    rttm: Path
+    turns: tuple[tuple[float, float, str], ...]   # reference (start, end, voice)
+    text: str
+
+
+def speak(text: str, voice: str, speed: int) -> np.ndarray:
+    """espeak-ng's rendering of the text, 16 kHz mono, leading and trailing silence cut; cached."""
+    key = hashlib.sha1(f"{voice}|{speed}|{text}".encode()).hexdigest()[:16]
+    path = CACHE / "turns" / f"{key}.wav"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-w", str(path), text], check=True)
+    audio = decode(str(path))
+    loud = np.flatnonzero(np.abs(audio) > 0.01)
+    return audio[loud[0]:loud[-1] + 1] if len(loud) else audio[:0]
+
+
+def turn_text(rng: random.Random) -> str:
+    """3 to 20 consecutive words of the corpus: 1-8 s of speech at espeak's pace."""
+    n = rng.randint(3, 20)
+    at = rng.randrange(len(CORPUS) - n)
+    return " ".join(CORPUS[at:at + n]).rstrip(".,") + "."
+
+
+def build_clip(seed: int, n_speakers: int, n_turns: int) -> Clip:
+    """A conversation (or, with one speaker, a monologue) with its reference turns, cached."""
+    rng = random.Random(seed * 100 + n_speakers)
+    voices = rng.sample(VOICES, n_speakers)
+    name = f"{n_speakers}spk-{seed}"
+    order = [voices[i % n_speakers] for i in range(n_speakers)]   # everyone speaks early on
+    while len(order) < n_turns:
+        order.append(rng.choice([v for v in voices if v != order[-1] or n_speakers == 1]))
+    pieces, turns, texts, at = [], [], [], 0.5
+    pieces.append(np.zeros(int(0.5 * SAMPLE_RATE), np.float32))
+    for voice in order:
+        text = turn_text(rng)
+        audio = speak(text, voice, rng.randint(150, 180))
+        turns.append((round(at, 3), round(at + len(audio) / SAMPLE_RATE, 3), voice))
+        texts.append(text)
+        gap = rng.uniform(0.3, 1.2) if rng.random() < 0.5 else rng.uniform(0.0, 0.15)
+        pieces += [audio, np.zeros(int(gap * SAMPLE_RATE), np.float32)]
+        at += (len(audio) + int(gap * SAMPLE_RATE)) / SAMPLE_RATE
+    wav, rttm = CACHE / f"{name}.wav", CACHE / f"{name}.rttm"
+    write_wav(wav, np.concatenate(pieces))
+    rttm.write_text("".join(f"SPEAKER {name} 1 {s:.3f} {e - s:.3f} <NA> <NA> {v} <NA> <NA>\n"
+                            for s, e, v in turns))
+    return Clip(name, n_speakers, wav, rttm, tuple(turns), " ".join(texts))
+
+
+def write_wav(path: Path, audio: np.ndarray) -> None:
+    import wave
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(SAMPLE_RATE)
+        w.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
+
+
+def clips(first_seed: int, per_count: int, singles: int) -> list[Clip]:
+    out = [build_clip(first_seed + i, n, n_turns=12) for n in (2, 3, 4) for i in range(per_count)]
+    return out + [build_clip(first_seed + i, 1, n_turns=5) for i in range(singles)]
+
+
+# --- measures ------------------------------------------------------------------------------
+
+
+def annotation(rows):
+    from pyannote.core import Annotation, Segment
+
+    ann = Annotation()
+    for start, end, who in rows:
+        if end > start:
+            ann[Segment(start, end)] = who
+    return ann
+
+
+def reference(clip: Clip):
+    return annotation(clip.turns)
+
+
+def hypothesis(segments) -> object:
+    return annotation((s.start_time, s.end_time, s.speaker) for s in segments)
+
+
+def normalise_text(text: str) -> str:
+    return " ".join(re.sub(r"[^a-z0-9' ]+", " ", text.lower()).split())
+
+
+def transcript(segments) -> str:
+    return normalise_text(" ".join(s.text for s in segments))
+
+
+def new_der():
+    from pyannote.metrics.diarization import DiarizationErrorRate
+
+    return DiarizationErrorRate(collar=COLLAR, skip_overlap=False)
+
+
+# --- runs ----------------------------------------------------------------------------------
+
+
+async def run_engine(engine: LocalEngine, clip: Clip, speaker: bool) -> tuple[tuple, float]:
+    t0 = time.perf_counter()
+    outcome = await engine.transcribe(TranscribeRequest(path=str(clip.wav), speaker=speaker), lambda f: None)
+    return outcome.segments, time.perf_counter() - t0
+
+
+async def evaluate(all_clips: list[Clip], cfg: EngineConfig) -> dict:
+    import jiwer
+
+    engine = LocalEngine(cfg)
+    await run_engine(engine, all_clips[0], True)  # warm-up: both models loaded, not counted
+    ders = {n: new_der() for n in sorted({c.speakers for c in all_clips})}
+    rows, refs, plain_hyps, labelled_hyps = [], [], [], []
+    seconds = {False: 0.0, True: 0.0}
+    for i, clip in enumerate(all_clips):
+        runs = {}
+        for speaker in ((False, True) if i % 2 == 0 else (True, False)):
+            runs[speaker] = await run_engine(engine, clip, speaker)
+            seconds[speaker] += runs[speaker][1]
+        labelled = runs[True][0]
+        der = ders[clip.speakers](reference(clip), hypothesis(labelled), uri=clip.name)
+        found = len({s.speaker for s in labelled})
+        refs.append(normalise_text(clip.text))
+        plain_hyps.append(transcript(runs[False][0]))
+        labelled_hyps.append(transcript(labelled))
+        rows.append({"clip": clip.name, "speakers": clip.speakers, "found": found, "der": round(der, 4),
+                     "seconds_plain": round(runs[False][1], 3), "seconds_labelled": round(runs[True][1], 3),
+                     "audio_s": round(clip.turns[-1][1], 2)})
+        print(f"  {clip.name:10s} found {found}  DER {der:6.1%}  "
+              f"{runs[False][1]:.2f} s -> {runs[True][1]:.2f} s", file=sys.stderr)
+    engine.close()
+    return {"rows": rows, "der": {n: abs(m) for n, m in ders.items()},
+            "wer_plain": jiwer.wer(refs, plain_hyps), "wer_labelled": jiwer.wer(refs, labelled_hyps),
+            "seconds": seconds}
+
+
+def report(result: dict, cfg: EngineConfig) -> tuple[str, dict]:
+    rows = result["rows"]
+    conv = [r for r in rows if r["speakers"] > 1]
+    right = sum(r["found"] == r["speakers"] for r in conv)
+    right_single = sum(r["found"] == 1 for r in rows if r["speakers"] == 1)
+    singles = len(rows) - len(conv)
+    ratio = result["seconds"][True] / result["seconds"][False]
+    conv_der = [result["der"][n] for n in (2, 3, 4)]
+    summary = {
+        "der": {str(n): round(v, 4) for n, v in result["der"].items()},
+        "count_accuracy_conversations": round(right / len(conv), 4),
+        "count_accuracy_single": round(right_single / singles, 4) if singles else None,
+        "wer_plain": round(result["wer_plain"], 4), "wer_labelled": round(result["wer_labelled"], 4),
+        "seconds_plain": round(result["seconds"][False], 3), "seconds_labelled": round(result["seconds"][True], 3),
+        "time_ratio": round(ratio, 3), "threshold": cfg.speaker_threshold, "step_s": cfg.speaker_step_s,
+        "pass": (max(conv_der) <= 0.10 and right / len(conv) >= 0.9 and ratio <= 1.3
+                 and result["wer_labelled"] <= result["wer_plain"] + 1e-9),
+    }
+    per_count = " | ".join(f"{result['der'][n]:.1%}" for n in (2, 3, 4))
+    n_per = " / ".join(str(sum(r["speakers"] == n for r in rows)) for n in (2, 3, 4))
+    md = "\n".join([
+        "| clips (2/3/4 spk + single) | DER 2 spk | DER 3 spk | DER 4 spk | single-voice DER "
+        "| right count, conversations | right count, single | WER without / with labels | time with / without |",
+        "|---|---|---|---|---|---|---|---|---|",
+        f"| {n_per} + {singles} | {per_count} | {result['der'].get(1, 0.0):.1%} | {right}/{len(conv)} "
+        f"({right / len(conv):.0%}) | {right_single}/{singles} | {result['wer_plain']:.2%} / "
+        f"{result['wer_labelled']:.2%} | {ratio:.2f}x ({result['seconds'][True]:.1f} s / "
+        f"{result['seconds'][False]:.1f} s) |",
+        "",
+        "Targets: DER <= 10 %, right count >= 90 %, WER unchanged, time <= 1.3x. "
+        f"Settings: engine.speaker_threshold = {cfg.speaker_threshold}, "
+        f"engine.speaker_step_s = {cfg.speaker_step_s}; collar {COLLAR} s.",
+    ])
+    return md, summary
+
+
+def sweep(all_clips: list[Clip], cfg: EngineConfig) -> tuple[str, dict]:
+    """DER and count accuracy per threshold; transcription and embeddings computed once per clip."""
+    engine = LocalEngine(cfg)
+    engine._model = __import__("gateway.engine", fromlist=["load_model"]).load_model(cfg)
+    encoder = speakers.load_encoder(os.cpu_count() or 1)
+    prepared = []
+    for clip in all_clips:
+        audio = decode(str(clip.wav))
+        timed, _ = engine._transcribe(audio, TranscribeRequest(path=str(clip.wav), speaker=True), lambda f: None)
+        prepared.append((clip, timed, speakers.find_windows(encoder, audio, cfg.speaker_step_s)))
+    table = {}
+    for threshold in THRESHOLDS:
+        ders = {n: new_der() for n in (2, 3, 4)}
+        right = 0
+        for clip, timed, windows in prepared:
+            segments = speakers.label_with_windows(timed, windows, threshold).segments
+            found = len({s.speaker for s in segments})
+            right += found == clip.speakers
+            if clip.speakers > 1:
+                ders[clip.speakers](reference(clip), hypothesis(segments), uri=clip.name)
+        table[threshold] = {"der": {n: abs(m) for n, m in ders.items()}, "right": right / len(prepared)}
+    md = ["| threshold | DER 2 spk | DER 3 spk | DER 4 spk | right count (all clips) |", "|---|---|---|---|---|"]
+    for t, r in table.items():
+        md.append(f"| {t} | " + " | ".join(f"{r['der'][n]:.1%}" for n in (2, 3, 4)) + f" | {r['right']:.0%} |")
+    engine.close()
+    return "\n".join(md), {str(t): {"der": {str(n): round(v, 4) for n, v in r["der"].items()},
+                                   "right": round(r["right"], 4)} for t, r in table.items()}
+
+
+def environment() -> dict:
+    from importlib.metadata import version
+
+    return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpus": os.cpu_count(),
+            "python": platform.python_version(), "faster_whisper": version("faster-whisper"),
+            "torch": version("torch"), "resemblyzer": version("resemblyzer")}
+
+
+def save(name: str, title: str, md: str, data: dict, command: str) -> None:
+    env = environment()
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.md").write_text(
+        f"# {title}\n\n{md}\n\nMachine: {env['cpus']} CPUs, Python {env['python']}, faster-whisper "
+        f"{env['faster_whisper']}, torch {env['torch']}, resemblyzer {env['resemblyzer']}; {env['date']}.\n"
+        f"Reproduce: `{command}`\n")
+    (RESULTS / f"{name}.json").write_text(json.dumps({**data, **env}, indent=2) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="2 conversations per count, 2 single voices")
+    parser.add_argument("--sweep", action="store_true", help="tune: DER per threshold on the tuning seeds")
+    parser.add_argument("--per-count", type=int, default=None)
+    args = parser.parse_args()
+    if not shutil.which("espeak-ng"):
+        sys.exit("needs espeak-ng (apt-get install espeak-ng)")
+    per_count = args.per_count or (2 if args.quick else 8)
+    singles = 2 if args.quick else 4
+    cfg = EngineConfig()
+    command = "python bench/speakers.py" + (" --quick" if args.quick else "")
+    if args.sweep:
+        md, data = sweep(clips(TUNE_SEED, per_count, singles), cfg)
+        print(md)
+        save("speakers-sweep", "bench/speakers.py --sweep (tuning seeds)", md, {"thresholds": data},
+             command + " --sweep")
+        return
+    md, summary = report(asyncio.run(evaluate(clips(TEST_SEED, per_count, singles), cfg)), cfg)
+    print(md)
+    save("speakers", "bench/speakers.py", md, summary, command)
+
+
+if __name__ == "__main__":
+    main()
