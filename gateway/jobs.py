@@ -18,7 +18,7 @@ from pathlib import Path
 import aiohttp
 import structlog
 
-from gateway import deliveries, ingest, tasks
+from gateway import deliveries, ingest, speakers, tasks
 from gateway.config import Config
 from gateway.db import Database
 from gateway.engine import AudioError, LocalEngine, TranscribeRequest
@@ -155,7 +155,8 @@ class Workers:
         path = None
         try:
             path, temporary = await self._input_path(task)
-            req = TranscribeRequest(path=str(path), language=task.language, speaker=task.speaker)
+            hints = speakers.Hints(task.num_speakers, task.min_speakers, task.max_speakers)
+            req = TranscribeRequest(path=str(path), language=task.language, speaker=task.speaker, hints=hints)
             return await self.engine.transcribe(req, lambda f: progress.__setitem__("value", f))
         except AudioError as exc:
             return Outcome.failure(str(exc), code="4000")

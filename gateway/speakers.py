@@ -5,7 +5,8 @@
       windows sliding through each stretch of speech
     → agglomerative clustering on cosine distance (average linkage), cut where merging would
       join windows further apart than `threshold` (or at the number of speakers asked for)
-    → clusters of too few windows for 2 s of speech absorbed, each window moved to its
+    → clusters that are not voices dissolved (too few windows for 2 s of speech; mostly
+      windows straddling a quick change between two other voices), each window moved to its
       nearest cluster centre, then a majority filter over neighbouring windows within each
       stretch of speech, so one stray window never makes a turn
     → each stretch of speech shared among its windows (a speaker timeline); each word takes
@@ -32,6 +33,8 @@ WINDOW_FRAMES = 160             # resemblyzer's partial utterance: 160 frames
 WINDOW_S = WINDOW_FRAMES * FRAME_S
 BATCH = 128                     # windows per forward pass
 MIN_SPEAKER_S = 2.0             # a cluster whose windows stand for less speech is absorbed
+TRANSITION_RUN = 3              # windows: a run this short between two other voices may be a change
+TRANSITION_SHARE = 1 / 3        # a cluster with this share of such windows is a mixture, not a voice
 SINGLE = "SPEAKER_00"
 
 _encoder = None
@@ -167,10 +170,12 @@ def speaker_count(merge_distances: np.ndarray, threshold: float, hints: Hints, n
     return max(1, min(wanted, n))
 
 
-def cluster(embeddings: np.ndarray, threshold: float, hints: Hints = Hints(), min_windows: int = 1) -> np.ndarray:
-    """A cluster index per window: average-linkage agglomerative clustering on cosine distance,
-    clusters of fewer than `min_windows` absorbed (unless the hints need them), then each
-    window moved to its nearest cluster centre."""
+def cluster(embeddings: np.ndarray, threshold: float, hints: Hints = Hints(), min_windows: int = 1,
+            regions: np.ndarray | None = None) -> np.ndarray:
+    """A cluster index per window: average-linkage agglomerative clustering on cosine distance;
+    then clusters that are not voices are dissolved (too few windows; mostly windows that
+    straddle a change between two other voices, given the stretch of speech of each window),
+    unless the hints need them; then each window moved to its nearest cluster centre."""
     from scipy.cluster.hierarchy import fcluster, linkage
 
     n = len(embeddings)
@@ -180,7 +185,10 @@ def cluster(embeddings: np.ndarray, threshold: float, hints: Hints = Hints(), mi
     k = speaker_count(tree[:, 2], threshold, hints, n)
     labels = fcluster(tree, k, criterion="maxclust") - 1
     keep = min(k, hints.num_speakers or hints.min_speakers or 1)
-    return nearest_centre(embeddings, absorb_small(embeddings, labels, min_windows, keep))
+    labels = absorb_small(embeddings, labels, min_windows, keep)
+    if regions is not None:
+        labels = dissolve_transitions(embeddings, labels, regions, keep)
+    return nearest_centre(embeddings, labels)
 
 
 def centres_of(embeddings: np.ndarray, labels: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -195,19 +203,54 @@ def nearest_centre(embeddings: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return ids[np.argmax(embeddings @ centres_of(embeddings, labels, ids).T, axis=1)]
 
 
-def absorb_small(embeddings: np.ndarray, labels: np.ndarray, min_windows: int, keep: int) -> np.ndarray:
-    """The smallest cluster, while it has fewer than `min_windows` windows and more than `keep`
-    clusters remain, handed window by window to the nearest other cluster: a few odd windows
-    (a cough, two voices in one window) are not a speaker."""
+def hand_over(embeddings: np.ndarray, labels: np.ndarray, gone: int) -> np.ndarray:
+    """Cluster `gone` dissolved: each of its windows given to the nearest remaining cluster."""
+    others = np.unique(labels[labels != gone])
+    moving = labels == gone
     labels = labels.copy()
+    labels[moving] = others[np.argmax(embeddings[moving] @ centres_of(embeddings, labels, others).T, axis=1)]
+    return labels
+
+
+def absorb_small(embeddings: np.ndarray, labels: np.ndarray, min_windows: int, keep: int) -> np.ndarray:
+    """The smallest cluster dissolved while it has fewer than `min_windows` windows and more than
+    `keep` clusters remain: a few odd windows (a cough, a laugh) are not a speaker."""
     while True:
         ids, sizes = np.unique(labels, return_counts=True)
         if len(ids) <= keep or sizes.min() >= min_windows:
             return labels
-        small = ids[np.argmin(sizes)]
-        others = ids[ids != small]
-        moving = labels == small
-        labels[moving] = others[np.argmax(embeddings[moving] @ centres_of(embeddings, labels, others).T, axis=1)]
+        labels = hand_over(embeddings, labels, ids[np.argmin(sizes)])
+
+
+def transition_windows(labels: np.ndarray, regions: np.ndarray) -> np.ndarray:
+    """True for each window in a run of at most TRANSITION_RUN windows of one cluster that lies,
+    within one stretch of speech, between windows of two other, different clusters: the
+    windows that straddle a quick change of speaker and hold a mixture of both voices."""
+    out = np.zeros(len(labels), dtype=bool)
+    first = 0
+    while first < len(labels):
+        last = first
+        while last + 1 < len(labels) and labels[last + 1] == labels[first] and regions[last + 1] == regions[first]:
+            last += 1
+        inside = 0 < first and last + 1 < len(labels) and regions[first - 1] == regions[first] == regions[last + 1]
+        if inside and last - first < TRANSITION_RUN and labels[first - 1] != labels[last + 1]:
+            out[first:last + 1] = True
+        first = last + 1
+    return out
+
+
+def dissolve_transitions(embeddings: np.ndarray, labels: np.ndarray, regions: np.ndarray, keep: int) -> np.ndarray:
+    """The cluster with the largest share of transition windows dissolved while that share is at
+    least TRANSITION_SHARE and more than `keep` clusters remain: a mixture of two voices is not
+    a third voice."""
+    while len(np.unique(labels)) > keep:
+        ids = np.unique(labels)
+        transitions = transition_windows(labels, regions)
+        shares = np.array([transitions[labels == i].mean() for i in ids])
+        if shares.max() < TRANSITION_SHARE:
+            break
+        labels = hand_over(embeddings, labels, ids[np.argmax(shares)])
+    return labels
 
 
 def majority_filter(labels: np.ndarray, width: int = 3) -> np.ndarray:
@@ -343,7 +386,8 @@ def label_with_windows(segments: Sequence[TimedSegment], windows: Windows, thres
                        hints: Hints = Hints()) -> Labelled:
     """Label the segments from embedded windows (the cheap, deterministic half of the pipeline)."""
     min_windows = int(np.ceil(MIN_SPEAKER_S / windows.step_s))
-    labels = smooth(cluster(windows.embeddings, threshold, hints, min_windows), windows.regions)
+    labels = cluster(windows.embeddings, threshold, hints, min_windows, windows.regions)
+    labels = smooth(labels, windows.regions)
     turns = speaker_turns(windows, labels)
     by_word = word_labels([w for s in segments for w in s.words], turns)
     pieces = trim_to_speech(split_at_changes(segments, by_word), windows.speech)
@@ -355,7 +399,7 @@ def label_speakers(encoder, audio: np.ndarray, segments: Sequence[TimedSegment],
                    report: Callable[[float], None] = lambda f: None) -> Labelled:
     """Speaker-labelled segments; when labelling cannot be done, all SPEAKER_00 and a note why."""
     if not segments:
-        return Labelled(())
+        return Labelled((), "speaker labelling skipped: no speech was transcribed")
     windows = find_windows(encoder, audio, step_s)
     if isinstance(windows, str):
         return all_one_speaker(segments, f"speaker labelling skipped: {windows}; all segments are {SINGLE}")
