@@ -134,7 +134,7 @@ class LocalEngine:
         if duration == 0:
             raise AudioError("the file contains no audio samples")
         share = TRANSCRIBED if req.speaker else 1.0
-        timed, language = self._transcribe(audio, req, lambda f: report(share * f))
+        timed, language = self.timed_segments(audio, req, lambda f: report(share * f))
         if req.speaker:
             labelled = self._label_speakers(audio, timed, req.hints,
                                             lambda f: report(share + (1 - share) * f))
@@ -144,8 +144,9 @@ class LocalEngine:
                  speaker_note=labelled.note)
         return Outcome(success=True, segments=labelled.segments, duration=duration, speaker_note=labelled.note)
 
-    def _transcribe(self, audio, req: TranscribeRequest, report: Callable[[float], None]):
-        """faster-whisper's segments (with words when speakers are wanted) and the language."""
+    def timed_segments(self, audio, req: TranscribeRequest, report: Callable[[float], None]):
+        """faster-whisper's segments (with their words when speakers are wanted) and the language;
+        runs in the calling thread (the pool's, from `transcribe`)."""
         duration = len(audio) / SAMPLE_RATE
         segments_iter, info = self._model.transcribe(
             audio, language=req.language, beam_size=self.cfg.beam_size, vad_filter=self.cfg.vad_filter,
@@ -162,7 +163,7 @@ class LocalEngine:
     def _label_speakers(self, audio, timed, hints: speakers.Hints, report: Callable[[float], None]):
         if self._stopping.is_set():
             raise EngineStopped("the engine is shutting down")
-        encoder = speakers.load_encoder(resolve_cpu_threads(self.cfg))
+        encoder = speakers.load_encoder()
         return speakers.label_speakers(encoder, audio, timed, threshold=self.cfg.speaker_threshold,
                                        step_s=self.cfg.speaker_step_s, hints=hints, report=report)
 

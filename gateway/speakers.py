@@ -97,8 +97,12 @@ class Labelled:
     turns: tuple[Turn, ...] = ()  # who spoke when, from the voice alone (labels as clustered)
 
 
-def load_encoder(threads: int):
-    """resemblyzer's VoiceEncoder (GE2E), loaded at most once per process."""
+def load_encoder():
+    """resemblyzer's VoiceEncoder (GE2E), loaded at most once per process.
+
+    torch runs it on one thread: the LSTM is 480 small steps per batch, and with two threads
+    on two busy cores each step's hand-over cost up to 3x the CPU time and made the time
+    erratic; on one thread an hour of speech takes about 40 CPU-seconds (at a 0.5 s step)."""
     global _encoder
     with _encoder_lock:
         if _encoder is None:
@@ -106,8 +110,10 @@ def load_encoder(threads: int):
             with warnings.catch_warnings():  # webrtcvad (imported by resemblyzer) imports pkg_resources
                 warnings.simplefilter("ignore")
                 from resemblyzer import VoiceEncoder
-            torch.set_num_threads(threads)
+            torch.set_num_threads(1)
             _encoder = VoiceEncoder("cpu", verbose=False).eval()
+            warm_up = np.random.default_rng(0).uniform(-0.1, 0.1, 2 * SAMPLE_RATE).astype(np.float32)
+            embed_windows(_encoder, warm_up, np.zeros(1))  # librosa compiles its numba code on first use
         return _encoder
 
 
@@ -139,12 +145,21 @@ def window_starts(regions: Sequence[tuple[float, float]], duration: float,
     return np.round(np.asarray(starts, dtype=float), 2), np.asarray(owners, dtype=int)
 
 
+def louder(audio: np.ndarray, target_dbfs: float = -30.0) -> np.ndarray:
+    """The audio raised to the loudness GE2E was trained at (never lowered; silence unchanged)."""
+    rms = float(np.sqrt(np.mean(np.square(audio, dtype=np.float64)))) if len(audio) else 0.0
+    if rms == 0.0:
+        return audio
+    gain_db = target_dbfs - 20 * np.log10(rms)
+    return audio * np.float32(10 ** (gain_db / 20)) if gain_db > 0 else audio
+
+
 def embed_windows(encoder, audio: np.ndarray, starts: np.ndarray) -> np.ndarray:
     """The GE2E embedding of each window (rows L2-normed), from one mel spectrogram of the audio."""
     import torch
-    from resemblyzer.audio import normalize_volume, wav_to_mel_spectrogram
+    from resemblyzer.audio import wav_to_mel_spectrogram
 
-    mel = wav_to_mel_spectrogram(normalize_volume(audio, -30, increase_only=True))
+    mel = wav_to_mel_spectrogram(louder(audio))
     first = np.round(starts / FRAME_S).astype(int)
     mel = np.pad(mel, ((0, max(0, first.max(initial=0) + WINDOW_FRAMES - len(mel))), (0, 0)))
     out = []

@@ -76,6 +76,14 @@ def test_piece_edges_are_trimmed_to_speech_they_overlap():
     assert [(s.start_time, s.end_time) for s, _ in trimmed] == [(1.0, 3.0), (4.0, 6.0), (7.0, 8.0), (2.0, 5.0)]
 
 
+def test_quiet_audio_is_raised_to_the_encoders_loudness_and_silence_stays_silence():
+    quiet = np.full(1600, 0.001, np.float32)
+    assert 20 * np.log10(np.sqrt(np.mean(np.square(speakers.louder(quiet))))) == pytest.approx(-30, abs=0.01)
+    loud = np.full(1600, 0.5, np.float32)
+    assert speakers.louder(loud) is loud
+    assert not speakers.louder(np.zeros(1600, np.float32)).any()
+
+
 def test_windows_slide_through_speech_and_short_stretches_get_one_centred_window():
     starts, owners = speakers.window_starts([(0.0, 3.0), (4.0, 4.8), (9.5, 10.0)], duration=10.0, step_s=0.5)
     assert starts.tolist() == [0.0, 0.5, 1.0, 1.4, 3.6, 8.4]
