@@ -13,8 +13,9 @@ Targets: DER <= 10 %, right count >= 90 %, WER unchanged, time ratio <= 1.3.
     python bench/speakers.py            # 8 conversations per speaker count + 4 single voices,
                                         # each run twice with and twice without labelling
     python bench/speakers.py --quick    # 2 per count + 2 single voices, once each
-    python bench/speakers.py --sweep    # DER and count accuracy per clustering threshold, on
-                                        # other seeds (the tuning set), saved as speakers-sweep
+    python bench/speakers.py --sweep --per-count 24   # DER and count accuracy per clustering
+                                        # threshold on other seeds (the tuning set), saved as
+                                        # speakers-sweep
 """
 
 from __future__ import annotations
@@ -365,12 +366,11 @@ def main() -> None:
     per_count = args.per_count or (2 if args.quick else 8)
     singles = 2 if args.quick else 4
     cfg = EngineConfig()
-    command = "python bench/speakers.py" + (" --quick" if args.quick else "")
+    command = " ".join(["python bench/speakers.py", *sys.argv[1:]])
     if args.sweep:
         md, data = sweep(clips(TUNE_SEED, per_count, singles), cfg)
         print(md)
-        save("speakers-sweep", "bench/speakers.py --sweep (tuning seeds)", md, {"thresholds": data},
-             command + " --sweep")
+        save("speakers-sweep", "bench/speakers.py --sweep (tuning seeds)", md, {"thresholds": data}, command)
         return
     repeats = 1 if args.quick else args.repeats
     load_before = os.getloadavg()[0]

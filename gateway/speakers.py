@@ -5,7 +5,7 @@
       windows sliding through each stretch of speech
     → agglomerative clustering on cosine distance (average linkage), cut where merging would
       join windows further apart than `threshold` (or at the number of speakers asked for)
-    → clusters that are not voices dissolved (too few windows for 2 s of speech; mostly
+    → clusters that are not voices dissolved (too few windows for 2.5 s of speech; mostly
       windows straddling a quick change between two other voices), each window moved to its
       nearest cluster centre, then a majority filter over neighbouring windows within each
       stretch of speech, so one stray window never makes a turn
@@ -32,7 +32,7 @@ FRAME_S = 0.01                  # resemblyzer's mel frame step
 WINDOW_FRAMES = 160             # resemblyzer's partial utterance: 160 frames
 WINDOW_S = WINDOW_FRAMES * FRAME_S
 BATCH = 128                     # windows per forward pass
-MIN_SPEAKER_S = 2.0             # a cluster whose windows stand for less speech is absorbed
+MIN_SPEAKER_S = 2.5             # a cluster whose windows stand for less speech is absorbed
 TRANSITION_RUN = 3              # windows: a run this short between two other voices may be a change
 TRANSITION_SHARE = 1 / 3        # a cluster with this share of such windows is a mixture, not a voice
 SINGLE = "SPEAKER_00"
