@@ -167,6 +167,12 @@ def run_client(coro):
 @main.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--speaker", is_flag=True, help="Label speakers (SPEAKER_00, ...).")
+@click.option("--num-speakers", type=click.IntRange(1, 32), default=None,
+              help="With --speaker: exactly this many speakers.")
+@click.option("--min-speakers", type=click.IntRange(1, 32), default=None,
+              help="With --speaker: at least this many speakers.")
+@click.option("--max-speakers", type=click.IntRange(1, 32), default=None,
+              help="With --speaker: at most this many speakers.")
 @click.option("--callback-url", default=None, help="Webhook that receives the result.")
 @click.option("--model", default=None, help="Model alias (default: the gateway's default).")
 @click.option("--language", default=None, help="Language code, e.g. en.")
@@ -174,19 +180,21 @@ def run_client(coro):
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @url_option
 @key_option
-def submit(file: Path, speaker: bool, callback_url: str | None, model: str | None, language: str | None,
+def submit(file: Path, speaker: bool, num_speakers: int | None, min_speakers: int | None,
+           max_speakers: int | None, callback_url: str | None, model: str | None, language: str | None,
            wait: bool, as_json: bool, base_url: str, api_key: str) -> None:
     """Upload FILE and submit it for transcription."""
-    run_client(_submit(file, speaker, callback_url, model, language, wait, as_json, base_url, api_key))
+    hints = {"num_speakers": num_speakers, "min_speakers": min_speakers, "max_speakers": max_speakers}
+    run_client(_submit(file, speaker, hints, callback_url, model, language, wait, as_json, base_url, api_key))
 
 
-async def _submit(file, speaker, callback_url, model, language, wait, as_json, base_url, api_key):
+async def _submit(file, speaker, hints, callback_url, model, language, wait, as_json, base_url, api_key):
     from gateway.client import GatewayClient
 
     async with GatewayClient(base_url, api_key) as client:
         asset_id = await client.upload(file)
         task_id = await client.submit(asset_id=asset_id, speaker=speaker or None, callback_url=callback_url,
-                                      model=model, language=language)
+                                      model=model, language=language, **hints)
         if not wait:
             click.echo(json.dumps({"task_id": task_id, "asset_id": asset_id}) if as_json else task_id)
             return
@@ -228,6 +236,8 @@ def _print_task(task: dict, as_json: bool) -> None:
     for seg in task["result"]["data"]:
         who = f"{seg['speaker']}: " if seg.get("speaker") else ""
         click.echo(f"[{_fmt(seg['start_time'])} - {_fmt(seg['end_time'])}] {who}{seg['text']}")
+    if task.get("speaker_note"):
+        click.echo(task["speaker_note"], err=True)
 
 
 @main.command()

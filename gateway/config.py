@@ -78,6 +78,8 @@ class EngineConfig(_Section):
     concurrency: int = Field(1, ge=1)
     beam_size: int = Field(5, ge=1)
     vad_filter: bool = True
+    speaker_threshold: float = Field(0.28, gt=0, lt=2)
+    speaker_step_s: float = Field(0.5, ge=0.1, le=1.6)
 
     @field_validator("model_path")
     @classmethod

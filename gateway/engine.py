@@ -16,6 +16,7 @@ from typing import Callable
 
 import structlog
 
+from gateway import speakers
 from gateway.config import EngineConfig
 from gateway.payloads import Outcome, Segment
 
@@ -82,6 +83,10 @@ class TranscribeRequest:
     path: str
     language: str | None = None
     speaker: bool = False
+    hints: speakers.Hints = speakers.Hints()
+
+
+TRANSCRIBED = 0.9  # the share of progress that transcription stands for when speakers are labelled
 
 
 class LocalEngine:
@@ -128,16 +133,39 @@ class LocalEngine:
         duration = len(audio) / SAMPLE_RATE
         if duration == 0:
             raise AudioError("the file contains no audio samples")
+        share = TRANSCRIBED if req.speaker else 1.0
+        timed, language = self.timed_segments(audio, req, lambda f: report(share * f))
+        if req.speaker:
+            labelled = self._label_speakers(audio, timed, req.hints,
+                                            lambda f: report(share + (1 - share) * f))
+        else:
+            labelled = speakers.Labelled(tuple(Segment(s.start, s.end, s.text) for s in timed))
+        log.info("engine.done", duration=round(duration, 3), segments=len(labelled.segments), language=language,
+                 speaker_note=labelled.note)
+        return Outcome(success=True, segments=labelled.segments, duration=duration, speaker_note=labelled.note)
+
+    def timed_segments(self, audio, req: TranscribeRequest, report: Callable[[float], None]):
+        """faster-whisper's segments (with their words when speakers are wanted) and the language;
+        runs in the calling thread (the pool's, from `transcribe`)."""
+        duration = len(audio) / SAMPLE_RATE
         segments_iter, info = self._model.transcribe(
-            audio, language=req.language, beam_size=self.cfg.beam_size, vad_filter=self.cfg.vad_filter)
-        segments = []
+            audio, language=req.language, beam_size=self.cfg.beam_size, vad_filter=self.cfg.vad_filter,
+            word_timestamps=req.speaker)
+        timed = []
         for s in segments_iter:  # decoding happens lazily, one window per iteration
             if self._stopping.is_set():
                 raise EngineStopped("the engine is shutting down")
-            segments.append(Segment(float(s.start), float(s.end), s.text))
+            words = tuple(speakers.Word(float(w.start), float(w.end), w.word) for w in s.words or ())
+            timed.append(speakers.TimedSegment(float(s.start), float(s.end), s.text, words))
             report(min(1.0, s.end / duration))
-        log.info("engine.done", duration=round(duration, 3), segments=len(segments), language=info.language)
-        return Outcome(success=True, segments=tuple(segments), duration=duration)
+        return timed, info.language
+
+    def _label_speakers(self, audio, timed, hints: speakers.Hints, report: Callable[[float], None]):
+        if self._stopping.is_set():
+            raise EngineStopped("the engine is shutting down")
+        encoder = speakers.load_encoder()
+        return speakers.label_speakers(encoder, audio, timed, threshold=self.cfg.speaker_threshold,
+                                       step_s=self.cfg.speaker_step_s, hints=hints, report=report)
 
     def close(self) -> None:
         """Stop running transcriptions at their next segment, so the process can exit promptly."""

@@ -140,6 +140,7 @@ async def _store(s, task: Task, outcome: Outcome, payload: dict, digest: str,
     task.result_sha256 = digest
     task.status = TaskStatus.COMPLETED if outcome.success else TaskStatus.FAILED
     task.error = None if outcome.success else payload["data"]["msg"]
+    task.speaker_note = outcome.speaker_note if outcome.success and task.speaker else None
     task.progress = 1.0 if outcome.success else task.progress
     task.lease_owner = None
     task.lease_expires_at = None

@@ -54,6 +54,10 @@ class Task(SQLModel, table=True):
     speaker: bool = False
     language: Optional[str] = Field(default=None, max_length=16)
     num_speakers: Optional[int] = None
+    min_speakers: Optional[int] = None
+    max_speakers: Optional[int] = None
+    # Why speakers could not be labelled on a speaker=true task (then every segment is SPEAKER_00).
+    speaker_note: Optional[str] = Field(default=None, sa_column=Column(Text))
     provider: str = Field(max_length=64)
     upstream_task_id: Optional[str] = Field(default=None, max_length=255)
     callback_url: Optional[str] = Field(default=None, max_length=2048)

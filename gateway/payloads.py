@@ -45,6 +45,7 @@ class Outcome:
     prompt_tokens: int = 0
     error: str | None = None
     code: str = SUCCESS_CODE
+    speaker_note: str | None = None   # why speakers could not be labelled; stored on the task, not sent
     extra: dict = field(default_factory=dict, compare=False)
 
     @classmethod

@@ -77,6 +77,7 @@ class TaskSummary(_Model):
     asset_id: Optional[str]
     url: Optional[str]
     attempts: int = Field(ge=0)
+    speaker_note: Optional[str] = Field(description="why speaker labels could not be given, when they could not")
 
 
 class TaskView(TaskSummary):

@@ -36,6 +36,8 @@ class GenerateRequest(BaseModel):
     callback_url: Optional[StrictStr] = None
     language: Optional[StrictStr] = None
     num_speakers: Optional[int] = Field(default=None, ge=1, le=32, strict=True)
+    min_speakers: Optional[int] = Field(default=None, ge=1, le=32, strict=True)
+    max_speakers: Optional[int] = Field(default=None, ge=1, le=32, strict=True)
 
 
 def parse_generate_request(body: Any) -> GenerateRequest:
@@ -65,6 +67,22 @@ def route(providers: Providers, model: str) -> Provider:
     return providers.get(name)
 
 
+SPEAKER_HINTS = ("num_speakers", "min_speakers", "max_speakers")
+
+
+def check_speaker_hints(req: GenerateRequest) -> None:
+    """num_speakers (exact) and min_speakers/max_speakers (bounds) need speaker=true and must agree."""
+    for name in SPEAKER_HINTS:
+        if getattr(req, name) is not None and not req.speaker:
+            raise BadRequest(f"{name}: only meaningful with speaker=true")
+    low, high, exact = req.min_speakers, req.max_speakers, req.num_speakers
+    if low is not None and high is not None and low > high:
+        raise BadRequest(f"min_speakers: {low} is greater than max_speakers ({high})")
+    if exact is not None and not (low or 1) <= exact <= (high or exact):
+        raise BadRequest(f"num_speakers: {exact} is outside min_speakers..max_speakers "
+                         f"({low or 1}..{high if high is not None else 32})")
+
+
 async def validate_request(db: Database, config: Config, providers: Providers, req: GenerateRequest) -> str:
     """Check everything about a request before anything is stored; returns the provider name."""
     if (req.asset_id is None) == (req.url is None):
@@ -73,9 +91,8 @@ async def validate_request(db: Database, config: Config, providers: Providers, r
     chosen = route(providers, req.model)
     provider = chosen.name
     if req.speaker and not chosen.supports_speaker:
-        raise BadRequest("speaker: speaker labelling (speaker=true) is not available on this gateway yet")
-    if req.num_speakers is not None and not req.speaker:
-        raise BadRequest("num_speakers: only meaningful with speaker=true")
+        raise BadRequest(f"speaker: the provider behind {req.model!r} ({provider}) cannot label speakers")
+    check_speaker_hints(req)
     if req.language is not None:
         lang = req.language.lower()
         if lang not in whisper_languages():
@@ -103,7 +120,8 @@ async def validate_request(db: Database, config: Config, providers: Providers, r
 async def create_task(db: Database, req: GenerateRequest, provider: str) -> Task:
     task = Task(id=uuid.uuid4().hex, asset_id=req.asset_id, url=req.url, model=req.model,
                 speaker=req.speaker, language=req.language.lower() if req.language else None,
-                num_speakers=req.num_speakers, provider=provider, callback_url=req.callback_url)
+                num_speakers=req.num_speakers, min_speakers=req.min_speakers,
+                max_speakers=req.max_speakers, provider=provider, callback_url=req.callback_url)
     async with db.session() as s:
         s.add(task)
         await publish(s, task_channel(provider))
@@ -200,6 +218,7 @@ def task_view(task: Task, *, with_result: bool = True) -> dict[str, Any]:
         "model": task.model,
         "provider": task.provider,
         "speaker": task.speaker,
+        "speaker_note": task.speaker_note,
         "asset_id": task.asset_id,
         "url": task.url,
         "attempts": task.attempts,

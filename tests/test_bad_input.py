@@ -108,8 +108,19 @@ async def test_every_bad_generate_request_is_refused_and_nothing_is_queued(gatew
          "language: unknown language code 'klingon' (use an ISO 639-1 code such as 'en')"),
         ({"asset_id": asset, "language": "de"},
          "language: the model behind 'whisper-1' is English-only; 'de' is not supported"),
-        ({"asset_id": asset, "speaker": True},
-         "speaker: speaker labelling (speaker=true) is not available on this gateway yet"),
+        ({"asset_id": asset, "min_speakers": 2}, "min_speakers: only meaningful with speaker=true"),
+        ({"asset_id": asset, "speaker": False, "max_speakers": 3}, "max_speakers: only meaningful with speaker=true"),
+        ({"asset_id": asset, "speaker": True, "num_speakers": 0},
+         "num_speakers: Input should be greater than or equal to 1"),
+        ({"asset_id": asset, "speaker": True, "max_speakers": 33},
+         "max_speakers: Input should be less than or equal to 32"),
+        ({"asset_id": asset, "speaker": True, "min_speakers": 2.5}, "min_speakers: Input should be a valid integer"),
+        ({"asset_id": asset, "speaker": True, "min_speakers": 4, "max_speakers": 2},
+         "min_speakers: 4 is greater than max_speakers (2)"),
+        ({"asset_id": asset, "speaker": True, "num_speakers": 5, "max_speakers": 4},
+         "num_speakers: 5 is outside min_speakers..max_speakers (1..4)"),
+        ({"asset_id": asset, "speaker": True, "num_speakers": 2, "min_speakers": 3},
+         "num_speakers: 2 is outside min_speakers..max_speakers (3..32)"),
         ({"asset_id": asset, "callback_url": "ftp://example.com/hook"}, "callback_url: must use http or https, not 'ftp'"),
         ({"asset_id": asset, "callback_url": "example.com/hook"},
          "callback_url: must use http or https, not 'no scheme'"),
@@ -124,6 +135,7 @@ async def test_every_bad_generate_request_is_refused_and_nothing_is_queued(gatew
     await expect_no_tasks(gateway)
     # The same asset with valid options is accepted: the refusals above were about the options.
     assert await gateway.submit(asset_id=asset, language="EN", callback_url="https://example.com/hook")
+    assert await gateway.submit(asset_id=asset, speaker=True, num_speakers=2, min_speakers=1, max_speakers=2)
 
 
 async def test_json_body_limit_is_enforced_while_reading(gateway):

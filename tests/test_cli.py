@@ -26,6 +26,19 @@ async def test_submit_wait_prints_the_transcript(gateway, speech_wav):
     assert "hello" in out.lower() and "gateway" in out.lower()
 
 
+async def test_submit_speaker_labels_lines_and_passes_the_speaker_hints(gateway, speech_wav):
+    code, out, err = await cli("submit", str(speech_wav), "--wait", "--speaker", "--max-speakers", "2",
+                               "--url", gateway.url)
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert lines and all("] SPEAKER_00: " in line for line in lines)
+    code, _, err = await cli("submit", str(speech_wav), "--speaker", "--min-speakers", "3", "--max-speakers", "2",
+                             "--url", gateway.url)
+    assert code == 1 and "400 min_speakers: 3 is greater than max_speakers (2)" in err
+    code, _, err = await cli("submit", str(speech_wav), "--num-speakers", "2", "--url", gateway.url)
+    assert code == 1 and "400 num_speakers: only meaningful with speaker=true" in err
+
+
 async def test_submit_json_then_status(gateway, speech_wav, webhook):
     code, out, err = await cli("submit", str(speech_wav), "--json", "--url", gateway.url,
                                "--callback-url", webhook.url)

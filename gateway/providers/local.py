@@ -5,6 +5,7 @@ from __future__ import annotations
 from gateway.engine import AudioError, LocalEngine, TranscribeRequest
 from gateway.payloads import Outcome
 from gateway.providers import Job, PermanentError, Provider
+from gateway.speakers import Hints
 
 
 class LocalProvider(Provider):
@@ -22,9 +23,13 @@ class LocalProvider(Provider):
     def concurrency(self) -> int:
         return self.config.engine.concurrency
 
+    supports_speaker = True
+
     async def run(self, job: Job) -> Outcome:
+        task = job.task
         async with job.audio() as path:
-            req = TranscribeRequest(path=str(path), language=job.task.language, speaker=job.task.speaker)
+            req = TranscribeRequest(path=str(path), language=task.language, speaker=task.speaker,
+                                    hints=Hints(task.num_speakers, task.min_speakers, task.max_speakers))
             try:
                 return await self.engine.transcribe(req, job.progress)
             except AudioError as exc:

@@ -1,0 +1,422 @@
+"""Speaker labelling (diarization) for the local engine: who spoke when, offline on the CPU.
+
+    Silero voice activity (shipped by faster-whisper)
+    → GE2E speaker embeddings (resemblyzer; its weights ship inside the package) of 1.6 s
+      windows sliding through each stretch of speech
+    → agglomerative clustering on cosine distance (average linkage), cut where merging would
+      join windows further apart than `threshold` (or at the number of speakers asked for)
+    → clusters that are not voices dissolved (too few windows for 2.5 s of speech; mostly
+      windows straddling a quick change between two other voices), each window moved to its
+      nearest cluster centre, then a majority filter over neighbouring windows within each
+      stretch of speech, so one stray window never makes a turn
+    → each stretch of speech shared among its windows (a speaker timeline); each word takes
+      the label of the turn it falls in; segments are split where the speaker changes, their
+      edges trimmed to detected speech; labels numbered by first appearance (SPEAKER_00 first).
+
+Everything here is a plain function of arrays, except `load_encoder` (once per process).
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+from gateway.payloads import Segment
+
+SAMPLE_RATE = 16000
+FRAME_S = 0.01                  # resemblyzer's mel frame step
+WINDOW_FRAMES = 160             # resemblyzer's partial utterance: 160 frames
+WINDOW_S = WINDOW_FRAMES * FRAME_S
+BATCH = 128                     # windows per forward pass
+MIN_SPEAKER_S = 2.5             # a cluster whose windows stand for less speech is absorbed
+TRANSITION_RUN = 3              # windows: a run this short between two other voices may be a change
+TRANSITION_SHARE = 1 / 3        # a cluster with this share of such windows is a mixture, not a voice
+SINGLE = "SPEAKER_00"
+
+_encoder = None
+_encoder_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Word:
+    start: float
+    end: float
+    text: str        # as faster-whisper gives it, with its leading blank
+
+
+@dataclass(frozen=True)
+class TimedSegment:
+    """A transcribed segment with its words (word_timestamps=True)."""
+
+    start: float
+    end: float
+    text: str
+    words: tuple[Word, ...]
+
+
+@dataclass(frozen=True)
+class Hints:
+    """What the request said about the number of speakers (all optional)."""
+
+    num_speakers: int | None = None
+    min_speakers: int | None = None
+    max_speakers: int | None = None
+
+
+@dataclass(frozen=True)
+class Windows:
+    """Embedding windows in time order: start (s), the stretch of speech each lies in, and the
+    L2-normed embeddings; `step_s` is their spacing, `speech` the stretches (start, end)."""
+
+    starts: np.ndarray
+    regions: np.ndarray
+    embeddings: np.ndarray
+    step_s: float
+    speech: tuple[tuple[float, float], ...]
+
+    @property
+    def centres(self) -> np.ndarray:
+        return self.starts + WINDOW_S / 2
+
+
+@dataclass(frozen=True)
+class Turn:
+    start: float
+    end: float
+    label: int
+
+
+@dataclass(frozen=True)
+class Labelled:
+    segments: tuple[Segment, ...]
+    note: str | None = None      # why labelling could not be done, when it could not
+    turns: tuple[Turn, ...] = ()  # who spoke when, from the voice alone (labels as clustered)
+
+
+def load_encoder():
+    """resemblyzer's VoiceEncoder (GE2E), loaded at most once per process.
+
+    torch runs it on one thread: the LSTM is 480 small steps per batch, and with two threads
+    on two busy cores each step's hand-over cost up to 3x the CPU time and made the time
+    erratic; on one thread an hour of speech takes about 40 CPU-seconds (at a 0.5 s step)."""
+    global _encoder
+    with _encoder_lock:
+        if _encoder is None:
+            import torch
+            with warnings.catch_warnings():  # webrtcvad (imported by resemblyzer) imports pkg_resources
+                warnings.simplefilter("ignore")
+                from resemblyzer import VoiceEncoder
+            torch.set_num_threads(1)
+            _encoder = VoiceEncoder("cpu", verbose=False).eval()
+            warm_up = np.random.default_rng(0).uniform(-0.1, 0.1, 2 * SAMPLE_RATE).astype(np.float32)
+            embed_windows(_encoder, warm_up, np.zeros(1))  # librosa compiles its numba code on first use
+        return _encoder
+
+
+# --- where the windows go ------------------------------------------------------------------
+
+
+def speech_regions(audio: np.ndarray) -> list[tuple[float, float]]:
+    """(start, end) seconds of each stretch of speech, by faster-whisper's Silero VAD."""
+    from faster_whisper.vad import VadOptions, get_speech_timestamps
+
+    found = get_speech_timestamps(audio, VadOptions(min_silence_duration_ms=300, speech_pad_ms=100))
+    return [(c["start"] / SAMPLE_RATE, c["end"] / SAMPLE_RATE) for c in found]
+
+
+def window_starts(regions: Sequence[tuple[float, float]], duration: float,
+                  step_s: float) -> tuple[np.ndarray, np.ndarray]:
+    """Starts of the windows and the index of the region each lies in: every `step_s` through
+    each region, the last one flush with its end; a region shorter than a window gets one
+    window centred on it (within the audio)."""
+    starts: list[float] = []
+    owners: list[int] = []
+    for index, (begin, end) in enumerate(regions):
+        if end - begin >= WINDOW_S:
+            here = np.arange(begin, end - WINDOW_S, step_s).tolist() + [end - WINDOW_S]
+        else:
+            here = [min(max((begin + end - WINDOW_S) / 2, 0.0), duration - WINDOW_S)]
+        starts += here
+        owners += [index] * len(here)
+    return np.round(np.asarray(starts, dtype=float), 2), np.asarray(owners, dtype=int)
+
+
+def louder(audio: np.ndarray, target_dbfs: float = -30.0) -> np.ndarray:
+    """The audio raised to the loudness GE2E was trained at (never lowered; silence unchanged)."""
+    rms = float(np.sqrt(np.mean(np.square(audio, dtype=np.float64)))) if len(audio) else 0.0
+    if rms == 0.0:
+        return audio
+    gain_db = target_dbfs - 20 * np.log10(rms)
+    return audio * np.float32(10 ** (gain_db / 20)) if gain_db > 0 else audio
+
+
+def embed_windows(encoder, audio: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """The GE2E embedding of each window (rows L2-normed), from one mel spectrogram of the audio."""
+    import torch
+    from resemblyzer.audio import wav_to_mel_spectrogram
+
+    mel = wav_to_mel_spectrogram(louder(audio))
+    first = np.round(starts / FRAME_S).astype(int)
+    mel = np.pad(mel, ((0, max(0, first.max(initial=0) + WINDOW_FRAMES - len(mel))), (0, 0)))
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(first), BATCH):
+            batch = np.stack([mel[f:f + WINDOW_FRAMES] for f in first[i:i + BATCH]])
+            out.append(encoder(torch.from_numpy(batch)).numpy())
+    return np.concatenate(out) if out else np.zeros((0, 256), dtype=np.float32)
+
+
+# --- who is who ----------------------------------------------------------------------------
+
+
+def speaker_count(merge_distances: np.ndarray, threshold: float, hints: Hints, n: int) -> int:
+    """Clusters to keep: the number asked for, else one more than the merges above the
+    threshold, kept within min_speakers..max_speakers and the number of windows."""
+    if hints.num_speakers:
+        wanted = hints.num_speakers
+    else:
+        wanted = 1 + int(np.sum(merge_distances > threshold))
+        wanted = max(wanted, hints.min_speakers or 1)
+        wanted = min(wanted, hints.max_speakers or wanted)
+    return max(1, min(wanted, n))
+
+
+def cluster(embeddings: np.ndarray, threshold: float, hints: Hints = Hints(), min_windows: int = 1,
+            regions: np.ndarray | None = None) -> np.ndarray:
+    """A cluster index per window: average-linkage agglomerative clustering on cosine distance;
+    then clusters that are not voices are dissolved (too few windows; mostly windows that
+    straddle a change between two other voices, given the stretch of speech of each window),
+    unless the hints need them; then each window moved to its nearest cluster centre."""
+    from scipy.cluster.hierarchy import fcluster, linkage
+
+    n = len(embeddings)
+    if n < 2:
+        return np.zeros(n, dtype=int)
+    tree = linkage(embeddings, method="average", metric="cosine")
+    k = speaker_count(tree[:, 2], threshold, hints, n)
+    labels = fcluster(tree, k, criterion="maxclust") - 1
+    keep = min(k, hints.num_speakers or hints.min_speakers or 1)
+    labels = absorb_small(embeddings, labels, min_windows, keep)
+    if regions is not None:
+        labels = dissolve_transitions(embeddings, labels, regions, keep)
+    return nearest_centre(embeddings, labels)
+
+
+def centres_of(embeddings: np.ndarray, labels: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """The L2-normed mean embedding of each cluster in `ids`, one row each."""
+    centres = np.stack([embeddings[labels == i].mean(axis=0) for i in ids])
+    return centres / np.linalg.norm(centres, axis=1, keepdims=True)
+
+
+def nearest_centre(embeddings: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Each window relabelled to the cluster whose centre is closest."""
+    ids = np.unique(labels)
+    return ids[np.argmax(embeddings @ centres_of(embeddings, labels, ids).T, axis=1)]
+
+
+def hand_over(embeddings: np.ndarray, labels: np.ndarray, gone: int) -> np.ndarray:
+    """Cluster `gone` dissolved: each of its windows given to the nearest remaining cluster."""
+    others = np.unique(labels[labels != gone])
+    moving = labels == gone
+    labels = labels.copy()
+    labels[moving] = others[np.argmax(embeddings[moving] @ centres_of(embeddings, labels, others).T, axis=1)]
+    return labels
+
+
+def absorb_small(embeddings: np.ndarray, labels: np.ndarray, min_windows: int, keep: int) -> np.ndarray:
+    """The smallest cluster dissolved while it has fewer than `min_windows` windows and more than
+    `keep` clusters remain: a few odd windows (a cough, a laugh) are not a speaker."""
+    while True:
+        ids, sizes = np.unique(labels, return_counts=True)
+        if len(ids) <= keep or sizes.min() >= min_windows:
+            return labels
+        labels = hand_over(embeddings, labels, ids[np.argmin(sizes)])
+
+
+def transition_windows(labels: np.ndarray, regions: np.ndarray) -> np.ndarray:
+    """True for each window in a run of at most TRANSITION_RUN windows of one cluster that lies,
+    within one stretch of speech, between windows of two other, different clusters: the
+    windows that straddle a quick change of speaker and hold a mixture of both voices."""
+    out = np.zeros(len(labels), dtype=bool)
+    first = 0
+    while first < len(labels):
+        last = first
+        while last + 1 < len(labels) and labels[last + 1] == labels[first] and regions[last + 1] == regions[first]:
+            last += 1
+        inside = 0 < first and last + 1 < len(labels) and regions[first - 1] == regions[first] == regions[last + 1]
+        if inside and last - first < TRANSITION_RUN and labels[first - 1] != labels[last + 1]:
+            out[first:last + 1] = True
+        first = last + 1
+    return out
+
+
+def dissolve_transitions(embeddings: np.ndarray, labels: np.ndarray, regions: np.ndarray, keep: int) -> np.ndarray:
+    """The cluster with the largest share of transition windows dissolved while that share is at
+    least TRANSITION_SHARE and more than `keep` clusters remain: a mixture of two voices is not
+    a third voice."""
+    while len(np.unique(labels)) > keep:
+        ids = np.unique(labels)
+        transitions = transition_windows(labels, regions)
+        shares = np.array([transitions[labels == i].mean() for i in ids])
+        if shares.max() < TRANSITION_SHARE:
+            break
+        labels = hand_over(embeddings, labels, ids[np.argmax(shares)])
+    return labels
+
+
+def majority_filter(labels: np.ndarray, width: int = 3) -> np.ndarray:
+    """Each label replaced by the most common one among its `width` neighbours (itself on ties)."""
+    half = width // 2
+    out = labels.copy()
+    for i in range(len(labels)):
+        near = labels[max(0, i - half):i + half + 1]
+        values, counts = np.unique(near, return_counts=True)
+        if counts.max() > np.sum(near == labels[i]):
+            out[i] = values[np.argmax(counts)]
+    return out
+
+
+def smooth(labels: np.ndarray, regions: np.ndarray) -> np.ndarray:
+    """The majority filter within each stretch of speech: one window unlike both neighbours in
+    continuous speech is a stray; a window alone in its own stretch (a short reply) stays."""
+    out = labels.copy()
+    for region in np.unique(regions):
+        inside = regions == region
+        out[inside] = majority_filter(labels[inside])
+    return out
+
+
+# --- words and segments --------------------------------------------------------------------
+
+
+def speaker_turns(windows: Windows, labels: np.ndarray) -> tuple[Turn, ...]:
+    """Who spoke when: each stretch of speech shared among its windows (each owns the time
+    nearer its centre than its neighbours'), neighbouring pieces of one label joined."""
+    turns: list[Turn] = []
+    centres = windows.centres
+    for region, (begin, end) in enumerate(windows.speech):
+        inside = np.flatnonzero(windows.regions == region)
+        cuts = [begin, *((centres[inside[1:]] + centres[inside[:-1]]) / 2), end]
+        for j, i in enumerate(inside):
+            piece = Turn(float(cuts[j]), float(cuts[j + 1]), int(labels[i]))
+            if turns and turns[-1].label == piece.label and turns[-1].end >= piece.start - 1e-6:
+                turns[-1] = Turn(turns[-1].start, piece.end, piece.label)
+            else:
+                turns.append(piece)
+    return tuple(turns)
+
+
+def word_labels(words: Sequence[Word], turns: Sequence[Turn]) -> list[int]:
+    """The label of the turn each word's middle falls in, or else of the nearest turn."""
+    if not words or not turns:
+        return [0] * len(words)
+    starts = np.array([t.start for t in turns])
+    ends = np.array([t.end for t in turns])
+    middles = np.array([(w.start + w.end) / 2 for w in words])
+    before = np.clip(np.searchsorted(starts, middles, side="right") - 1, 0, len(turns) - 1)
+    after = np.clip(before + 1, 0, len(turns) - 1)
+    gap_before = np.maximum(middles - ends[before], 0.0)   # 0 when the middle is inside
+    gap_after = np.maximum(starts[after] - middles, 0.0)
+    nearest = np.where(gap_before <= gap_after, before, after)
+    return [turns[i].label for i in nearest]
+
+
+def split_at_changes(segments: Sequence[TimedSegment], labels: Sequence[int]) -> list[tuple[Segment, int]]:
+    """Each segment cut where the label of its words changes; (piece, label) in time order."""
+    out: list[tuple[Segment, int]] = []
+    at = 0
+    for seg in segments:
+        seg_labels = labels[at:at + len(seg.words)]
+        at += len(seg.words)
+        if not seg.words:
+            out.append((Segment(seg.start, seg.end, seg.text), out[-1][1] if out else 0))
+            continue
+        first = 0
+        for i in range(1, len(seg.words) + 1):
+            if i == len(seg.words) or seg_labels[i] != seg_labels[first]:
+                words = seg.words[first:i]
+                whole = first == 0 and i == len(seg.words)
+                start = seg.start if first == 0 else words[0].start
+                end = seg.end if i == len(seg.words) else words[-1].end
+                text = seg.text if whole else "".join(w.text for w in words)
+                out.append((Segment(start, end, text.strip()), seg_labels[first]))
+                first = i
+    return out
+
+
+def trim_to_speech(pieces: Sequence[tuple[Segment, int]],
+                   speech: Sequence[tuple[float, float]]) -> list[tuple[Segment, int]]:
+    """Each piece's edges moved in to the first and last stretch of detected speech it overlaps
+    (whisper's segment edges often reach into the pause around them); a piece overlapping no
+    speech is left as it is."""
+    begins = np.array([b for b, _ in speech])
+    ends = np.array([e for _, e in speech])
+    out = []
+    for seg, label in pieces:
+        first = int(np.searchsorted(ends, seg.start_time, side="right"))   # first stretch ending after the start
+        last = int(np.searchsorted(begins, seg.end_time, side="left")) - 1   # last stretch beginning before the end
+        if first <= last:
+            start, end = max(seg.start_time, begins[first]), min(seg.end_time, ends[last])
+            seg = Segment(float(start), float(end), seg.text)
+        out.append((seg, label))
+    return out
+
+
+def name_by_first_appearance(pieces: Sequence[tuple[Segment, int]]) -> tuple[Segment, ...]:
+    """SPEAKER_00 for the label heard first, SPEAKER_01 for the next new one, and so on."""
+    names: dict[int, str] = {}
+    out = []
+    for seg, label in pieces:
+        name = names.setdefault(label, f"SPEAKER_{len(names):02d}")
+        out.append(Segment(seg.start_time, seg.end_time, seg.text, name))
+    return tuple(out)
+
+
+def all_one_speaker(segments: Sequence[TimedSegment], note: str | None = None) -> Labelled:
+    return Labelled(tuple(Segment(s.start, s.end, s.text, SINGLE) for s in segments), note)
+
+
+# --- the whole pipeline --------------------------------------------------------------------
+
+
+def find_windows(encoder, audio: np.ndarray, step_s: float) -> Windows | str:
+    """The embedded windows of the audio, or the reason there can be none."""
+    duration = len(audio) / SAMPLE_RATE
+    if duration < WINDOW_S:
+        return f"the audio ({duration:.1f} s) is shorter than the {WINDOW_S:.1f} s embedding window"
+    regions = speech_regions(audio)
+    if not regions:
+        return "no speech was found"
+    if sum(end - begin for begin, end in regions) < WINDOW_S:
+        return f"there is less speech than the {WINDOW_S:.1f} s embedding window"
+    starts, owners = window_starts(regions, duration, step_s)
+    return Windows(starts, owners, embed_windows(encoder, audio, starts), step_s, tuple(regions))
+
+
+def label_with_windows(segments: Sequence[TimedSegment], windows: Windows, threshold: float,
+                       hints: Hints = Hints()) -> Labelled:
+    """Label the segments from embedded windows (the cheap, deterministic half of the pipeline)."""
+    min_windows = int(np.ceil(MIN_SPEAKER_S / windows.step_s))
+    labels = cluster(windows.embeddings, threshold, hints, min_windows, windows.regions)
+    labels = smooth(labels, windows.regions)
+    turns = speaker_turns(windows, labels)
+    by_word = word_labels([w for s in segments for w in s.words], turns)
+    pieces = trim_to_speech(split_at_changes(segments, by_word), windows.speech)
+    return Labelled(name_by_first_appearance(pieces), turns=turns)
+
+
+def label_speakers(encoder, audio: np.ndarray, segments: Sequence[TimedSegment], *, threshold: float,
+                   step_s: float, hints: Hints = Hints(),
+                   report: Callable[[float], None] = lambda f: None) -> Labelled:
+    """Speaker-labelled segments; when labelling cannot be done, all SPEAKER_00 and a note why."""
+    if not segments:
+        return Labelled((), "speaker labelling skipped: no speech was transcribed")
+    windows = find_windows(encoder, audio, step_s)
+    if isinstance(windows, str):
+        return all_one_speaker(segments, f"speaker labelling skipped: {windows}; all segments are {SINGLE}")
+    report(0.5)
+    return label_with_windows(segments, windows, threshold, hints)

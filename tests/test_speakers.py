@@ -1,0 +1,278 @@
+"""Speaker labelling (gateway/speakers.py): the pure steps on made-up data, then the whole
+pipeline on generated espeak-ng conversations through the local engine (no database)."""
+
+from __future__ import annotations
+
+import subprocess
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gateway import speakers
+from gateway.config import EngineConfig
+from gateway.engine import SAMPLE_RATE, LocalEngine, TranscribeRequest, decode
+from gateway.payloads import Segment
+from gateway.speakers import Hints, TimedSegment, Turn, Word
+
+from conftest import espeak
+
+# Voices whose GE2E embeddings differ clearly (cosine similarity ~0.6 between them, ~0.9
+# within each), and two that are nearly alike (~0.9 between them).
+VOICE_A, VOICE_B = "en-us+klatt", "en+f4"
+ALIKE_A, ALIKE_B = "en-us", "en+grandpa"
+
+LINES = [
+    "The committee met on a rainy afternoon to discuss the new library.",
+    "I think the reading rooms should face the river and the park.",
+    "What about the cost of heating such a large open space in winter?",
+    "The walls will be thick, and the windows will have three layers of glass.",
+]
+
+
+# --- the pure steps ----------------------------------------------------------------------
+
+
+def words_of(*spec: tuple[float, float, str]) -> tuple[Word, ...]:
+    return tuple(Word(start, end, " " + text) for start, end, text in spec)
+
+
+def test_labels_are_numbered_by_first_appearance():
+    pieces = [(Segment(i, i + 1, f"s{i}"), label) for i, label in enumerate([7, 7, 2, 7, 0, 2])]
+    named = speakers.name_by_first_appearance(pieces)
+    assert [s.speaker for s in named] == ["SPEAKER_00", "SPEAKER_00", "SPEAKER_01", "SPEAKER_00",
+                                         "SPEAKER_02", "SPEAKER_01"]
+    assert [s.text for s in named] == [f"s{i}" for i in range(6)]
+
+
+def test_segments_are_split_where_the_words_change_speaker():
+    first = TimedSegment(0.0, 4.0, " Hello there. How are you?",
+                         words_of((0.0, 0.5, "Hello"), (0.5, 1.0, "there."), (2.0, 2.5, "How"),
+                                  (2.5, 3.0, "are"), (3.0, 4.0, "you?")))
+    second = TimedSegment(4.5, 5.5, " Fine.", words_of((4.5, 5.5, "Fine.")))
+    pieces = speakers.split_at_changes([first, second], [0, 0, 1, 1, 1, 0])
+    assert [(s.start_time, s.end_time, s.text, label) for s, label in pieces] == [
+        (0.0, 1.0, "Hello there.", 0), (2.0, 4.0, "How are you?", 1), (4.5, 5.5, "Fine.", 0)]
+
+
+def test_a_segment_without_a_change_keeps_whispers_text_and_times():
+    seg = TimedSegment(0.2, 2.0, " One, two.", words_of((0.3, 0.9, "One,"), (1.0, 1.8, "two.")))
+    assert speakers.split_at_changes([seg], [1, 1]) == [(Segment(0.2, 2.0, "One, two."), 1)]
+
+
+def test_words_take_the_turn_they_fall_in_or_the_nearest():
+    turns = [Turn(0.0, 2.0, 0), Turn(2.0, 3.0, 1), Turn(5.0, 6.0, 0)]
+    words = words_of((0.5, 1.0, "in-first"), (2.2, 2.6, "in-second"), (3.2, 3.4, "near-second"),
+                     (4.4, 4.8, "near-third"), (9.0, 9.5, "after-all"))
+    assert speakers.word_labels(words, turns) == [0, 1, 1, 0, 0]
+
+
+def test_piece_edges_are_trimmed_to_speech_they_overlap():
+    speech = [(1.0, 3.0), (4.0, 6.0)]
+    pieces = [(Segment(0.5, 3.4, "a"), 0), (Segment(3.5, 6.5, "b"), 1), (Segment(7.0, 8.0, "c"), 0),
+              (Segment(2.0, 5.0, "d"), 1)]
+    trimmed = speakers.trim_to_speech(pieces, speech)
+    assert [(s.start_time, s.end_time) for s, _ in trimmed] == [(1.0, 3.0), (4.0, 6.0), (7.0, 8.0), (2.0, 5.0)]
+
+
+def test_quiet_audio_is_raised_to_the_encoders_loudness_and_silence_stays_silence():
+    quiet = np.full(1600, 0.001, np.float32)
+    assert 20 * np.log10(np.sqrt(np.mean(np.square(speakers.louder(quiet))))) == pytest.approx(-30, abs=0.01)
+    loud = np.full(1600, 0.5, np.float32)
+    assert speakers.louder(loud) is loud
+    assert not speakers.louder(np.zeros(1600, np.float32)).any()
+
+
+def test_windows_slide_through_speech_and_short_stretches_get_one_centred_window():
+    starts, owners = speakers.window_starts([(0.0, 3.0), (4.0, 4.8), (9.5, 10.0)], duration=10.0, step_s=0.5)
+    assert starts.tolist() == [0.0, 0.5, 1.0, 1.4, 3.6, 8.4]
+    assert owners.tolist() == [0, 0, 0, 0, 1, 2]
+
+
+@pytest.mark.parametrize("hints, expected", [
+    (Hints(), 3), (Hints(num_speakers=5), 5), (Hints(max_speakers=2), 2), (Hints(min_speakers=4), 4),
+    (Hints(min_speakers=1, max_speakers=8), 3), (Hints(num_speakers=40), 10),
+])
+def test_speaker_count_follows_the_threshold_within_the_hints(hints, expected):
+    merges = np.array([0.05, 0.1, 0.2, 0.5, 0.7])   # two merges above 0.3: three clusters
+    assert speakers.speaker_count(merges, 0.3, hints, n=10) == expected
+
+
+def voices(rng: np.random.Generator, centres: list[np.ndarray], counts: list[int], spread=0.15) -> np.ndarray:
+    rows = [c + spread * rng.standard_normal((n, len(c))) for c, n in zip(centres, counts)]
+    out = np.concatenate(rows)
+    return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def test_clustering_finds_separate_voices_and_obeys_an_exact_count():
+    rng = np.random.default_rng(1)
+    centres = [np.eye(16)[i] + 0.3 for i in range(3)]
+    emb = voices(rng, centres, [12, 9, 7])
+    labels = speakers.cluster(emb, threshold=0.3)
+    assert len(set(labels[:12])) == len(set(labels[12:21])) == len(set(labels[21:])) == 1
+    assert len(set(labels)) == 3
+    assert len(set(speakers.cluster(emb, 0.3, Hints(num_speakers=2)))) == 2
+
+
+def test_a_few_odd_windows_do_not_make_a_speaker_unless_asked_for():
+    rng = np.random.default_rng(2)
+    emb = voices(rng, [np.eye(16)[0] + 0.3, np.eye(16)[1] + 0.3, np.eye(16)[2] + 0.3], [20, 20, 2])
+    assert len(set(speakers.cluster(emb, 0.3, min_windows=4))) == 2
+    assert len(set(speakers.cluster(emb, 0.3, Hints(num_speakers=3), min_windows=4))) == 3
+
+
+def test_windows_straddling_a_change_between_two_others_are_transitions():
+    labels = np.array([0, 0, 0, 2, 2, 1, 1, 1, 2, 0, 0, 1, 1, 1, 1, 0])
+    regions = np.array([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1])
+    assert np.flatnonzero(speakers.transition_windows(labels, regions)).tolist() == [3, 4, 8]
+
+
+def test_a_mixture_of_two_voices_at_their_changes_is_not_a_third_voice():
+    rng = np.random.default_rng(3)
+    a, b = np.eye(16)[0] + 0.1, np.eye(16)[1] + 0.1
+    mixed = (a + b) / 2
+    centres, counts = [a, mixed, b, mixed, a, mixed, b], [8, 2, 8, 2, 8, 2, 8]
+    emb = voices(rng, centres, counts, spread=0.03)
+    one_stretch = np.zeros(len(emb), dtype=int)
+    assert len(set(speakers.cluster(emb, 0.1))) == 3            # without time, the mixture looks like a voice
+    labels = speakers.cluster(emb, 0.1, regions=one_stretch)
+    assert len(set(labels)) == 2
+    assert len(set(labels[:8])) == len(set(labels[10:18])) == 1 and labels[0] != labels[10]
+    assert len(set(speakers.cluster(emb, 0.1, Hints(min_speakers=3), regions=one_stretch))) == 3
+
+
+def test_smoothing_removes_a_stray_window_but_keeps_a_short_reply():
+    labels = np.array([0, 0, 1, 0, 0, 1, 0])
+    regions = np.array([0, 0, 0, 0, 0, 1, 2])      # window 5 is alone in its stretch of speech
+    assert speakers.smooth(labels, regions).tolist() == [0, 0, 0, 0, 0, 1, 0]
+
+
+# --- the whole pipeline on generated audio -----------------------------------------------
+
+
+def conversation(tmp: Path, name: str, turns: list[tuple[str, str]], gaps: list[float]) -> tuple[Path, list]:
+    """The turns spoken by their voices, one after the other with the given pauses; with the
+    reference (start, end, voice) of each turn."""
+    audio, reference, at = [np.zeros(int(0.3 * SAMPLE_RATE), np.float32)], [], 0.3
+    for i, (voice, text) in enumerate(turns):
+        said = decode(str(espeak(text, tmp / f"{name}-{i}.wav", voice=voice)))
+        gap = gaps[i] if i < len(gaps) else 0.3
+        reference.append((at, at + len(said) / SAMPLE_RATE, voice))
+        audio += [said, np.zeros(int(gap * SAMPLE_RATE), np.float32)]
+        at += (len(said) + int(gap * SAMPLE_RATE)) / SAMPLE_RATE
+    return write_wav(tmp / f"{name}.wav", np.concatenate(audio)), reference
+
+
+def write_wav(path: Path, audio: np.ndarray) -> Path:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(SAMPLE_RATE)
+        w.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
+    return path
+
+
+@pytest.fixture(scope="module")
+def engine():
+    eng = LocalEngine(EngineConfig())
+    yield eng
+    eng.close()
+
+
+async def label(engine: LocalEngine, path: Path, **hints):
+    return await engine.transcribe(TranscribeRequest(path=str(path), speaker=True, hints=Hints(**hints)),
+                                   lambda f: None)
+
+
+def voice_at(reference, t: float) -> str | None:
+    return next((v for start, end, v in reference if start - 0.3 <= t <= end + 0.3), None)
+
+
+def runs(labels: list[str]) -> list[str]:
+    return [x for i, x in enumerate(labels) if i == 0 or x != labels[i - 1]]
+
+
+async def test_labels_alternate_where_the_voices_alternate(engine, tmp_path):
+    turns = [(VOICE_A, LINES[0]), (VOICE_B, LINES[1]), (VOICE_A, LINES[2]), (VOICE_B, LINES[3])]
+    wav, reference = conversation(tmp_path, "alternate", turns, gaps=[0.6, 0.1, 0.6])  # one quick exchange
+    outcome = await label(engine, wav)
+    assert outcome.speaker_note is None
+    assert runs([s.speaker for s in outcome.segments]) == ["SPEAKER_00", "SPEAKER_01", "SPEAKER_00", "SPEAKER_01"]
+    named = {VOICE_A: "SPEAKER_00", VOICE_B: "SPEAKER_01"}
+    for seg in outcome.segments:   # no segment spans a change: each sits in a turn of its voice
+        assert seg.speaker == named[voice_at(reference, (seg.start_time + seg.end_time) / 2)], seg
+
+
+async def test_one_long_monologue_is_one_speaker(engine, tmp_path):
+    wav, _ = conversation(tmp_path, "monologue", [(VOICE_A, " ".join(LINES * 2))], gaps=[])
+    outcome = await label(engine, wav)
+    assert outcome.speaker_note is None
+    assert len(outcome.segments) > 1
+    assert {s.speaker for s in outcome.segments} == {"SPEAKER_00"}
+
+
+async def test_audio_shorter_than_the_embedding_window_is_one_speaker_with_a_note(engine, tmp_path):
+    wav = espeak("Yes, thanks.", tmp_path / "short.wav")
+    outcome = await label(engine, wav)
+    assert outcome.segments and {s.speaker for s in outcome.segments} == {"SPEAKER_00"}
+    assert outcome.speaker_note.startswith("speaker labelling skipped: the audio (")
+    assert "shorter than the 1.6 s embedding window; all segments are SPEAKER_00" in outcome.speaker_note
+
+
+async def test_less_speech_than_a_window_in_longer_audio_is_one_speaker_with_a_note(engine, tmp_path):
+    wav, _ = conversation(tmp_path, "brief", [(VOICE_B, "Yes.")], gaps=[3.0])
+    outcome = await label(engine, wav)
+    assert outcome.segments and {s.speaker for s in outcome.segments} == {"SPEAKER_00"}
+    assert outcome.speaker_note == ("speaker labelling skipped: there is less speech than the 1.6 s "
+                                    "embedding window; all segments are SPEAKER_00")
+
+
+async def test_silence_only_gives_no_segments_and_says_why(engine, tmp_path):
+    wav = tmp_path / "silence.wav"
+    subprocess.run(["sox", "-n", "-r", "16000", "-c", "1", str(wav), "trim", "0", "4"], check=True)
+    outcome = await label(engine, wav)
+    assert outcome.success and outcome.segments == ()
+    assert outcome.speaker_note == "speaker labelling skipped: no speech was transcribed"
+
+
+async def test_voices_that_sound_alike_still_get_valid_labels(engine, tmp_path):
+    turns = [(ALIKE_A, LINES[0]), (ALIKE_B, LINES[1]), (ALIKE_A, LINES[2])]
+    wav, _ = conversation(tmp_path, "alike", turns, gaps=[0.5, 0.5])
+    for hints in ({}, {"num_speakers": 2}):
+        outcome = await label(engine, wav, **hints)
+        names = [s.speaker for s in outcome.segments]
+        assert outcome.speaker_note is None and names[0] == "SPEAKER_00"
+        assert sorted(set(names)) == [f"SPEAKER_{i:02d}" for i in range(len(set(names)))]
+        assert len(set(names)) <= 2
+
+
+# --- through the API ---------------------------------------------------------------------
+
+
+async def test_speaker_true_labels_segments_through_the_api(gateway, webhook, tmp_path):
+    turns = [(VOICE_A, LINES[0]), (VOICE_B, LINES[1]), (VOICE_A, LINES[2])]
+    wav, _ = conversation(tmp_path, "api", turns, gaps=[0.6, 0.6])
+    task_id = await gateway.submit(asset_id=await gateway.upload(wav), speaker=True, max_speakers=4,
+                                   callback_url=webhook.url)
+    task = await gateway.wait_task(task_id, timeout=120)
+    assert task["status"] == "completed" and task["speaker_note"] is None
+    segments = task["result"]["data"]
+    assert runs([s["speaker"] for s in segments]) == ["SPEAKER_00", "SPEAKER_01", "SPEAKER_00"]
+    body = (await webhook.wait_for(1))[0].json()   # the callback contract, unchanged
+    assert set(body) == {"code", "message", "data", "task_id"}
+    assert set(body["data"]["data"]) == {"data", "usage_metadata"}
+    assert body["data"]["data"]["data"] == segments
+    assert all(set(s) == {"start_time", "end_time", "text", "speaker"} for s in segments)
+
+
+async def test_when_labelling_cannot_be_done_the_status_says_why(gateway, tmp_path):
+    wav = espeak("Yes, thanks.", tmp_path / "short.wav")
+    status, body = await gateway.call("POST", "/transcriptions/sync-generate-audio",
+                                      json={"asset_id": await gateway.upload(wav), "speaker": True})
+    assert status == 200, body
+    assert body["data"]["items"] and {i["speaker"] for i in body["data"]["items"]} == {"SPEAKER_00"}
+    task = await gateway.task(body["data"]["task_id"])
+    assert "shorter than the 1.6 s embedding window; all segments are SPEAKER_00" in task["speaker_note"]
+    plain = await gateway.wait_task(await gateway.submit(asset_id=await gateway.upload(wav)))
+    assert plain["speaker_note"] is None and {s["speaker"] for s in plain["result"]["data"]} == {None}
