@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import platform
 import socket
@@ -45,3 +46,16 @@ def environment() -> dict:
     return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpus": os.cpu_count(),
             "python": platform.python_version(), "faster_whisper": version("faster-whisper"),
             "ctranslate2": version("ctranslate2"), "load_average": round(os.getloadavg()[0], 2)}
+
+
+def save_results(name: str, table: str, note: str, reproduce: str, data: dict) -> dict:
+    """Write bench/results/<name>.md (the table, a note ending with the environment, the command)
+    and <name>.json (the environment, then `data`); returns the environment."""
+    env = environment()
+    results = Path(__file__).resolve().parent / "results"
+    results.mkdir(exist_ok=True)
+    (results / f"{name}.md").write_text(
+        f"# bench/{name}.py\n\n{table}\n\n{note} {env['cpus']} CPUs, load average {env['load_average']} "
+        f"at the end; {env['date']}.\n\nReproduce: `{reproduce}`\n")
+    (results / f"{name}.json").write_text(json.dumps({**env, **data}, indent=2) + "\n")
+    return env

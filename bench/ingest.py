@@ -37,10 +37,9 @@ import uuid
 from pathlib import Path
 
 import aiohttp
-from common import environment, free_port, wait_ready
+from common import free_port, save_results, wait_ready
 
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
 PG_ADMIN_URL = os.environ.get("TGW_BENCH_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 PATH = "/serve/api/v2/callbacks/local"
 CONNECTIONS = 64
@@ -253,15 +252,9 @@ def main() -> None:
             print(f"  {results[-1]}"[:400], flush=True)
     md = table(results)
     print("\n" + md)
-    env = environment()
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "ingest.md").write_text(
-        f"# bench/ingest.py\n\n{md}\n\n{CONNECTIONS} connections, {args.seconds:g} s per target, half new results and "
-        f"half repeats, {SEGMENTS} segments per result; client and server in separate processes. "
-        f"{env['cpus']} CPUs, load average {env['load_average']} at the end; {env['date']}.\n\n"
-        f"Reproduce: `python bench/ingest.py`\n")
-    (RESULTS / "ingest.json").write_text(json.dumps({**env, "args": vars(args), "results": results}, indent=2) + "\n")
-
+    save_results("ingest", md, f"{CONNECTIONS} connections, {args.seconds:g} s per target, half new results and "
+                 f"half repeats, {SEGMENTS} segments per result; client and server in separate processes.",
+                 "python bench/ingest.py", {"args": vars(args), "results": results})
 
 if __name__ == "__main__":
     main()

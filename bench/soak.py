@@ -33,11 +33,9 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from common import BASE, environment, free_port, upload, wait_ready
+from common import BASE, free_port, save_results, upload, wait_ready
 
-HERE = Path(__file__).resolve().parent
 
-RESULTS = HERE / "results"
 TIMEOUT_S = 2.0  # webhooks.timeout_s of the gateway under test
 FAIL_SHARE, STALL_SHARE = 0.30, 0.10
 MAX_GROWTH = 0.10
@@ -187,15 +185,10 @@ def main() -> None:
         result = asyncio.run(run(args, Path(tmp)))
     md = table(result)
     print(md)
-    RESULTS.mkdir(exist_ok=True)
-    env = environment()
-    (RESULTS / "soak.md").write_text(
-        f"# bench/soak.py\n\n{md}\n\nReceiver: {FAIL_SHARE:.0%} HTTP 500, {STALL_SHARE:.0%} answered after the "
-        f"gateway's {TIMEOUT_S:g} s timeout; webhooks.max_attempts 12, backoff 0.5-8 s. {env['cpus']} CPUs, "
-        f"load average {env['load_average']}; {env['date']}.\n\nReproduce: `python bench/soak.py --tasks {args.tasks}"
-        f"{'' if args.db == 'sqlite' else ' --db ' + args.db}`\n")
-    (RESULTS / "soak.json").write_text(json.dumps({**env, "args": vars(args), "result": result}, indent=2) + "\n")
-
+    save_results("soak", md, f"Receiver: {FAIL_SHARE:.0%} HTTP 500, {STALL_SHARE:.0%} answered after the gateway's "
+                 f"{TIMEOUT_S:g} s timeout; webhooks.max_attempts 12, backoff 0.5-8 s.",
+                 f"python bench/soak.py --tasks {args.tasks}{'' if args.db == 'sqlite' else ' --db ' + args.db}",
+                 {"args": vars(args), "result": result})
 
 if __name__ == "__main__":
     main()

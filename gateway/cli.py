@@ -124,6 +124,15 @@ def db() -> None:
     """Database schema commands."""
 
 
+def _migrate(config_path: str | None, step, revision: str) -> None:
+    cfg = _config(config_path)
+    try:
+        step(cfg.database.url, revision)
+    except Exception as exc:
+        raise click.ClickException(f"migration failed: {type(exc).__name__}: {exc}") from None
+    click.echo(f"database at {_redact(cfg.database.url)} is at revision {revision}")
+
+
 @db.command("upgrade")
 @config_option
 @click.option("--revision", default="head", show_default=True)
@@ -131,12 +140,7 @@ def db_upgrade(config_path: str | None, revision: str) -> None:
     """Apply Alembic migrations to database.url."""
     from gateway.db import upgrade
 
-    cfg = _config(config_path)
-    try:
-        upgrade(cfg.database.url, revision)
-    except Exception as exc:
-        raise click.ClickException(f"migration failed: {type(exc).__name__}: {exc}") from None
-    click.echo(f"database at {_redact(cfg.database.url)} is at revision {revision}")
+    _migrate(config_path, upgrade, revision)
 
 
 @db.command("downgrade")
@@ -146,12 +150,7 @@ def db_downgrade(config_path: str | None, revision: str) -> None:
     """Revert database.url's schema to REVISION (e.g. 0001, or base), with this version's migrations."""
     from gateway.db import downgrade
 
-    cfg = _config(config_path)
-    try:
-        downgrade(cfg.database.url, revision)
-    except Exception as exc:
-        raise click.ClickException(f"migration failed: {type(exc).__name__}: {exc}") from None
-    click.echo(f"database at {_redact(cfg.database.url)} is at revision {revision}")
+    _migrate(config_path, downgrade, revision)
 
 
 def run_client(coro):
