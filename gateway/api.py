@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from typing import Any
 
@@ -32,8 +33,24 @@ UPLOAD_FORM = {"multipart/form-data": {"schema": {
     "properties": {"file": {"type": "string", "format": "binary", "description": "the audio or video file"}}}}}
 
 
+@contextlib.asynccontextmanager
+async def body_deadline(request: web.Request):
+    """Receiving the request body may take at most server.body_timeout_s: then 408."""
+    limit = request.app[CONFIG].server.body_timeout_s
+    try:
+        async with asyncio.timeout(limit):
+            yield
+    except TimeoutError:
+        raise ApiError(f"request body not received within server.body_timeout_s ({limit:g} s)", 408) from None
+
+
 async def read_body(request: web.Request) -> bytes:
     """The whole request body, or PayloadTooLarge past server.max_json_kb (read at most one byte more)."""
+    async with body_deadline(request):
+        return await _read_limited(request)
+
+
+async def _read_limited(request: web.Request) -> bytes:
     limit = request.app[CONFIG].server.max_json_kb * 1024
     too_large = PayloadTooLarge(f"JSON body is larger than server.max_json_kb ({limit // 1024} KB)")
     if request.content_length is not None and request.content_length > limit:
@@ -64,7 +81,7 @@ def _parse_json(raw: bytes) -> Any:
 
 
 @routes.post(API_BASE + "/upload")
-@endpoint("Upload an audio or video file; answers its asset_id", data=schemas.UploadData, errors=(400, 413),
+@endpoint("Upload an audio or video file; answers its asset_id", data=schemas.UploadData, errors=(400, 408, 413),
           request_content=UPLOAD_FORM)
 async def upload(request: web.Request) -> web.Response:
     cfg = request.app[CONFIG]
@@ -73,6 +90,11 @@ async def upload(request: web.Request) -> web.Response:
         raise PayloadTooLarge(f"file is larger than server.max_upload_mb ({cfg.server.max_upload_mb:g} MB)")
     if not request.content_type.startswith("multipart/"):
         raise BadRequest("send the file as multipart/form-data in a field named 'file'")
+    async with body_deadline(request):
+        return await _store_upload(request, max_bytes)
+
+
+async def _store_upload(request: web.Request, max_bytes: int) -> web.Response:
     try:
         reader = await request.multipart()
         async for part in reader:

@@ -52,6 +52,7 @@ class ServerConfig(_Section):
     max_json_kb: int = Field(1024, gt=0)
     sync_timeout_s: float = Field(600, gt=0)
     url_fetch_timeout_s: float = Field(300, gt=0)
+    body_timeout_s: float = Field(600, gt=0)
 
 
 class DatabaseConfig(_Section):

@@ -21,6 +21,7 @@ from gateway import API_BASE, __version__
 REF = "#/components/schemas/{model}"
 
 ERROR_TEXT = {400: "the request is invalid; `msg` names the field", 401: "missing or invalid API key",
+              408: "the request body did not arrive within server.body_timeout_s",
               404: "not found", 405: "method not allowed", 409: "conflict", 413: "body too large",
               500: "internal error", 503: "unavailable", 504: "still running after the wait"}
 
@@ -104,7 +105,7 @@ def _operation(method: str, path: str, ep: Endpoint, refs: dict[type, dict]) -> 
     if ep.auth:
         codes.add(401)
     if ep.body:
-        codes |= {400, 413}
+        codes |= {400, 408, 413}
     if ep.query:
         codes.add(400)
     for code in sorted(codes):

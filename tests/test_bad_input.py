@@ -215,6 +215,22 @@ async def test_upload_errors_leave_nothing_in_storage(start_gateway):
     assert sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file()) == [Path(asset_id[-2:], asset_id)]
 
 
+async def test_a_body_that_arrives_too_slowly_is_408_and_stores_nothing(start_gateway):
+    gw = await start_gateway(server={"body_timeout_s": 1})
+
+    async def trickle(first: bytes):
+        yield first
+        await asyncio.sleep(3)  # then nothing for longer than the limit
+        yield b"\0" * 1024
+
+    slow = "request body not received within server.body_timeout_s (1 s)"
+    await expect_error(gw, "POST", "/upload", 408, slow, data=multipart(trickle(b"RIFF" + b"\0" * 4096)))
+    await expect_error(gw, "POST", GENERATE, 408, slow, data=trickle(b'{"asset_id": '),
+                       headers={"Content-Type": "application/json"})
+    expect_empty_storage(gw)
+    await expect_no_tasks(gw)
+
+
 # --- input that only fails when it is run ------------------------------------------------
 
 
