@@ -22,6 +22,7 @@ from gateway.notify import DELIVERIES, task_channel, task_done_channel
 from gateway.openapi import endpoint
 from gateway.payloads import CallbackPayload, parse_callback, result_of
 from gateway.plugins import transcript_from_payload
+from gateway.providers import LOCAL
 from gateway.storage import safe_filename
 
 log = structlog.get_logger(__name__)
@@ -267,7 +268,9 @@ async def callback(request: web.Request) -> web.Response:
     except BadRequest as exc:
         await _receipt(request, provider, raw, "invalid", exc.message)
         raise
-    task_id = await ingest.find_task_id_waiting(app[DB], provider, external_id, CALLBACK_RACE_WAIT_S)
+    # Our own task ids need no lookup: ingest finds (and locks) the task in its one transaction.
+    task_id = external_id if provider == LOCAL else \
+        await ingest.find_task_id_waiting(app[DB], provider, external_id, CALLBACK_RACE_WAIT_S)
     result = await ingest.ingest(app[DB], app[CONFIG], task_id, outcome, provider=provider, plugins=app[PLUGINS],
                                  external_task_id=external_id, raw_sha256=ingest.body_sha256(raw))
     if result.outcome == ingest.UNKNOWN_TASK:

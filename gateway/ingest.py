@@ -108,7 +108,8 @@ async def ingest(db: Database, config: Config, task_id: str | None, outcome: Out
     async with db.session() as s:
         task = None
         if task_id is not None:
-            task = (await s.exec(select(Task).where(Task.id == task_id).with_for_update())).first()
+            task = (await s.exec(select(Task).where(Task.id == task_id, Task.provider == provider)
+                                 .with_for_update())).first()  # a result completes only its provider's task
         if task is None:
             result = IngestResult(UNKNOWN_TASK, None)
         else:
