@@ -67,11 +67,9 @@ def body_sha256(raw: bytes) -> str:
 
 
 async def find_task_id(db: Database, provider: str, external_id: str) -> str | None:
-    """Map (provider, the payload's task_id) to our task: upstream id for remote providers, ours for local."""
+    """Our task for a remote provider's callback: the one whose upstream id is the payload's task_id.
+    (A `local` callback carries our own task_id; ingest finds and checks that task itself.)"""
     async with db.session() as s:
-        if provider == "local":
-            task = await s.get(Task, external_id)
-            return task.id if task and task.provider == "local" else None
         row = await s.exec(select(Task.id).where(Task.provider == provider,
                                                  Task.upstream_task_id == external_id))
         return row.first()
@@ -93,7 +91,7 @@ async def find_task_id_waiting(db: Database, provider: str, external_id: str, wa
     deadline = asyncio.get_running_loop().time() + wait_s
     while True:
         task_id = await find_task_id(db, provider, external_id)
-        if task_id is not None or provider == "local" or asyncio.get_running_loop().time() >= deadline:
+        if task_id is not None or asyncio.get_running_loop().time() >= deadline:
             return task_id
         if not await _submission_in_flight(db, provider):
             return await find_task_id(db, provider, external_id)  # one may have been stored meanwhile
@@ -127,7 +125,7 @@ async def ingest(db: Database, config: Config, task_id: str | None, outcome: Out
                               task_id=result.task_id, body_sha256=raw_sha256 or "-",
                               outcome=result.outcome))
     if result.outcome == ACCEPTED:
-        metrics.observe_result(task, ACCEPTED, outcome.success, outcome.duration)
+        metrics.observe_result(task, outcome.success, outcome.duration)
     else:
         metrics.observe_repeat(provider, result.outcome)
     bound.info("ingest", outcome=result.outcome, success=outcome.success)

@@ -37,9 +37,9 @@ HTTP_SECONDS = Histogram("tgw_http_request_duration_seconds", "Time to answer an
                          buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60))
 
 
-def observe_result(task: Task, outcome_name: str, success: bool, audio_s: float) -> None:
+def observe_result(task: Task, success: bool, audio_s: float) -> None:
     """A result was stored for `task` (called by ingest, in whichever process stores it)."""
-    INGESTED.labels(task.provider, outcome_name).inc()
+    INGESTED.labels(task.provider, "accepted").inc()
     if task.started_at is None or task.finished_at is None:
         return
     seconds = max((task.finished_at - task.started_at).total_seconds(), 0.0)

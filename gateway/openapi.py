@@ -9,6 +9,7 @@ from the code that validates requests.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -118,14 +119,10 @@ def _operation(method: str, path: str, ep: Endpoint, refs: dict[type, dict]) -> 
 
 
 def _path_names(path: str) -> list[str]:
-    import re
-
     return re.findall(r"\{(\w+)[^}]*\}", path)
 
 
 def _openapi_path(path: str) -> str:
-    import re
-
     return re.sub(r"\{(\w+):[^}]*\}", r"{\1}", path)
 
 

@@ -14,10 +14,7 @@ TaskStatusName = Literal["queued", "processing", "completed", "failed"]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    def dump(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+    model_config = ConfigDict(extra="forbid")  # an answer field without its model fails at once
 
 
 class UploadData(_Model):

@@ -130,11 +130,9 @@ async def test_sigterm_under_load_loses_no_acknowledged_request(
     asset_id = await gw.upload(clip)
 
     acked: list[str] = []
-    refused = 0
     stop = asyncio.Event()
 
     async def client() -> None:
-        nonlocal refused
         while not stop.is_set():
             try:
                 async with http.post(gw.base + "/transcriptions/async-generate-audio",
@@ -142,10 +140,8 @@ async def test_sigterm_under_load_loses_no_acknowledged_request(
                     body = await resp.json()
                     if resp.status == 200:
                         acked.append(body["data"]["task_id"])
-                    else:
-                        refused += 1
             except (aiohttp.ClientError, asyncio.TimeoutError):
-                refused += 1  # the connection closed: nothing was promised
+                pass  # the connection closed: nothing was promised
             await asyncio.sleep(0.1)  # about 40 requests a second in all: enough to be mid-request
 
     clients = [asyncio.create_task(client()) for _ in range(4)]
