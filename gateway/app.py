@@ -162,14 +162,9 @@ def _worker_context(app: web.Application):
     async def ctx(app: web.Application):
         workers = Workers(app[DB], app[CONFIG], app[PROVIDERS], app[NOTIFIER], app[HTTP], app[PLUGINS])
         app[WORKERS] = workers
-        loops = [asyncio.create_task(loop) for loop in workers.loops()]
+        workers.start()
         yield
         await workers.stop()
-        for t in loops:
-            t.cancel()
-        for t in loops:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
     return ctx
 
 

@@ -97,6 +97,16 @@ async def claim_delivery(db: Database, owner: str, lease_s: float) -> Claimed | 
     return Claimed(d, task, filename)
 
 
+async def release_owned_deliveries(db: Database, owner: str) -> int:
+    """Shutdown: give back the deliveries `owner` was sending, due again at once (a send that was
+    cut off may have arrived: the receiver sees it again, with the same webhook-id)."""
+    async with db.session() as s:
+        res = await s.exec(update(Delivery).where(Delivery.lease_owner == owner,
+                                                  Delivery.status == DeliveryStatus.PENDING)
+                           .values(lease_owner=None, lease_expires_at=None, updated_at=utcnow()))
+        return res.rowcount
+
+
 async def next_due_in(db: Database) -> float | None:
     """Seconds until the earliest pending delivery is due (None if there is none)."""
     async with db.session() as s:

@@ -84,26 +84,39 @@ class Workers:
         self.stopping = False
         self._fetch_http: aiohttp.ClientSession | None = None
         self._jobs: set[asyncio.Task] = set()
+        self._loops: list[asyncio.Task] = []
+        self._claiming: set[asyncio.Task] = set()  # loops waiting for a claim's answer
 
-    def loops(self) -> list:
-        """Coroutines of every loop this process runs."""
-        return [self.task_loop(p) for p in self.providers.active.values()] + [self.delivery_loop()]
+    def start(self) -> None:
+        """Start every loop of this process: one per provider, and the delivery loop."""
+        coros = [self.task_loop(p) for p in self.providers.active.values()] + [self.delivery_loop()]
+        self._loops = [asyncio.create_task(c) for c in coros]
 
     async def _claim_loop(self, name: str, parallel: int, claim, run, idle_s) -> None:
         """Claim work while a slot is free and run each claimed item in its own asyncio task."""
         slots = asyncio.Semaphore(parallel)
-        while not self.stopping:
+        me = asyncio.current_task()
+        failed = object()
+        while True:
             await slots.acquire()
+            if self.stopping:
+                return
+            self._claiming.add(me)  # stop() lets a claim finish: cancelled, its row could stay ours
             try:
                 item = await claim()
             except Exception:
-                slots.release()
+                item = failed
                 log.exception(f"{name}.claim_failed")
-                await asyncio.sleep(self.config.jobs.poll_s)
-                continue
-            if item is None:
+            finally:
+                self._claiming.discard(me)
+            if self.stopping:
+                return  # what was just claimed, stop() gives back
+            if item is failed or item is None:
                 slots.release()
-                await self.notifier.wait(name, await idle_s())
+                if item is failed:
+                    await asyncio.sleep(self.config.jobs.poll_s)
+                else:
+                    await self.notifier.wait(name, await idle_s())
                 continue
             job = asyncio.create_task(run(item))
             self._jobs.add(job)
@@ -131,10 +144,6 @@ class Workers:
                 outcome = Outcome.failure(f"gave up after {task.attempts - 1} interrupted attempts")
             else:
                 outcome = await self._run_with_lease(provider, task)
-        except asyncio.CancelledError:
-            await asyncio.shield(tasks.release_task(self.db, task.id, self.owner))
-            log.info("task.released")
-            raise
         except Exception as exc:
             if isinstance(exc, RetryableError):
                 reason = str(exc)
@@ -268,11 +277,19 @@ class Workers:
             log.exception("delivery.error", delivery_id=claimed.delivery.id)
 
     async def stop(self) -> None:
-        """Stop claiming; cancel running jobs (which release their leases)."""
+        """Stop claiming, cancel the running jobs, then give back every task and delivery this
+        process still holds, so another process takes them at once rather than after the lease."""
         self.stopping = True
+        for loop in self._loops:
+            if loop not in self._claiming:
+                loop.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
         for job in list(self._jobs):
             job.cancel()
-        if self._jobs:
-            await asyncio.gather(*self._jobs, return_exceptions=True)
+        await asyncio.gather(*self._jobs, return_exceptions=True)
+        for task_id in await tasks.release_owned_tasks(self.db, self.owner):
+            log.info("task.released", task_id=task_id)
+        if sent := await deliveries.release_owned_deliveries(self.db, self.owner):
+            log.info("delivery.released", deliveries=sent)
         if self._fetch_http is not None and self._fetch_http is not self.http:
             await self._fetch_http.close()

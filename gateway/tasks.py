@@ -172,15 +172,27 @@ async def renew_lease(db: Database, task_id: str, owner: str, lease_s: float,
 
 async def release_task(db: Database, task_id: str, owner: str, error: str | None = None,
                        delay_s: float = 0.0) -> None:
-    """Give a claimed task back to the queue (shutdown, or a retryable error), claimable again
-    after `delay_s` (queued tasks keep their not-before time in lease_expires_at)."""
+    """Give a claimed task back to the queue after a retryable error, claimable again after
+    `delay_s` (queued tasks keep their not-before time in lease_expires_at)."""
+    await _release(db, owner, Task.id == task_id, error=error, delay_s=delay_s)
+
+
+async def release_owned_tasks(db: Database, owner: str) -> list[str]:
+    """Shutdown: give back every task `owner` still holds, claimable at once; their ids."""
+    return await _release(db, owner)
+
+
+async def _release(db: Database, owner: str, *where, error: str | None = None,
+                   delay_s: float = 0.0) -> list[str]:
     now = utcnow()
     async with db.session() as s:
-        await s.exec(update(Task).where(Task.id == task_id, Task.lease_owner == owner,
-                                        Task.status == TaskStatus.PROCESSING)
-                     .values(status=TaskStatus.QUEUED, lease_owner=None,
-                             lease_expires_at=now + timedelta(seconds=delay_s) if delay_s > 0 else None,
-                             error=error, updated_at=now))
+        res = await s.exec(update(Task).where(Task.lease_owner == owner, Task.status == TaskStatus.PROCESSING,
+                                              *where)
+                           .values(status=TaskStatus.QUEUED, lease_owner=None,
+                                   lease_expires_at=now + timedelta(seconds=delay_s) if delay_s > 0 else None,
+                                   error=error, updated_at=now)
+                           .returning(Task.id))
+        return list(res.scalars())
 
 
 def upstream_owner(provider: str) -> str:
