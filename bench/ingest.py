@@ -14,8 +14,9 @@ nothing runs the local engine (`--no-worker`).
 
 Afterwards the database is checked: exactly one transcript for every task whose result was
 acknowledged, and none lost (an acknowledgement without a stored transcript would count).
-Reported per target: requests/s, p50/p99 latency, errors; for the gateway, its share of the
-ceiling's throughput. Targets: >= 50 % of the ceiling, p99 < 100 ms, zero lost acknowledgements.
+Reported per target: requests/s, p50/p99 latency, answers, the server's CPU use (in cores, all
+its threads) and CPU time per request; for the gateway, its share of the ceiling's throughput.
+Targets: >= 50 % of the ceiling, p99 < 100 ms, zero lost acknowledgements.
 
     python bench/ingest.py                        # 30 s per target; bench/results/ingest.md, .json
     python bench/ingest.py --seconds 10 --targets ceiling,sqlite
@@ -168,6 +169,12 @@ async def check(database_url: str, acked: list[str]) -> dict:
             "more_than_one": sum(1 for n in stored.values() if n > 1)}
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, all threads) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pg_admin(sql: str) -> None:
     import psycopg
 
@@ -191,12 +198,16 @@ async def measure(target: str, args, workdir: Path) -> dict:
                     else [uuid.uuid4().hex for _ in range(args.tasks)])  # the ceiling gets the same bodies
         out = workdir / f"{target}.client.json"
         print(f"{target}: {CONNECTIONS} connections for {args.seconds:g} s", flush=True)
+        cpu0 = cpu_seconds(proc.pid)
         subprocess.run([sys.executable, __file__, "--client", url + PATH, "--seconds", str(args.seconds),
                         "--out", str(out)], input=json.dumps(task_ids).encode(), check=True)
+        cpu = cpu_seconds(proc.pid) - cpu0
         run = json.loads(out.read_text())
         lat = sorted(run["latencies_s"])
         result = {"target": target, "requests": len(lat), "elapsed_s": round(run["elapsed_s"], 2),
                   "rps": round(len(lat) / run["elapsed_s"], 1),
+                  "server_cpu_share": round(cpu / run["elapsed_s"], 2),
+                  "server_cpu_us_per_request": round(cpu / max(len(lat), 1) * 1e6),
                   "p50_ms": round(statistics.median(lat) * 1000, 2),
                   "p99_ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000, 2),
                   "outcomes": run["outcomes"]}
@@ -215,20 +226,22 @@ async def measure(target: str, args, workdir: Path) -> dict:
 
 def table(results: list[dict]) -> str:
     ceiling = next((r["rps"] for r in results if r["target"] == "ceiling"), None)
-    lines = ["| target | requests/s | share of ceiling | p50 ms | p99 ms | answers | acknowledged / stored / lost | result |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| target | requests/s | share of ceiling | p50 ms | p99 ms | server CPU (cores) | server CPU µs/request "
+             "| answers | acknowledged / stored / lost | result |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         answers = ", ".join(f"{k} {v}" for k, v in sorted(r["outcomes"].items()))
         if r["target"] == "ceiling":
             lines.append(f"| ceiling (bare aiohttp) | {r['rps']:,} | 100 % | {r['p50_ms']} | {r['p99_ms']} | "
-                         f"{answers} | | |")
+                         f"{r['server_cpu_share']} | {r['server_cpu_us_per_request']} | {answers} | | |")
             continue
         share = r["rps"] / ceiling if ceiling else None
         c = r["check"]
         ok = (share is None or share >= TARGET_SHARE) and r["p99_ms"] < TARGET_P99_MS and c["lost"] == 0 \
             and c["more_than_one"] == 0
         lines.append(f"| gateway on {r['target']} | {r['rps']:,} | "
-                     f"{'' if share is None else f'{share:.0%}'} | {r['p50_ms']} | {r['p99_ms']} | {answers} | "
+                     f"{'' if share is None else f'{share:.0%}'} | {r['p50_ms']} | {r['p99_ms']} | {r['server_cpu_share']} | "
+                     f"{r['server_cpu_us_per_request']} | {answers} | "
                      f"{c['acked']:,} / {c['transcripts']:,} / {c['lost']} | {'pass' if ok else 'FAIL'} |")
     return "\n".join(lines)
 

@@ -14,13 +14,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from gateway import API_BASE, deliveries, ingest, metrics, openapi, schemas, subtitles, tasks
-from gateway.appkeys import CONFIG, DB, ENGINE, NOTIFIER, PLUGINS, PROVIDERS, STORE, WORKERS
+from gateway.appkeys import CONFIG, DB, ENGINE, INGESTOR, NOTIFIER, PROVIDERS, STORE, WORKERS
 from gateway.envelope import ok
 from gateway.errors import ApiError, BadRequest, NotFound, PayloadTooLarge, Unauthorized, Unavailable
 from gateway.models import Asset, CallbackReceipt, TaskStatus
 from gateway.notify import DELIVERIES, task_channel, task_done_channel
 from gateway.openapi import endpoint
-from gateway.payloads import CallbackPayload, parse_callback, result_of
+from gateway.payloads import CallbackPayload, parse_callback, parse_valid_callback, result_of
 from gateway.plugins import transcript_from_payload
 from gateway.providers import LOCAL
 from gateway.storage import safe_filename
@@ -263,24 +263,33 @@ async def callback(request: web.Request) -> web.Response:
         except (WebhookVerificationError, ValueError) as exc:
             await _receipt(request, provider, raw, "bad_signature", str(exc))
             raise Unauthorized(f"invalid webhook signature: {exc}") from None
-    try:
-        external_id, outcome = parse_callback(_parse_json(raw))
-    except BadRequest as exc:
-        await _receipt(request, provider, raw, "invalid", exc.message)
-        raise
-    # Our own task ids need no lookup: ingest finds (and locks) the task in its one transaction.
-    task_id = external_id if provider == LOCAL else \
-        await ingest.find_task_id_waiting(app[DB], provider, external_id, CALLBACK_RACE_WAIT_S)
-    result = await ingest.ingest(app[DB], app[CONFIG], task_id, outcome, provider=provider, plugins=app[PLUGINS],
-                                 external_task_id=external_id, raw_sha256=ingest.body_sha256(raw))
-    if result.outcome == ingest.UNKNOWN_TASK:
-        raise NotFound(f"no task {external_id!r} for provider {provider!r}")
+    raw_sha256 = ingest.body_sha256(raw)
+    result = await app[INGESTOR].repeat(provider, raw_sha256) or \
+        await _ingest_new(request, provider, raw, raw_sha256)
     if result.outcome == ingest.CONFLICT:
         raise ApiError(f"task {result.task_id} already has a different result; nothing changed", 409)
     if result.outcome == ingest.ACCEPTED:
         app[NOTIFIER].wake(DELIVERIES)
         app[NOTIFIER].wake(task_done_channel(result.task_id))
     return ok(schemas.CallbackAck(task_id=result.task_id, outcome=result.outcome))
+
+
+async def _ingest_new(request: web.Request, provider: str, raw: bytes, raw_sha256: str) -> ingest.IngestResult:
+    """A body not seen before: parse it, find its task, and hand it to the door."""
+    app = request.app
+    try:
+        external_id, outcome = parse_valid_callback(raw) or parse_callback(_parse_json(raw))
+    except BadRequest as exc:
+        await _receipt(request, provider, raw, "invalid", exc.message)
+        raise
+    # Our own task ids need no lookup: ingest finds (and locks) the task in its one transaction.
+    task_id = external_id if provider == LOCAL else \
+        await ingest.find_task_id_waiting(app[DB], provider, external_id, CALLBACK_RACE_WAIT_S)
+    result = await app[INGESTOR].ingest(task_id, outcome, provider=provider, external_task_id=external_id,
+                                        raw_sha256=raw_sha256)
+    if result.outcome == ingest.UNKNOWN_TASK:
+        raise NotFound(f"no task {external_id!r} for provider {provider!r}")
+    return result
 
 
 # --- health ------------------------------------------------------------------------------

@@ -10,15 +10,16 @@ import time
 import aiohttp
 import structlog
 from aiohttp import web
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError
 
 from gateway import API_BASE, metrics
 from gateway import api as api_routes
-from gateway.appkeys import CONFIG, DB, ENGINE, HTTP, NOTIFIER, PLUGINS, PROVIDERS, STORE, WORKERS
+from gateway.appkeys import CONFIG, DB, ENGINE, HTTP, INGESTOR, NOTIFIER, PLUGINS, PROVIDERS, STORE, WORKERS
 from gateway.config import Config
-from gateway.db import Database, upgrade_async
+from gateway.db import Database, unavailable, upgrade_async
 from gateway.envelope import error
 from gateway.errors import ApiError
+from gateway.ingest import Ingestor
 from gateway.jobs import Workers
 from gateway.notify import Notifier, PgListener
 from gateway.plugins import GatewayContext, Plugins
@@ -71,7 +72,7 @@ async def envelope_middleware(request: web.Request, handler):
     except asyncio.CancelledError:
         raise
     except DBAPIError as exc:
-        if not exc.connection_invalidated and not isinstance(exc, OperationalError):
+        if not unavailable(exc):
             log.exception("http.unhandled", method=request.method, path=request.path)
             return error(500, "internal error; see the gateway's log")
         log.warning("http.database_unavailable", method=request.method, path=request.path,
@@ -116,7 +117,9 @@ async def _database(app: web.Application):
     url = app[CONFIG].database.url
     await upgrade_async(url)
     app[DB] = Database(url)
+    app[INGESTOR] = Ingestor(app[DB], app[CONFIG], app[PLUGINS])
     yield
+    await app[INGESTOR].close()  # results already acknowledged to no one yet are stored first
     await app[DB].close()
 
 
@@ -160,7 +163,8 @@ async def _http(app: web.Application):
 
 def _worker_context(app: web.Application):
     async def ctx(app: web.Application):
-        workers = Workers(app[DB], app[CONFIG], app[PROVIDERS], app[NOTIFIER], app[HTTP], app[PLUGINS])
+        workers = Workers(app[DB], app[CONFIG], app[PROVIDERS], app[NOTIFIER], app[HTTP], app[PLUGINS],
+                          app[INGESTOR])
         app[WORKERS] = workers
         workers.start()
         yield

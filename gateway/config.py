@@ -49,6 +49,12 @@ class ServerConfig(_Section):
     max_upload_mb: float = Field(500, gt=0)
     public_url: str = ""
     allow_private_urls: bool = False
+    allow_private_hosts: list[str] = []
+
+    @field_validator("allow_private_hosts")
+    @classmethod
+    def _host_names(cls, v: list[str]) -> list[str]:
+        return [h.strip().lower().rstrip(".") for h in v if h.strip()]
     max_json_kb: int = Field(1024, gt=0)
     sync_timeout_s: float = Field(600, gt=0)
     url_fetch_timeout_s: float = Field(300, gt=0)

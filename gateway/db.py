@@ -12,17 +12,26 @@ import asyncio
 import contextlib
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import AsyncIterator, Callable, Iterator, TypeVar
 
-from sqlalchemy import event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.pool import NullPool
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+T = TypeVar("T")
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 if not (MIGRATIONS_DIR / "env.py").exists():  # running from a source checkout
     MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+
+
+def unavailable(exc: BaseException) -> bool:
+    """The database could not be reached (as opposed to refusing a statement)."""
+    return isinstance(exc, DBAPIError) and (exc.connection_invalidated or isinstance(exc, OperationalError))
 
 
 def is_sqlite(url: str) -> bool:
@@ -94,6 +103,7 @@ class Database:
         # SQLite has one writer: this process's transactions take turns here, in arrival order,
         # rather than in SQLite's busy handler, which sleeps up to 100 ms between tries.
         self._turn = asyncio.Lock() if self.sqlite else contextlib.nullcontext()
+        self._writer: tuple[Engine, ThreadPoolExecutor] | None = None
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
@@ -103,6 +113,24 @@ class Database:
         async with self._turn, self._sessions() as s, s.begin():
             yield s
 
+    async def in_writer(self, fn: Callable[[Connection], T]) -> T:
+        """Run `fn(connection)` in one transaction on this process's writer thread, with a
+        synchronous connection: a batch of statements costs one hop off the event loop instead of
+        one per statement, and never waits behind the loop's other work between statements."""
+        if self._writer is None:
+            engine = create_engine(sync_url(self.url), pool_size=1, max_overflow=0,
+                                   pool_pre_ping=not self.sqlite)
+            if self.sqlite:
+                install_sqlite_hooks(engine)
+            self._writer = engine, ThreadPoolExecutor(1, thread_name_prefix="db-writer")
+        engine, thread = self._writer
+
+        def run() -> T:
+            with engine.begin() as conn:
+                return fn(conn)
+        async with self._turn:
+            return await asyncio.get_running_loop().run_in_executor(thread, run)
+
     async def ping(self) -> None:
         from sqlalchemy import text
 
@@ -111,6 +139,11 @@ class Database:
 
     async def close(self) -> None:
         await self.engine.dispose()
+        if self._writer is not None:
+            engine, thread = self._writer
+            thread.shutdown(wait=True)
+            engine.dispose()
+            self._writer = None
 
 
 def alembic_config(url: str):

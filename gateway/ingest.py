@@ -4,28 +4,34 @@ The first valid result wins: it is stored (task, transcript, segments) together 
 delivery per target, in a single transaction. An identical repeat is acknowledged and
 ignored (`duplicate`); a different one is refused (`conflict`) and changes nothing. Every
 call leaves a CallbackReceipt saying which of these happened.
+
+`Ingestor` is the door: one per process, it group-commits. Results that arrive while a
+transaction is being written go into the next one, written on the database's writer thread
+(`Database.in_writer`), and each caller is answered once its result is durable.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
-import json
 import uuid
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import datetime
 
 import structlog
-from sqlalchemy import insert
+from sqlalchemy import bindparam
 from sqlmodel import col, select
 
 from gateway import metrics
 from gateway.config import Config
-from gateway.db import Database
+from gateway.db import Database, unavailable
 from gateway.deliveries import PLUGIN_PREFIX
 from gateway.models import (CallbackReceipt, Delivery, Segment, Task, TaskStatus, Transcript,
                             utcnow)
-from gateway.notify import DELIVERIES, publish, task_done_channel
-from gateway.payloads import Outcome, build_payload, normalise_segments, outcome_sha256
+from gateway.notify import DELIVERIES, notify_statement, task_done_channel
+from gateway.payloads import Outcome, build_payload, normalise_segments, serialise_result
 from gateway.plugins import Plugins
 
 log = structlog.get_logger(__name__)
@@ -98,64 +104,237 @@ async def find_task_id_waiting(db: Database, provider: str, external_id: str, wa
         await asyncio.sleep(step_s)
 
 
-async def ingest(db: Database, config: Config, task_id: str | None, outcome: Outcome, *,
-                 provider: str, plugins: Plugins | None, external_task_id: str | None = None,
-                 raw_sha256: str = "") -> IngestResult:
-    """Store the first result for `task_id` and schedule its deliveries; repeats change nothing."""
-    bound = log.bind(task_id=task_id, provider=provider)
-    async with db.session() as s:
-        task = None
-        if task_id is not None:
-            task = (await s.exec(select(Task).where(Task.id == task_id, Task.provider == provider)
-                                 .with_for_update())).first()  # a result completes only its provider's task
-        if task is None:
+class Ingestor:
+    """The door, with group commit: results that arrive while a transaction is being written
+    wait for the next one, which stores them all (one transaction, a few statements, one disk
+    flush), so throughput grows with load instead of every result queueing for the writer on
+    its own. Each caller still gets its own answer only after its result is durable. If a batch
+    fails, its results are tried one by one, so one bad result never fails the others."""
+
+    def __init__(self, db: Database, config: Config, plugins: Plugins | None, max_batch: int = 256,
+                 remember: int = 65536):
+        self.db = db
+        self.config = config
+        self.plugins = plugins
+        self.max_batch = max_batch
+        # (provider, sha256 of a callback body) -> (task_id, its task_id field), for bodies that
+        # were stored or acknowledged: the same bytes again can only be a duplicate.
+        self._seen: OrderedDict[tuple[str, str], tuple[str, str | None]] = OrderedDict()
+        self._remember = remember
+        self._pending: list[_Item] = []
+        self._wake = asyncio.Event()
+        self._writer: asyncio.Task | None = None
+
+    async def ingest(self, task_id: str | None, outcome: Outcome, *, provider: str,
+                     external_task_id: str | None = None, raw_sha256: str = "") -> IngestResult:
+        """Store the first result for `task_id` and schedule its deliveries; repeats change nothing."""
+        return await self._enqueue(_Item(task_id, outcome, provider, external_task_id or task_id,
+                                         raw_sha256 or "-", asyncio.get_running_loop().create_future()))
+
+    async def repeat(self, provider: str, raw_sha256: str) -> IngestResult | None:
+        """A callback body seen before, byte for byte: a duplicate, answered without parsing it
+        (only its receipt is written). None if these bytes are new here."""
+        seen = self._seen.get((provider, raw_sha256))
+        if seen is None:
+            return None
+        self._seen.move_to_end((provider, raw_sha256))
+        task_id, external_task_id = seen
+        return await self._enqueue(_Item(task_id, None, provider, external_task_id, raw_sha256,
+                                         asyncio.get_running_loop().create_future(),
+                                         known=IngestResult(DUPLICATE, task_id)))
+
+    def _remember_body(self, item: _Item, result: IngestResult) -> None:
+        if item.raw_sha256 == "-" or result.outcome not in (ACCEPTED, DUPLICATE):
+            return
+        self._seen[(item.provider, item.raw_sha256)] = (result.task_id, item.external_task_id)
+        self._seen.move_to_end((item.provider, item.raw_sha256))
+        if len(self._seen) > self._remember:
+            self._seen.popitem(last=False)
+
+    async def _enqueue(self, item: _Item) -> IngestResult:
+        self._pending.append(item)
+        if self._writer is None or self._writer.done():
+            # its own context: not the first caller's, whose bound log fields (task_id) it would keep
+            self._writer = asyncio.create_task(self._write_loop(), context=contextvars.Context())
+        self._wake.set()
+        return await item.answer
+
+    async def close(self) -> None:
+        """Store what is waiting, then stop the writer."""
+        if self._writer is not None:
+            self._pending.append(_STOP)
+            self._wake.set()
+            await self._writer
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                batch, self._pending = self._pending[:self.max_batch], self._pending[self.max_batch:]
+                stop = _STOP in batch
+                batch = [i for i in batch if i is not _STOP]
+                if batch:
+                    await self._commit(batch)
+                if stop:
+                    return
+
+    async def _commit(self, items: list[_Item]) -> None:
+        try:
+            plan, tasks = await self.db.in_writer(lambda conn: store_batch(conn, items, self.config, self.plugins))
+        except Exception as exc:
+            if len(items) > 1 and not unavailable(exc):  # find the one that fails; the others go in
+                for item in items:
+                    await self._commit([item])
+                return
+            for item in items:
+                log.warning("ingest.failed", task_id=item.task_id, error=type(exc).__name__)
+                _answer(item, exc)
+            return
+        except BaseException as exc:  # cancelled: no answer will come from this batch
+            for item in items:
+                _answer(item, exc)
+            raise
+        for item, result, stored in zip(items, plan.results, plan.stored):
+            log.info("ingest", task_id=result.task_id or item.task_id, provider=item.provider,
+                     outcome=result.outcome, success=item.outcome.success if item.outcome else None)
+            self._remember_body(item, result)
+            if stored is not None:
+                metrics.observe_result(item.provider, tasks[result.task_id].started_at, plan.now,
+                                       item.outcome.success, item.outcome.duration)
+            else:
+                metrics.observe_repeat(item.provider, result.outcome)
+            _answer(item, result)
+
+
+def store_batch(conn, items: list[_Item], config: Config, plugins: Plugins | None) -> tuple[Plan, dict]:
+    """In one transaction (on the writer thread): lock the items' tasks, decide each item in
+    arrival order (a repeat in the same batch is a repeat), write every table in one executemany."""
+    ids = sorted({i.task_id for i in items if i.task_id is not None and i.known is None})
+    tasks = {} if not ids else {row.id: row for row in conn.execute(
+        select(*_TASK_COLUMNS).where(col(Task.id).in_(ids)).order_by(Task.id)
+        .with_for_update())}  # locked in id order: two processes never deadlock
+    plan = plan_batch(items, tasks, config, plugins)
+    _write(conn, plan)
+    return plan, tasks
+
+
+_TASK_COLUMNS = (Task.id, Task.provider, Task.model, Task.speaker, Task.callback_url, Task.progress,
+                 Task.result_sha256, Task.started_at)
+_STOP = object()
+
+
+@dataclass
+class _Item:
+    task_id: str | None
+    outcome: Outcome | None  # None for a known repeat
+    provider: str
+    external_task_id: str | None
+    raw_sha256: str
+    answer: asyncio.Future
+    known: IngestResult | None = None  # decided already (a known repeat): only its receipt is written
+
+
+def _answer(item: _Item, result) -> None:
+    if item.answer.done():  # its caller was cancelled: the result is stored (or not) all the same
+        return
+    if isinstance(result, BaseException):
+        item.answer.set_exception(result)
+    else:
+        item.answer.set_result(result)
+
+
+@dataclass
+class Plan:
+    """What one batch writes: rows for each table, and each item's answer."""
+    now: datetime
+    results: list[IngestResult] = field(default_factory=list)
+    stored: list[dict | None] = field(default_factory=list)  # the task update, for accepted items
+    transcripts: list[dict] = field(default_factory=list)
+    segments: list[tuple] = field(default_factory=list)
+    deliveries: list[dict] = field(default_factory=list)
+    receipts: list[dict] = field(default_factory=list)
+
+
+def plan_batch(items: list[_Item], tasks: dict, config: Config, plugins: Plugins | None) -> Plan:
+    """Decide each item (accepted, duplicate, conflict, unknown task) and build the rows to write."""
+    plan = Plan(now=utcnow())
+    digests = {tid: t.result_sha256 for tid, t in tasks.items()}
+    for item in items:
+        task = tasks.get(item.task_id)
+        if task is not None and task.provider != item.provider:
+            task = None  # a result completes only its provider's task
+        stored = None
+        if item.known is not None:
+            result = item.known
+        elif task is None:
             result = IngestResult(UNKNOWN_TASK, None)
         else:
-            payload = _final_payload(task, outcome)
-            digest = outcome_sha256(payload)
-            if task.result_sha256 is None:
-                await _store(s, task, outcome, payload, digest, delivery_targets(task, config, plugins, outcome.success))
-                await publish(s, DELIVERIES, task_done_channel(task.id))
+            payload = _final_payload(task, item.outcome)
+            text, digest = serialise_result(payload)
+            if digests[task.id] is None:
+                digests[task.id] = digest
+                stored = _plan_result(plan, task, item.outcome, payload, text, digest,
+                                      delivery_targets(task, config, plugins, item.outcome.success))
                 result = IngestResult(ACCEPTED, task.id)
-            elif task.result_sha256 == digest:
-                result = IngestResult(DUPLICATE, task.id)
             else:
-                result = IngestResult(CONFLICT, task.id)
-        s.add(CallbackReceipt(provider=provider, external_task_id=external_task_id or task_id,
-                              task_id=result.task_id, body_sha256=raw_sha256 or "-",
-                              outcome=result.outcome))
-    if result.outcome == ACCEPTED:
-        metrics.observe_result(task, outcome.success, outcome.duration)
-    else:
-        metrics.observe_repeat(provider, result.outcome)
-    bound.info("ingest", outcome=result.outcome, success=outcome.success)
-    return result
+                result = IngestResult(DUPLICATE if digests[task.id] == digest else CONFLICT, task.id)
+        plan.results.append(result)
+        plan.stored.append(stored)
+        plan.receipts.append({"provider": item.provider, "external_task_id": item.external_task_id,
+                              "task_id": result.task_id, "body_sha256": item.raw_sha256,
+                              "outcome": result.outcome, "received_at": plan.now})
+    return plan
 
 
-async def _store(s, task: Task, outcome: Outcome, payload: dict, digest: str,
-                 targets: list[tuple[str, str]]) -> None:
-    now = utcnow()
-    task.result_json = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
-    task.result_sha256 = digest
-    task.status = TaskStatus.COMPLETED if outcome.success else TaskStatus.FAILED
-    task.error = None if outcome.success else payload["data"]["msg"]
-    task.speaker_note = outcome.speaker_note if outcome.success and task.speaker else None
-    task.progress = 1.0 if outcome.success else task.progress
-    task.lease_owner = None
-    task.lease_expires_at = None
-    task.finished_at = now
-    task.updated_at = now
-    s.add(task)
+def _plan_result(plan: Plan, task, outcome: Outcome, payload: dict, text: str, digest: str,
+                 targets: list[tuple[str, str]]) -> dict:
+    now = plan.now
+    update = {"b_id": task.id, "result_json": text,
+              "result_sha256": digest, "status": TaskStatus.COMPLETED if outcome.success else TaskStatus.FAILED,
+              "error": None if outcome.success else payload["data"]["msg"],
+              "speaker_note": outcome.speaker_note if outcome.success and task.speaker else None,
+              "progress": 1.0 if outcome.success else task.progress,
+              "lease_owner": None, "lease_expires_at": None, "finished_at": now, "updated_at": now}
     if outcome.success:
         inner = payload["data"]["data"]
         segs = inner["data"]
-        s.add(Transcript(task_id=task.id, model=task.model, duration=inner["usage_metadata"]["duration"],
-                         segment_count=len(segs), text=" ".join(x["text"] for x in segs)))
-        await s.flush()  # no ORM relationships: parents first, so foreign keys hold
-        if segs:  # one executemany; as ORM objects each row would be an INSERT … RETURNING of its own
-            await s.exec(insert(Segment), params=[
-                {"task_id": task.id, "idx": i, "start_time": x["start_time"], "end_time": x["end_time"],
-                 "speaker": x["speaker"], "text": x["text"]} for i, x in enumerate(segs)])
-    for target, kind in targets:
-        s.add(Delivery(id=uuid.uuid4().hex, task_id=task.id, target=target, kind=kind,
-                       next_attempt_at=now))
+        plan.transcripts.append({"task_id": task.id, "model": task.model,
+                                 "duration": inner["usage_metadata"]["duration"], "segment_count": len(segs),
+                                 "text": " ".join(x["text"] for x in segs), "created_at": now})
+        plan.segments += [(task.id, i, x["start_time"], x["end_time"], x["speaker"], x["text"])
+                          for i, x in enumerate(segs)]  # in _SEGMENT_COLUMNS order
+    plan.deliveries += [{"id": uuid.uuid4().hex, "task_id": task.id, "target": target, "kind": kind,
+                         "next_attempt_at": now, "created_at": now, "updated_at": now}
+                        for target, kind in targets]
+    return update
+
+
+_UPDATE_TASK = Task.__table__.update().where(Task.__table__.c.id == bindparam("b_id"))  # SET from the keys
+
+
+_SEGMENT_COLUMNS = ("task_id", "idx", "start_time", "end_time", "speaker", "text")
+assert set(_SEGMENT_COLUMNS) | {"id"} == set(Segment.__table__.columns.keys())
+
+
+def _insert_segments_sql(paramstyle: str) -> str:
+    mark = "?" if paramstyle == "qmark" else "%s"
+    return (f"INSERT INTO {Segment.__tablename__} ({', '.join(_SEGMENT_COLUMNS)}) "
+            f"VALUES ({', '.join([mark] * len(_SEGMENT_COLUMNS))})")
+
+
+def _write(conn, plan: Plan) -> None:
+    """Each table in one Core executemany (the ORM's bulk path costs more than the SQL); parents
+    first, so foreign keys hold."""
+    updates = [u for u in plan.stored if u is not None]
+    if updates:
+        conn.execute(_UPDATE_TASK, updates)
+    if plan.transcripts:
+        conn.execute(Transcript.__table__.insert(), plan.transcripts)
+    if plan.segments:  # most of the rows: straight to the driver, no per-row work in SQLAlchemy
+        conn.exec_driver_sql(_insert_segments_sql(conn.dialect.paramstyle), plan.segments)
+    for model, rows in ((Delivery, plan.deliveries), (CallbackReceipt, plan.receipts)):
+        if rows:
+            conn.execute(model.__table__.insert(), rows)
+    if updates and conn.dialect.name == "postgresql":
+        conn.execute(notify_statement(DELIVERIES, *(task_done_channel(u["b_id"]) for u in updates)))

@@ -16,9 +16,11 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Awaitable, Callable
 
 import aiohttp
 import structlog
+import yarl
 
 from gateway import deliveries, ingest, tasks
 from gateway.config import Config
@@ -28,7 +30,7 @@ from gateway.notify import DELIVERIES, Notifier, task_channel, task_done_channel
 from gateway.payloads import Outcome
 from gateway.plugins import Plugins
 from gateway.providers import Job, PermanentError, Pending, Provider, Providers, RetryableError
-from gateway.urls import PublicOnlyResolver
+from gateway.urls import PublicOnlyResolver, UrlError, check_fetchable
 
 log = structlog.get_logger(__name__)
 
@@ -37,30 +39,53 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
+REDIRECTS = (301, 302, 303, 307, 308)
+MAX_REDIRECTS = 10
+
+
 async def fetch_url(http: aiohttp.ClientSession, url: str, dest_dir: Path, max_bytes: int,
-                    timeout_s: float) -> Path:
-    """Download a task's `url` to a temp file, within the upload size limit."""
+                    timeout_s: float, check: Callable[[str], Awaitable[object]]) -> Path:
+    """Download a task's `url` to a temp file, within the upload size limit. Redirects are
+    followed here, each target passed through `check` first (aiohttp would connect to an IP
+    literal without asking the resolver, so a redirect could otherwise reach a private host)."""
     fd, name = tempfile.mkstemp(dir=dest_dir, suffix=".url")
     path = Path(name)
     size = 0
     try:
         with os.fdopen(fd, "wb") as f:
-            async with http.get(url, timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
-                if 400 <= resp.status < 500:
-                    raise PermanentError(f"could not fetch url: HTTP {resp.status}")
-                resp.raise_for_status()
-                async for chunk in resp.content.iter_chunked(1 << 16):
-                    size += len(chunk)
-                    if size > max_bytes:
-                        raise PermanentError(f"url content is larger than server.max_upload_mb "
-                                             f"({max_bytes / 1048576:.4g} MB)")
-                    f.write(chunk)
+            async with asyncio.timeout(timeout_s):
+                resp = await _follow(http, url, check)
+                async with resp:
+                    if 400 <= resp.status < 500:
+                        raise PermanentError(f"could not fetch url: HTTP {resp.status}")
+                    resp.raise_for_status()
+                    async for chunk in resp.content.iter_chunked(1 << 16):
+                        size += len(chunk)
+                        if size > max_bytes:
+                            raise PermanentError(f"url content is larger than server.max_upload_mb "
+                                                 f"({max_bytes / 1048576:.4g} MB)")
+                        f.write(chunk)
         if size == 0:
             raise PermanentError("url returned an empty body")
         return path
     except BaseException:
         path.unlink(missing_ok=True)
         raise
+
+
+async def _follow(http: aiohttp.ClientSession, url: str, check) -> aiohttp.ClientResponse:
+    for _ in range(MAX_REDIRECTS + 1):
+        resp = await http.get(url, allow_redirects=False)
+        location = resp.headers.get("Location")
+        if resp.status not in REDIRECTS or not location:
+            return resp
+        resp.release()
+        url = str(resp.url.join(yarl.URL(location)))
+        try:
+            await check(url)
+        except UrlError as exc:
+            raise PermanentError(f"could not fetch url: redirect to {url} refused: {exc}") from None
+    raise PermanentError(f"could not fetch url: more than {MAX_REDIRECTS} redirects")
 
 
 def no_callback_reason(provider: Provider, upstream_task_id: str) -> str:
@@ -73,8 +98,9 @@ class Workers:
     """The task loops and the delivery loop of one process."""
 
     def __init__(self, db: Database, config: Config, providers: Providers, notifier: Notifier,
-                 http: aiohttp.ClientSession, plugins: Plugins | None):
+                 http: aiohttp.ClientSession, plugins: Plugins | None, ingestor: ingest.Ingestor):
         self.db = db
+        self.ingestor = ingestor
         self.plugins = plugins
         self.config = config
         self.providers = providers
@@ -176,8 +202,7 @@ class Workers:
 
     async def _ingest(self, provider: Provider, task: Task, outcome: Outcome, t0: float) -> None:
         try:
-            result = await ingest.ingest(self.db, self.config, task.id, outcome, provider=provider.name,
-                                         plugins=self.plugins, external_task_id=task.id)
+            result = await self.ingestor.ingest(task.id, outcome, provider=provider.name)
         except Exception:
             log.exception("task.ingest_failed")  # the lease expires and the task is run again
             return
@@ -235,9 +260,10 @@ class Workers:
         tmp_dir = Path(self.config.storage.dir) / "tmp"
         tmp_dir.mkdir(parents=True, exist_ok=True)
         try:
-            path = await fetch_url(self._fetcher(), task.url, tmp_dir,
-                                   int(self.config.server.max_upload_mb * 1048576),
-                                   self.config.server.url_fetch_timeout_s)
+            server = self.config.server
+            path = await fetch_url(self._fetcher(), task.url, tmp_dir, int(server.max_upload_mb * 1048576),
+                                   server.url_fetch_timeout_s,
+                                   lambda u: check_fetchable(u, server.allow_private_urls, server.allow_private_hosts))
         except aiohttp.ClientConnectorError as exc:
             if "non-public address" in str(exc):
                 raise PermanentError(f"could not fetch url: {exc.os_error}") from None
@@ -252,7 +278,7 @@ class Workers:
             if self.config.server.allow_private_urls:
                 self._fetch_http = self.http
             else:
-                connector = aiohttp.TCPConnector(resolver=PublicOnlyResolver())
+                connector = aiohttp.TCPConnector(resolver=PublicOnlyResolver(self.config.server.allow_private_hosts))
                 self._fetch_http = aiohttp.ClientSession(connector=connector)
         return self._fetch_http
 

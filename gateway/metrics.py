@@ -7,6 +7,8 @@ scrape time, so they are right however many gateway and worker processes share i
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import func
@@ -37,17 +39,18 @@ HTTP_SECONDS = Histogram("tgw_http_request_duration_seconds", "Time to answer an
                          buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60))
 
 
-def observe_result(task: Task, success: bool, audio_s: float) -> None:
-    """A result was stored for `task` (called by ingest, in whichever process stores it)."""
-    INGESTED.labels(task.provider, "accepted").inc()
-    if task.started_at is None or task.finished_at is None:
+def observe_result(provider: str, started_at: datetime | None, finished_at: datetime, success: bool,
+                   audio_s: float) -> None:
+    """A result was stored for a task of `provider` (called by ingest, in whichever process stores it)."""
+    INGESTED.labels(provider, "accepted").inc()
+    if started_at is None:
         return
-    seconds = max((task.finished_at - task.started_at).total_seconds(), 0.0)
-    JOB_SECONDS.labels(task.provider, "completed" if success else "failed").observe(seconds)
+    seconds = max((finished_at - started_at).total_seconds(), 0.0)
+    JOB_SECONDS.labels(provider, "completed" if success else "failed").observe(seconds)
     if success and audio_s > 0:
-        AUDIO_SECONDS.labels(task.provider).observe(audio_s)
+        AUDIO_SECONDS.labels(provider).observe(audio_s)
         if seconds > 0:
-            REALTIME_FACTOR.labels(task.provider).observe(audio_s / seconds)
+            REALTIME_FACTOR.labels(provider).observe(audio_s / seconds)
 
 
 def observe_repeat(provider: str, outcome_name: str) -> None:

@@ -53,12 +53,16 @@ class Notifier:
         event.clear()
 
 
+def notify_statement(*names: str):
+    """NOTIFY every name in one round trip (PostgreSQL)."""
+    return text("SELECT pg_notify(:channel, name) FROM unnest(CAST(:names AS text[])) AS name") \
+        .bindparams(channel=CHANNEL, names=list(names))
+
+
 async def publish(session, *names: str) -> None:
     """Wake `names` in every process once this session's transaction commits (PostgreSQL only)."""
-    if session.bind.dialect.name != "postgresql":
-        return
-    for name in names:
-        await session.exec(text("SELECT pg_notify(:channel, :name)").bindparams(channel=CHANNEL, name=name))
+    if session.bind.dialect.name == "postgresql" and names:
+        await session.exec(notify_statement(*names))
 
 
 def libpq_url(url: str) -> str:

@@ -11,9 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Annotated, Any, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from gateway.errors import BadRequest
 
@@ -93,10 +93,13 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
 
 
-def outcome_sha256(payload: dict[str, Any]) -> str:
-    """Identity of a result for idempotency: the payload without its task_id."""
-    body = {k: v for k, v in payload.items() if k != "task_id"}
-    return hashlib.sha256(canonical_json(body).encode()).hexdigest()
+def serialise_result(payload: dict[str, Any]) -> tuple[str, str]:
+    """The payload as stored and sent (canonical JSON: sorted keys, so `task_id` comes last) and
+    its identity for idempotency (the sha256 of the same text without `task_id`): one encoding."""
+    body = canonical_json({k: v for k, v in payload.items() if k != "task_id"})
+    assert max(payload) == "task_id"  # the one key after every other in sorted order
+    return body[:-1] + ',"task_id":' + canonical_json(payload["task_id"]) + "}", \
+        hashlib.sha256(body.encode()).hexdigest()
 
 
 # --- inbound validation ------------------------------------------------------------------
@@ -106,11 +109,20 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
+def no_nul(value: str) -> str:
+    if "\x00" in value:  # PostgreSQL cannot store it; SQLite would: refused on both alike
+        raise ValueError("must not contain the NUL character (\\u0000)")
+    return value
+
+
+Text = Annotated[str, AfterValidator(no_nul)]
+
+
 class CallbackSegment(_Strict):
     start_time: float = Field(allow_inf_nan=False, ge=0)
     end_time: float = Field(allow_inf_nan=False, ge=0)
-    text: str
-    speaker: Optional[str] = Field(default=None, max_length=32)
+    text: Text
+    speaker: Optional[Text] = Field(default=None, max_length=32)
 
     @model_validator(mode="after")
     def _ordered(self):
@@ -121,7 +133,7 @@ class CallbackSegment(_Strict):
 
 class CallbackUsage(_Strict):
     duration: float = Field(allow_inf_nan=False, ge=0)
-    model: Optional[str] = None
+    model: Optional[Text] = None
     output_tokens: int = Field(default=0, ge=0)
     prompt_tokens: int = Field(default=0, ge=0)
 
@@ -133,17 +145,17 @@ class CallbackResult(_Strict):
 
 class CallbackData(_Strict):
     data: Optional[CallbackResult] = None
-    msg: str = ""
+    msg: Text = ""
     success: bool
 
 
 class CallbackPayload(_Strict):
     """A callback payload as accepted at POST /callbacks/{provider} (and sent to webhooks)."""
 
-    code: str
-    message: str
+    code: Text
+    message: Text
     data: CallbackData
-    task_id: str = Field(min_length=1, max_length=255)
+    task_id: Text = Field(min_length=1, max_length=255)
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -172,6 +184,19 @@ def parse_callback(body: Any) -> tuple[str, Outcome]:
         e = exc.errors()[0]
         msg = "is required" if e["type"] == "missing" else e["msg"]
         raise BadRequest(f"invalid callback payload: {_loc(e['loc'])}: {msg}") from None
+    return _outcome(p)
+
+
+def parse_valid_callback(raw: bytes) -> tuple[str, Outcome] | None:
+    """parse_callback's fast path for a valid body: pydantic parses and validates the bytes in one
+    pass. None if anything is wrong with it: then json.loads and parse_callback name the problem."""
+    try:
+        return _outcome(CallbackPayload.model_validate_json(raw))
+    except ValidationError:
+        return None
+
+
+def _outcome(p: CallbackPayload) -> tuple[str, Outcome]:
     if not p.data.success:
         return p.task_id, Outcome.failure(p.data.msg or p.message or "transcription failed", code=p.code)
     inner = p.data.data

@@ -8,9 +8,9 @@ import base64
 import json
 import uuid
 from datetime import datetime, timedelta
-from typing import Any, Optional
+from typing import Annotated, Any, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError
 from sqlalchemy import and_, or_, update
 from sqlmodel import col, select
 
@@ -20,8 +20,11 @@ from gateway.errors import BadRequest, NotFound
 from gateway.models import Asset, Task, TaskStatus, utcnow
 from gateway.notify import publish, task_channel, task_done_channel
 from gateway.providers import LOCAL, Provider, Providers
-from gateway.payloads import result_of
+from gateway.payloads import no_nul, result_of
 from gateway.urls import UrlError, check_fetchable, validate_http_url
+
+
+StrictText = Annotated[StrictStr, AfterValidator(no_nul)]
 
 
 class GenerateRequest(BaseModel):
@@ -29,12 +32,12 @@ class GenerateRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    asset_id: Optional[StrictStr] = None
-    url: Optional[StrictStr] = None
-    model: StrictStr = "whisper-1"
+    asset_id: Optional[StrictText] = None
+    url: Optional[StrictText] = None
+    model: StrictText = "whisper-1"
     speaker: StrictBool = False
-    callback_url: Optional[StrictStr] = None
-    language: Optional[StrictStr] = None
+    callback_url: Optional[StrictText] = None
+    language: Optional[StrictText] = None
     num_speakers: Optional[int] = Field(default=None, ge=1, le=32, strict=True)
     min_speakers: Optional[int] = Field(default=None, ge=1, le=32, strict=True)
     max_speakers: Optional[int] = Field(default=None, ge=1, le=32, strict=True)
@@ -107,7 +110,7 @@ async def validate_request(db: Database, config: Config, providers: Providers, r
             raise BadRequest(f"callback_url: {exc}") from None
     if req.url is not None:
         try:
-            await check_fetchable(req.url, config.server.allow_private_urls)
+            await check_fetchable(req.url, config.server.allow_private_urls, config.server.allow_private_hosts)
         except UrlError as exc:
             raise BadRequest(f"url: {exc}") from None
     if req.asset_id is not None:

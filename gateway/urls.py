@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+from typing import Sequence
 from urllib.parse import urlsplit
 
 from aiohttp.abc import AbstractResolver, ResolveResult
@@ -41,12 +42,13 @@ def is_public_address(addr: str) -> bool:
                 or ip.is_reserved or ip.is_unspecified)
 
 
-async def check_fetchable(url: str, allow_private: bool) -> str:
-    """Validate a source URL and, unless allowed, refuse hosts that resolve to non-public addresses."""
+async def check_fetchable(url: str, allow_private: bool, allowed_hosts: Sequence[str] = ()) -> str:
+    """Validate a source URL and, unless allowed (all private addresses, or this host by name),
+    refuse hosts that resolve to non-public addresses."""
     validate_http_url(url)
-    if allow_private:
-        return url
     host = urlsplit(url).hostname
+    if allow_private or host in allowed_hosts:
+        return url
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
@@ -61,11 +63,14 @@ async def check_fetchable(url: str, allow_private: bool) -> str:
 class PublicOnlyResolver(AbstractResolver):
     """aiohttp resolver that refuses non-public addresses, so redirects and DNS changes are checked too."""
 
-    def __init__(self) -> None:
+    def __init__(self, allowed_hosts: Sequence[str] = ()) -> None:
         self._inner = DefaultResolver()
+        self._allowed = {h.lower() for h in allowed_hosts}
 
     async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET) -> list[ResolveResult]:
         results = await self._inner.resolve(host, port, family)
+        if host.lower() in self._allowed:
+            return results
         for r in results:
             if not is_public_address(r["host"]):
                 raise OSError(f"refusing to connect to non-public address {r['host']} for host {host!r}")

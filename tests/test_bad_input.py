@@ -14,7 +14,7 @@ import os
 import subprocess
 import wave
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 import pytest
@@ -127,7 +127,12 @@ async def test_every_bad_generate_request_is_refused_and_nothing_is_queued(gatew
         ({"asset_id": asset, "callback_url": ""}, "callback_url: must be a non-empty http(s) URL"),
         ({"asset_id": asset, "callback_url": "http://"}, "callback_url: has no host"),
         ({"url": "file:///etc/passwd"}, "url: must use http or https, not 'file'"),
-    ]
+    ] + [  # PostgreSQL cannot store a NUL character: refused up front on every backend
+        ({"asset_id": asset, field: value}, f"{field}: Value error, must not contain the NUL character (\\u0000)")
+        for field, value in (("callback_url", "https://example.com/\x00hook"), ("model", "whisper-1\x00"),
+                             ("language", "e\x00n"))
+    ] + [({"asset_id": "re_\x00"}, "asset_id: Value error, must not contain the NUL character (\\u0000)"),
+         ({"url": "https://example.com/\x00.wav"}, "url: Value error, must not contain the NUL character (\\u0000)")]
     for body, msg in cases:
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
         await expect_error(gateway, "POST", GENERATE, 400, msg, data=data,
@@ -321,8 +326,15 @@ async def media_server(speech_wav):
     async def empty(request):
         return web.Response(body=b"")
 
+    async def redirect(request):  # /redirect?to=<absolute or relative URL>
+        raise web.HTTPFound(request.query["to"])
+
+    async def loop(request):
+        raise web.HTTPFound("/loop")
+
     app = web.Application()
-    for path, handler in {"/speech.wav": speech, "/page.html": page, "/big.wav": big, "/empty.wav": empty}.items():
+    for path, handler in {"/speech.wav": speech, "/page.html": page, "/big.wav": big, "/empty.wav": empty,
+                          "/redirect": redirect, "/loop": loop}.items():
         app.router.add_get(path, handler)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
@@ -354,6 +366,36 @@ async def test_url_sources_when_private_urls_are_allowed(start_gateway, media_se
         ok = cases[path] is None
         assert outcomes[task_id] == (("0000", "SUCCESS", True) if ok else ("4000", "FAILED", False)), path
     assert list(Path(gw.config.storage.dir, "tmp").iterdir()) == []  # downloads are cleaned up
+
+
+async def test_a_redirect_to_a_private_address_is_refused(start_gateway, media_server):
+    """`localhost` is allowed by name; where it redirects is checked again (an IP literal too,
+    which aiohttp would connect to without asking any resolver)."""
+    gw = await start_gateway(server={"allow_private_urls": False, "allow_private_hosts": ["LocalHost"]})
+    local = media_server("/speech.wav").replace("127.0.0.1", "localhost")
+    loopback = media_server("/speech.wav")
+    to_ip = local.replace("/speech.wav", "/redirect?to=" + quote(loopback, safe=""))
+    hops = local.replace("/speech.wav", "/redirect?to=" + quote(to_ip, safe=""))
+    to_name = local.replace("/speech.wav", "/redirect?to=/speech.wav")  # relative, same allowed host
+    loop = local.replace("/speech.wav", "/loop")
+    cases = {
+        to_ip: f"could not fetch url: redirect to {loopback} refused: host '127.0.0.1' resolves to a "
+               "non-public address (127.0.0.1); set server.allow_private_urls to allow it",
+        hops: f"could not fetch url: redirect to {loopback} refused: host '127.0.0.1'",
+        to_name: None,
+        local: None,
+    }
+    status, body = await gw.call("POST", GENERATE, json={"url": loopback})  # the name, not the address
+    assert status == 400 and body["msg"].startswith("url: host '127.0.0.1' resolves to a non-public address")
+    submitted = {url: await gw.submit(url=url) for url in cases}
+    for url, error in cases.items():
+        task = await gw.wait_task(submitted[url])
+        if error is None:
+            assert task["status"] == "completed" and "gateway" in transcript_text(task), task
+        else:
+            assert task["status"] == "failed" and task["error"].startswith(error), task
+    looping = await gw.wait_task(await gw.submit(url=loop))
+    assert looping["status"] == "failed" and looping["error"] == "could not fetch url: more than 10 redirects"
 
 
 # --- routes ------------------------------------------------------------------------------

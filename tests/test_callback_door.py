@@ -196,3 +196,75 @@ async def test_signed_callbacks_when_the_provider_has_a_secret(start_gateway, sp
     good = dict(bad, **{"webhook-signature": Webhook(WEBHOOK_SECRET).sign("msg_1", now, raw)})
     status, body = await post(gw, raw, headers=good)
     assert status == 200 and body["data"]["outcome"] == "accepted"
+
+
+async def test_a_repeat_is_known_by_its_bytes_and_by_its_meaning(api_only, database_url):
+    task_id = await new_task(api_only)
+    result = for_task(HELLO, task_id)
+    body = json.dumps(result)
+    assert (await post(api_only, body))[1]["data"]["outcome"] == "accepted"
+    assert (await post(api_only, body))[1]["data"]["outcome"] == "duplicate"  # the same bytes
+    reordered = json.dumps(dict(reversed(list(result.items()))), indent=2)  # other bytes, same result
+    assert (await post(api_only, reordered))[1]["data"]["outcome"] == "duplicate"
+    status, _ = await post(api_only, for_task(success("", (0.0, 1.0, "Something else.")), task_id))
+    assert status == 409
+    assert await count_rows(database_url, "SELECT count(*) FROM callbackreceipt WHERE task_id = :t AND "
+                            "external_task_id = :t AND outcome = 'duplicate'", t=task_id) == 2
+    assert await count_rows(database_url, "SELECT count(DISTINCT body_sha256) FROM callbackreceipt") == 3
+
+
+async def _refuse_transcripts_of(database_url: str, task_id: str) -> None:
+    """A trigger in the database itself refuses to store this one task's transcript."""
+    from sqlalchemy import text
+
+    from gateway.db import Database
+
+    if database_url.startswith("sqlite"):
+        ddl = [f"CREATE TRIGGER refuse_one BEFORE INSERT ON transcript WHEN NEW.task_id = '{task_id}' "
+               "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"]
+    else:
+        ddl = ["CREATE FUNCTION refuse_one() RETURNS trigger AS $$ BEGIN "
+               f"IF NEW.task_id = '{task_id}' THEN RAISE EXCEPTION 'refused by the test'; END IF; "
+               "RETURN NEW; END $$ LANGUAGE plpgsql",
+               "CREATE TRIGGER refuse_one BEFORE INSERT ON transcript FOR EACH ROW EXECUTE FUNCTION refuse_one()"]
+    db = Database(database_url)
+    try:
+        async with db.engine.begin() as conn:
+            for statement in ddl:
+                await conn.execute(text(statement))
+    finally:
+        await db.close()
+
+
+async def test_a_result_the_database_refuses_fails_alone_not_its_whole_batch(api_only, database_url):
+    ids = [await new_task(api_only) for _ in range(12)]
+    await _refuse_transcripts_of(database_url, ids[5])
+    answers = await asyncio.gather(*(post(api_only, for_task(HELLO, t)) for t in ids))  # written together
+    assert answers[5][0] == 500 and answers[5][1]["msg"] == "internal error; see the gateway's log"
+    assert [a[1]["data"]["outcome"] for i, a in enumerate(answers) if i != 5] == ["accepted"] * 11
+    assert await count_rows(database_url, "SELECT count(*) FROM transcript") == 11
+    assert (await api_only.task(ids[5]))["status"] == "queued"
+
+
+async def test_a_nul_character_in_text_is_refused_on_every_backend(api_only, database_url):
+    task_id = await new_task(api_only)
+    status, body = await post(api_only, for_task(success("", (0.0, 1.0, "bad\u0000text")), task_id))
+    assert status == 400 and "data.data.data[0].text" in body["msg"], body
+    assert await count_rows(database_url, "SELECT count(*) FROM transcript") == 0
+
+
+def test_the_stored_result_and_its_identity_are_stable():
+    """result_sha256 decides duplicate vs conflict for results stored by any earlier version:
+    its formula (sha256 of the canonical payload without task_id) must never drift."""
+    import hashlib
+
+    from gateway.payloads import Outcome, Segment, build_payload, canonical_json, serialise_result
+
+    payload = build_payload("t1", Outcome(success=True, duration=3.0, model="whisper-1", segments=(
+        Segment(0.0, 1.5, "Hello there."), Segment(1.5, 3.0, "Grüße.", "SPEAKER_00"))))
+    text, digest = serialise_result(payload)
+    assert text == canonical_json(payload) and json.loads(text) == payload
+    assert text.endswith(',"task_id":"t1"}') and "Grüße" in text
+    assert digest == hashlib.sha256(canonical_json({k: v for k, v in payload.items() if k != "task_id"})
+                                    .encode()).hexdigest()
+    assert digest == "f9d0192589205e4b23917e30c1b88814873abc57c0ef9ee9544618ee57edb013"

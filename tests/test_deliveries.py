@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 
 from standardwebhooks.webhooks import Webhook
 
-from conftest import WEBHOOK_SECRET, count_rows, wait_delivery, webhook_deliveries
+from conftest import WEBHOOK_SECRET, count_rows, wait_delivery
 from gateway.config import WebhooksConfig
 from gateway.deliveries import backoff_s, signed_headers
 
