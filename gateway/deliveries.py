@@ -26,6 +26,7 @@ from gateway import metrics
 from gateway.config import Config, WebhooksConfig
 from gateway.db import Database
 from gateway.models import Asset, Delivery, DeliveryAttempt, DeliveryStatus, Task, utcnow
+from gateway.notify import DELIVERIES, publish
 from gateway.plugins import Plugins, RetryAfter, TaskInfo, transcript_from_payload
 
 log = structlog.get_logger(__name__)
@@ -247,6 +248,8 @@ async def redeliver(db: Database, task_id: str, target: str | None = None) -> in
             stmt = stmt.where(Delivery.target == target)
         res = await s.exec(stmt.values(status=DeliveryStatus.PENDING, attempts=0, next_attempt_at=now,
                                        lease_owner=None, lease_expires_at=None, updated_at=now))
+        if res.rowcount:
+            await publish(s, DELIVERIES)  # worker processes elsewhere wake now, not at their next poll
         return res.rowcount
 
 

@@ -167,3 +167,23 @@ async def test_a_new_task_wakes_an_idle_worker_process_through_listen_notify(
     assert (await gw.wait_task(second, timeout=60))["status"] == "completed"
     worker.proc.terminate()
     assert await asyncio.to_thread(worker.proc.wait, 30) == 0
+
+
+async def test_redeliver_wakes_an_idle_worker_process_through_listen_notify(
+        tmp_path, database_url, db_backend, daemon_factory, start_gateway, short_wav, webhook):
+    if db_backend != "postgresql":
+        pytest.skip("LISTEN/NOTIFY is PostgreSQL's")
+    gw = await start_gateway(worker=False)
+    worker = daemon_factory(to_toml(daemon_sections(tmp_path, database_url, jobs={"poll_s": 600},
+                                                    webhooks={"urls": [webhook.url]})), command=("worker",))
+    task_id = await gw.submit(asset_id=await gw.upload(short_wav))
+    worker.start()
+    assert (await gw.wait_task(task_id, timeout=120))["status"] == "completed"
+    await webhook.wait_for(1)
+    await asyncio.sleep(0.5)  # the worker's loops are idle now; their next poll is 10 minutes away
+    status, body = await gw.call("POST", f"/transcriptions/{task_id}/redeliver?target={webhook.url}")
+    assert status == 200 and body["data"]["redelivering"] == 1
+    calls = await webhook.wait_for(2, timeout=10)  # the API process's NOTIFY woke the worker process
+    assert calls[0].headers["webhook-id"] == calls[1].headers["webhook-id"]
+    worker.proc.terminate()
+    assert await asyncio.to_thread(worker.proc.wait, 30) == 0
