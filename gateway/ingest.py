@@ -112,7 +112,7 @@ class Ingestor:
     fails, its results are tried one by one, so one bad result never fails the others."""
 
     def __init__(self, db: Database, config: Config, plugins: Plugins | None, max_batch: int = 256,
-                 remember: int = 65536):
+                 remember: int = 16384):
         self.db = db
         self.config = config
         self.plugins = plugins

@@ -122,6 +122,7 @@ class Workers:
         """Claim work while a slot is free and run each claimed item in its own asyncio task."""
         slots = asyncio.Semaphore(parallel)
         me = asyncio.current_task()
+        self.notifier.listen(name)
         failed = object()
         while True:
             await slots.acquire()

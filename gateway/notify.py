@@ -32,25 +32,51 @@ def task_done_channel(task_id: str) -> str:
 
 
 class Notifier:
+    """Named wake-ups in one process. A name exists while something listens for it: a job loop
+    from its start (`listen`) to the end of the process, a request waiting for one task only
+    while it waits (`subscribed`). Waking a name nobody listens for does nothing, so the names
+    of finished tasks (woken here and by every other process's notifications) never pile up."""
+
     def __init__(self) -> None:
         self._events: dict[str, asyncio.Event] = {}
+        self._listeners: dict[str, int] = {}
 
-    def _event(self, name: str) -> asyncio.Event:
-        return self._events.setdefault(name, asyncio.Event())
+    def listen(self, name: str) -> None:
+        """Keep `name` for good: a wake between two waits is not lost."""
+        self._events.setdefault(name, asyncio.Event())
+        self._listeners[name] = self._listeners.get(name, 0) + 1
+
+    @contextlib.contextmanager
+    def subscribed(self, name: str):
+        """Listen for `name` for the duration of the block."""
+        self.listen(name)
+        try:
+            yield
+        finally:
+            self._listeners[name] -= 1
+            if not self._listeners[name]:
+                del self._listeners[name], self._events[name]
 
     def wake(self, name: str) -> None:
-        self._event(name).set()
+        event = self._events.get(name)
+        if event is not None:
+            event.set()
 
     def wake_all(self) -> None:
         for event in self._events.values():
             event.set()
 
     async def wait(self, name: str, timeout: float) -> None:
-        """Return when `name` is woken or after `timeout` seconds, whichever is first."""
-        event = self._event(name)
+        """Return when `name` is woken (or was woken since the last wait) or after `timeout`
+        seconds, whichever is first. Call it while listening for `name`."""
+        event = self._events[name]
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(event.wait(), timeout)
         event.clear()
+
+    def names(self) -> int:
+        """How many names are listened for (a finished task leaves none behind)."""
+        return len(self._events)
 
 
 def notify_statement(*names: str):

@@ -286,9 +286,10 @@ async def list_tasks(db: Database, status: str | None, limit: int, cursor: str |
 async def wait_for_task(db: Database, notifier, task_id: str, timeout_s: float) -> Task:
     """Wait until the task is completed or failed (or the timeout passes); returns its latest state."""
     deadline = asyncio.get_running_loop().time() + timeout_s
-    while True:
-        task = await get_task(db, task_id)
-        remaining = deadline - asyncio.get_running_loop().time()
-        if task.status in TaskStatus.TERMINAL or remaining <= 0:
-            return task
-        await notifier.wait(task_done_channel(task_id), min(0.5, remaining))
+    with notifier.subscribed(task_done_channel(task_id)):
+        while True:
+            task = await get_task(db, task_id)
+            remaining = deadline - asyncio.get_running_loop().time()
+            if task.status in TaskStatus.TERMINAL or remaining <= 0:
+                return task
+            await notifier.wait(task_done_channel(task_id), min(0.5, remaining))

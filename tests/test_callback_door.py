@@ -268,3 +268,12 @@ def test_the_stored_result_and_its_identity_are_stable():
     assert digest == hashlib.sha256(canonical_json({k: v for k, v in payload.items() if k != "task_id"})
                                     .encode()).hexdigest()
     assert digest == "f9d0192589205e4b23917e30c1b88814873abc57c0ef9ee9544618ee57edb013"
+
+
+async def test_finished_tasks_leave_no_wake_up_names_behind(api_only):
+    """Each accepted result wakes its task's name; only a listener keeps a name alive."""
+    from gateway.appkeys import NOTIFIER
+
+    ids = [await new_task(api_only) for _ in range(5)]
+    await asyncio.gather(*(post(api_only, for_task(HELLO, t)) for t in ids))
+    assert api_only.app[NOTIFIER].names() == 0  # no worker here: no job loop listens either
