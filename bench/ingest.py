@@ -15,7 +15,8 @@ nothing runs the local engine (`--no-worker`).
 Afterwards the database is checked: exactly one transcript for every task whose result was
 acknowledged, and none lost (an acknowledgement without a stored transcript would count).
 Reported per target: requests/s, p50/p99 latency, answers, the server's CPU use (in cores, all
-its threads) and CPU time per request; for the gateway, its share of the ceiling's throughput.
+its threads), CPU time per request and resident memory before and after; for the gateway, its
+share of the ceiling's throughput.
 Targets: >= 50 % of the ceiling, p99 < 100 ms, zero lost acknowledgements.
 
     python bench/ingest.py                        # 30 s per target; bench/results/ingest.md, .json
@@ -175,6 +176,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def pg_admin(sql: str) -> None:
     import psycopg
 
@@ -198,16 +206,17 @@ async def measure(target: str, args, workdir: Path) -> dict:
                     else [uuid.uuid4().hex for _ in range(args.tasks)])  # the ceiling gets the same bodies
         out = workdir / f"{target}.client.json"
         print(f"{target}: {CONNECTIONS} connections for {args.seconds:g} s", flush=True)
-        cpu0 = cpu_seconds(proc.pid)
+        cpu0, rss0 = cpu_seconds(proc.pid), rss_mb(proc.pid)
         subprocess.run([sys.executable, __file__, "--client", url + PATH, "--seconds", str(args.seconds),
                         "--out", str(out)], input=json.dumps(task_ids).encode(), check=True)
-        cpu = cpu_seconds(proc.pid) - cpu0
+        cpu, rss1 = cpu_seconds(proc.pid) - cpu0, rss_mb(proc.pid)
         run = json.loads(out.read_text())
         lat = sorted(run["latencies_s"])
         result = {"target": target, "requests": len(lat), "elapsed_s": round(run["elapsed_s"], 2),
                   "rps": round(len(lat) / run["elapsed_s"], 1),
                   "server_cpu_share": round(cpu / run["elapsed_s"], 2),
                   "server_cpu_us_per_request": round(cpu / max(len(lat), 1) * 1e6),
+                  "server_rss_mb": [round(rss0, 1), round(rss1, 1)],
                   "p50_ms": round(statistics.median(lat) * 1000, 2),
                   "p99_ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000, 2),
                   "outcomes": run["outcomes"]}
@@ -224,16 +233,20 @@ async def measure(target: str, args, workdir: Path) -> dict:
             pg_admin(f'DROP DATABASE IF EXISTS "{pg_name}" WITH (FORCE)')
 
 
+def rss(r: dict) -> str:
+    return f"{r['server_rss_mb'][0]} → {r['server_rss_mb'][1]}"
+
+
 def table(results: list[dict]) -> str:
     ceiling = next((r["rps"] for r in results if r["target"] == "ceiling"), None)
     lines = ["| target | requests/s | share of ceiling | p50 ms | p99 ms | server CPU (cores) | server CPU µs/request "
-             "| answers | acknowledged / stored / lost | result |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| server RSS before → after (MB) | answers | acknowledged / stored / lost | result |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         answers = ", ".join(f"{k} {v}" for k, v in sorted(r["outcomes"].items()))
         if r["target"] == "ceiling":
             lines.append(f"| ceiling (bare aiohttp) | {r['rps']:,} | 100 % | {r['p50_ms']} | {r['p99_ms']} | "
-                         f"{r['server_cpu_share']} | {r['server_cpu_us_per_request']} | {answers} | | |")
+                         f"{r['server_cpu_share']} | {r['server_cpu_us_per_request']} | {rss(r)} | {answers} | | |")
             continue
         share = r["rps"] / ceiling if ceiling else None
         c = r["check"]
@@ -241,7 +254,7 @@ def table(results: list[dict]) -> str:
             and c["more_than_one"] == 0
         lines.append(f"| gateway on {r['target']} | {r['rps']:,} | "
                      f"{'' if share is None else f'{share:.0%}'} | {r['p50_ms']} | {r['p99_ms']} | {r['server_cpu_share']} | "
-                     f"{r['server_cpu_us_per_request']} | {answers} | "
+                     f"{r['server_cpu_us_per_request']} | {rss(r)} | {answers} | "
                      f"{c['acked']:,} / {c['transcripts']:,} / {c['lost']} | {'pass' if ok else 'FAIL'} |")
     return "\n".join(lines)
 
