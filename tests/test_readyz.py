@@ -67,7 +67,8 @@ async def until(gw, status: int, timeout: float = 30) -> dict:
         await asyncio.sleep(0.2)
 
 
-async def test_readyz_fails_while_the_database_is_unreachable_and_recovers(start_gateway, database_url, db_backend):
+async def test_readyz_fails_while_the_database_is_unreachable_and_recovers(start_gateway, database_url, db_backend,
+                                                                           speech_wav):
     if db_backend != "postgresql":
         pytest.skip("SQLite is a file in the process: there is no connection to lose")
     relay = Relay(free_port())
@@ -75,16 +76,33 @@ async def test_readyz_fails_while_the_database_is_unreachable_and_recovers(start
     url = database_url.replace("127.0.0.1:5432", f"127.0.0.1:{relay.port}")
     gw = await start_gateway(database={"url": url}, worker=False)
     assert (await ready(gw))[0] == 200
+    asset = await gw.upload(speech_wav)
+    first, second = await gw.submit(asset_id=asset), await gw.submit(asset_id=asset)
+    assert (await callback(gw, first)) == (200, "accepted")  # the door's writer connection is open now
 
     await relay.cut()
     body = await until(gw, 503)
     assert body["msg"].startswith("database unreachable: ") and body["code"] == "503"
     status, body = await gw.call("GET", "/transcriptions")  # the API answers in the envelope meanwhile
     assert (status, body["msg"]) == (503, "database unavailable; try again later")
+    t0 = time.monotonic()
+    assert (await callback(gw, second)) == (503, "database unavailable; try again later")
+    assert time.monotonic() - t0 < 15
 
     await relay.start()
     body = await until(gw, 200)
     assert body["data"]["database"] == "ok"
     status, page = await gw.call("GET", "/transcriptions")
-    assert status == 200 and page["data"]["items"] == []
+    assert status == 200 and len(page["data"]["items"]) == 2
+    assert (await callback(gw, second)) == (200, "accepted")  # the provider's retry goes in
+    assert (await callback(gw, first)) == (200, "duplicate")
     await relay.cut()
+
+
+async def callback(gw, task_id: str) -> tuple[int, str]:
+    status, body = await gw.call("POST", "/callbacks/local", json={
+        "code": "0000", "message": "SUCCESS", "task_id": task_id,
+        "data": {"msg": "transcription completed", "success": True, "data": {
+            "data": [{"start_time": 0.0, "end_time": 1.0, "text": "Hello.", "speaker": None}],
+            "usage_metadata": {"duration": 1.0, "model": "whisper-1", "output_tokens": 0, "prompt_tokens": 0}}}})
+    return status, body["data"]["outcome"] if status == 200 else body["msg"]
