@@ -124,6 +124,7 @@ class Ingestor:
         self._pending: list[_Item] = []
         self._wake = asyncio.Event()
         self._writer: asyncio.Task | None = None
+        self._closing = False
 
     async def ingest(self, task_id: str | None, outcome: Outcome, *, provider: str,
                      external_task_id: str | None = None, raw_sha256: str = "") -> IngestResult:
@@ -161,9 +162,9 @@ class Ingestor:
 
     async def close(self) -> None:
         """Store what is waiting, then stop the writer."""
+        self._closing = True
+        self._wake.set()
         if self._writer is not None:
-            self._pending.append(_STOP)
-            self._wake.set()
             await self._writer
 
     async def _write_loop(self) -> None:
@@ -172,12 +173,9 @@ class Ingestor:
             self._wake.clear()
             while self._pending:
                 batch, self._pending = self._pending[:self.max_batch], self._pending[self.max_batch:]
-                stop = _STOP in batch
-                batch = [i for i in batch if i is not _STOP]
-                if batch:
-                    await self._commit(batch)
-                if stop:
-                    return
+                await self._commit(batch)
+            if self._closing:
+                return
 
     async def _commit(self, items: list[_Item]) -> None:
         try:
@@ -221,7 +219,6 @@ def store_batch(conn, items: list[_Item], config: Config, plugins: Plugins | Non
 
 _TASK_COLUMNS = (Task.id, Task.provider, Task.model, Task.speaker, Task.callback_url, Task.progress,
                  Task.result_sha256, Task.started_at)
-_STOP = object()
 
 
 @dataclass
