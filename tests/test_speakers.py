@@ -29,6 +29,15 @@ LINES = [
     "What about the cost of heating such a large open space in winter?",
     "The walls will be thick, and the windows will have three layers of glass.",
 ]
+# Said only in the monologue. A monologue must not repeat itself word for word: whisper
+# takes a window whose text compresses better than 2.4:1 for a hallucinated loop and
+# resamples it at rising temperatures, so its transcript would be a matter of chance.
+MORE_LINES = [
+    "Children will have their own floor, with low shelves and a garden outside.",
+    "The architect promised us drawings before the end of next month.",
+    "Parking remains a problem, because the old market square is already full.",
+    "We agreed to meet again in spring, once the budget has been approved.",
+]
 
 
 # --- the pure steps ----------------------------------------------------------------------
@@ -205,7 +214,7 @@ async def test_labels_alternate_where_the_voices_alternate(engine, tmp_path):
 
 
 async def test_one_long_monologue_is_one_speaker(engine, tmp_path):
-    wav, _ = conversation(tmp_path, "monologue", [(VOICE_A, " ".join(LINES * 2))], gaps=[])
+    wav, _ = conversation(tmp_path, "monologue", [(VOICE_A, " ".join(LINES + MORE_LINES))], gaps=[])
     outcome = await label(engine, wav)
     assert outcome.speaker_note is None
     assert len(outcome.segments) > 1
