@@ -47,21 +47,28 @@ async def body_deadline(request: web.Request):
 
 async def read_body(request: web.Request) -> bytes:
     """The whole request body, or PayloadTooLarge past server.max_json_kb (read at most one byte more)."""
-    async with body_deadline(request):
-        return await _read_limited(request)
-
-
-async def _read_limited(request: web.Request) -> bytes:
     limit = request.app[CONFIG].server.max_json_kb * 1024
-    too_large = PayloadTooLarge(f"JSON body is larger than server.max_json_kb ({limit // 1024} KB)")
     if request.content_length is not None and request.content_length > limit:
-        raise too_large
+        raise _too_large(limit)
+    if request.content.is_eof():  # a small body usually arrives with its headers: nothing to wait for
+        raw = request.content.read_nowait(limit + 1)
+    else:
+        async with body_deadline(request):
+            raw = await _read_rest(request, limit)
+    if len(raw) > limit:
+        raise _too_large(limit)
+    return raw
+
+
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"JSON body is larger than server.max_json_kb ({limit // 1024} KB)")
+
+
+async def _read_rest(request: web.Request, limit: int) -> bytes:
     raw = bytearray()
     # StreamReader.read(n) returns what has arrived so far (up to n), not n bytes: loop to the end.
     while len(raw) <= limit and (chunk := await request.content.read(limit + 1 - len(raw))):
         raw += chunk
-    if len(raw) > limit:
-        raise too_large
     return bytes(raw)
 
 

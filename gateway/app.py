@@ -116,7 +116,7 @@ async def auth_middleware(request: web.Request, handler):
 async def _database(app: web.Application):
     url = app[CONFIG].database.url
     await upgrade_async(url)
-    app[DB] = Database(url)
+    app[DB] = Database(url, writers=app[CONFIG].database.writers)
     app[INGESTOR] = Ingestor(app[DB], app[CONFIG], app[PLUGINS])
     yield
     await app[INGESTOR].close()  # results already acknowledged to no one yet are stored first

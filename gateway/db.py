@@ -5,7 +5,7 @@ transaction starts with `BEGIN IMMEDIATE`, so writers queue on SQLite's lock (bu
 instead of failing on a read-to-write upgrade: that is the "single writer" of the design.
 PostgreSQL uses row locks (`FOR UPDATE SKIP LOCKED`) for claims. Batches of many statements
 (the ingest door's group commits) run on one writer thread with a synchronous connection
-(`Database.in_writer`); on SQLite they take the same turn as every other transaction.
+(`Database.on_writer`); on SQLite they take the same turn as every other transaction.
 """
 
 from __future__ import annotations
@@ -91,9 +91,12 @@ def install_sqlite_hooks(engine) -> None:
 class Database:
     """The async engine, a session factory and the writer thread; one per process."""
 
-    def __init__(self, url: str, *, pool_size: int = 5):
+    def __init__(self, url: str, *, pool_size: int = 5, writers: int = 2):
         self.url = url
         self.sqlite = is_sqlite(url)
+        # Batches that may be written at once: PostgreSQL runs them on as many connections
+        # (row locks order them where they meet); SQLite has one writer.
+        self.writers = 1 if self.sqlite else writers
         ensure_sqlite_dir(url)
         kwargs: dict = {"pool_pre_ping": not self.sqlite}
         if not self.sqlite:
@@ -115,20 +118,22 @@ class Database:
         async with self._turn, self._sessions() as s, s.begin():
             yield s
 
-    async def in_writer(self, fn: Callable[[Connection], T]) -> T:
-        """Run `fn(connection)` in one transaction on this process's writer thread, with a
-        synchronous connection: a batch of statements costs one hop off the event loop instead of
-        one per statement, and never waits behind the loop's other work between statements."""
+    async def on_writer(self, fn: Callable[[Connection], T]) -> T:
+        """Run `fn(connection)` on one of this process's writer threads (`writers` of them, each
+        with its own synchronous connection), in this process's turn on SQLite; `fn` runs as many
+        transactions as it likes, each `with connection.begin():`. A batch of statements costs one
+        hop off the event loop instead of one per statement, and never waits behind the loop's
+        other work between statements."""
         if self._writer is None:
-            engine = create_engine(sync_url(self.url), pool_size=1, max_overflow=0,
+            engine = create_engine(sync_url(self.url), pool_size=self.writers, max_overflow=0,
                                    pool_pre_ping=not self.sqlite)
             if self.sqlite:
                 install_sqlite_hooks(engine)
-            self._writer = engine, ThreadPoolExecutor(1, thread_name_prefix="db-writer")
+            self._writer = engine, ThreadPoolExecutor(self.writers, thread_name_prefix="db-writer")
         engine, thread = self._writer
 
         def run() -> T:
-            with engine.begin() as conn:
+            with engine.connect() as conn:
                 return fn(conn)
         async with self._turn:
             return await asyncio.get_running_loop().run_in_executor(thread, run)

@@ -7,7 +7,7 @@ call leaves a CallbackReceipt saying which of these happened.
 
 `Ingestor` is the door: one per process, it group-commits. Results that arrive while a
 transaction is being written go into the next one, written on the database's writer thread
-(`Database.in_writer`), and each caller is answered once its result is durable.
+(`Database.on_writer`), and each caller is answered once its result is durable.
 """
 
 from __future__ import annotations
@@ -15,8 +15,10 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import hashlib
+import threading
+import time
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -24,7 +26,7 @@ import structlog
 from sqlalchemy import bindparam
 from sqlmodel import col, select
 
-from gateway import metrics
+from gateway import bulk, metrics
 from gateway.config import Config
 from gateway.db import Database, unavailable
 from gateway.deliveries import PLUGIN_PREFIX
@@ -60,12 +62,14 @@ def delivery_targets(task: Task, config: Config, plugins: Plugins | None, succes
 
 
 def _final_payload(task: Task, outcome: Outcome) -> dict:
-    if outcome.success:
-        duration = max(outcome.duration, 0.0)
-        outcome = Outcome(success=True, duration=duration, model=task.model,
-                          segments=normalise_segments(list(outcome.segments), duration, task.speaker),
-                          output_tokens=outcome.output_tokens, prompt_tokens=outcome.prompt_tokens)
-    return build_payload(task.id, outcome)
+    """The payload stored and sent: for a success, its segments normalised for this task."""
+    if not outcome.success:
+        return build_payload(task.id, outcome)
+    duration = max(outcome.duration, 0.0)
+    segments = normalise_segments(outcome.segments, duration, task.speaker)
+    return build_payload(task.id, Outcome(success=True, duration=duration, model=task.model,
+                                          output_tokens=outcome.output_tokens, prompt_tokens=outcome.prompt_tokens),
+                         segments)
 
 
 def body_sha256(raw: bytes) -> str:
@@ -109,22 +113,29 @@ class Ingestor:
     wait for the next one, which stores them all (one transaction, a few statements, one disk
     flush), so throughput grows with load instead of every result queueing for the writer on
     its own. Each caller still gets its own answer only after its result is durable. If a batch
-    fails, its results are tried one by one, so one bad result never fails the others."""
+    fails, its results are tried one by one, so one bad result never fails the others.
+
+    A writer thread takes batch after batch from the waiting results itself, without going back
+    to the event loop in between (which, under load, is busy serving requests), and hands each
+    batch's answers to the loop as soon as it is durable. It gives its turn back to the process's
+    other transactions after `turn_s` or when nothing waits. PostgreSQL runs `db.writers` such
+    threads at once; SQLite one."""
 
     def __init__(self, db: Database, config: Config, plugins: Plugins | None, max_batch: int = 256,
-                 remember: int = 16384):
+                 remember: int = 16384, turn_s: float = 0.025):
         self.db = db
         self.config = config
         self.plugins = plugins
         self.max_batch = max_batch
+        self.turn_s = turn_s
         # (provider, sha256 of a callback body) -> (task_id, its task_id field), for bodies that
         # were stored or acknowledged: the same bytes again can only be a duplicate.
         self._seen: OrderedDict[tuple[str, str], tuple[str, str | None]] = OrderedDict()
         self._remember = remember
-        self._pending: list[_Item] = []
-        self._wake = asyncio.Event()
-        self._writer: asyncio.Task | None = None
-        self._closing = False
+        self._lock = threading.Lock()  # _pending and _writing: shared with the writer threads
+        self._pending: deque[_Item] = deque()
+        self._writing = 0  # writer runs started and not yet out of work
+        self._runs: set[asyncio.Task] = set()
 
     async def ingest(self, task_id: str | None, outcome: Outcome, *, provider: str,
                      external_task_id: str | None = None, raw_sha256: str = "") -> IngestResult:
@@ -153,56 +164,81 @@ class Ingestor:
             self._seen.popitem(last=False)
 
     async def _enqueue(self, item: _Item) -> IngestResult:
-        self._pending.append(item)
-        if self._writer is None or self._writer.done():
+        with self._lock:
+            self._pending.append(item)
+            start = self._writing < self.db.writers
+            self._writing += start
+        if start:
             # its own context: not the first caller's, whose bound log fields (task_id) it would keep
-            self._writer = asyncio.create_task(self._write_loop(), context=contextvars.Context())
-        self._wake.set()
+            run = asyncio.create_task(self._run(asyncio.get_running_loop()), context=contextvars.Context())
+            self._runs.add(run)
+            run.add_done_callback(self._runs.discard)
         return await item.answer
 
     async def close(self) -> None:
-        """Store what is waiting, then stop the writer."""
-        self._closing = True
-        self._wake.set()
-        if self._writer is not None:
-            await self._writer
+        """Store what is waiting, then return once every writer run has ended."""
+        while self._runs:
+            await asyncio.gather(*self._runs, return_exceptions=True)
 
-    async def _write_loop(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._pending:
-                batch, self._pending = self._pending[:self.max_batch], self._pending[self.max_batch:]
-                await self._commit(batch)
-            if self._closing:
-                return
+    async def _run(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Writer turns on a writer thread until nothing waits. Without a connection to write on,
+        everything waiting fails alike (a 503 when the database is unreachable)."""
+        run = _Run()
+        while not run.ended:
+            try:
+                await self.db.on_writer(lambda conn: self._write_batches(conn, loop, run))
+            except Exception as exc:
+                while not run.ended and (batch := self._take(run)):
+                    self._answer_batch(batch, [_Answer(exc)] * len(batch))
 
-    async def _commit(self, items: list[_Item]) -> None:
+    def _take(self, run: _Run) -> list[_Item]:
+        with self._lock:
+            n = min(len(self._pending), self.max_batch)
+            batch = [self._pending.popleft() for _ in range(n)]
+            if not batch:
+                self._writing -= 1  # under the lock: a result enqueued from now on starts a run
+                run.ended = True
+            return batch
+
+    def _write_batches(self, conn, loop: asyncio.AbstractEventLoop, run: _Run) -> None:
+        """On a writer thread: store batch after batch until none is left or `turn_s` is up."""
+        deadline = time.monotonic() + self.turn_s
+        while time.monotonic() < deadline and (batch := self._take(run)):
+            answers = self._store(conn, batch)
+            try:
+                loop.call_soon_threadsafe(self._answer_batch, batch, answers)
+            except RuntimeError:  # the loop is closed: nobody waits for these answers any more
+                pass
+
+    def _store(self, conn, items: list[_Item]) -> list[_Answer]:
+        """Each item's answer: one transaction for the batch, or one per item if it fails for a
+        reason other than an unreachable database."""
         try:
-            plan, tasks = await self.db.in_writer(lambda conn: store_batch(conn, items, self.config, self.plugins))
+            with conn.begin():
+                plan, tasks = store_batch(conn, items, self.config, self.plugins)
         except Exception as exc:
             if len(items) > 1 and not unavailable(exc):  # find the one that fails; the others go in
-                for item in items:
-                    await self._commit([item])
-                return
-            for item in items:
-                log.warning("ingest.failed", task_id=item.task_id, error=type(exc).__name__)
-                _answer(item, exc)
-            return
-        except BaseException as exc:  # cancelled: no answer will come from this batch
-            for item in items:
-                _answer(item, exc)
-            raise
-        for item, result, stored in zip(items, plan.results, plan.stored):
-            log.info("ingest", task_id=result.task_id or item.task_id, provider=item.provider,
-                     outcome=result.outcome, success=item.outcome.success if item.outcome else None)
-            self._remember_body(item, result)
-            if stored is not None:
-                metrics.observe_result(item.provider, tasks[result.task_id].started_at, plan.now,
-                                       item.outcome.success, item.outcome.duration)
+                return [a for item in items for a in self._store(conn, [item])]
+            return [_Answer(exc)] * len(items)
+        return [_Answer(result, stored is not None, stored and tasks[result.task_id].started_at, plan.now)
+                for result, stored in zip(plan.results, plan.stored)]
+
+    def _answer_batch(self, items: list[_Item], answers: list[_Answer]) -> None:
+        """On the event loop: log, count and answer a stored batch."""
+        for item, a in zip(items, answers):
+            if isinstance(a.result, Exception):
+                log.warning("ingest.failed", task_id=item.task_id, error=type(a.result).__name__)
+                _answer(item, a.result)
+                continue
+            log.info("ingest", task_id=a.result.task_id or item.task_id, provider=item.provider,
+                     outcome=a.result.outcome, success=item.outcome.success if item.outcome else None)
+            self._remember_body(item, a.result)
+            if a.stored:
+                metrics.observe_result(item.provider, a.started_at, a.now, item.outcome.success,
+                                       item.outcome.duration)
             else:
-                metrics.observe_repeat(item.provider, result.outcome)
-            _answer(item, result)
+                metrics.observe_repeat(item.provider, a.result.outcome)
+            _answer(item, a.result)
 
 
 def store_batch(conn, items: list[_Item], config: Config, plugins: Plugins | None) -> tuple[Plan, dict]:
@@ -230,6 +266,20 @@ class _Item:
     raw_sha256: str
     answer: asyncio.Future
     known: IngestResult | None = None  # decided already (a known repeat): only its receipt is written
+
+
+@dataclass
+class _Run:
+    ended: bool = False  # it found nothing waiting (and no longer counts as writing)
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """What became of one item of a batch: its IngestResult, or the exception that stopped it."""
+    result: IngestResult | Exception
+    stored: bool = False  # accepted, with its task's start time (for the job metrics)
+    started_at: datetime | None = None
+    now: datetime | None = None
 
 
 def _answer(item: _Item, result) -> None:
@@ -314,24 +364,15 @@ _SEGMENT_COLUMNS = ("task_id", "idx", "start_time", "end_time", "speaker", "text
 assert set(_SEGMENT_COLUMNS) | {"id"} == set(Segment.__table__.columns.keys())
 
 
-def _insert_segments_sql(paramstyle: str) -> str:
-    mark = "?" if paramstyle == "qmark" else "%s"
-    return (f"INSERT INTO {Segment.__tablename__} ({', '.join(_SEGMENT_COLUMNS)}) "
-            f"VALUES ({', '.join([mark] * len(_SEGMENT_COLUMNS))})")
-
-
 def _write(conn, plan: Plan) -> None:
-    """Each table in one Core executemany (the ORM's bulk path costs more than the SQL); parents
-    first, so foreign keys hold."""
+    """The task updates in one executemany, each new table's rows in one bulk insert (parents
+    first, so foreign keys hold), and on PostgreSQL the wake-ups in one NOTIFY statement."""
     updates = [u for u in plan.stored if u is not None]
     if updates:
         conn.execute(_UPDATE_TASK, updates)
-    if plan.transcripts:
-        conn.execute(Transcript.__table__.insert(), plan.transcripts)
-    if plan.segments:  # most of the rows: straight to the driver, no per-row work in SQLAlchemy
-        conn.exec_driver_sql(_insert_segments_sql(conn.dialect.paramstyle), plan.segments)
-    for model, rows in ((Delivery, plan.deliveries), (CallbackReceipt, plan.receipts)):
-        if rows:
-            conn.execute(model.__table__.insert(), rows)
+    bulk.insert_dicts(conn, Transcript.__table__, plan.transcripts)
+    bulk.insert_rows(conn, Segment.__table__, _SEGMENT_COLUMNS, plan.segments)
+    bulk.insert_dicts(conn, Delivery.__table__, plan.deliveries)
+    bulk.insert_dicts(conn, CallbackReceipt.__table__, plan.receipts)
     if updates and conn.dialect.name == "postgresql":
         conn.execute(notify_statement(DELIVERIES, *(task_done_channel(u["b_id"]) for u in updates)))

@@ -91,7 +91,7 @@ class Segment(SQLModel, table=True):
     __table_args__ = (UniqueConstraint("task_id", "idx", name="uq_segment_task_idx"),)
 
     id: Optional[int] = Field(default=None, primary_key=True)
-    task_id: str = Field(foreign_key="transcript.task_id", max_length=32, index=True)
+    task_id: str = Field(foreign_key="transcript.task_id", max_length=32)  # uq_segment_task_idx finds by it
     idx: int
     start_time: float
     end_time: float
@@ -108,7 +108,7 @@ class Delivery(SQLModel, table=True):
     )
 
     id: str = Field(primary_key=True, max_length=32)
-    task_id: str = Field(foreign_key="task.id", max_length=32, index=True)
+    task_id: str = Field(foreign_key="task.id", max_length=32)  # uq_delivery_task_target finds by it
     target: str = Field(max_length=2048)
     kind: str = Field(max_length=16)
     status: str = Field(default=DeliveryStatus.PENDING, max_length=16)

@@ -53,8 +53,9 @@ class Outcome:
         return cls(success=False, error=reason, code=code)
 
 
-def normalise_segments(raw: list[Segment], duration: float, speaker: bool) -> tuple[Segment, ...]:
-    """Clamp times into [0, duration], order by time, strip text, drop empty ones; speakers only if asked."""
+def normalise_segments(raw, duration: float, speaker: bool) -> list[dict[str, Any]]:
+    """The segments as sent: times clamped into [0, duration] and rounded to ms, ordered by time,
+    text stripped, empty ones dropped, speakers only if asked; dicts in the payload's shape."""
     out = []
     for s in raw:
         text = s.text.strip()
@@ -62,12 +63,14 @@ def normalise_segments(raw: list[Segment], duration: float, speaker: bool) -> tu
             continue
         start = round(min(max(s.start_time, 0.0), duration), 3)
         end = round(min(max(s.end_time, start), duration), 3)
-        out.append(Segment(start, end, text, s.speaker if speaker else None))
-    out.sort(key=lambda s: (s.start_time, s.end_time))
-    return tuple(out)
+        out.append({"start_time": start, "end_time": end, "text": text,
+                    "speaker": s.speaker if speaker else None})
+    out.sort(key=lambda s: (s["start_time"], s["end_time"]))
+    return out
 
 
-def build_payload(task_id: str, outcome: Outcome) -> dict[str, Any]:
+def build_payload(task_id: str, outcome: Outcome, segments: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The callback payload for `outcome`; `segments` (as from normalise_segments) replace its own."""
     if not outcome.success:
         return {"code": outcome.code, "message": "FAILED",
                 "data": {"data": None, "msg": outcome.error or "transcription failed", "success": False},
@@ -77,7 +80,7 @@ def build_payload(task_id: str, outcome: Outcome) -> dict[str, Any]:
         "message": "SUCCESS",
         "data": {
             "data": {
-                "data": [s.as_dict() for s in outcome.segments],
+                "data": [s.as_dict() for s in outcome.segments] if segments is None else segments,
                 "usage_metadata": {"duration": round(outcome.duration, 3), "model": outcome.model,
                                    "output_tokens": outcome.output_tokens,
                                    "prompt_tokens": outcome.prompt_tokens},
