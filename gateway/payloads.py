@@ -38,7 +38,7 @@ class Outcome:
     """What a provider produced for a task: segments and usage, or a failure reason."""
 
     success: bool
-    segments: tuple[Segment, ...] = ()
+    segments: tuple[Segment | CallbackSegment, ...] = ()  # anything with start_time, end_time, text, speaker
     duration: float = 0.0
     model: str = ""
     output_tokens: int = 0
@@ -203,9 +203,8 @@ def _outcome(p: CallbackPayload) -> tuple[str, Outcome]:
     if not p.data.success:
         return p.task_id, Outcome.failure(p.data.msg or p.message or "transcription failed", code=p.code)
     inner = p.data.data
-    segments = [Segment(s.start_time, s.end_time, s.text, s.speaker) for s in inner.data]
-    return p.task_id, Outcome(
-        success=True, segments=tuple(segments), duration=inner.usage_metadata.duration,
+    return p.task_id, Outcome(  # the validated segments as they are: ingest normalises them into dicts
+        success=True, segments=tuple(inner.data), duration=inner.usage_metadata.duration,
         model=inner.usage_metadata.model or "", output_tokens=inner.usage_metadata.output_tokens,
         prompt_tokens=inner.usage_metadata.prompt_tokens,
     )
