@@ -1,0 +1,57 @@
+"""gateway/bulk.py on both backends: rows go in as SQLAlchemy would have written them (columns'
+bind processors, scalar defaults for columns left out), by COPY on PostgreSQL."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from sqlalchemy import create_engine, event, select
+from sqlmodel import Session
+
+from gateway import bulk
+from gateway.db import sync_url, upgrade
+from gateway.models import CallbackReceipt, Delivery, DeliveryStatus, Task, TaskStatus
+
+
+def test_bulk_rows_read_back_like_orm_rows(database_url):
+    upgrade(database_url)
+    engine = create_engine(sync_url(database_url))
+    when = datetime(2026, 11, 25, 13, 14, 15, 123456, tzinfo=timezone(timedelta(hours=2)))
+    try:
+        with Session(engine) as s:
+            s.add(Task(id="t1", url="http://example.com/a.wav", model="whisper-1", provider="local",
+                       status=TaskStatus.PROCESSING))
+            s.commit()
+        with engine.begin() as conn:
+            # status and attempts left out: their defaults; every row shares one timestamp
+            bulk.insert_dicts(conn, Delivery.__table__, [
+                {"id": f"d{i}", "task_id": "t1", "target": f"https://hook.example/{i}?q='x'\t\\N",
+                 "kind": "webhook", "next_attempt_at": when, "created_at": when, "updated_at": when}
+                for i in range(3)])
+            bulk.insert_rows(conn, CallbackReceipt.__table__,
+                             ("provider", "external_task_id", "task_id", "body_sha256", "outcome", "received_at"),
+                             [("local", None, "t1", "-", "duplicate", when), ("local", "x", None, "-", "unknown_task", when)])
+        with Session(engine) as s:
+            deliveries = s.exec(select(Delivery).order_by(Delivery.id)).scalars().all()
+            receipts = s.exec(select(CallbackReceipt).order_by(CallbackReceipt.id)).scalars().all()
+    finally:
+        engine.dispose()
+    assert [(d.id, d.status, d.attempts, d.target) for d in deliveries] == [
+        (f"d{i}", DeliveryStatus.PENDING, 0, f"https://hook.example/{i}?q='x'\t\\N") for i in range(3)]
+    assert {d.next_attempt_at for d in deliveries} == {when}  # the same instant, aware, back in UTC
+    assert deliveries[0].next_attempt_at.utcoffset() == timedelta(0)
+    assert [(r.id is not None, r.external_task_id, r.task_id, r.outcome, r.received_at) for r in receipts] == [
+        (True, None, "t1", "duplicate", when), (True, "x", None, "unknown_task", when)]
+
+
+def test_no_rows_is_no_statement(database_url):
+    upgrade(database_url)
+    engine = create_engine(sync_url(database_url))
+    sent = []
+    event.listen(engine, "before_cursor_execute", lambda conn, cursor, statement, *rest: sent.append(statement))
+    try:
+        with engine.begin() as conn:
+            bulk.insert_dicts(conn, Delivery.__table__, [])
+            bulk.insert_rows(conn, CallbackReceipt.__table__, ("provider",), [])
+    finally:
+        engine.dispose()
+    assert sent == []
