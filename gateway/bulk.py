@@ -42,24 +42,23 @@ def _processed(conn: Connection, table: Table, columns: list[str], rows: Sequenc
     processors = [(i, p) for i, name in enumerate(columns) if (p := _bind_processor(table, name, conn.dialect))]
     if not processors and not extra:
         return list(rows)
-    done: dict[tuple[int, Any], Any] = {}  # rows of one batch share their timestamps: convert each once
-
-    def convert(i: int, p: Callable, value: Any) -> Any:
-        key = (i, value)
-        if key not in done:
-            done[key] = p(value)
-        return done[key]
-
+    # rows of one batch share their timestamps (and often their values): convert each value once
+    done: list[dict[Any, Any]] = [{} for _ in processors]
     out = []
     for row in rows:
         row = list(row + extra)
-        for i, p in processors:
-            if row[i] is not None:
-                row[i] = convert(i, p, row[i])
+        for (i, process), seen in zip(processors, done):
+            value = row[i]
+            if value is not None:
+                converted = seen.get(value, _MISSING)
+                if converted is _MISSING:
+                    converted = seen[value] = process(value)
+                row[i] = converted
         out.append(tuple(row))
     return out
 
 
+_MISSING = object()
 _PROCESSORS: dict[tuple[str, str, str], Callable | None] = {}
 
 
