@@ -1,11 +1,12 @@
-"""Database access: the async engine, sessions, the writer thread, and Alembic migrations.
+"""Database access: the async engine, sessions, the writer threads, and Alembic migrations.
 
 SQLite runs in WAL mode with `synchronous=FULL` (a commit survives a power cut) and every
 transaction starts with `BEGIN IMMEDIATE`, so writers queue on SQLite's lock (busy_timeout)
 instead of failing on a read-to-write upgrade: that is the "single writer" of the design.
 PostgreSQL uses row locks (`FOR UPDATE SKIP LOCKED`) for claims. Batches of many statements
-(the ingest door's group commits) run on one writer thread with a synchronous connection
-(`Database.on_writer`); on SQLite they take the same turn as every other transaction.
+(the ingest door's group commits) run on writer threads, each with its own synchronous
+connection (`Database.on_writer`; one on SQLite, where they take the same turn as every other
+transaction).
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ def install_sqlite_hooks(engine) -> None:
 
 
 class Database:
-    """The async engine, a session factory and the writer thread; one per process."""
+    """The async engine, a session factory and the writer threads; one per process."""
 
     def __init__(self, url: str, *, pool_size: int = 5, writers: int = 2):
         self.url = url

@@ -6,8 +6,8 @@ ignored (`duplicate`); a different one is refused (`conflict`) and changes nothi
 call leaves a CallbackReceipt saying which of these happened.
 
 `Ingestor` is the door: one per process, it group-commits. Results that arrive while a
-transaction is being written go into the next one, written on the database's writer thread
-(`Database.on_writer`), and each caller is answered once its result is durable.
+transaction is being written go into the next one, written on one of the database's writer
+threads (`Database.on_writer`), and each caller is answered once its result is durable.
 """
 
 from __future__ import annotations
@@ -242,7 +242,7 @@ class Ingestor:
 
 
 def store_batch(conn, items: list[_Item], config: Config, plugins: Plugins | None) -> tuple[Plan, dict]:
-    """In one transaction (on the writer thread): lock the items' tasks, decide each item in
+    """In one transaction (on a writer thread): lock the items' tasks, decide each item in
     arrival order (a repeat in the same batch is a repeat), write every table in one executemany."""
     ids = sorted({i.task_id for i in items if i.task_id is not None and i.known is None})
     tasks = {} if not ids else {row.id: row for row in conn.execute(
