@@ -33,7 +33,7 @@ from gateway.deliveries import PLUGIN_PREFIX
 from gateway.models import (CallbackReceipt, Delivery, Segment, Task, TaskStatus, Transcript,
                             utcnow)
 from gateway.notify import DELIVERIES, notify_statement, task_done_channel
-from gateway.payloads import Outcome, build_payload, normalise_segments, serialise_result
+from gateway.payloads import Outcome, build_payload, serialise_result
 from gateway.plugins import Plugins
 
 log = structlog.get_logger(__name__)
@@ -59,17 +59,6 @@ def delivery_targets(task: Task, config: Config, plugins: Plugins | None, succes
         hook = "transcript_completed" if success else "transcript_failed"
         targets += [(PLUGIN_PREFIX + name, "plugin") for name in plugins.delivery_targets(hook)]
     return targets
-
-
-def _final_payload(task: Task, outcome: Outcome) -> dict:
-    """The payload stored and sent: for a success, its segments normalised for this task."""
-    if not outcome.success:
-        return build_payload(task.id, outcome)
-    duration = max(outcome.duration, 0.0)
-    segments = normalise_segments(outcome.segments, duration, task.speaker)
-    return build_payload(task.id, Outcome(success=True, duration=duration, model=task.model,
-                                          output_tokens=outcome.output_tokens, prompt_tokens=outcome.prompt_tokens),
-                         segments)
 
 
 def body_sha256(raw: bytes) -> str:
@@ -220,8 +209,8 @@ class Ingestor:
             if len(items) > 1 and not unavailable(exc):  # find the one that fails; the others go in
                 return [a for item in items for a in self._store(conn, [item])]
             return [_Answer(exc)] * len(items)
-        return [_Answer(result, stored is not None, stored and tasks[result.task_id].started_at, plan.now)
-                for result, stored in zip(plan.results, plan.stored)]
+        return [_Answer(result, True, tasks[result.task_id].started_at, plan.now) if stored is not None
+                else _Answer(result) for result, stored in zip(plan.results, plan.stored)]
 
     def _answer_batch(self, items: list[_Item], answers: list[_Answer]) -> None:
         """On the event loop: log, count and answer a stored batch."""
@@ -317,7 +306,7 @@ def plan_batch(items: list[_Item], tasks: dict, config: Config, plugins: Plugins
         elif task is None:
             result = IngestResult(UNKNOWN_TASK, None)
         else:
-            payload = _final_payload(task, item.outcome)
+            payload = build_payload(task.id, item.outcome, model=task.model, speaker=task.speaker)
             text, digest = serialise_result(payload)
             if digests[task.id] is None:
                 digests[task.id] = digest

@@ -69,19 +69,21 @@ def normalise_segments(raw, duration: float, speaker: bool) -> list[dict[str, An
     return out
 
 
-def build_payload(task_id: str, outcome: Outcome, segments: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """The callback payload for `outcome`; `segments` (as from normalise_segments) replace its own."""
+def build_payload(task_id: str, outcome: Outcome, *, model: str, speaker: bool) -> dict[str, Any]:
+    """The callback payload for `outcome`, as stored and sent: a success's segments normalised
+    (speakers kept only for a task that asked), its model the task's `model` alias."""
     if not outcome.success:
         return {"code": outcome.code, "message": "FAILED",
                 "data": {"data": None, "msg": outcome.error or "transcription failed", "success": False},
                 "task_id": task_id}
+    duration = max(outcome.duration, 0.0)
     return {
         "code": SUCCESS_CODE,
         "message": "SUCCESS",
         "data": {
             "data": {
-                "data": [s.as_dict() for s in outcome.segments] if segments is None else segments,
-                "usage_metadata": {"duration": round(outcome.duration, 3), "model": outcome.model,
+                "data": normalise_segments(outcome.segments, duration, speaker),
+                "usage_metadata": {"duration": round(duration, 3), "model": model,
                                    "output_tokens": outcome.output_tokens,
                                    "prompt_tokens": outcome.prompt_tokens},
             },

@@ -260,8 +260,9 @@ def test_the_stored_result_and_its_identity_are_stable():
 
     from gateway.payloads import Outcome, Segment, build_payload, canonical_json, serialise_result
 
-    payload = build_payload("t1", Outcome(success=True, duration=3.0, model="whisper-1", segments=(
-        Segment(0.0, 1.5, "Hello there."), Segment(1.5, 3.0, "Grüße.", "SPEAKER_00"))))
+    payload = build_payload("t1", Outcome(success=True, duration=3.0, segments=(
+        Segment(0.0, 1.5, "Hello there."), Segment(1.5, 3.0, "Grüße.", "SPEAKER_00"))),
+        model="whisper-1", speaker=True)
     text, digest = serialise_result(payload)
     assert text == canonical_json(payload) and json.loads(text) == payload
     assert text.endswith(',"task_id":"t1"}') and "Grüße" in text
