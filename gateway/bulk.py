@@ -6,6 +6,7 @@ processors first (what SQLAlchemy would do), and columns left out get their scal
 
 from __future__ import annotations
 
+from operator import itemgetter
 from typing import Any, Callable, Sequence
 
 from sqlalchemy import Connection, Table
@@ -15,7 +16,8 @@ def insert_dicts(conn: Connection, table: Table, rows: Sequence[dict[str, Any]])
     """Insert `rows` (dicts with the same keys) into `table`."""
     if rows:
         columns = list(rows[0])
-        insert_rows(conn, table, columns, [tuple(r[c] for c in columns) for r in rows])
+        row = itemgetter(*columns) if len(columns) > 1 else lambda r: (r[columns[0]],)
+        insert_rows(conn, table, columns, [row(r) for r in rows])
 
 
 def insert_rows(conn: Connection, table: Table, columns: Sequence[str], rows: Sequence[tuple]) -> None:
@@ -38,27 +40,27 @@ def insert_rows(conn: Connection, table: Table, columns: Sequence[str], rows: Se
 
 
 def _processed(conn: Connection, table: Table, columns: list[str], rows: Sequence[tuple],
-               extra: tuple) -> list[tuple]:
+               extra: tuple) -> Sequence[tuple]:
+    """The rows with `extra` appended to each, every value through its column's bind processor."""
     processors = [(i, p) for i, name in enumerate(columns) if (p := _bind_processor(table, name, conn.dialect))]
     if not processors and not extra:
-        return list(rows)
-    # rows of one batch share their timestamps (and often their values): convert each value once
-    done: list[dict[Any, Any]] = [{} for _ in processors]
-    out = []
-    for row in rows:
-        row = list(row + extra)
-        for (i, process), seen in zip(processors, done):
-            value = row[i]
-            if value is not None:
-                converted = seen.get(value, _MISSING)
-                if converted is _MISSING:
-                    converted = seen[value] = process(value)
-                row[i] = converted
-        out.append(tuple(row))
-    return out
+        return rows
+    values = list(zip(*rows)) + [(value,) * len(rows) for value in extra]  # column by column
+    for i, process in processors:
+        values[i] = _converted(values[i], process)
+    return list(zip(*values))
 
 
-_MISSING = object()
+def _converted(values: Sequence[Any], process: Callable) -> list[Any]:
+    """process(value) for each value, None kept. The rows of a batch share their timestamps (and
+    often other values): each distinct value is converted once."""
+    memo: dict[Any, Any] = {None: None}
+    for value in values:
+        if value not in memo:
+            memo[value] = process(value)
+    return [memo[value] for value in values]
+
+
 _PROCESSORS: dict[tuple[str, str, str], Callable | None] = {}
 
 

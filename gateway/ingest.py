@@ -50,15 +50,20 @@ class IngestResult:
     task_id: str | None
 
 
-def delivery_targets(task: Task, config: Config, plugins: Plugins | None, success: bool) -> list[tuple[str, str]]:
-    """(target, kind) for every place a finished task goes: its callback_url, webhooks.urls,
-    and each loaded plugin that implements transcript_completed (or transcript_failed)."""
+def delivery_targets(task: Task, config: Config, plugin_targets: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """(target, kind) for every place a finished task goes: its callback_url, webhooks.urls, and
+    `plugin_targets` (the plugins' share, the same for every task: see plugin_targets)."""
     urls = ([task.callback_url] if task.callback_url else []) + list(config.webhooks.urls)
-    targets = [(u, "webhook") for u in dict.fromkeys(urls)]
-    if plugins is not None:
-        hook = "transcript_completed" if success else "transcript_failed"
-        targets += [(PLUGIN_PREFIX + name, "plugin") for name in plugins.delivery_targets(hook)]
-    return targets
+    return [(u, "webhook") for u in dict.fromkeys(urls)] + plugin_targets
+
+
+def plugin_targets(plugins: Plugins | None, success: bool) -> list[tuple[str, str]]:
+    """(plugin:<name>, "plugin") for each loaded, active plugin implementing transcript_completed
+    (or transcript_failed)."""
+    if plugins is None:
+        return []
+    hook = "transcript_completed" if success else "transcript_failed"
+    return [(PLUGIN_PREFIX + name, "plugin") for name in plugins.delivery_targets(hook)]
 
 
 def body_sha256(raw: bytes) -> str:
@@ -234,16 +239,16 @@ def store_batch(conn, items: list[_Item], config: Config, plugins: Plugins | Non
     """In one transaction (on a writer thread): lock the items' tasks, decide each item in
     arrival order (a repeat in the same batch is a repeat), write every table in one executemany."""
     ids = sorted({i.task_id for i in items if i.task_id is not None and i.known is None})
-    tasks = {} if not ids else {row.id: row for row in conn.execute(
-        select(*_TASK_COLUMNS).where(col(Task.id).in_(ids)).order_by(Task.id)
-        .with_for_update())}  # locked in id order: two processes never deadlock
+    tasks = {row.id: row for row in conn.execute(_SELECT_TASKS, {"ids": ids})} if ids else {}
     plan = plan_batch(items, tasks, config, plugins)
     _write(conn, plan)
     return plan, tasks
 
 
-_TASK_COLUMNS = (Task.id, Task.provider, Task.model, Task.speaker, Task.callback_url, Task.progress,
-                 Task.result_sha256, Task.started_at)
+_SELECT_TASKS = (select(Task.id, Task.provider, Task.model, Task.speaker, Task.callback_url, Task.progress,
+                        Task.result_sha256, Task.started_at)
+                 .where(col(Task.id).in_(bindparam("ids", expanding=True)))
+                 .order_by(Task.id).with_for_update())  # locked in id order: two processes never deadlock
 
 
 @dataclass
@@ -296,6 +301,7 @@ def plan_batch(items: list[_Item], tasks: dict, config: Config, plugins: Plugins
     """Decide each item (accepted, duplicate, conflict, unknown task) and build the rows to write."""
     plan = Plan(now=utcnow())
     digests = {tid: t.result_sha256 for tid, t in tasks.items()}
+    plugins_for = {success: plugin_targets(plugins, success) for success in (True, False)}
     for item in items:
         task = tasks.get(item.task_id)
         if task is not None and task.provider != item.provider:
@@ -311,7 +317,7 @@ def plan_batch(items: list[_Item], tasks: dict, config: Config, plugins: Plugins
             if digests[task.id] is None:
                 digests[task.id] = digest
                 stored = _plan_result(plan, task, item.outcome, payload, text, digest,
-                                      delivery_targets(task, config, plugins, item.outcome.success))
+                                      delivery_targets(task, config, plugins_for[item.outcome.success]))
                 result = IngestResult(ACCEPTED, task.id)
             else:
                 result = IngestResult(DUPLICATE if digests[task.id] == digest else CONFLICT, task.id)

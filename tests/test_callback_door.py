@@ -253,6 +253,42 @@ async def test_a_nul_character_in_text_is_refused_on_every_backend(api_only, dat
     assert await count_rows(database_url, "SELECT count(*) FROM transcript") == 0
 
 
+async def test_a_nul_character_is_refused_only_where_it_would_be_stored(api_only, database_url):
+    """The fast parse refuses any body that spells \\u0000; the full one looks where it is."""
+    task_id = await new_task(api_only)
+    body = for_task(success("", (0.0, 1.0, "fine")), task_id)
+    body["data"]["data"]["data"][0]["speaker"] = "S\u0000"
+    status, answer = await post(api_only, body)
+    assert status == 400 and answer["msg"] == ("invalid callback payload: data.data.data[0].speaker: "
+                                                "must not contain the NUL character (\\u0000)"), answer
+    body = for_task(success("", (0.0, 1.0, "a literal \\u0000, no NUL")), task_id)
+    body["extra"] = "\u0000 in a field nobody keeps"
+    status, answer = await post(api_only, body)
+    assert status == 200 and answer["data"]["outcome"] == "accepted", answer
+    result = (await api_only.task(task_id))["result"]
+    assert result["data"][0]["text"] == "a literal \\u0000, no NUL"
+
+
+def test_canonical_json_is_the_standard_encoding():
+    """canonical_json (orjson) writes what json.dumps wrote when the stored digests were made."""
+    import random
+
+    from gateway.payloads import Outcome, Segment, build_payload, canonical_json
+
+    rng = random.Random(7)
+    texts = ["plain", "Grüße, 東京, emoji 🎙", "quotes \" and \\ backslash", "\t\n\r\b\f and \x01\x1f\x7f",
+             "\u2028\u2029 separators", "</script>"]
+    for _ in range(300):
+        duration = round(rng.uniform(0, 10 ** rng.randint(0, 20)), rng.randint(0, 6))
+        segments = tuple(Segment(rng.uniform(-1, duration), rng.uniform(0, duration * 1.1), rng.choice(texts),
+                                 rng.choice([None, "SPEAKER_00"])) for _ in range(rng.randint(0, 5)))
+        payload = build_payload("t" * 32, Outcome(success=True, duration=duration, segments=segments,
+                                                  output_tokens=rng.choice([0, 7, 2 ** 63 - 1, 2 ** 70])),
+                                model=rng.choice(texts), speaker=rng.random() < 0.5)
+        assert canonical_json(payload) == json.dumps(payload, ensure_ascii=False, sort_keys=True,
+                                                     separators=(",", ":"))
+
+
 def test_the_stored_result_and_its_identity_are_stable():
     """result_sha256 decides duplicate vs conflict for results stored by any earlier version:
     its formula (sha256 of the canonical payload without task_id) must never drift."""
