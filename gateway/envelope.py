@@ -2,25 +2,31 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+import orjson
 from aiohttp import web
 from pydantic import BaseModel
 
+_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME  # keys and datetimes as str() spells them
 
-def dumps(obj: Any) -> str:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=str)
+
+def dumps(obj: Any) -> bytes:
+    """Compact JSON, non-ASCII as it is, anything else as str(obj)."""
+    return orjson.dumps(obj, default=str, option=_OPTIONS)
 
 
 def ok(data: Any = None, status: int = 200) -> web.Response:
     """A success envelope; `data` may be a pydantic model (gateway.schemas), dumped as JSON."""
     if isinstance(data, BaseModel):
         data = data.model_dump(mode="json")
-    body = {"code": "0000", "msg": "success", "data": data, "success": True, "failed": False}
-    return web.json_response(body, status=status, dumps=dumps)
+    return _json({"code": "0000", "msg": "success", "data": data, "success": True, "failed": False}, status)
 
 
 def error(status: int, msg: str, headers: dict[str, str] | None = None) -> web.Response:
-    body = {"code": str(status), "msg": msg, "data": None, "success": False, "failed": True}
-    return web.json_response(body, status=status, dumps=dumps, headers=headers)
+    return _json({"code": str(status), "msg": msg, "data": None, "success": False, "failed": True}, status, headers)
+
+
+def _json(body: dict, status: int, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=dumps(body), status=status, headers=headers, content_type="application/json",
+                        charset="utf-8")

@@ -219,12 +219,13 @@ class Ingestor:
 
     def _answer_batch(self, items: list[_Item], answers: list[_Answer]) -> None:
         """On the event loop: log, count and answer a stored batch."""
+        logger = log.bind()  # the configured logger, resolved once for the batch rather than per line
         for item, a in zip(items, answers):
             if isinstance(a.result, Exception):
-                log.warning("ingest.failed", task_id=item.task_id, error=type(a.result).__name__)
+                logger.warning("ingest.failed", task_id=item.task_id, error=type(a.result).__name__)
                 _answer(item, a.result)
                 continue
-            log.info("ingest", task_id=a.result.task_id or item.task_id, provider=item.provider,
+            logger.info("ingest", task_id=a.result.task_id or item.task_id, provider=item.provider,
                      outcome=a.result.outcome, success=item.outcome.success if item.outcome else None)
             self._remember_body(item, a.result)
             if a.stored:

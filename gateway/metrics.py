@@ -7,6 +7,7 @@ scrape time, so they are right however many gateway and worker processes share i
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
@@ -39,28 +40,34 @@ HTTP_SECONDS = Histogram("tgw_http_request_duration_seconds", "Time to answer an
                          buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60))
 
 
+@functools.lru_cache(maxsize=4096)
+def _child(metric, *labels: str):
+    """metric.labels(*labels), looked up once (labels() validates and locks on every call)."""
+    return metric.labels(*labels)
+
+
 def observe_result(provider: str, started_at: datetime | None, finished_at: datetime, success: bool,
                    audio_s: float) -> None:
     """A result was stored for a task of `provider` (called by ingest, in whichever process stores it)."""
-    INGESTED.labels(provider, "accepted").inc()
+    _child(INGESTED, provider, "accepted").inc()
     if started_at is None:
         return
     seconds = max((finished_at - started_at).total_seconds(), 0.0)
-    JOB_SECONDS.labels(provider, "completed" if success else "failed").observe(seconds)
+    _child(JOB_SECONDS, provider, "completed" if success else "failed").observe(seconds)
     if success and audio_s > 0:
-        AUDIO_SECONDS.labels(provider).observe(audio_s)
+        _child(AUDIO_SECONDS, provider).observe(audio_s)
         if seconds > 0:
-            REALTIME_FACTOR.labels(provider).observe(audio_s / seconds)
+            _child(REALTIME_FACTOR, provider).observe(audio_s / seconds)
 
 
 def observe_repeat(provider: str, outcome_name: str) -> None:
     """A result was refused or acknowledged without being stored (duplicate, conflict, unknown task)."""
-    INGESTED.labels(provider, outcome_name).inc()
+    _child(INGESTED, provider, outcome_name).inc()
 
 
 def observe_http(method: str, route: str, status: int, seconds: float) -> None:
-    HTTP_REQUESTS.labels(method, route, str(status)).inc()
-    HTTP_SECONDS.labels(method, route).observe(seconds)
+    _child(HTTP_REQUESTS, method, route, str(status)).inc()
+    _child(HTTP_SECONDS, method, route).observe(seconds)
 
 
 async def database_gauges(db: Database) -> CollectorRegistry:
