@@ -1,6 +1,6 @@
 """The one door every result enters through: `ingest(task_id, outcome)`, idempotent on task_id.
 
-The first valid result wins: it is stored (task, transcript, segments) together with one
+The first valid result wins: it is stored (the task with its payload, a transcript) with one
 delivery per target, in a single transaction. An identical repeat is acknowledged and
 ignored (`duplicate`); a different one is refused (`conflict`) and changes nothing. Every
 call leaves a CallbackReceipt saying which of these happened.
@@ -30,8 +30,7 @@ from gateway import bulk, metrics
 from gateway.config import Config
 from gateway.db import Database, unavailable
 from gateway.deliveries import PLUGIN_PREFIX
-from gateway.models import (CallbackReceipt, Delivery, Segment, Task, TaskStatus, Transcript,
-                            utcnow)
+from gateway.models import CallbackReceipt, Delivery, Task, TaskStatus, Transcript, utcnow
 from gateway.notify import DELIVERIES, notify_statement, task_done_channel
 from gateway.payloads import Outcome, build_payload, serialise_result
 from gateway.plugins import Plugins
@@ -293,7 +292,6 @@ class Plan:
     results: list[IngestResult] = field(default_factory=list)
     stored: list[dict | None] = field(default_factory=list)  # the task update, for accepted items
     transcripts: list[dict] = field(default_factory=list)
-    segments: list[tuple] = field(default_factory=list)
     deliveries: list[dict] = field(default_factory=list)
     receipts: list[dict] = field(default_factory=list)
 
@@ -345,8 +343,6 @@ def _plan_result(plan: Plan, task, outcome: Outcome, payload: dict, text: str, d
         plan.transcripts.append({"task_id": task.id, "model": task.model,
                                  "duration": inner["usage_metadata"]["duration"], "segment_count": len(segs),
                                  "text": " ".join(x["text"] for x in segs), "created_at": now})
-        plan.segments += [(task.id, i, x["start_time"], x["end_time"], x["speaker"], x["text"])
-                          for i, x in enumerate(segs)]  # in _SEGMENT_COLUMNS order
     plan.deliveries += [{"id": uuid.uuid4().hex, "task_id": task.id, "target": target, "kind": kind,
                          "next_attempt_at": now, "created_at": now, "updated_at": now}
                         for target, kind in targets]
@@ -356,10 +352,6 @@ def _plan_result(plan: Plan, task, outcome: Outcome, payload: dict, text: str, d
 _UPDATE_TASK = Task.__table__.update().where(Task.__table__.c.id == bindparam("b_id"))  # SET from the keys
 
 
-_SEGMENT_COLUMNS = ("task_id", "idx", "start_time", "end_time", "speaker", "text")
-assert set(_SEGMENT_COLUMNS) | {"id"} == set(Segment.__table__.columns.keys())
-
-
 def _write(conn, plan: Plan) -> None:
     """The task updates in one executemany, each new table's rows in one bulk insert (parents
     first, so foreign keys hold), and on PostgreSQL the wake-ups in one NOTIFY statement."""
@@ -367,7 +359,6 @@ def _write(conn, plan: Plan) -> None:
     if updates:
         conn.execute(_UPDATE_TASK, updates)
     bulk.insert_dicts(conn, Transcript.__table__, plan.transcripts)
-    bulk.insert_rows(conn, Segment.__table__, _SEGMENT_COLUMNS, plan.segments)
     bulk.insert_dicts(conn, Delivery.__table__, plan.deliveries)
     bulk.insert_dicts(conn, CallbackReceipt.__table__, plan.receipts)
     if updates and conn.dialect.name == "postgresql":

@@ -87,18 +87,6 @@ class Transcript(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
 
 
-class Segment(SQLModel, table=True):
-    __table_args__ = (UniqueConstraint("task_id", "idx", name="uq_segment_task_idx"),)
-
-    id: Optional[int] = Field(default=None, primary_key=True)
-    task_id: str = Field(foreign_key="transcript.task_id", max_length=32)  # uq_segment_task_idx finds by it
-    idx: int
-    start_time: float
-    end_time: float
-    speaker: Optional[str] = Field(default=None, max_length=32)
-    text: str = Field(sa_column=Column(Text, nullable=False))
-
-
 class Delivery(SQLModel, table=True):
     """One per (task, target); target is a webhook URL (later also `plugin:<name>`)."""
 

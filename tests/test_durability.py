@@ -56,7 +56,7 @@ async def test_sigkill_mid_transcription_completes_once_after_restart(
     assert payload["task_id"] == task_id and payload["data"]["data"] == done["result"]
 
     assert await count_rows(database_url, "SELECT count(*) FROM transcript WHERE task_id = :t", t=task_id) == 1
-    assert await count_rows(database_url, "SELECT count(*) FROM segment WHERE task_id = :t",
+    assert await count_rows(database_url, "SELECT segment_count FROM transcript WHERE task_id = :t",
                             t=task_id) == len(done["result"]["data"])
     assert await count_rows(database_url, "SELECT count(*) FROM callbackreceipt WHERE task_id = :t "
                             "AND outcome = 'accepted'", t=task_id) == 1

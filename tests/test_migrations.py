@@ -51,6 +51,38 @@ def test_downgrade_to_base_and_up_again(database_url):
     assert schema_diff(database_url) == []
 
 
+def test_a_downgrade_past_0005_rebuilds_the_segment_rows_from_the_stored_payloads(database_url):
+    """0005 dropped the segment table (every segment is in task.result_json); going back
+    restores its rows, numbered in payload order, for every stored transcript."""
+    from sqlalchemy import text
+
+    from gateway.payloads import Outcome, Segment, build_payload, serialise_result
+
+    upgrade(database_url)
+    payload = build_payload("t" * 32, Outcome(success=True, duration=4.0, segments=(
+        Segment(0.0, 1.25, "Hello there.", "SPEAKER_00"), Segment(1.5, 3.0, "Grüße, 'quoted'."))),
+        model="whisper-1", speaker=True)
+    engine = create_engine(sync_url(database_url))
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO task (id, model, speaker, provider, status, progress, attempts, "
+                              "result_json, created_at, updated_at) VALUES (:id, 'whisper-1', true, 'local', "
+                              "'completed', 1.0, 1, :result, '2026-11-26 00:00:00', '2026-11-26 00:00:00')"),
+                         {"id": "t" * 32, "result": serialise_result(payload)[0]})
+            conn.execute(text("INSERT INTO transcript (task_id, model, duration, segment_count, text, created_at) "
+                              "VALUES (:id, 'whisper-1', 4.0, 2, 'x', '2026-11-26 00:00:00')"), {"id": "t" * 32})
+        downgrade(database_url, "0004")
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT task_id, idx, start_time, end_time, speaker, text FROM segment "
+                                     "ORDER BY idx")).all()
+        assert [tuple(r) for r in rows] == [("t" * 32, 0, 0.0, 1.25, "SPEAKER_00", "Hello there."),
+                                            ("t" * 32, 1, 1.5, 3.0, None, "Grüße, 'quoted'.")]
+        upgrade(database_url)
+        assert "segment" not in tables(database_url)
+    finally:
+        engine.dispose()
+
+
 def test_an_empty_database_shows_the_whole_schema_as_missing(database_url):
     """Guards the check above: with no migrations applied the comparison is not empty."""
     from gateway.db import ensure_sqlite_dir
