@@ -331,7 +331,7 @@ def plan_batch(items: list[_Item], tasks: dict, config: Config, plugins: Plugins
 def _plan_result(plan: Plan, task, outcome: Outcome, payload: dict, text: str, digest: str,
                  targets: list[tuple[str, str]]) -> dict:
     now = plan.now
-    update = {"b_id": task.id, "result_json": text,
+    update = {"id": task.id, "result_json": text,
               "result_sha256": digest, "status": TaskStatus.COMPLETED if outcome.success else TaskStatus.FAILED,
               "error": None if outcome.success else payload["data"]["msg"],
               "speaker_note": outcome.speaker_note if outcome.success and task.speaker else None,
@@ -349,17 +349,15 @@ def _plan_result(plan: Plan, task, outcome: Outcome, payload: dict, text: str, d
     return update
 
 
-_UPDATE_TASK = Task.__table__.update().where(Task.__table__.c.id == bindparam("b_id"))  # SET from the keys
-
-
 def _write(conn, plan: Plan) -> None:
-    """The task updates in one executemany, each new table's rows in one bulk insert (parents
-    first, so foreign keys hold), and on PostgreSQL the wake-ups in one NOTIFY statement."""
+    """The task updates, then each new table's rows (parents first, so foreign keys hold), each
+    table in one bulk statement; on PostgreSQL the wake-ups in one NOTIFY statement, and all of
+    it in one round trip."""
     updates = [u for u in plan.stored if u is not None]
-    if updates:
-        conn.execute(_UPDATE_TASK, updates)
-    bulk.insert_dicts(conn, Transcript.__table__, plan.transcripts)
-    bulk.insert_dicts(conn, Delivery.__table__, plan.deliveries)
-    bulk.insert_dicts(conn, CallbackReceipt.__table__, plan.receipts)
-    if updates and conn.dialect.name == "postgresql":
-        conn.execute(notify_statement(DELIVERIES, *(task_done_channel(u["b_id"]) for u in updates)))
+    with bulk.pipeline(conn):
+        bulk.update_dicts(conn, Task.__table__, "id", updates)
+        bulk.insert_dicts(conn, Transcript.__table__, plan.transcripts)
+        bulk.insert_dicts(conn, Delivery.__table__, plan.deliveries)
+        bulk.insert_dicts(conn, CallbackReceipt.__table__, plan.receipts)
+        if updates and conn.dialect.name == "postgresql":
+            bulk.execute(conn, notify_statement(DELIVERIES, *(task_done_channel(u["id"]) for u in updates)))

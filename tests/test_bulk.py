@@ -1,5 +1,6 @@
-"""gateway/bulk.py on both backends: rows go in as SQLAlchemy would have written them (columns'
-bind processors, scalar defaults for columns left out), by COPY on PostgreSQL."""
+"""gateway/bulk.py on both backends: rows go in (and updates land) as SQLAlchemy would have
+written them (columns' bind processors, scalar defaults for columns left out), as arrays
+through unnest in one pipeline on PostgreSQL."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
@@ -43,6 +44,29 @@ def test_bulk_rows_read_back_like_orm_rows(database_url):
         (True, None, "t1", "duplicate", when), (True, "x", None, "unknown_task", when)]
 
 
+def test_bulk_updates_set_each_row_by_its_key(database_url):
+    upgrade(database_url)
+    engine = create_engine(sync_url(database_url))
+    when = datetime(2026, 11, 26, 1, 2, 3, 456789, tzinfo=timezone(timedelta(hours=-5)))
+    try:
+        with Session(engine) as s:
+            s.add_all([Task(id=f"t{i}", url="http://example.com/a.wav", model="whisper-1", provider="local",
+                            status=TaskStatus.PROCESSING, lease_owner="w1", progress=0.5) for i in range(3)])
+            s.commit()
+        with engine.begin() as conn, bulk.pipeline(conn):
+            bulk.update_dicts(conn, Task.__table__, "id", [
+                {"id": f"t{i}", "status": TaskStatus.COMPLETED, "result_json": '{"text": "it\'s \\"quoted\\"\t"}',
+                 "lease_owner": None, "progress": 1.0, "finished_at": when} for i in (0, 2)])
+        with Session(engine) as s:
+            tasks = s.exec(select(Task).order_by(Task.id)).scalars().all()
+    finally:
+        engine.dispose()
+    assert [(t.id, t.status, t.lease_owner, t.progress) for t in tasks] == [
+        ("t0", "completed", None, 1.0), ("t1", "processing", "w1", 0.5), ("t2", "completed", None, 1.0)]
+    assert tasks[0].result_json == '{"text": "it\'s \\"quoted\\"\t"}' and tasks[1].result_json is None
+    assert tasks[0].finished_at == when and tasks[1].finished_at is None
+
+
 def test_no_rows_is_no_statement(database_url):
     upgrade(database_url)
     engine = create_engine(sync_url(database_url))
@@ -52,6 +76,7 @@ def test_no_rows_is_no_statement(database_url):
         with engine.begin() as conn:
             bulk.insert_dicts(conn, Delivery.__table__, [])
             bulk.insert_rows(conn, CallbackReceipt.__table__, ("provider",), [])
+            bulk.update_dicts(conn, Task.__table__, "id", [])
     finally:
         engine.dispose()
     assert sent == []
