@@ -63,7 +63,7 @@ class ServerConfig(_Section):
 
 class DatabaseConfig(_Section):
     url: str = "sqlite:///./data/gateway.db"
-    writers: int = Field(2, ge=1, le=32)
+    writers: int = Field(1, ge=1, le=32)
 
     @field_validator("url")
     @classmethod

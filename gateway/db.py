@@ -92,7 +92,7 @@ def install_sqlite_hooks(engine) -> None:
 class Database:
     """The async engine, a session factory and the writer threads; one per process."""
 
-    def __init__(self, url: str, *, pool_size: int = 5, writers: int = 2):
+    def __init__(self, url: str, *, pool_size: int = 5, writers: int = 1):
         self.url = url
         self.sqlite = is_sqlite(url)
         # Batches that may be written at once: PostgreSQL runs them on as many connections
