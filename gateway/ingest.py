@@ -17,7 +17,6 @@ import contextvars
 import hashlib
 import threading
 import time
-import uuid
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -30,7 +29,7 @@ from gateway import bulk, metrics
 from gateway.config import Config
 from gateway.db import Database, unavailable
 from gateway.deliveries import PLUGIN_PREFIX
-from gateway.models import CallbackReceipt, Delivery, Task, TaskStatus, Transcript, utcnow
+from gateway.models import CallbackReceipt, Delivery, Task, TaskStatus, Transcript, time_ordered_id, utcnow
 from gateway.notify import DELIVERIES, notify_statement, task_done_channel
 from gateway.payloads import Outcome, build_payload, serialise_result
 from gateway.plugins import Plugins
@@ -343,7 +342,7 @@ def _plan_result(plan: Plan, task, outcome: Outcome, payload: dict, text: str, d
         plan.transcripts.append({"task_id": task.id, "model": task.model,
                                  "duration": inner["usage_metadata"]["duration"], "segment_count": len(segs),
                                  "text": " ".join(x["text"] for x in segs), "created_at": now})
-    plan.deliveries += [{"id": uuid.uuid4().hex, "task_id": task.id, "target": target, "kind": kind,
+    plan.deliveries += [{"id": time_ordered_id(), "task_id": task.id, "target": target, "kind": kind,
                          "next_attempt_at": now, "created_at": now, "updated_at": now}
                         for target, kind in targets]
     return update

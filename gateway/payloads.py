@@ -59,14 +59,24 @@ def normalise_segments(raw, duration: float, speaker: bool) -> list[dict[str, An
     """The segments as sent: times clamped into [0, duration] and rounded to ms, ordered by time,
     text stripped, empty ones dropped, speakers only if asked; dicts in the payload's shape."""
     out = []
-    for s in raw:
+    append = out.append
+    for s in raw:  # min() and max() spelt out: this loop runs for every segment of every result
         text = s.text.strip()
         if not text:
             continue
-        start = round(min(max(s.start_time, 0.0), duration), 3)
-        end = round(min(max(s.end_time, start), duration), 3)
-        out.append({"start_time": start, "end_time": end, "text": text,
-                    "speaker": s.speaker if speaker else None})
+        start = s.start_time
+        if start < 0.0:
+            start = 0.0
+        elif start > duration:
+            start = duration
+        start = round(start, 3)
+        end = s.end_time
+        if end < start:
+            end = start
+        if end > duration:
+            end = duration
+        append({"start_time": start, "end_time": round(end, 3), "text": text,
+                "speaker": s.speaker if speaker else None})
     out.sort(key=_BY_TIME)
     return out
 

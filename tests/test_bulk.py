@@ -80,3 +80,18 @@ def test_no_rows_is_no_statement(database_url):
     finally:
         engine.dispose()
     assert sent == []
+
+
+def test_time_ordered_ids_are_uuid7_and_sort_by_creation():
+    import time
+    import uuid
+
+    from gateway.models import time_ordered_id
+
+    first = [time_ordered_id() for _ in range(100)]
+    time.sleep(0.002)
+    later = time_ordered_id()
+    assert len(set(first)) == 100 and all(len(i) == 32 and i == i.lower() for i in first)
+    assert {uuid.UUID(i).version for i in first} == {7} and {uuid.UUID(i).variant for i in first} == {uuid.RFC_4122}
+    assert max(first) < later  # a later millisecond sorts after every id of an earlier one
+    assert abs(int(later[:12], 16) / 1000 - time.time()) < 1
