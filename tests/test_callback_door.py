@@ -159,6 +159,31 @@ async def test_inbound_segments_are_normalised(api_only):
     ]
 
 
+def test_normalised_segments_keep_the_payload_contract():
+    """Whatever times a provider sends: 0 <= start <= end <= duration (both as sent, rounded to
+    ms), in time order, text stripped and never empty, a speaker only when asked."""
+    import random
+
+    from gateway.payloads import Segment, normalise_segments
+
+    rng = random.Random(11)
+    edges = [-0.0, 0.0, 0.0004, 0.0005, 1e-9, 2.5, 2.5005, 1e9]
+    for _ in range(5000):
+        duration = max(rng.choice(edges + [rng.uniform(0, 60)]), 0.0)
+        raw = [Segment(rng.choice(edges + [rng.uniform(-5, 70)]), rng.choice(edges + [rng.uniform(-5, 70)]),
+                       rng.choice(["a", "  b\t", " ", ""]), rng.choice([None, "SPEAKER_01"]))
+               for _ in range(rng.randint(0, 8))]
+        speaker = rng.random() < 0.5
+        out = normalise_segments(raw, duration, speaker)
+        assert len(out) == sum(1 for s in raw if s.text.strip())
+        assert out == sorted(out, key=lambda s: (s["start_time"], s["end_time"]))
+        for s in out:
+            assert 0 <= s["start_time"] <= s["end_time"] <= round(duration, 3)
+            assert round(s["start_time"], 3) == s["start_time"] and round(s["end_time"], 3) == s["end_time"]
+            assert s["text"] == s["text"].strip() != ""
+            assert s["speaker"] is None or speaker
+
+
 async def test_failure_callback_fails_the_task_and_is_delivered(api_only, start_gateway, webhook):
     task_id = await new_task(api_only)
     status, body = await post(api_only, failure(task_id, "upstream broke"))
