@@ -7,6 +7,7 @@ import contextlib
 import json
 from typing import Any
 
+import orjson
 import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -80,6 +81,8 @@ def _parse_json(raw: bytes) -> Any:
     if not raw.strip():
         raise BadRequest("body is empty; send a JSON object")
     try:
+        if b"\\ud" in raw or b"\\uD" in raw:  # json.loads lets a lone surrogate through; no database stores one
+            orjson.loads(raw)
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"body is not valid JSON: {exc}") from None

@@ -86,6 +86,8 @@ async def test_every_bad_generate_request_is_refused_and_nothing_is_queued(gatew
         (b"{bad", "body is not valid JSON: Expecting property name enclosed in double quotes: line 1 column 2 (char 1)"),
         (b'{"asset_id": "\xff"}',
          "body is not valid JSON: 'utf-8' codec can't decode byte 0xff in position 14: invalid start byte"),
+        (b'{"url": "https://example.com/\\ud800.wav"}',  # a lone surrogate: no database can store it
+         "body is not valid JSON: no low surrogate in string: line 1 column 30 (char 29)"),
         (b"", "body is empty; send a JSON object"),
         (b" \r\n\t", "body is empty; send a JSON object"),
         (b"[1, 2]", "body must be a JSON object"),

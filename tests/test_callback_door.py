@@ -294,6 +294,17 @@ async def test_a_nul_character_is_refused_only_where_it_would_be_stored(api_only
     assert result["data"][0]["text"] == "a literal \\u0000, no NUL"
 
 
+async def test_a_lone_surrogate_is_refused(api_only, database_url):
+    task_id = await new_task(api_only)
+    raw = json.dumps(for_task(success("", (0.0, 1.0, "half \ud83c of a microphone")), task_id)).encode()
+    status, answer = await post(api_only, raw)
+    assert status == 400 and answer["msg"].startswith("body is not valid JSON: no low surrogate in string"), answer
+    assert await count_rows(database_url, "SELECT count(*) FROM callbackreceipt WHERE outcome = 'invalid'") == 1
+    status, answer = await post(api_only, raw.replace(b"\\ud83c", b"\\ud83c\\udf99"))  # the whole pair
+    assert status == 200 and answer["data"]["outcome"] == "accepted"
+    assert (await api_only.task(task_id))["result"]["data"][0]["text"] == "half \U0001f399 of a microphone"
+
+
 def test_canonical_json_is_the_standard_encoding():
     """canonical_json (orjson) writes what json.dumps wrote when the stored digests were made."""
     import random
