@@ -2,7 +2,8 @@
 
 In one process, `Notifier.wake(name)` sets an event. Across processes on PostgreSQL, a
 transaction calls `publish(session, name)` (`pg_notify`, delivered when it commits) and every
-process's `PgListener` (LISTEN on one channel) wakes its own Notifier with that name. Polling
+process's `PgListener` (LISTEN on one channel) wakes its own Notifier with each name the
+notification carries (one per line). Polling
 (`jobs.poll_s`) stays the fallback: a lost notification only costs latency, never work.
 """
 
@@ -79,10 +80,24 @@ class Notifier:
         return len(self._events)
 
 
+PAYLOAD_BYTES = 7999  # PostgreSQL's limit on a notification's payload is 8,000 bytes
+
+
 def notify_statement(*names: str):
-    """NOTIFY every name in one round trip (PostgreSQL)."""
-    return text("SELECT pg_notify(:channel, name) FROM unnest(CAST(:names AS text[])) AS name") \
-        .bindparams(channel=CHANNEL, names=list(names))
+    """NOTIFY every name in one round trip (PostgreSQL), as few notifications as will hold them:
+    names one per line, up to PAYLOAD_BYTES a payload (a batch of results is one notification
+    rather than one per task, each of which every listening process would receive and read)."""
+    payloads, lines, size = [], [], -1
+    for name in dict.fromkeys(names):
+        if lines and size + 1 + len(name.encode()) > PAYLOAD_BYTES:
+            payloads.append("\n".join(lines))
+            lines, size = [], -1
+        lines.append(name)
+        size += 1 + len(name.encode())
+    if lines:
+        payloads.append("\n".join(lines))
+    return text("SELECT pg_notify(:channel, payload) FROM unnest(CAST(:payloads AS text[])) AS payload") \
+        .bindparams(channel=CHANNEL, payloads=payloads)
 
 
 async def publish(session, *names: str) -> None:
@@ -114,7 +129,8 @@ class PgListener:
                     self.listening.set()
                     self.notifier.wake_all()  # whatever was missed while disconnected
                     async for n in conn.notifies():
-                        self.notifier.wake(n.payload)
+                        for name in n.payload.split("\n"):
+                            self.notifier.wake(name)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

@@ -7,6 +7,7 @@ completes them; a second gateway on the same database (with a worker) sends the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import json
 from datetime import datetime, timezone
@@ -341,6 +342,40 @@ def test_the_stored_result_and_its_identity_are_stable():
     assert digest == hashlib.sha256(canonical_json({k: v for k, v in payload.items() if k != "task_id"})
                                     .encode()).hexdigest()
     assert digest == "f9d0192589205e4b23917e30c1b88814873abc57c0ef9ee9544618ee57edb013"
+
+
+async def test_results_stored_in_one_batch_wake_every_process_for_each_task(api_only, start_gateway, db_backend):
+    """One NOTIFY per batch carries every task's name; each process's listener wakes each."""
+    if db_backend != "postgresql":
+        pytest.skip("LISTEN/NOTIFY is PostgreSQL's")
+    from gateway.appkeys import NOTIFIER
+    from gateway.notify import task_done_channel
+
+    other = await start_gateway(config=api_only.config, worker=False)  # stores the results
+    ids = [await new_task(api_only) for _ in range(30)]
+    notifier, loop = api_only.app[NOTIFIER], asyncio.get_running_loop()
+
+    async def woken(task_id: str) -> bool:
+        t0 = loop.time()
+        await notifier.wait(task_done_channel(task_id), 30)
+        return loop.time() - t0 < 30
+
+    with contextlib.ExitStack() as listening:
+        for t in ids:
+            listening.enter_context(notifier.subscribed(task_done_channel(t)))
+        waits = [asyncio.create_task(woken(t)) for t in ids]
+        answers = await asyncio.gather(*(post(other, for_task(HELLO, t)) for t in ids))
+        assert [a[1]["data"]["outcome"] for a in answers] == ["accepted"] * 30
+        assert await asyncio.gather(*waits) == [True] * 30
+
+
+def test_notifications_pack_names_into_payloads_postgresql_accepts():
+    from gateway.notify import PAYLOAD_BYTES, notify_statement
+
+    names = ["deliveries"] + [f"task:{i:032x}" for i in range(400)] + ["deliveries"]
+    payloads = notify_statement(*names).compile().params["payloads"]
+    assert len(payloads) == 2 and all(len(p.encode()) <= PAYLOAD_BYTES for p in payloads)
+    assert "\n".join(payloads).split("\n") == names[:-1]  # in order, each once
 
 
 async def test_finished_tasks_leave_no_wake_up_names_behind(api_only):
