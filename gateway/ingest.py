@@ -30,7 +30,7 @@ from gateway.config import Config
 from gateway.db import Database, unavailable
 from gateway.deliveries import PLUGIN_PREFIX
 from gateway.models import CallbackReceipt, Delivery, Task, TaskStatus, Transcript, time_ordered_id, utcnow
-from gateway.notify import DELIVERIES, notify_statement, task_done_channel
+from gateway.notify import DELIVERIES, NOTIFY_SQL, notify_params, task_done_channel
 from gateway.payloads import Outcome, build_payload, serialise_result
 from gateway.plugins import Plugins
 
@@ -353,10 +353,10 @@ def _write(conn, plan: Plan) -> None:
     table in one bulk statement; on PostgreSQL the wake-ups in one NOTIFY statement, and all of
     it in one round trip."""
     updates = [u for u in plan.stored if u is not None]
-    with bulk.pipeline(conn):
-        bulk.update_dicts(conn, Task.__table__, "id", updates)
-        bulk.insert_dicts(conn, Transcript.__table__, plan.transcripts)
-        bulk.insert_dicts(conn, Delivery.__table__, plan.deliveries)
-        bulk.insert_dicts(conn, CallbackReceipt.__table__, plan.receipts)
-        if updates and conn.dialect.name == "postgresql":
-            bulk.execute(conn, notify_statement(DELIVERIES, *(task_done_channel(u["id"]) for u in updates)))
+    with bulk.writes(conn) as w:
+        w.update_dicts(Task.__table__, "id", updates)
+        w.insert_dicts(Transcript.__table__, plan.transcripts)
+        w.insert_dicts(Delivery.__table__, plan.deliveries)
+        w.insert_dicts(CallbackReceipt.__table__, plan.receipts)
+        if updates:
+            w.then(NOTIFY_SQL, notify_params(DELIVERIES, *(task_done_channel(u["id"]) for u in updates)))

@@ -81,12 +81,13 @@ class Notifier:
 
 
 PAYLOAD_BYTES = 7999  # PostgreSQL's limit on a notification's payload is 8,000 bytes
+NOTIFY_SQL = "SELECT pg_notify(%s, payload) FROM unnest(%s::text[]) AS payload"  # for the driver
 
 
-def notify_statement(*names: str):
-    """NOTIFY every name in one round trip (PostgreSQL), as few notifications as will hold them:
-    names one per line, up to PAYLOAD_BYTES a payload (a batch of results is one notification
-    rather than one per task, each of which every listening process would receive and read)."""
+def notify_params(*names: str) -> tuple[str, list[str]]:
+    """NOTIFY_SQL's parameters: the channel, and every name in as few notifications as will hold
+    them (one name per line, up to PAYLOAD_BYTES a payload): a batch of results is one
+    notification rather than one per task, each of which every listening process would read."""
     payloads, lines, size = [], [], -1
     for name in dict.fromkeys(names):
         if lines and size + 1 + len(name.encode()) > PAYLOAD_BYTES:
@@ -96,8 +97,14 @@ def notify_statement(*names: str):
         size += 1 + len(name.encode())
     if lines:
         payloads.append("\n".join(lines))
+    return CHANNEL, payloads
+
+
+def notify_statement(*names: str):
+    """NOTIFY every name in one round trip (PostgreSQL): NOTIFY_SQL for a session."""
+    channel, payloads = notify_params(*names)
     return text("SELECT pg_notify(:channel, payload) FROM unnest(CAST(:payloads AS text[])) AS payload") \
-        .bindparams(channel=CHANNEL, payloads=payloads)
+        .bindparams(channel=channel, payloads=payloads)
 
 
 async def publish(session, *names: str) -> None:

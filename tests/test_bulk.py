@@ -1,6 +1,6 @@
 """gateway/bulk.py on both backends: rows go in (and updates land) as SQLAlchemy would have
-written them (columns' bind processors, scalar defaults for columns left out), as arrays
-through unnest in one pipeline on PostgreSQL."""
+written them (columns' bind processors, scalar defaults for columns left out); on PostgreSQL
+as arrays through unnest, a transaction's writes in one statement."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
@@ -22,15 +22,15 @@ def test_bulk_rows_read_back_like_orm_rows(database_url):
             s.add(Task(id="t1", url="http://example.com/a.wav", model="whisper-1", provider="local",
                        status=TaskStatus.PROCESSING))
             s.commit()
-        with engine.begin() as conn:
+        with engine.begin() as conn, bulk.writes(conn) as w:
             # status and attempts left out: their defaults; every row shares one timestamp
-            bulk.insert_dicts(conn, Delivery.__table__, [
+            w.insert_dicts(Delivery.__table__, [
                 {"id": f"d{i}", "task_id": "t1", "target": f"https://hook.example/{i}?q='x'\t\\N",
                  "kind": "webhook", "next_attempt_at": when, "created_at": when, "updated_at": when}
                 for i in range(3)])
-            bulk.insert_rows(conn, CallbackReceipt.__table__,
-                             ("provider", "external_task_id", "task_id", "body_sha256", "outcome", "received_at"),
-                             [("local", None, "t1", "-", "duplicate", when), ("local", "x", None, "-", "unknown_task", when)])
+            w.insert_rows(CallbackReceipt.__table__,
+                          ("provider", "external_task_id", "task_id", "body_sha256", "outcome", "received_at"),
+                          [("local", None, "t1", "-", "duplicate", when), ("local", "x", None, "-", "unknown_task", when)])
         with Session(engine) as s:
             deliveries = s.exec(select(Delivery).order_by(Delivery.id)).scalars().all()
             receipts = s.exec(select(CallbackReceipt).order_by(CallbackReceipt.id)).scalars().all()
@@ -53,8 +53,8 @@ def test_bulk_updates_set_each_row_by_its_key(database_url):
             s.add_all([Task(id=f"t{i}", url="http://example.com/a.wav", model="whisper-1", provider="local",
                             status=TaskStatus.PROCESSING, lease_owner="w1", progress=0.5) for i in range(3)])
             s.commit()
-        with engine.begin() as conn, bulk.pipeline(conn):
-            bulk.update_dicts(conn, Task.__table__, "id", [
+        with engine.begin() as conn, bulk.writes(conn) as w:
+            w.update_dicts(Task.__table__, "id", [
                 {"id": f"t{i}", "status": TaskStatus.COMPLETED, "result_json": '{"text": "it\'s \\"quoted\\"\t"}',
                  "lease_owner": None, "progress": 1.0, "finished_at": when} for i in (0, 2)])
         with Session(engine) as s:
@@ -73,10 +73,10 @@ def test_no_rows_is_no_statement(database_url):
     sent = []
     event.listen(engine, "before_cursor_execute", lambda conn, cursor, statement, *rest: sent.append(statement))
     try:
-        with engine.begin() as conn:
-            bulk.insert_dicts(conn, Delivery.__table__, [])
-            bulk.insert_rows(conn, CallbackReceipt.__table__, ("provider",), [])
-            bulk.update_dicts(conn, Task.__table__, "id", [])
+        with engine.begin() as conn, bulk.writes(conn) as w:
+            w.insert_dicts(Delivery.__table__, [])
+            w.insert_rows(CallbackReceipt.__table__, ("provider",), [])
+            w.update_dicts(Task.__table__, "id", [])
     finally:
         engine.dispose()
     assert sent == []

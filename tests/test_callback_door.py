@@ -370,10 +370,10 @@ async def test_results_stored_in_one_batch_wake_every_process_for_each_task(api_
 
 
 def test_notifications_pack_names_into_payloads_postgresql_accepts():
-    from gateway.notify import PAYLOAD_BYTES, notify_statement
+    from gateway.notify import PAYLOAD_BYTES, notify_params
 
     names = ["deliveries"] + [f"task:{i:032x}" for i in range(400)] + ["deliveries"]
-    payloads = notify_statement(*names).compile().params["payloads"]
+    _, payloads = notify_params(*names)
     assert len(payloads) == 2 and all(len(p.encode()) <= PAYLOAD_BYTES for p in payloads)
     assert "\n".join(payloads).split("\n") == names[:-1]  # in order, each once
 
