@@ -83,6 +83,26 @@ def test_a_downgrade_past_0005_rebuilds_the_segment_rows_from_the_stored_payload
         engine.dispose()
 
 
+def test_stored_results_are_lz4_compressed_on_postgresql(database_url, db_backend):
+    if db_backend != "postgresql":
+        return  # SQLite does not compress: nothing to check
+    from sqlalchemy import text
+
+    def compression() -> str:
+        engine = create_engine(sync_url(database_url))
+        try:
+            with engine.connect() as conn:
+                return conn.execute(text("SELECT attcompression FROM pg_attribute WHERE attrelid = 'task'::regclass "
+                                         "AND attname = 'result_json'")).scalar()
+        finally:
+            engine.dispose()
+
+    upgrade(database_url)
+    assert compression() == "l"
+    downgrade(database_url, "0005")
+    assert compression() == "p"
+
+
 def test_an_empty_database_shows_the_whole_schema_as_missing(database_url):
     """Guards the check above: with no migrations applied the comparison is not empty."""
     from gateway.db import ensure_sqlite_dir
