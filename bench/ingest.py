@@ -140,9 +140,9 @@ async def create_tasks(database_url: str, n: int) -> list[str]:
     from sqlalchemy import create_engine
 
     from gateway.db import sync_url
-    from gateway.models import Task, TaskStatus, utcnow
+    from gateway.models import Task, TaskStatus, time_ordered_id, utcnow
 
-    ids = [uuid.uuid4().hex for _ in range(n)]
+    ids = [time_ordered_id() for _ in range(n)]  # as the gateway makes them
     now = utcnow()
     rows = [{"id": i, "url": "http://example.com/bench.wav", "model": "whisper-1", "provider": "local",
              "status": TaskStatus.PROCESSING, "started_at": now, "created_at": now, "updated_at": now} for i in ids]

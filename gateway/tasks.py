@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import uuid
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Optional
 
@@ -17,7 +16,7 @@ from sqlmodel import col, select
 from gateway.config import Config
 from gateway.db import Database
 from gateway.errors import BadRequest, NotFound
-from gateway.models import Asset, Task, TaskStatus, utcnow
+from gateway.models import Asset, Task, TaskStatus, time_ordered_id, utcnow
 from gateway.notify import publish, task_channel, task_done_channel
 from gateway.providers import LOCAL, Provider, Providers
 from gateway.payloads import no_nul, result_of
@@ -121,7 +120,7 @@ async def validate_request(db: Database, config: Config, providers: Providers, r
 
 
 async def create_task(db: Database, req: GenerateRequest, provider: str) -> Task:
-    task = Task(id=uuid.uuid4().hex, asset_id=req.asset_id, url=req.url, model=req.model,
+    task = Task(id=time_ordered_id(), asset_id=req.asset_id, url=req.url, model=req.model,
                 speaker=req.speaker, language=req.language.lower() if req.language else None,
                 num_speakers=req.num_speakers, min_speakers=req.min_speakers,
                 max_speakers=req.max_speakers, provider=provider, callback_url=req.callback_url)
