@@ -11,6 +11,7 @@ do), and columns left out of an insert get their scalar defaults.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 from operator import itemgetter
@@ -82,6 +83,36 @@ class Writes:
         self._statements, self._params = [], []
 
 
+def locked_rows(conn: Connection, table: Table, columns: tuple[str, ...], keys: Sequence[Any]) -> list[tuple]:
+    """The rows of `table` whose first column (its key) is one of `keys`, as named tuples of
+    `columns`, locked for this transaction (PostgreSQL: FOR UPDATE, taken in key order so that two
+    transactions never deadlock; SQLite: the transaction's write lock). Values come back as
+    SQLAlchemy would give them: psycopg makes Python values itself; SQLite's go through the
+    columns' result processors (text to datetime, 0/1 to bool)."""
+    if not keys:
+        return []
+    dialect = conn.dialect
+    if dialect.name == "postgresql":
+        with _wrapped_errors(conn):
+            cursor = conn.connection.driver_connection.cursor()
+            cursor.execute(_pg_select(table, columns, dialect), [list(keys)])
+            rows = cursor.fetchall()
+        processors = []
+    else:
+        rows = conn.exec_driver_sql(_sqlite_select(table.name, columns, len(keys)), tuple(keys)).all()
+        processors = _sqlite_result_processors(table, columns, dialect)
+    make = _row_type(table, columns)._make
+    if not processors:
+        return [make(r) for r in rows]
+    out = []
+    for row in rows:
+        row = list(row)
+        for i, process in processors:
+            row[i] = process(row[i])
+        out.append(make(row))
+    return out
+
+
 @contextlib.contextmanager
 def writes(conn: Connection) -> Iterator[Writes]:
     """The writes made in the block; on PostgreSQL sent as one statement when it ends."""
@@ -126,6 +157,30 @@ def _arrays(table: Table, columns: Sequence[str], dialect) -> str:
     """unnest's arguments: one typed array parameter per column, `%b::VARCHAR(32)[], …`, sent in
     binary (text arrays would have every element escaped, each quote of a JSON text by a regex)."""
     return ", ".join(f"%b::{table.c[c].type.compile(dialect=dialect)}[]" for c in columns)
+
+
+@functools.lru_cache(maxsize=256)
+def _pg_select(table: Table, columns: tuple[str, ...], dialect) -> str:
+    key = columns[0]
+    return (f"SELECT {', '.join(columns)} FROM {table.name} WHERE {key} = ANY({_arrays(table, (key,), dialect)}) "
+            f"ORDER BY {key} FOR UPDATE")
+
+
+@functools.lru_cache(maxsize=1024)
+def _sqlite_select(table: str, columns: tuple[str, ...], n: int) -> str:
+    return (f"SELECT {', '.join(columns)} FROM {table} WHERE {columns[0]} IN ({', '.join('?' * n)}) "
+            f"ORDER BY {columns[0]}")
+
+
+@functools.lru_cache(maxsize=256)
+def _row_type(table: Table, columns: tuple[str, ...]):
+    return collections.namedtuple(f"{table.name}_row", columns)
+
+
+@functools.lru_cache(maxsize=256)
+def _sqlite_result_processors(table: Table, columns: tuple[str, ...], dialect) -> list[tuple[int, Callable]]:
+    return [(i, p) for i, c in enumerate(columns)
+            if (p := table.c[c].type.dialect_impl(dialect).result_processor(dialect, None))]
 
 
 @functools.lru_cache(maxsize=256)

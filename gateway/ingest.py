@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import structlog
-from sqlalchemy import bindparam
 from sqlmodel import col, select
 
 from gateway import bulk, metrics
@@ -238,16 +237,13 @@ def store_batch(conn, items: list[_Item], config: Config, plugins: Plugins | Non
     """In one transaction (on a writer thread): lock the items' tasks, decide each item in
     arrival order (a repeat in the same batch is a repeat), write every table in one executemany."""
     ids = sorted({i.task_id for i in items if i.task_id is not None and i.known is None})
-    tasks = {row.id: row for row in conn.execute(_SELECT_TASKS, {"ids": ids})} if ids else {}
+    tasks = {row.id: row for row in bulk.locked_rows(conn, Task.__table__, _TASK_COLUMNS, ids)}
     plan = plan_batch(items, tasks, config, plugins)
     _write(conn, plan)
     return plan, tasks
 
 
-_SELECT_TASKS = (select(Task.id, Task.provider, Task.model, Task.speaker, Task.callback_url, Task.progress,
-                        Task.result_sha256, Task.started_at)
-                 .where(col(Task.id).in_(bindparam("ids", expanding=True)))
-                 .order_by(Task.id).with_for_update())  # locked in id order: two processes never deadlock
+_TASK_COLUMNS = ("id", "provider", "model", "speaker", "callback_url", "progress", "result_sha256", "started_at")
 
 
 @dataclass

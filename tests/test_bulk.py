@@ -95,3 +95,23 @@ def test_time_ordered_ids_are_uuid7_and_sort_by_creation():
     assert {uuid.UUID(i).version for i in first} == {7} and {uuid.UUID(i).variant for i in first} == {uuid.RFC_4122}
     assert max(first) < later  # a later millisecond sorts after every id of an earlier one
     assert abs(int(later[:12], 16) / 1000 - time.time()) < 1
+
+
+def test_locked_rows_read_back_as_sqlalchemy_would(database_url):
+    upgrade(database_url)
+    engine = create_engine(sync_url(database_url))
+    when = datetime(2026, 11, 26, 3, 4, 5, 678901, tzinfo=timezone.utc)
+    try:
+        with Session(engine) as s:
+            s.add_all([Task(id=f"t{i}", url="http://example.com/a.wav", model="whisper-1", provider="local",
+                            speaker=i == 1, started_at=when if i else None) for i in range(3)])
+            s.commit()
+        with engine.begin() as conn:
+            rows = bulk.locked_rows(conn, Task.__table__, ("id", "speaker", "started_at", "callback_url"),
+                                    ["t2", "t0", "t1", "missing"])
+            assert bulk.locked_rows(conn, Task.__table__, ("id",), []) == []
+    finally:
+        engine.dispose()
+    assert [(r.id, r.speaker, r.started_at, r.callback_url) for r in rows] == [
+        ("t0", False, None, None), ("t1", True, when, None), ("t2", False, when, None)]  # in key order
+    assert all(type(r.speaker) is bool for r in rows) and rows[1].started_at.utcoffset() == timedelta(0)
