@@ -1,4 +1,5 @@
-"""The writes of one transaction, many rows per table, straight to the driver (`writes(conn)`).
+"""A transaction's reads and writes of many rows at once, straight to the driver: the rows to
+decide on, locked (`locked_rows`), and the writes, many rows per table (`writes(conn)`).
 
 On PostgreSQL every table's rows go as binary arrays (`INSERT … SELECT * FROM unnest(…)`,
 `UPDATE … FROM unnest(…)`) and all of a transaction's writes are one statement, joined by

@@ -235,7 +235,7 @@ class Ingestor:
 
 def store_batch(conn, items: list[_Item], config: Config, plugins: Plugins | None) -> tuple[Plan, dict]:
     """In one transaction (on a writer thread): lock the items' tasks, decide each item in
-    arrival order (a repeat in the same batch is a repeat), write every table in one executemany."""
+    arrival order (a repeat in the same batch is a repeat), write every table at once (bulk)."""
     ids = sorted({i.task_id for i in items if i.task_id is not None and i.known is None})
     tasks = {row.id: row for row in bulk.locked_rows(conn, Task.__table__, _TASK_COLUMNS, ids)}
     plan = plan_batch(items, tasks, config, plugins)
@@ -346,8 +346,7 @@ def _plan_result(plan: Plan, task, outcome: Outcome, payload: dict, text: str, d
 
 def _write(conn, plan: Plan) -> None:
     """The task updates, then each new table's rows (parents first, so foreign keys hold), each
-    table in one bulk statement; on PostgreSQL the wake-ups in one NOTIFY statement, and all of
-    it in one round trip."""
+    table at once; on PostgreSQL with the wake-ups' NOTIFY, all of it one statement."""
     updates = [u for u in plan.stored if u is not None]
     with bulk.writes(conn) as w:
         w.update_dicts(Task.__table__, "id", updates)
