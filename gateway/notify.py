@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 
 import structlog
-from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 log = structlog.get_logger(__name__)
@@ -81,7 +80,7 @@ class Notifier:
 
 
 PAYLOAD_BYTES = 7999  # PostgreSQL's limit on a notification's payload is 8,000 bytes
-NOTIFY_SQL = "SELECT pg_notify(%s, payload) FROM unnest(%s::text[]) AS payload"  # for the driver
+NOTIFY_SQL = "SELECT pg_notify(%s, payload) FROM unnest(%s::text[]) AS payload"  # driver SQL, (channel, payloads)
 
 
 def notify_params(*names: str) -> tuple[str, list[str]]:
@@ -100,17 +99,11 @@ def notify_params(*names: str) -> tuple[str, list[str]]:
     return CHANNEL, payloads
 
 
-def notify_statement(*names: str):
-    """NOTIFY every name in one round trip (PostgreSQL): NOTIFY_SQL for a session."""
-    channel, payloads = notify_params(*names)
-    return text("SELECT pg_notify(:channel, payload) FROM unnest(CAST(:payloads AS text[])) AS payload") \
-        .bindparams(channel=channel, payloads=payloads)
-
-
 async def publish(session, *names: str) -> None:
     """Wake `names` in every process once this session's transaction commits (PostgreSQL only)."""
     if session.bind.dialect.name == "postgresql" and names:
-        await session.exec(notify_statement(*names))
+        conn = await session.connection()
+        await conn.exec_driver_sql(NOTIFY_SQL, notify_params(*names))
 
 
 def libpq_url(url: str) -> str:
