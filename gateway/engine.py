@@ -128,7 +128,12 @@ class LocalEngine:
         ctx = contextvars.copy_context()  # keeps task_id bound in log lines from the thread
         return await loop.run_in_executor(self._executor, ctx.run, self._run, req, report)
 
-    def _run(self, req: TranscribeRequest, report: Callable[[float], None]) -> Outcome:
+    def _run(self, req: TranscribeRequest, on_progress: Callable[[float], None]) -> Outcome:
+        def report(fraction: float) -> None:  # every step of the job reports: there it stops if asked
+            if self._stopping.is_set():
+                raise EngineStopped("the engine is shutting down")
+            on_progress(fraction)
+
         audio = decode(req.path)
         duration = len(audio) / SAMPLE_RATE
         if duration == 0:
@@ -153,21 +158,20 @@ class LocalEngine:
             word_timestamps=req.speaker)
         timed = []
         for s in segments_iter:  # decoding happens lazily, one window per iteration
-            if self._stopping.is_set():
-                raise EngineStopped("the engine is shutting down")
             words = tuple(speakers.Word(float(w.start), float(w.end), w.word) for w in s.words or ())
             timed.append(speakers.TimedSegment(float(s.start), float(s.end), s.text, words))
             report(min(1.0, s.end / duration))
         return timed, info.language
 
     def _label_speakers(self, audio, timed, hints: speakers.Hints, report: Callable[[float], None]):
-        if self._stopping.is_set():
-            raise EngineStopped("the engine is shutting down")
+        report(0.0)
         encoder = speakers.load_encoder()
+        report(0.0)  # loading it the first time takes seconds
         return speakers.label_speakers(encoder, audio, timed, threshold=self.cfg.speaker_threshold,
                                        step_s=self.cfg.speaker_step_s, hints=hints, report=report)
 
     def close(self) -> None:
-        """Stop running transcriptions at their next segment, so the process can exit promptly."""
+        """Stop running transcriptions at their next progress report (a decoded window, a batch of
+        speaker windows), so the process can exit promptly."""
         self._stopping.set()
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -32,6 +32,7 @@ FRAME_S = 0.01                  # resemblyzer's mel frame step
 WINDOW_FRAMES = 160             # resemblyzer's partial utterance: 160 frames
 WINDOW_S = WINDOW_FRAMES * FRAME_S
 BATCH = 128                     # windows per forward pass
+EMBEDDING = 0.9                 # the share of labelling's progress that embedding the windows stands for
 MIN_SPEAKER_S = 2.5             # a cluster whose windows stand for less speech is absorbed
 TRANSITION_RUN = 3              # windows: a run this short between two other voices may be a change
 TRANSITION_SHARE = 1 / 3        # a cluster with this share of such windows is a mixture, not a voice
@@ -154,8 +155,10 @@ def louder(audio: np.ndarray, target_dbfs: float = -30.0) -> np.ndarray:
     return audio * np.float32(10 ** (gain_db / 20)) if gain_db > 0 else audio
 
 
-def embed_windows(encoder, audio: np.ndarray, starts: np.ndarray) -> np.ndarray:
-    """The GE2E embedding of each window (rows L2-normed), from one mel spectrogram of the audio."""
+def embed_windows(encoder, audio: np.ndarray, starts: np.ndarray,
+                  report: Callable[[float], None] = lambda f: None) -> np.ndarray:
+    """The GE2E embedding of each window (rows L2-normed), from one mel spectrogram of the audio;
+    `report(fraction of the windows done)` after each batch."""
     import torch
     from resemblyzer.audio import wav_to_mel_spectrogram
 
@@ -167,6 +170,7 @@ def embed_windows(encoder, audio: np.ndarray, starts: np.ndarray) -> np.ndarray:
         for i in range(0, len(first), BATCH):
             batch = np.stack([mel[f:f + WINDOW_FRAMES] for f in first[i:i + BATCH]])
             out.append(encoder(torch.from_numpy(batch)).numpy())
+            report(min(i + BATCH, len(first)) / len(first))
     return np.concatenate(out) if out else np.zeros((0, 256), dtype=np.float32)
 
 
@@ -383,8 +387,10 @@ def all_one_speaker(segments: Sequence[TimedSegment], note: str | None = None) -
 # --- the whole pipeline --------------------------------------------------------------------
 
 
-def find_windows(encoder, audio: np.ndarray, step_s: float) -> Windows | str:
-    """The embedded windows of the audio, or the reason there can be none."""
+def find_windows(encoder, audio: np.ndarray, step_s: float,
+                 report: Callable[[float], None] = lambda f: None) -> Windows | str:
+    """The embedded windows of the audio, or the reason there can be none; `report` as
+    embed_windows."""
     duration = len(audio) / SAMPLE_RATE
     if duration < WINDOW_S:
         return f"the audio ({duration:.1f} s) is shorter than the {WINDOW_S:.1f} s embedding window"
@@ -394,7 +400,7 @@ def find_windows(encoder, audio: np.ndarray, step_s: float) -> Windows | str:
     if sum(end - begin for begin, end in regions) < WINDOW_S:
         return f"there is less speech than the {WINDOW_S:.1f} s embedding window"
     starts, owners = window_starts(regions, duration, step_s)
-    return Windows(starts, owners, embed_windows(encoder, audio, starts), step_s, tuple(regions))
+    return Windows(starts, owners, embed_windows(encoder, audio, starts, report), step_s, tuple(regions))
 
 
 def label_with_windows(segments: Sequence[TimedSegment], windows: Windows, threshold: float,
@@ -415,8 +421,7 @@ def label_speakers(encoder, audio: np.ndarray, segments: Sequence[TimedSegment],
     """Speaker-labelled segments; when labelling cannot be done, all SPEAKER_00 and a note why."""
     if not segments:
         return Labelled((), "speaker labelling skipped: no speech was transcribed")
-    windows = find_windows(encoder, audio, step_s)
+    windows = find_windows(encoder, audio, step_s, lambda f: report(EMBEDDING * f))
     if isinstance(windows, str):
         return all_one_speaker(segments, f"speaker labelling skipped: {windows}; all segments are {SINGLE}")
-    report(0.5)
     return label_with_windows(segments, windows, threshold, hints)

@@ -221,6 +221,28 @@ async def test_one_long_monologue_is_one_speaker(engine, tmp_path):
     assert {s.speaker for s in outcome.segments} == {"SPEAKER_00"}
 
 
+async def test_labelling_reports_progress_per_batch_and_stops_there_when_the_engine_closes(long_speech_wav):
+    """Embedding the windows is most of labelling's time: progress moves after each batch, and a
+    closing engine (SIGTERM) stops the job at the next batch instead of finishing it."""
+    from gateway.engine import TRANSCRIBED, EngineStopped
+
+    stopping = LocalEngine(EngineConfig(speaker_step_s=0.1))  # 2 minutes of speech: ~10 batches of windows
+    seen: list[float] = []
+
+    def on_progress(fraction: float) -> None:
+        seen.append(fraction)
+        if fraction > TRANSCRIBED:  # the first batch of windows is embedded
+            stopping.close()
+
+    try:
+        with pytest.raises(EngineStopped):
+            await stopping.transcribe(TranscribeRequest(path=str(long_speech_wav), speaker=True), on_progress)
+    finally:
+        stopping.close()
+    labelling = [f for f in seen if f > TRANSCRIBED]
+    assert seen == sorted(seen) and labelling and max(labelling) < 0.95, seen  # stopped about a tenth in
+
+
 async def test_audio_shorter_than_the_embedding_window_is_one_speaker_with_a_note(engine, tmp_path):
     wav = espeak("Yes, thanks.", tmp_path / "short.wav")
     outcome = await label(engine, wav)
