@@ -13,7 +13,7 @@ import aiohttp
 import structlog
 from standardwebhooks.webhooks import Webhook
 
-from conftest import WEBHOOK_SECRET, Gateway, daemon_sections, to_toml
+from conftest import WEBHOOK_SECRET, Gateway, daemon_sections, to_toml, wait_delivery
 from gateway.config import LogConfig
 from gateway.logs import configure_logging
 
@@ -31,6 +31,7 @@ async def test_every_line_of_a_job_is_json_with_its_task_id(tmp_path, database_u
         task_id = await gw.submit(asset_id=await gw.upload(speech_wav), callback_url=webhook.url)
         await gw.wait_task(task_id)
         await webhook.wait_for(1)
+        await wait_delivery(gw, task_id, "delivered")  # its attempt recorded (and logged) before the stop
     daemon.stop()
 
     lines = [json.loads(line) for line in daemon.log_path.read_text().splitlines() if line.strip()]
