@@ -109,7 +109,8 @@ class Workers:
         self.owner = worker_id()
         self.stopping = False
         self._fetch_http: aiohttp.ClientSession | None = None
-        self._jobs: set[asyncio.Task] = set()
+        self._jobs: set[asyncio.Task] = set()   # running tasks (transcriptions)
+        self._sends: set[asyncio.Task] = set()  # running deliveries
         self._loops: list[asyncio.Task] = []
         self._claiming: set[asyncio.Task] = set()  # loops waiting for a claim's answer
 
@@ -118,8 +119,9 @@ class Workers:
         coros = [self.task_loop(p) for p in self.providers.active.values()] + [self.delivery_loop()]
         self._loops = [asyncio.create_task(c) for c in coros]
 
-    async def _claim_loop(self, name: str, parallel: int, claim, run, idle_s) -> None:
-        """Claim work while a slot is free and run each claimed item in its own asyncio task."""
+    async def _claim_loop(self, name: str, parallel: int, claim, run, idle_s, running: set[asyncio.Task]) -> None:
+        """Claim work while a slot is free and run each claimed item in its own asyncio task (kept
+        in `running` until it ends)."""
         slots = asyncio.Semaphore(parallel)
         me = asyncio.current_task()
         self.notifier.listen(name)
@@ -146,8 +148,8 @@ class Workers:
                     await self.notifier.wait(name, await idle_s())
                 continue
             job = asyncio.create_task(run(item))
-            self._jobs.add(job)
-            job.add_done_callback(lambda j: (self._jobs.discard(j), slots.release()))
+            running.add(job)
+            job.add_done_callback(lambda j: (running.discard(j), slots.release()))
 
     # --- tasks ---------------------------------------------------------------------------
 
@@ -158,7 +160,7 @@ class Workers:
         await self._claim_loop(
             task_channel(provider.name), provider.concurrency,
             lambda: tasks.claim_task(self.db, self.owner, self.config.jobs.lease_s, [provider.name]),
-            lambda task: self._run_task(provider, task), idle_s)
+            lambda task: self._run_task(provider, task), idle_s, self._jobs)
 
     async def _run_task(self, provider: Provider, task: Task) -> None:
         structlog.contextvars.bind_contextvars(task_id=task.id, provider=provider.name)
@@ -285,8 +287,11 @@ class Workers:
 
     # --- deliveries ----------------------------------------------------------------------
 
+    def _delivery_lease_s(self) -> float:
+        return self.config.webhooks.timeout_s * 1.5 + 5  # a send never outlives its lease
+
     async def delivery_loop(self, parallel: int = 8) -> None:
-        lease_s = self.config.webhooks.timeout_s * 1.5 + 5  # a send never outlives its lease
+        lease_s = self._delivery_lease_s()
 
         async def idle_s() -> float:
             due = await deliveries.next_due_in(self.db)
@@ -294,7 +299,7 @@ class Workers:
 
         await self._claim_loop(DELIVERIES, parallel,
                                lambda: deliveries.claim_delivery(self.db, self.owner, lease_s),
-                               self._deliver, idle_s)
+                               self._deliver, idle_s, self._sends)
 
     async def _deliver(self, claimed: deliveries.Claimed) -> None:
         structlog.contextvars.bind_contextvars(task_id=claimed.delivery.task_id)
@@ -304,8 +309,10 @@ class Workers:
             log.exception("delivery.error", delivery_id=claimed.delivery.id)
 
     async def stop(self) -> None:
-        """Stop claiming, cancel the running jobs, then give back every task and delivery this
-        process still holds, so another process takes them at once rather than after the lease."""
+        """Stop claiming; cancel the running transcriptions, and let the deliveries being sent
+        finish and be recorded (within their lease: a send cut off after the receiver took it
+        would be sent again); then give back every task and delivery this process still holds,
+        so another process takes them at once rather than after the lease."""
         self.stopping = True
         for loop in self._loops:
             if loop not in self._claiming:
@@ -313,7 +320,11 @@ class Workers:
         await asyncio.gather(*self._loops, return_exceptions=True)
         for job in list(self._jobs):
             job.cancel()
-        await asyncio.gather(*self._jobs, return_exceptions=True)
+        if self._sends:
+            await asyncio.wait(list(self._sends), timeout=self._delivery_lease_s())
+        for send in list(self._sends):
+            send.cancel()
+        await asyncio.gather(*self._jobs, *self._sends, return_exceptions=True)
         for task_id in await tasks.release_owned_tasks(self.db, self.owner):
             log.info("task.released", task_id=task_id)
         if sent := await deliveries.release_owned_deliveries(self.db, self.owner):

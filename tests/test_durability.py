@@ -117,6 +117,26 @@ async def test_sigterm_releases_the_running_task_and_exits_promptly(
     assert done["status"] == "completed" and done["attempts"] == 2
 
 
+async def test_sigterm_lets_a_delivery_being_sent_finish_so_it_is_not_sent_twice(
+        tmp_path, database_url, daemon_factory, http, webhook, audio_dir):
+    """SIGTERM while the receiver holds a webhook request: the send completes and is recorded
+    before the process exits, instead of being cut off and sent again by the next process."""
+    from conftest import espeak
+
+    webhook.delay_s = 1.0  # within the 2 s webhook timeout of the tests' daemons
+    daemon = daemon_factory(to_toml(daemon_sections(tmp_path, database_url)))
+    gw = await started(daemon, http, None)
+    task_id = await gw.submit(asset_id=await gw.upload(espeak("Hi.", audio_dir / "hi.wav")),
+                              callback_url=webhook.url)
+    await webhook.wait_for(1)  # the receiver has it and answers in 1 s
+    daemon.proc.terminate()
+    assert await asyncio.to_thread(daemon.proc.wait, 30) == 0
+    assert await count_rows(database_url, "SELECT count(*) FROM delivery WHERE task_id = :t AND kind = 'webhook' "
+                            "AND status = 'delivered' AND attempts = 1", t=task_id) == 1
+    assert await count_rows(database_url, "SELECT count(*) FROM deliveryattempt WHERE status_code = 200") == 1
+    assert len(webhook.received) == 1
+
+
 async def test_sigterm_under_load_loses_no_acknowledged_request(
         tmp_path, database_url, daemon_factory, http, audio_dir):
     """Clients keep submitting while the daemon gets SIGTERM: it stops accepting, finishes the
