@@ -14,6 +14,7 @@ import random
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from typing import Callable
 
 import aiohttp
 import structlog
@@ -76,7 +77,20 @@ class Claimed:
         return self.task.result_json
 
 
-async def claim_delivery(db: Database, owner: str, lease_s: float) -> Claimed | None:
+def lease_s(target: str, config: Config, plugins: Plugins | None) -> float:
+    """How long a claim on a delivery to `target` holds: one send's limit (its plugin's
+    timeout_s, or webhooks.timeout_s) × 1.5 + 5 s, so that a send never outlives its claim and
+    no other loop sends it at the same time."""
+    name = target.removeprefix(PLUGIN_PREFIX)
+    if name != target and plugins is not None and name in plugins.configs:
+        timeout_s = plugins.configs[name].timeout_s
+    else:
+        timeout_s = config.webhooks.timeout_s
+    return timeout_s * 1.5 + 5
+
+
+async def claim_delivery(db: Database, owner: str, lease_for: Callable[[str], float]) -> Claimed | None:
+    """The delivery due first, leased to `owner` for `lease_for(its target)` seconds."""
     now = utcnow()
     async with db.session() as s:
         stmt = (select(Delivery)
@@ -89,7 +103,7 @@ async def claim_delivery(db: Database, owner: str, lease_s: float) -> Claimed | 
         if d is None:
             return None
         d.lease_owner = owner
-        d.lease_expires_at = now + timedelta(seconds=lease_s)
+        d.lease_expires_at = now + timedelta(seconds=lease_for(d.target))
         s.add(d)
         task = await s.get(Task, d.task_id)
         filename = None

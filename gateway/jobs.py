@@ -109,8 +109,8 @@ class Workers:
         self.owner = worker_id()
         self.stopping = False
         self._fetch_http: aiohttp.ClientSession | None = None
-        self._jobs: set[asyncio.Task] = set()   # running tasks (transcriptions)
-        self._sends: set[asyncio.Task] = set()  # running deliveries
+        self._jobs: dict[asyncio.Task, Task] = {}                   # running transcriptions
+        self._sends: dict[asyncio.Task, deliveries.Claimed] = {}    # running deliveries
         self._loops: list[asyncio.Task] = []
         self._claiming: set[asyncio.Task] = set()  # loops waiting for a claim's answer
 
@@ -119,9 +119,9 @@ class Workers:
         coros = [self.task_loop(p) for p in self.providers.active.values()] + [self.delivery_loop()]
         self._loops = [asyncio.create_task(c) for c in coros]
 
-    async def _claim_loop(self, name: str, parallel: int, claim, run, idle_s, running: set[asyncio.Task]) -> None:
-        """Claim work while a slot is free and run each claimed item in its own asyncio task (kept
-        in `running` until it ends)."""
+    async def _claim_loop(self, name: str, parallel: int, claim, run, idle_s, running: dict) -> None:
+        """Claim work while a slot is free and run each claimed item in its own asyncio task (in
+        `running`, with its item, until it ends)."""
         slots = asyncio.Semaphore(parallel)
         me = asyncio.current_task()
         self.notifier.listen(name)
@@ -148,8 +148,8 @@ class Workers:
                     await self.notifier.wait(name, await idle_s())
                 continue
             job = asyncio.create_task(run(item))
-            running.add(job)
-            job.add_done_callback(lambda j: (running.discard(j), slots.release()))
+            running[job] = item
+            job.add_done_callback(lambda j: (running.pop(j, None), slots.release()))
 
     # --- tasks ---------------------------------------------------------------------------
 
@@ -287,18 +287,16 @@ class Workers:
 
     # --- deliveries ----------------------------------------------------------------------
 
-    def _delivery_lease_s(self) -> float:
-        return self.config.webhooks.timeout_s * 1.5 + 5  # a send never outlives its lease
+    def _lease_s(self, target: str) -> float:
+        return deliveries.lease_s(target, self.config, self.plugins)
 
     async def delivery_loop(self, parallel: int = 8) -> None:
-        lease_s = self._delivery_lease_s()
-
         async def idle_s() -> float:
             due = await deliveries.next_due_in(self.db)
             return self.config.jobs.poll_s if due is None else min(max(due, 0.05), self.config.jobs.poll_s)
 
         await self._claim_loop(DELIVERIES, parallel,
-                               lambda: deliveries.claim_delivery(self.db, self.owner, lease_s),
+                               lambda: deliveries.claim_delivery(self.db, self.owner, self._lease_s),
                                self._deliver, idle_s, self._sends)
 
     async def _deliver(self, claimed: deliveries.Claimed) -> None:
@@ -320,8 +318,9 @@ class Workers:
         await asyncio.gather(*self._loops, return_exceptions=True)
         for job in list(self._jobs):
             job.cancel()
-        if self._sends:
-            await asyncio.wait(list(self._sends), timeout=self._delivery_lease_s())
+        if self._sends:  # each send is bounded by its timeout; its lease bounds the wait in any case
+            await asyncio.wait(list(self._sends), timeout=max(
+                self._lease_s(c.delivery.target) for c in self._sends.values()))
         for send in list(self._sends):
             send.cancel()
         await asyncio.gather(*self._jobs, *self._sends, return_exceptions=True)

@@ -53,6 +53,18 @@ class Hanging:
         await asyncio.sleep(30)
 
 
+class Slow:
+    """Takes longer than a webhook may (its own timeout_s allows it)."""
+
+    def __init__(self, seconds: float):
+        self.seconds, self.calls = seconds, 0
+
+    @hookimpl
+    async def transcript_completed(self, task):
+        self.calls += 1
+        await asyncio.sleep(self.seconds)
+
+
 class RateLimited:
     def __init__(self):
         self.times = []
@@ -129,6 +141,18 @@ async def test_one_failing_plugin_never_blocks_another(start_gateway, tmp_path, 
     await wait_deliveries(gw, task_id, lambda d: len(recorder.completed) == 2 and settled(d))
     status, body = await gw.call("POST", f"/transcriptions/{task_id}/redeliver", params={"target": "plugin:nope"})
     assert status == 404 and body["msg"] == f"task {task_id} has no delivery to 'plugin:nope'"
+
+
+async def test_a_plugin_slower_than_a_webhook_is_called_once(start_gateway, tmp_path, database_url, speech_wav):
+    """A delivery's lease follows its own target's timeout: a plugin allowed 30 s that takes 10 is
+    not claimed again, and called a second time, when a webhook's lease (8 s here) would end."""
+    slow = Slow(10.0)
+    gw = await start_with(start_gateway, tmp_path, database_url, {"slow": (slow, {"timeout_s": 30})},
+                          jobs={"poll_s": 0.2})
+    task_id = await gw.submit(asset_id=await gw.upload(speech_wav))
+    await gw.wait_task(task_id)
+    deliveries = await wait_deliveries(gw, task_id, lambda d: d["plugin:slow"]["status"] == "delivered", timeout=40)
+    assert slow.calls == 1 and deliveries["plugin:slow"]["attempts"] == 1
 
 
 async def test_retry_after_and_failure_hook(start_gateway, tmp_path, database_url, speech_wav):
