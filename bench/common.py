@@ -1,4 +1,5 @@
-"""What the benchmarks share: a free port, waiting for /readyz, uploading, the environment."""
+"""What the benchmarks share: the network namespace they run in, PostgreSQL's URLs, a free
+port, waiting for /readyz, uploading, the environment."""
 
 from __future__ import annotations
 
@@ -7,12 +8,34 @@ import json
 import os
 import platform
 import socket
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
 import aiohttp
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+import netns  # noqa: E402 - the test suite's isolation, one implementation for both
+
 BASE = "/serve/api/v2"
+PG_ADMIN_URL = os.environ.get("TGW_BENCH_PG_ADMIN", netns.pg_admin_url())
+
+
+def isolate() -> None:
+    """Run this bench (and every process it starts) where only loopback exists, as the test
+    suite does: whatever URL a bench submits, nothing can leave the machine. PostgreSQL is then
+    reached through its Unix socket (PG_ADMIN_URL)."""
+    try:
+        netns.isolate()
+    except netns.NotIsolated as exc:
+        raise SystemExit(f"bench: cannot run without a network namespace of its own: {exc}") from None
+
+
+def pg_url(database: str, driver: str = "postgresql+psycopg") -> str:
+    """The URL of `database` on the PostgreSQL server of PG_ADMIN_URL."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(PG_ADMIN_URL).set(drivername=driver, database=database).render_as_string(hide_password=False)
 
 
 def free_port() -> int:

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
-from common import free_port, wait_ready
+from common import free_port, isolate, wait_ready
 
 HERE = Path(__file__).resolve().parent
 CACHE = HERE / ".cache"
@@ -318,6 +318,7 @@ def main() -> None:
     for tool in ("espeak-ng", "sox", "soxi"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is not installed (apt-get install espeak-ng sox)")
+    isolate()
     audio = make_audio()
     summary = summarise(audio_seconds(audio), runs, asyncio.run(measure(audio, runs)))
     table = markdown(summary)

@@ -45,10 +45,9 @@ import uuid
 from pathlib import Path
 
 import aiohttp
-from common import free_port, save_results, wait_ready
+from common import PG_ADMIN_URL, free_port, isolate, pg_url, save_results, wait_ready
 
 HERE = Path(__file__).resolve().parent
-PG_ADMIN_URL = os.environ.get("TGW_BENCH_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 PATH = "/serve/api/v2/callbacks/local"
 CONNECTIONS = 64
 TARGET_SHARE, TARGET_P99_MS = 0.5, 100.0
@@ -156,7 +155,7 @@ async def create_tasks(database_url: str, n: int) -> list[str]:
 
     ids = [time_ordered_id() for _ in range(n)]  # as the gateway makes them
     now = utcnow()
-    rows = [{"id": i, "url": "http://example.com/bench.wav", "model": "whisper-1", "provider": "local",
+    rows = [{"id": i, "url": "http://127.0.0.1:9/bench.wav", "model": "whisper-1", "provider": "local",
              "status": TaskStatus.PROCESSING, "started_at": now, "created_at": now, "updated_at": now} for i in ids]
     engine = create_engine(sync_url(database_url))
     try:
@@ -212,7 +211,7 @@ async def measure(target: str, args, workdir: Path) -> dict:
     elif target == "postgresql":
         pg_name = f"tgw_bench_{uuid.uuid4().hex[:12]}"
         pg_admin(f'CREATE DATABASE "{pg_name}"')
-        database_url = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + "/" + pg_name
+        database_url = pg_url(pg_name)
     cpus = (None, None) if args.no_pin or (os.cpu_count() or 1) < 2 else (1, 0)  # server, client
     proc, url = start_server(target, workdir, database_url, cpus[0])
     try:
@@ -311,6 +310,7 @@ def main() -> None:
     if args.client:
         asyncio.run(client(args.client, json.loads(sys.stdin.read()), args.seconds, Path(args.out)))
         return
+    isolate()
     sys.path.insert(0, str(HERE.parent))
     results = []
     with tempfile.TemporaryDirectory(prefix="tgw-ingest-") as tmp:

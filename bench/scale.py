@@ -2,7 +2,7 @@
 overhead per task.
 
 One `serve --no-worker` API process and N `worker` processes share a fresh PostgreSQL
-database (127.0.0.1:5432, or TGW_BENCH_PG_ADMIN). For each N: the workers start, a warm-up
+database (its Unix socket, or TGW_BENCH_PG_ADMIN). For each N: the workers start, a warm-up
 round loads their models, then `--tasks` short clips (about 2 s of espeak-ng speech) are
 submitted at once; throughput = tasks / (last finished_at - first created_at), from the
 database. Claim latency: with one idle worker, tasks are submitted one at a time and the time
@@ -31,13 +31,12 @@ from datetime import datetime
 from pathlib import Path
 
 import aiohttp
-from common import BASE, environment, free_port, upload, wait_ready
+from common import BASE, PG_ADMIN_URL as PG_ADMIN, environment, free_port, isolate, pg_url, upload, wait_ready
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 CACHE = HERE / ".cache"
 TARGET_P95_MS = 250
-PG_ADMIN = os.environ.get("TGW_BENCH_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
 def make_clip() -> Path:
@@ -63,7 +62,7 @@ class Cluster:
         self.port = free_port()
         self.workdir = workdir
         self.url = f"http://127.0.0.1:{self.port}"
-        self.db_url = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + "/" + database
+        self.db_url = pg_url(database)
         self.config = workdir / "gateway.toml"
         self.config.write_text(f'[database]\nurl = "{self.db_url}"\n[storage]\ndir = "{workdir}/assets"\n'
                                '[engine]\ncpu_threads = 1\n[log]\nformat = "json"\nlevel = "warning"\n')
@@ -185,6 +184,7 @@ def main() -> None:
         args.tasks, args.samples = 9, 10
     if not shutil.which("espeak-ng") or not shutil.which("soxi"):
         sys.exit("needs espeak-ng and sox (apt-get install espeak-ng sox)")
+    isolate()
     clip = make_clip()
     clip_s = float(subprocess.run(["soxi", "-D", str(clip)], capture_output=True, text=True, check=True).stdout)
     counts = [int(x) for x in args.workers.split(",")]
@@ -200,7 +200,8 @@ def main() -> None:
                 "cores (and the machine is shared): throughput is bounded by CPU, not by the claims.\n")
     (RESULTS / "scale.md").write_text(
         f"# bench/scale.py\n\n{md}\n\nClip: {clip_s:.1f} s of speech; engine.cpu_threads = 1 per worker; "
-        f"PostgreSQL 127.0.0.1. Machine: {env['cpus']} CPUs (load average {env['load_average']:.1f} at the end, "
+        f"PostgreSQL on its Unix socket, in a network namespace of loopback only. "
+        f"Machine: {env['cpus']} CPUs (load average {env['load_average']:.1f} at the end, "
         f"shared), Python {env['python']}, faster-whisper {env['faster_whisper']}; {env['date']}.\n"
         f"Reproduce: `python bench/scale.py{flags}`\n{note}")
     (RESULTS / "scale.json").write_text(json.dumps({**summary, **env, "claim_ms": result["claim_ms"]}, indent=2) + "\n")

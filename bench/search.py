@@ -23,7 +23,7 @@ SPEAKER_00..03; created_at spread over 2025. Target: p95 < 20 ms for two-word qu
     python bench/search.py --explain             # also EXPLAIN ANALYZE the slowest PostgreSQL queries
 
 Writes bench/results/search.md and bench/results/search.json. PostgreSQL: TGW_BENCH_PG_ADMIN
-(default postgresql://postgres@127.0.0.1:5432/postgres) must be allowed to CREATE DATABASE.
+(default: postgres on the server's Unix socket) must be allowed to CREATE DATABASE.
 """
 
 from __future__ import annotations
@@ -49,12 +49,12 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a checkout
 
+from common import PG_ADMIN_URL, pg_url  # noqa: E402
 from gateway.db import Database, upgrade  # noqa: E402
 from gateway.payloads import Segment  # noqa: E402
 from gateway.search import STOP_WORDS, Filters, index_transcript, parse_query, search, tsquery  # noqa: E402
 
 RESULTS = HERE / "results"
-PG_ADMIN_URL = os.environ.get("TGW_BENCH_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 TARGET_P95_MS = 20.0
 SEED = 20251125
 KINDS = ("one-word", "two-word", "phrase")
@@ -245,8 +245,7 @@ async def main_async(args) -> list[dict]:
             name = f"tgw_bench_{uuid.uuid4().hex[:12]}"
             pg_admin(f'CREATE DATABASE "{name}"')
             try:
-                base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
-                results.append(await run_backend(backend, f"{base}/{name}", corpus, args))
+                results.append(await run_backend(backend, pg_url(name), corpus, args))
             finally:
                 pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         else:

@@ -33,7 +33,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from common import BASE, free_port, save_results, upload, wait_ready
+from common import BASE, PG_ADMIN_URL, free_port, isolate, pg_url, save_results, upload, wait_ready
 
 
 TIMEOUT_S = 2.0  # webhooks.timeout_s of the gateway under test
@@ -99,9 +99,9 @@ async def run(args, workdir: Path) -> dict:
         import psycopg
 
         pg_name = f"tgw_soak_{uuid.uuid4().hex[:10]}"
-        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as c:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as c:
             c.execute(f'CREATE DATABASE "{pg_name}"')
-        database_url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{pg_name}"
+        database_url = pg_url(pg_name)
     port = free_port()
     config = workdir / "gateway.toml"
     config.write_text("\n".join([
@@ -156,7 +156,7 @@ async def run(args, workdir: Path) -> dict:
         if pg_name:
             import psycopg
 
-            with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as c:
+            with psycopg.connect(PG_ADMIN_URL, autocommit=True) as c:
                 c.execute(f'DROP DATABASE IF EXISTS "{pg_name}" WITH (FORCE)')
 
 
@@ -181,6 +181,7 @@ def main() -> None:
     ap.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite")
     ap.add_argument("--budget", type=float, default=1800, help="seconds before the run gives up")
     args = ap.parse_args()
+    isolate()
     with tempfile.TemporaryDirectory(prefix="tgw-soak-") as tmp:
         result = asyncio.run(run(args, Path(tmp)))
     md = table(result)

@@ -6,6 +6,7 @@ bad values raise `ConfigError` with a message naming the key.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import tomllib
@@ -42,6 +43,26 @@ def validate_whsec(v: str) -> str:
     return v
 
 
+def host_pattern(pattern: str) -> str:
+    """An allow-list entry: a host name (or IP literal), or `*.domain`; normalised as URLs' hosts are."""
+    from gateway.urls import UrlError, host_of, normal_host
+
+    p = normal_host(pattern)
+    wildcard = p.startswith("*.")
+    name = p[2:] if wildcard else p
+    try:
+        ipv6 = ipaddress.ip_address(name).version == 6
+    except ValueError:
+        ipv6 = False
+    if not name or "*" in name or any(c in name for c in "/@?# []" + ("" if ipv6 else ":")):
+        raise ValueError(f"{pattern!r} is not a host name or *.domain (no scheme, port or path)")
+    try:
+        host = host_of(f"http://[{name}]/" if ipv6 else f"http://{name}/")
+    except UrlError as exc:
+        raise ValueError(f"{pattern!r} {exc}") from None
+    return ("*." if wildcard else "") + host
+
+
 class ServerConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
@@ -50,11 +71,17 @@ class ServerConfig(_Section):
     public_url: str = ""
     allow_private_urls: bool = False
     allow_private_hosts: list[str] = []
+    url_allow_hosts: list[str] = []
 
     @field_validator("allow_private_hosts")
     @classmethod
     def _host_names(cls, v: list[str]) -> list[str]:
         return [h.strip().lower().rstrip(".") for h in v if h.strip()]
+
+    @field_validator("url_allow_hosts")
+    @classmethod
+    def _host_patterns(cls, v: list[str]) -> list[str]:
+        return [host_pattern(p) for p in v if p.strip()]
     max_json_kb: int = Field(1024, gt=0)
     sync_timeout_s: float = Field(600, gt=0)
     url_fetch_timeout_s: float = Field(300, gt=0)

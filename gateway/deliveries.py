@@ -29,6 +29,7 @@ from gateway.db import Database
 from gateway.models import Asset, Delivery, DeliveryAttempt, DeliveryStatus, Task, utcnow
 from gateway.notify import DELIVERIES, publish
 from gateway.plugins import Plugins, RetryAfter, TaskInfo, transcript_from_payload
+from gateway.urls import UrlError, UrlPolicy
 
 log = structlog.get_logger(__name__)
 
@@ -64,6 +65,17 @@ class Attempt:
     status_code: int | None = None
     error: str | None = None
     retry_after_s: float | None = None  # the target asked for this delay (HTTP 429 Retry-After)
+    final: bool = False  # no use trying again (the target is refused): dead at once
+
+
+@dataclass
+class Clients:
+    """The HTTP clients deliveries send with: `trusted` for operator-configured targets
+    (webhooks.urls), `checked` for a task's own callback_url (every connection passes `policy`)."""
+
+    trusted: aiohttp.ClientSession
+    checked: aiohttp.ClientSession
+    policy: UrlPolicy
 
 
 @dataclass
@@ -159,6 +171,13 @@ async def send_webhook(http: aiohttp.ClientSession, d: Delivery, body: str, cfg:
         attempt.error = f"timed out after {cfg.timeout_s:g}s"
     except aiohttp.ClientError as exc:
         attempt.error = f"{type(exc).__name__}: {exc}"
+    except UrlError as exc:  # the checked client refused the connection (the host resolves elsewhere now)
+        attempt.error, attempt.final = f"callback_url refused: {exc}", True
+
+
+def client_supplied(target: str, task: Task, config: Config) -> bool:
+    """The target is the task's callback_url (a client's URL, checked), not one of webhooks.urls."""
+    return target == task.callback_url and target not in config.webhooks.urls
 
 
 async def record_attempt(db: Database, d: Delivery, owner: str, attempt: Attempt, max_attempts: int,
@@ -184,7 +203,7 @@ async def record_attempt(db: Database, d: Delivery, owner: str, attempt: Attempt
         if attempt.error is None:
             row.status = DeliveryStatus.DELIVERED
             row.delivered_at = now
-        elif row.attempts >= max_attempts:
+        elif row.attempts >= max_attempts or attempt.final:
             row.status = DeliveryStatus.DEAD
         else:
             delay = attempt.retry_after_s if attempt.retry_after_s is not None else backoff_s(row.attempts, cfg)
@@ -214,7 +233,7 @@ async def run_plugin(plugins: Plugins, name: str, claimed: Claimed, public_url: 
     await asyncio.wait_for(call, cfg.timeout_s)
 
 
-async def attempt_delivery(config: Config, http: aiohttp.ClientSession, plugins: Plugins | None,
+async def attempt_delivery(config: Config, clients: Clients, plugins: Plugins | None,
                            claimed: Claimed) -> tuple[Attempt, int]:
     """Try the delivery once: (what happened, the target's max attempts)."""
     d = claimed.delivery
@@ -222,7 +241,15 @@ async def attempt_delivery(config: Config, http: aiohttp.ClientSession, plugins:
     t0 = time.perf_counter()
     if d.kind == "webhook":
         max_attempts = config.webhooks.max_attempts
-        await send_webhook(http, d, claimed.body, config.webhooks, attempt)
+        if not client_supplied(d.target, claimed.task, config):
+            await send_webhook(clients.trusted, d, claimed.body, config.webhooks, attempt)
+        else:
+            try:
+                await clients.policy.check(d.target)
+            except UrlError as exc:
+                attempt.error, attempt.final = f"callback_url refused: {exc}", True
+            else:
+                await send_webhook(clients.checked, d, claimed.body, config.webhooks, attempt)
     else:
         name = d.target.removeprefix(PLUGIN_PREFIX)
         if plugins is None or name not in plugins.configs:
@@ -242,10 +269,10 @@ async def attempt_delivery(config: Config, http: aiohttp.ClientSession, plugins:
     return attempt, max_attempts
 
 
-async def deliver_one(db: Database, config: Config, http: aiohttp.ClientSession, plugins: Plugins | None,
+async def deliver_one(db: Database, config: Config, clients: Clients, plugins: Plugins | None,
                       owner: str, claimed: Claimed) -> str:
     d = claimed.delivery
-    attempt, max_attempts = await attempt_delivery(config, http, plugins, claimed)
+    attempt, max_attempts = await attempt_delivery(config, clients, plugins, claimed)
     outcome = await record_attempt(db, d, owner, attempt, max_attempts, config.webhooks)
     metrics.DELIVERY_ATTEMPTS.labels(d.kind, "retry" if outcome == DeliveryStatus.PENDING else outcome).inc()
     log.info("delivery.attempt", task_id=d.task_id, delivery_id=d.id, target=d.target,

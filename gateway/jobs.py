@@ -30,7 +30,7 @@ from gateway.notify import DELIVERIES, Notifier, task_channel, task_done_channel
 from gateway.payloads import Outcome
 from gateway.plugins import Plugins
 from gateway.providers import Job, PermanentError, Pending, Provider, Providers, RetryableError
-from gateway.urls import PublicOnlyResolver, UrlError, check_fetchable
+from gateway.urls import UrlError, UrlPolicy
 
 log = structlog.get_logger(__name__)
 
@@ -108,7 +108,8 @@ class Workers:
         self.http = http
         self.owner = worker_id()
         self.stopping = False
-        self._fetch_http: aiohttp.ClientSession | None = None
+        self.url_policy = UrlPolicy.of(config.server)
+        self._client_http: aiohttp.ClientSession | None = None
         self._jobs: dict[asyncio.Task, Task] = {}                   # running transcriptions
         self._sends: dict[asyncio.Task, deliveries.Claimed] = {}    # running deliveries
         self._loops: list[asyncio.Task] = []
@@ -262,28 +263,23 @@ class Workers:
             return
         tmp_dir = Path(self.config.storage.dir) / "tmp"
         tmp_dir.mkdir(parents=True, exist_ok=True)
+        server = self.config.server
         try:
-            server = self.config.server
-            path = await fetch_url(self._fetcher(), task.url, tmp_dir, int(server.max_upload_mb * 1048576),
-                                   server.url_fetch_timeout_s,
-                                   lambda u: check_fetchable(u, server.allow_private_urls, server.allow_private_hosts))
-        except aiohttp.ClientConnectorError as exc:
-            if "non-public address" in str(exc):
-                raise PermanentError(f"could not fetch url: {exc.os_error}") from None
-            raise
+            path = await fetch_url(self.client_http, task.url, tmp_dir, int(server.max_upload_mb * 1048576),
+                                   server.url_fetch_timeout_s, self.url_policy.check)
+        except UrlError as exc:  # refused at connect time: the name now resolves elsewhere
+            raise PermanentError(f"could not fetch url: {exc}") from None
         try:
             yield path
         finally:
             path.unlink(missing_ok=True)
 
-    def _fetcher(self) -> aiohttp.ClientSession:
-        if self._fetch_http is None:
-            if self.config.server.allow_private_urls:
-                self._fetch_http = self.http
-            else:
-                connector = aiohttp.TCPConnector(resolver=PublicOnlyResolver(self.config.server.allow_private_hosts))
-                self._fetch_http = aiohttp.ClientSession(connector=connector)
-        return self._fetch_http
+    @property
+    def client_http(self) -> aiohttp.ClientSession:
+        """The HTTP client for client-supplied URLs (url, callback_url): every connection checked."""
+        if self._client_http is None:
+            self._client_http = self.url_policy.session()
+        return self._client_http
 
     # --- deliveries ----------------------------------------------------------------------
 
@@ -302,7 +298,9 @@ class Workers:
     async def _deliver(self, claimed: deliveries.Claimed) -> None:
         structlog.contextvars.bind_contextvars(task_id=claimed.delivery.task_id)
         try:
-            await deliveries.deliver_one(self.db, self.config, self.http, self.plugins, self.owner, claimed)
+            await deliveries.deliver_one(self.db, self.config, deliveries.Clients(self.http, self.client_http,
+                                                                                  self.url_policy),
+                                         self.plugins, self.owner, claimed)
         except Exception:
             log.exception("delivery.error", delivery_id=claimed.delivery.id)
 
@@ -328,5 +326,5 @@ class Workers:
             log.info("task.released", task_id=task_id)
         if sent := await deliveries.release_owned_deliveries(self.db, self.owner):
             log.info("delivery.released", deliveries=sent)
-        if self._fetch_http is not None and self._fetch_http is not self.http:
-            await self._fetch_http.close()
+        if self._client_http is not None:
+            await self._client_http.close()

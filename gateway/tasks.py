@@ -20,7 +20,7 @@ from gateway.models import Asset, Task, TaskStatus, time_ordered_id, utcnow
 from gateway.notify import publish, task_channel, task_done_channel
 from gateway.providers import LOCAL, Provider, Providers
 from gateway.payloads import no_nul, result_of
-from gateway.urls import UrlError, check_fetchable, validate_http_url
+from gateway.urls import UrlError, UrlPolicy
 
 
 StrictText = Annotated[StrictStr, AfterValidator(no_nul)]
@@ -102,16 +102,13 @@ async def validate_request(db: Database, config: Config, providers: Providers, r
         if provider == LOCAL and lang != "en" and not await chosen.engine.multilingual():
             raise BadRequest(f"language: the model behind {req.model!r} is English-only; "
                              f"{req.language!r} is not supported")
-    if req.callback_url is not None:
-        try:
-            validate_http_url(req.callback_url)
-        except UrlError as exc:
-            raise BadRequest(f"callback_url: {exc}") from None
-    if req.url is not None:
-        try:
-            await check_fetchable(req.url, config.server.allow_private_urls, config.server.allow_private_hosts)
-        except UrlError as exc:
-            raise BadRequest(f"url: {exc}") from None
+    policy = UrlPolicy.of(config.server)
+    for name in ("url", "callback_url"):
+        if (value := getattr(req, name)) is not None:
+            try:
+                await policy.check(value)
+            except UrlError as exc:
+                raise BadRequest(f"{name}: {exc}") from None
     if req.asset_id is not None:
         async with db.session() as s:
             if await s.get(Asset, req.asset_id) is None:

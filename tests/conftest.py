@@ -3,7 +3,13 @@ webhook receiver, real speech from espeak-ng, and a fresh database per test.
 
 Every test that touches a database runs on each backend named by `--db` (default
 `sqlite,postgresql`, or the TGW_TEST_DB environment variable): SQLite in a temp folder, and
-the PostgreSQL at 127.0.0.1:5432 with a fresh database per test.
+the local PostgreSQL (through its Unix socket) with a fresh database per test.
+
+The whole suite runs in a network namespace of its own where only loopback exists
+(tests/netns.py), set up before anything else starts: no test, and no daemon a test starts,
+can connect to or look up anything beyond this machine, whatever URL it is given. Where the
+namespace cannot be had (no root, no user namespaces) the suite says so and skips the tests
+marked `needs_netns` (those that submit generated or non-loopback URLs); under CI it stops.
 """
 
 from __future__ import annotations
@@ -26,10 +32,39 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+import netns
 from gateway import API_BASE
 from gateway.config import Config, load_config
 
-PG_ADMIN_URL = os.environ.get("TGW_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
+PG_ADMIN_URL = os.environ.get("TGW_TEST_PG_ADMIN", netns.pg_admin_url())
+NOT_ISOLATED: str | None = None  # why this run has the machine's network, when it has it
+
+
+def pytest_configure(config):
+    global NOT_ISOLATED
+    config.addinivalue_line("markers", "needs_netns: submits generated or non-loopback URLs; "
+                                       "runs only inside the suite's own network namespace")
+    try:
+        netns.isolate()
+    except netns.NotIsolated as exc:
+        if os.environ.get("CI"):
+            raise pytest.UsageError(f"CI must run the suite without a network: {exc}") from None
+        NOT_ISOLATED = str(exc)
+
+
+def pytest_report_header(config):
+    if NOT_ISOLATED:
+        return (f"network: NOT isolated ({NOT_ISOLATED}); tests marked needs_netns are skipped. "
+                "Run as root, or as `unshare -rn sh -c 'ip link set lo up && python -m pytest'`")
+    return "network: a namespace of its own, loopback only"
+
+
+def pytest_collection_modifyitems(config, items):
+    if NOT_ISOLATED:
+        skip = pytest.mark.skip(reason=f"would submit URLs beyond loopback without isolation: {NOT_ISOLATED}")
+        for item in items:
+            if "needs_netns" in item.keywords:
+                item.add_marker(skip)
 
 
 # --- audio -------------------------------------------------------------------------------
@@ -103,10 +138,12 @@ def database_url(tmp_path, db_backend) -> Any:
     if db_backend == "sqlite":
         yield f"sqlite:///{tmp_path / 'gateway.db'}"
         return
+    from sqlalchemy.engine import make_url
+
     name = f"tgw_test_{uuid.uuid4().hex[:12]}"
     _pg_admin(f'CREATE DATABASE "{name}"')
-    base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
-    yield f"{base}/{name}"
+    url = make_url(PG_ADMIN_URL).set(drivername="postgresql+psycopg", database=name)
+    yield url.render_as_string(hide_password=False)
     _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
@@ -115,7 +152,7 @@ def test_config(tmp_path: Path, database_url: str, **sections: dict) -> Config:
     base: dict[str, dict] = {
         "database": {"url": database_url},
         "storage": {"dir": str(tmp_path / "assets")},
-        "server": {"allow_private_urls": True},
+        "server": {"allow_private_hosts": ["127.0.0.1", "localhost"]},  # loopback receivers
         "jobs": {"poll_s": 0.2, "lease_s": 5, "retry_backoff_s": 0.2},
         "webhooks": {"secret": "whsec_" + "dGVzdC1zZWNyZXQtdGVzdC1zZWNyZXQ=", "timeout_s": 2,
                      "backoff_base_s": 0.1, "backoff_max_s": 0.5, "max_attempts": 4},

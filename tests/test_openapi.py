@@ -43,9 +43,13 @@ def schemathesis_cli() -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.needs_netns  # it submits whatever `url` and `callback_url` the generator invents
 async def test_schemathesis_finds_no_server_error_and_no_drift(tmp_path, database_url, daemon_factory, speech_wav):
-    sections = daemon_sections(tmp_path, database_url, server={"api_keys": [API_KEY]},
-                               log={"format": "json", "level": "warning"})
+    """The daemon runs with the default URL policy, so generated URLs are refused (4xx) or, when
+    they name a public address, tried by the worker: inside the suite's network namespace that
+    fails at once with "network unreachable", so nothing can leave the machine."""
+    sections = daemon_sections(tmp_path, database_url, log={"format": "json", "level": "warning"},
+                               server={"api_keys": [API_KEY], "allow_private_urls": False, "allow_private_hosts": []})
     daemon = daemon_factory(to_toml(sections))
     daemon.start()
     base = f"http://127.0.0.1:{daemon.port}"

@@ -1,6 +1,7 @@
 """/readyz follows the database: 503 while PostgreSQL cannot be reached, 200 again once it can,
-with no restart. The gateway reaches PostgreSQL through a TCP relay that the test cuts and
-restores (closing the listening socket and every relayed connection)."""
+with no restart. The gateway reaches PostgreSQL through a TCP relay on loopback (to the
+server's Unix socket) that the test cuts and restores (closing the listening socket and every
+relayed connection)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,16 @@ import time
 
 import pytest
 
+from sqlalchemy.engine import make_url
+
 from conftest import free_port
+from netns import PG_SOCKET_DIR
 
 
 class Relay:
-    """127.0.0.1:<port> -> PostgreSQL at 127.0.0.1:5432, until cut."""
+    """127.0.0.1:<port> -> PostgreSQL's Unix socket, until cut."""
 
-    def __init__(self, port: int, upstream=("127.0.0.1", 5432)):
+    def __init__(self, port: int, upstream=f"{PG_SOCKET_DIR}/.s.PGSQL.5432"):
         self.port = port
         self.upstream = upstream
         self.server: asyncio.AbstractServer | None = None
@@ -33,7 +37,7 @@ class Relay:
 
     async def _client(self, reader, writer) -> None:
         try:
-            up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+            up_reader, up_writer = await asyncio.open_unix_connection(self.upstream)
         except OSError:
             writer.transport.abort()
             return
@@ -73,7 +77,7 @@ async def test_readyz_fails_while_the_database_is_unreachable_and_recovers(start
         pytest.skip("SQLite is a file in the process: there is no connection to lose")
     relay = Relay(free_port())
     await relay.start()
-    url = database_url.replace("127.0.0.1:5432", f"127.0.0.1:{relay.port}")
+    url = make_url(database_url).set(host="127.0.0.1", port=relay.port, query={}).render_as_string(False)
     gw = await start_gateway(database={"url": url}, worker=False)
     assert (await ready(gw))[0] == 200
     asset = await gw.upload(speech_wav)
