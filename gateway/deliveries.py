@@ -29,7 +29,7 @@ from gateway.db import Database
 from gateway.models import Asset, Delivery, DeliveryAttempt, DeliveryStatus, Task, utcnow
 from gateway.notify import DELIVERIES, publish
 from gateway.plugins import Plugins, RetryAfter, TaskInfo, transcript_from_payload
-from gateway.urls import UrlError, UrlPolicy
+from gateway.urls import UrlError, UrlPolicy, redact
 
 log = structlog.get_logger(__name__)
 
@@ -275,18 +275,20 @@ async def deliver_one(db: Database, config: Config, clients: Clients, plugins: P
     attempt, max_attempts = await attempt_delivery(config, clients, plugins, claimed)
     outcome = await record_attempt(db, d, owner, attempt, max_attempts, config.webhooks)
     metrics.DELIVERY_ATTEMPTS.labels(d.kind, "retry" if outcome == DeliveryStatus.PENDING else outcome).inc()
-    log.info("delivery.attempt", task_id=d.task_id, delivery_id=d.id, target=d.target,
+    log.info("delivery.attempt", task_id=d.task_id, delivery_id=d.id, target=redact(d.target),
              status_code=attempt.status_code, error=attempt.error, outcome=outcome, attempt=d.attempts + 1)
     return outcome
 
 
 async def redeliver(db: Database, task_id: str, target: str | None = None) -> int:
-    """Queue a task's deliveries (all, or one target) to run again now, with a fresh attempt budget."""
+    """Queue a task's deliveries (all, or one target: as stored, or as views show it, credentials
+    redacted) to run again now, with a fresh attempt budget."""
     now = utcnow()
     async with db.session() as s:
         stmt = update(Delivery).where(Delivery.task_id == task_id)
         if target:
-            stmt = stmt.where(Delivery.target == target)
+            stored = (await s.exec(select(Delivery.target).where(Delivery.task_id == task_id))).all()
+            stmt = stmt.where(col(Delivery.target).in_([t for t in stored if target in (t, redact(t))]))
         res = await s.exec(stmt.values(status=DeliveryStatus.PENDING, attempts=0, next_attempt_at=now,
                                        lease_owner=None, lease_expires_at=None, updated_at=now))
         if res.rowcount:
@@ -299,5 +301,5 @@ async def delivery_summary(db: Database, task_id: str) -> list[dict]:
         rows = (await s.exec(select(Delivery).where(Delivery.task_id == task_id)
                              .order_by(col(Delivery.created_at), col(Delivery.kind).desc(),
                                        col(Delivery.target)))).all()
-    return [{"target": d.target, "kind": d.kind, "status": d.status, "attempts": d.attempts,
+    return [{"target": redact(d.target), "kind": d.kind, "status": d.status, "attempts": d.attempts,
              "last_status_code": d.last_status_code, "last_error": d.last_error} for d in rows]

@@ -30,7 +30,7 @@ from gateway.notify import DELIVERIES, Notifier, task_channel, task_done_channel
 from gateway.payloads import Outcome
 from gateway.plugins import Plugins
 from gateway.providers import Job, PermanentError, Pending, Provider, Providers, RetryableError
-from gateway.urls import UrlError, UrlPolicy
+from gateway.urls import UrlError, UrlPolicy, redact
 
 log = structlog.get_logger(__name__)
 
@@ -58,7 +58,8 @@ async def fetch_url(http: aiohttp.ClientSession, url: str, dest_dir: Path, max_b
                 async with resp:
                     if 400 <= resp.status < 500:
                         raise PermanentError(f"could not fetch url: HTTP {resp.status}")
-                    resp.raise_for_status()
+                    if resp.status >= 500:  # not raise_for_status: its message holds the URL, credentials and all
+                        raise RetryableError(f"could not fetch url: HTTP {resp.status}")
                     async for chunk in resp.content.iter_chunked(1 << 16):
                         size += len(chunk)
                         if size > max_bytes:
@@ -84,7 +85,7 @@ async def _follow(http: aiohttp.ClientSession, url: str, check) -> aiohttp.Clien
         try:
             await check(url)
         except UrlError as exc:
-            raise PermanentError(f"could not fetch url: redirect to {url} refused: {exc}") from None
+            raise PermanentError(f"could not fetch url: redirect to {redact(url)} refused: {exc}") from None
     raise PermanentError(f"could not fetch url: more than {MAX_REDIRECTS} redirects")
 
 

@@ -20,7 +20,7 @@ from gateway.models import Asset, Task, TaskStatus, time_ordered_id, utcnow
 from gateway.notify import publish, task_channel, task_done_channel
 from gateway.providers import LOCAL, Provider, Providers
 from gateway.payloads import no_nul, result_of
-from gateway.urls import UrlError, UrlPolicy
+from gateway.urls import UrlError, UrlPolicy, redact
 
 
 StrictText = Annotated[StrictStr, AfterValidator(no_nul)]
@@ -231,7 +231,7 @@ def task_view(task: Task, *, with_result: bool = True) -> dict[str, Any]:
         "speaker": task.speaker,
         "speaker_note": task.speaker_note,
         "asset_id": task.asset_id,
-        "url": task.url,
+        "url": redact(task.url),
         "attempts": task.attempts,
     }
     if with_result:

@@ -11,6 +11,7 @@ from pydantic import Field
 
 from gateway.hookspecs import hookimpl
 from gateway.plugins import PluginConfig, RetryAfter
+from gateway.urls import redact
 
 SECTION_MAX = 3000
 MAX_BLOCKS = 50
@@ -64,8 +65,13 @@ def turns(segments) -> list[tuple[str | None, str]]:
     return out
 
 
+def display_name(task) -> str:
+    """What a message calls the task: its file name, its url (credentials redacted), or its id."""
+    return task.filename or redact(task.url) or task.task_id
+
+
 def completed_blocks(task, transcript, cfg: SlackConfig) -> list[dict]:
-    name = task.filename or task.url or task.task_id
+    name = display_name(task)
     facts = [f"*Duration* {_duration(transcript.duration)}", f"*Model* {escape(transcript.model)}",
              f"*Segments* {len(transcript.segments)}"]
     if task.speaker:
@@ -100,7 +106,7 @@ def completed_blocks(task, transcript, cfg: SlackConfig) -> list[dict]:
 
 
 def failed_blocks(task, error: str) -> list[dict]:
-    name = task.filename or task.url or task.task_id
+    name = display_name(task)
     text = f":warning: *Transcription failed:* {escape(name)}\n{escape(error)}"
     if task.link:
         text += f"\n<{task.link}|Open task {task.task_id}>"
@@ -130,11 +136,11 @@ def _retry_after(value) -> float:
 
 @hookimpl
 async def transcript_completed(task, transcript, config: SlackConfig):
-    name = task.filename or task.url or task.task_id
+    name = display_name(task)
     await post(config, f"Transcript ready: {name}", completed_blocks(task, transcript, config))
 
 
 @hookimpl
 async def transcript_failed(task, error, config: SlackConfig):
-    name = task.filename or task.url or task.task_id
+    name = display_name(task)
     await post(config, f"Transcription failed: {name}: {error}", failed_blocks(task, error))

@@ -210,3 +210,49 @@ def test_credentials_in_urls_are_redacted():
     assert redact("https://token@hooks.example.com/h") == "https://***@hooks.example.com/h"
     assert redact("https://media.example.com/a@b.wav") == "https://media.example.com/a@b.wav"
     assert redact(None) is None
+
+
+async def test_credentials_in_client_urls_are_in_no_view_error_or_log(start_gateway, speech_wav, webhook):
+    """A url and a callback_url with a user and password work (they are sent as the client gave
+    them), but no task view, delivery, error message or log line shows the password."""
+    from structlog.testing import capture_logs
+
+    async def speech(request):
+        return web.FileResponse(speech_wav)
+
+    async def broken(request):
+        return web.Response(status=503)
+
+    app = web.Application()
+    app.router.add_get("/speech.wav", speech)
+    app.router.add_get("/broken.wav", broken)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        gw = await start_gateway(jobs={"max_attempts": 2, "retry_backoff_s": 0.1, "poll_s": 0.2, "lease_s": 5})
+        media = str(server.make_url("/speech.wav")).replace("http://", "http://alice:s3cret-m@")
+        hook = webhook.url.replace("http://", "http://bob:s3cret-h@")
+        with capture_logs() as logs:
+            task_id = await gw.submit(url=media, callback_url=hook)
+            done = await gw.wait_task(task_id)
+            await webhook.wait_for(1)
+            broken_id = await gw.submit(url=media.replace("/speech.wav", "/broken.wav"))
+            failed = await gw.wait_task(broken_id)
+            for _ in range(100):
+                deliveries = (await gw.task(task_id))["deliveries"]
+                if all(d["status"] == "delivered" for d in deliveries):
+                    break
+                await asyncio.sleep(0.1)
+        assert done["status"] == "completed" and done["url"] == media.replace("alice:s3cret-m@", "***@")
+        assert failed["status"] == "failed" and failed["error"] == "failed after 2 attempts: could not fetch url: HTTP 503"
+        shown = [d["target"] for d in deliveries if d["kind"] == "webhook"]
+        assert shown == [hook.replace("bob:s3cret-h@", "***@")]
+        status, body = await gw.call("POST", f"/transcriptions/{task_id}/redeliver", params={"target": shown[0]})
+        assert status == 200, body  # the target as views show it names the delivery
+        status, page = await gw.call("GET", "/transcriptions")
+        assert any(e["event"] == "delivery.attempt" and e["target"] == shown[0] for e in logs), logs
+        everything = repr(logs) + repr(page) + repr(await gw.task(task_id)) + repr(await gw.task(broken_id))
+        assert "s3cret" not in everything
+        assert "Basic" in webhook.received[0].headers.get("Authorization", "")  # the credentials were used
+    finally:
+        await server.close()
