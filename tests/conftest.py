@@ -311,6 +311,40 @@ def daemon_factory(tmp_path):
         d.stop()
 
 
+@pytest.fixture
+async def media_server(speech_wav):
+    """A tiny file server on 127.0.0.1 for `url` sources."""
+    async def speech(request):
+        return web.FileResponse(speech_wav)
+
+    async def page(request):
+        return web.Response(text="<html>not audio</html>", content_type="text/html")
+
+    async def big(request):
+        return web.Response(body=b"\0" * (2 << 20))
+
+    async def empty(request):
+        return web.Response(body=b"")
+
+    async def redirect(request):  # /redirect?to=<absolute or relative URL>
+        raise web.HTTPFound(request.query["to"])
+
+    async def loop(request):
+        raise web.HTTPFound("/loop")
+
+    async def broken(request):
+        return web.Response(status=503)
+
+    app = web.Application()
+    for path, handler in {"/speech.wav": speech, "/page.html": page, "/big.wav": big, "/empty.wav": empty,
+                          "/redirect": redirect, "/loop": loop, "/broken.wav": broken}.items():
+        app.router.add_get(path, handler)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    yield lambda path: str(server.make_url(path))
+    await server.close()
+
+
 # --- third-party services (tests/fakes.py) -----------------------------------------------
 
 

@@ -14,12 +14,10 @@ import os
 import subprocess
 import wave
 from pathlib import Path
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import aiohttp
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 from standardwebhooks.webhooks import Webhook
 
 from conftest import WEBHOOK_SECRET
@@ -301,37 +299,6 @@ async def test_private_urls_are_refused_unless_allowed(start_gateway):
     status, body = await gw.call("POST", GENERATE, json={"url": "http://no-such-host.invalid/a.wav"})
     assert status == 400 and body["msg"].startswith("url: host 'no-such-host.invalid' does not resolve: "), body
     await expect_no_tasks(gw)
-
-
-@pytest.fixture
-async def media_server(speech_wav):
-    """A tiny file server on 127.0.0.1 for `url` sources."""
-    async def speech(request):
-        return web.FileResponse(speech_wav)
-
-    async def page(request):
-        return web.Response(text="<html>not audio</html>", content_type="text/html")
-
-    async def big(request):
-        return web.Response(body=b"\0" * (2 << 20))
-
-    async def empty(request):
-        return web.Response(body=b"")
-
-    async def redirect(request):  # /redirect?to=<absolute or relative URL>
-        raise web.HTTPFound(request.query["to"])
-
-    async def loop(request):
-        raise web.HTTPFound("/loop")
-
-    app = web.Application()
-    for path, handler in {"/speech.wav": speech, "/page.html": page, "/big.wav": big, "/empty.wav": empty,
-                          "/redirect": redirect, "/loop": loop}.items():
-        app.router.add_get(path, handler)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    yield lambda path: str(server.make_url(path))
-    await server.close()
 
 
 async def test_url_sources_when_private_urls_are_allowed(start_gateway, media_server, webhook):

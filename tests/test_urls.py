@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 
-import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
@@ -146,30 +145,15 @@ def test_allow_list_entries_are_normalised(tmp_path):
     assert cfg.server.url_allow_hosts == ["media.example.com", "*.xn--bro-hoa.de", "::1"]
 
 
-async def test_an_allowed_host_works_and_its_redirects_are_held_to_the_list(start_gateway, speech_wav):
-    async def speech(request):
-        return web.FileResponse(speech_wav)
-
-    async def redirect(request):
-        raise web.HTTPFound(request.query["to"])
-
-    app = web.Application()
-    app.router.add_get("/speech.wav", speech)
-    app.router.add_get("/redirect", redirect)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    try:
-        gw = await start_gateway(server={"url_allow_hosts": ["localhost"], "allow_private_hosts": ["localhost"]})
-        named = str(server.make_url("/speech.wav")).replace("127.0.0.1", "localhost")
-        to_ip = named.replace("/speech.wav", "/redirect?to=" + str(server.make_url("/speech.wav")))
-        ok = await gw.wait_task(await gw.submit(url=named))
-        assert ok["status"] == "completed", ok
-        bad = await gw.wait_task(await gw.submit(url=to_ip))
-        assert bad["status"] == "failed" and bad["error"] == (
-            f"could not fetch url: redirect to {server.make_url('/speech.wav')} refused: "
-            "host '127.0.0.1' is not in server.url_allow_hosts"), bad
-    finally:
-        await server.close()
+async def test_an_allowed_host_works_and_its_redirects_are_held_to_the_list(start_gateway, media_server):
+    gw = await start_gateway(server={"url_allow_hosts": ["localhost"], "allow_private_hosts": ["localhost"]})
+    loopback = media_server("/speech.wav")
+    named = loopback.replace("127.0.0.1", "localhost")
+    ok = await gw.wait_task(await gw.submit(url=named))
+    assert ok["status"] == "completed", ok
+    bad = await gw.wait_task(await gw.submit(url=named.replace("/speech.wav", "/redirect?to=" + loopback)))
+    assert bad["status"] == "failed" and bad["error"] == (
+        f"could not fetch url: redirect to {loopback} refused: host '127.0.0.1' is not in server.url_allow_hosts"), bad
 
 
 def callback_body(task_id: str) -> dict:
@@ -212,47 +196,33 @@ def test_credentials_in_urls_are_redacted():
     assert redact(None) is None
 
 
-async def test_credentials_in_client_urls_are_in_no_view_error_or_log(start_gateway, speech_wav, webhook):
+async def test_credentials_in_client_urls_are_in_no_view_error_or_log(start_gateway, media_server, webhook):
     """A url and a callback_url with a user and password work (they are sent as the client gave
     them), but no task view, delivery, error message or log line shows the password."""
     from structlog.testing import capture_logs
 
-    async def speech(request):
-        return web.FileResponse(speech_wav)
-
-    async def broken(request):
-        return web.Response(status=503)
-
-    app = web.Application()
-    app.router.add_get("/speech.wav", speech)
-    app.router.add_get("/broken.wav", broken)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    try:
-        gw = await start_gateway(jobs={"max_attempts": 2, "retry_backoff_s": 0.1, "poll_s": 0.2, "lease_s": 5})
-        media = str(server.make_url("/speech.wav")).replace("http://", "http://alice:s3cret-m@")
-        hook = webhook.url.replace("http://", "http://bob:s3cret-h@")
-        with capture_logs() as logs:
-            task_id = await gw.submit(url=media, callback_url=hook)
-            done = await gw.wait_task(task_id)
-            await webhook.wait_for(1)
-            broken_id = await gw.submit(url=media.replace("/speech.wav", "/broken.wav"))
-            failed = await gw.wait_task(broken_id)
-            for _ in range(100):
-                deliveries = (await gw.task(task_id))["deliveries"]
-                if all(d["status"] == "delivered" for d in deliveries):
-                    break
-                await asyncio.sleep(0.1)
-        assert done["status"] == "completed" and done["url"] == media.replace("alice:s3cret-m@", "***@")
-        assert failed["status"] == "failed" and failed["error"] == "failed after 2 attempts: could not fetch url: HTTP 503"
-        shown = [d["target"] for d in deliveries if d["kind"] == "webhook"]
-        assert shown == [hook.replace("bob:s3cret-h@", "***@")]
-        status, body = await gw.call("POST", f"/transcriptions/{task_id}/redeliver", params={"target": shown[0]})
-        assert status == 200, body  # the target as views show it names the delivery
-        status, page = await gw.call("GET", "/transcriptions")
-        assert any(e["event"] == "delivery.attempt" and e["target"] == shown[0] for e in logs), logs
-        everything = repr(logs) + repr(page) + repr(await gw.task(task_id)) + repr(await gw.task(broken_id))
-        assert "s3cret" not in everything
-        assert "Basic" in webhook.received[0].headers.get("Authorization", "")  # the credentials were used
-    finally:
-        await server.close()
+    gw = await start_gateway(jobs={"max_attempts": 2, "retry_backoff_s": 0.1, "poll_s": 0.2, "lease_s": 5})
+    media = media_server("/speech.wav").replace("http://", "http://alice:s3cret-m@")
+    hook = webhook.url.replace("http://", "http://bob:s3cret-h@")
+    with capture_logs() as logs:
+        task_id = await gw.submit(url=media, callback_url=hook)
+        done = await gw.wait_task(task_id)
+        await webhook.wait_for(1)
+        broken_id = await gw.submit(url=media.replace("/speech.wav", "/broken.wav"))
+        failed = await gw.wait_task(broken_id)
+        for _ in range(100):
+            deliveries = (await gw.task(task_id))["deliveries"]
+            if all(d["status"] == "delivered" for d in deliveries):
+                break
+            await asyncio.sleep(0.1)
+    assert done["status"] == "completed" and done["url"] == media.replace("alice:s3cret-m@", "***@")
+    assert failed["status"] == "failed" and failed["error"] == "failed after 2 attempts: could not fetch url: HTTP 503"
+    shown = [d["target"] for d in deliveries if d["kind"] == "webhook"]
+    assert shown == [hook.replace("bob:s3cret-h@", "***@")]
+    status, body = await gw.call("POST", f"/transcriptions/{task_id}/redeliver", params={"target": shown[0]})
+    assert status == 200, body  # the target as views show it names the delivery
+    status, page = await gw.call("GET", "/transcriptions")
+    assert any(e["event"] == "delivery.attempt" and e["target"] == shown[0] for e in logs), logs
+    everything = repr(logs) + repr(page) + repr(await gw.task(task_id)) + repr(await gw.task(broken_id))
+    assert "s3cret" not in everything
+    assert "Basic" in webhook.received[0].headers.get("Authorization", "")  # the credentials were used
