@@ -54,8 +54,9 @@ def pytest_configure(config):
 
 def pytest_report_header(config):
     if NOT_ISOLATED:
-        return (f"network: NOT isolated ({NOT_ISOLATED}); tests marked needs_netns are skipped. "
-                "Run as root, or as `unshare -rn sh -c 'ip link set lo up && python -m pytest'`")
+        return (f"network: NOT isolated ({NOT_ISOLATED}); the tests marked needs_netns are skipped. "
+                "To run them all, run as root or where unprivileged user namespaces are allowed "
+                "(sysctl kernel.unprivileged_userns_clone=1)")
     return "network: a namespace of its own, loopback only"
 
 
