@@ -284,6 +284,7 @@ PRIVATE_URLS = {  # url -> the address its host resolves to
 }
 
 
+@pytest.mark.needs_netns  # looks up no-such-host.invalid; a regression would connect to private addresses
 async def test_private_urls_are_refused_unless_allowed(start_gateway):
     from gateway.urls import host_of
 
