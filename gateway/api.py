@@ -12,13 +12,12 @@ import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from sqlalchemy.exc import SQLAlchemyError
-from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from gateway import API_BASE, deliveries, ingest, metrics, openapi, schemas, subtitles, tasks
-from gateway.appkeys import CONFIG, DB, ENGINE, INGESTOR, NOTIFIER, PROVIDERS, STORE, WORKERS
+from gateway import API_BASE, callbacks, deliveries, ingest, metrics, openapi, schemas, subtitles, tasks
+from gateway.appkeys import CALLBACK_BODIES, CONFIG, DB, ENGINE, INGESTOR, NOTIFIER, PROVIDERS, STORE, WORKERS
 from gateway.envelope import ok
 from gateway.errors import ApiError, BadRequest, NotFound, PayloadTooLarge, Unauthorized, Unavailable
-from gateway.models import Asset, CallbackReceipt, TaskStatus
+from gateway.models import Asset, TaskStatus
 from gateway.notify import DELIVERIES, task_channel, task_done_channel
 from gateway.openapi import endpoint
 from gateway.payloads import CallbackPayload, parse_callback, parse_valid_callback, result_of
@@ -251,31 +250,18 @@ async def list_transcriptions(request: web.Request) -> web.Response:
 # --- callbacks ---------------------------------------------------------------------------
 
 
-async def _receipt(request: web.Request, provider: str, raw: bytes, outcome: str, detail: str) -> None:
-    async with request.app[DB].session() as s:
-        s.add(CallbackReceipt(provider=provider, body_sha256=ingest.body_sha256(raw), outcome=outcome,
-                              detail=detail[:1000]))
-
-
 @routes.post(API_BASE + "/callbacks/{provider}")
 @endpoint("A provider's result for a task: stored once, repeats acknowledged, conflicts refused",
-          body=CallbackPayload, data=schemas.CallbackAck, errors=(401, 404, 409))
+          body=CallbackPayload, data=schemas.CallbackAck, errors=(401, 404, 409, 503))
 async def callback(request: web.Request) -> web.Response:
     app = request.app
-    provider = request.match_info["provider"]
-    if provider not in request.app[PROVIDERS].names():
-        raise NotFound(f"unknown provider {provider!r}")
-    raw = await read_body(request)
-    secret = app[CONFIG].provider(provider).get("secret")
-    if secret:
-        try:
-            Webhook(secret).verify(raw, dict(request.headers), json_parse=False)
-        except (WebhookVerificationError, ValueError) as exc:
-            await _receipt(request, provider, raw, "bad_signature", str(exc))
-            raise Unauthorized(f"invalid webhook signature: {exc}") from None
+    name = request.match_info["provider"]
+    provider = app[PROVIDERS].active.get(name)
+    if provider is None:
+        raise NotFound(f"unknown provider {name!r}")
+    raw = await _callback_body(request, name, provider)
     raw_sha256 = ingest.body_sha256(raw)
-    result = await app[INGESTOR].repeat(provider, raw_sha256) or \
-        await _ingest_new(request, provider, raw, raw_sha256)
+    result = await app[INGESTOR].repeat(name, raw_sha256) or await _ingest_new(request, name, raw, raw_sha256)
     if result.outcome == ingest.CONFLICT:
         raise ApiError(f"task {result.task_id} already has a different result; nothing changed", 409)
     if result.outcome == ingest.ACCEPTED:
@@ -284,21 +270,40 @@ async def callback(request: web.Request) -> web.Response:
     return ok(schemas.CallbackAck(task_id=result.task_id, outcome=result.outcome))
 
 
+async def _callback_body(request: web.Request, name: str, provider) -> bytes:
+    """The body, read once its sender may send it: signature headers (and their timestamp)
+    checked first, a place among the unauthenticated bodies, then the signature itself."""
+    secret = provider.settings.secret
+    by_key = bool(request.app[CONFIG].server.api_keys) and not provider.callbacks_skip_api_key
+    try:
+        if secret:
+            callbacks.check_signature_headers(request.headers)
+        with request.app[CALLBACK_BODIES].place(request, authenticated=by_key):
+            raw = await read_body(request)
+        if secret:
+            callbacks.verify_signature(secret, raw, request.headers)
+        return raw
+    except Unauthorized as exc:
+        raise callbacks.refused(name, callbacks.BAD_SIGNATURE, exc) from None
+    except Unavailable as exc:
+        raise callbacks.refused(name, callbacks.BUSY, exc) from None
+
+
 async def _ingest_new(request: web.Request, provider: str, raw: bytes, raw_sha256: str) -> ingest.IngestResult:
     """A body not seen before: parse it, find its task, and hand it to the door."""
     app = request.app
     try:
         external_id, outcome = parse_valid_callback(raw) or parse_callback(_parse_json(raw))
     except BadRequest as exc:
-        await _receipt(request, provider, raw, "invalid", exc.message)
-        raise
+        raise callbacks.refused(provider, callbacks.INVALID, exc) from None
     # Our own task ids need no lookup: ingest finds (and locks) the task in its one transaction.
     task_id = external_id if provider == LOCAL else \
         await ingest.find_task_id_waiting(app[DB], provider, external_id, CALLBACK_RACE_WAIT_S)
     result = await app[INGESTOR].ingest(task_id, outcome, provider=provider, external_task_id=external_id,
-                                        raw_sha256=raw_sha256)
-    if result.outcome == ingest.UNKNOWN_TASK:
-        raise NotFound(f"no task {external_id!r} for provider {provider!r}")
+                                        raw_sha256=raw_sha256) if task_id is not None else None
+    if result is None or result.outcome == ingest.UNKNOWN_TASK:
+        raise callbacks.refused(provider, ingest.UNKNOWN_TASK,
+                                NotFound(f"no task {external_id!r} for provider {provider!r}"))
     return result
 
 

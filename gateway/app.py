@@ -15,7 +15,8 @@ from sqlalchemy.exc import DBAPIError
 
 from gateway import API_BASE, metrics
 from gateway import api as api_routes
-from gateway.appkeys import CONFIG, DB, ENGINE, HTTP, INGESTOR, NOTIFIER, PLUGINS, PROVIDERS, STORE, WORKERS
+from gateway.appkeys import CALLBACK_BODIES, CONFIG, DB, ENGINE, HTTP, INGESTOR, NOTIFIER, PLUGINS, PROVIDERS, STORE, WORKERS
+from gateway.callbacks import BodyGate
 from gateway.config import Config
 from gateway.db import Database, unavailable, upgrade_async
 from gateway.envelope import error
@@ -104,7 +105,7 @@ async def auth_middleware(request: web.Request, handler):
         return await handler(request)
     if request.path.startswith(API_BASE + "/callbacks/"):
         provider = request.app[PROVIDERS].active.get(request.path.rsplit("/", 1)[-1])
-        if provider is not None and (provider.settings.secret or provider.third_party_callbacks):
+        if provider is not None and provider.callbacks_skip_api_key:
             return await handler(request)  # authenticated by its signature, or by the upstream id
     header = request.headers.get("Authorization", "")
     if not header:
@@ -208,6 +209,7 @@ def create_app(config: Config, *, worker: bool = True, api: bool = True,
                           client_max_size=config.server.max_json_kb * 1024)
     app[CONFIG] = config
     app[NOTIFIER] = Notifier()
+    app[CALLBACK_BODIES] = BodyGate(config.server.max_unauthenticated_bodies)
     app[STORE] = AssetStore(config.storage.dir)
     app[PLUGINS] = plugins or Plugins(config.plugins.load, config.plugins.sections())
     app[PROVIDERS] = Providers(config, app[PLUGINS])

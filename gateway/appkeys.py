@@ -22,3 +22,4 @@ PROVIDERS = web.AppKey("providers", object)
 WORKERS = web.AppKey("workers", object)
 INGESTOR = web.AppKey("ingestor", object)
 PLUGINS = web.AppKey("plugins", Plugins)
+CALLBACK_BODIES = web.AppKey("callback_bodies", object)  # gateway.callbacks.BodyGate

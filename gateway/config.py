@@ -86,6 +86,7 @@ class ServerConfig(_Section):
     sync_timeout_s: float = Field(600, gt=0)
     url_fetch_timeout_s: float = Field(300, gt=0)
     body_timeout_s: float = Field(600, gt=0)
+    max_unauthenticated_bodies: int = Field(32, gt=0)
 
 
 class DatabaseConfig(_Section):

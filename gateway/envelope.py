@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import orjson
@@ -12,8 +13,13 @@ _OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME  # keys and
 
 
 def dumps(obj: Any) -> bytes:
-    """Compact JSON, non-ASCII as it is, anything else as str(obj)."""
-    return orjson.dumps(obj, default=str, option=_OPTIONS)
+    """Compact JSON, non-ASCII as it is, anything else as str(obj). What orjson refuses (integers
+    beyond 64 bits, lone surrogates: in a result stored before the door refused them) goes
+    through json, every non-ASCII character escaped."""
+    try:
+        return orjson.dumps(obj, default=str, option=_OPTIONS)
+    except orjson.JSONEncodeError:
+        return json.dumps(obj, default=str, separators=(",", ":")).encode()
 
 
 def ok(data: Any = None, status: int = 200) -> web.Response:

@@ -3,7 +3,8 @@
 The first valid result wins: it is stored (the task with its payload, a transcript) with one
 delivery per target, in a single transaction. An identical repeat is acknowledged and
 ignored (`duplicate`); a different one is refused (`conflict`) and changes nothing. Every
-call leaves a CallbackReceipt saying which of these happened.
+result for a task leaves a CallbackReceipt saying which of these happened; one for no task
+(`unknown_task`) leaves none (anyone can send those: they are counted in the metrics).
 
 `Ingestor` is the door: one per process, it group-commits. Results that arrive while a
 transaction is being written go into the next one, written on one of the database's writer
@@ -317,9 +318,10 @@ def plan_batch(items: list[_Item], tasks: dict, config: Config, plugins: Plugins
                 result = IngestResult(DUPLICATE if digests[task.id] == digest else CONFLICT, task.id)
         plan.results.append(result)
         plan.stored.append(stored)
-        plan.receipts.append({"provider": item.provider, "external_task_id": item.external_task_id,
-                              "task_id": result.task_id, "body_sha256": item.raw_sha256,
-                              "outcome": result.outcome, "received_at": plan.now})
+        if result.task_id is not None:
+            plan.receipts.append({"provider": item.provider, "external_task_id": item.external_task_id,
+                                  "task_id": result.task_id, "body_sha256": item.raw_sha256,
+                                  "outcome": result.outcome, "received_at": plan.now})
     return plan
 
 

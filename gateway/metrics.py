@@ -31,6 +31,9 @@ REALTIME_FACTOR = Histogram("tgw_job_realtime_factor",
                             ["provider"], buckets=(0.5, 1, 2, 5, 10, 20, 50, 100, 200))
 INGESTED = Counter("tgw_ingested_total", "Results that entered through the idempotent door, by outcome.",
                    ["provider", "outcome"])
+CALLBACKS_REFUSED = Counter("tgw_callbacks_refused_total",
+                            "Callbacks refused at the door, nothing stored: bad_signature, invalid, "
+                            "unknown_task, busy (too many bodies being received).", ["provider", "reason"])
 DELIVERY_ATTEMPTS = Counter("tgw_delivery_attempts_total", "Delivery attempts, by target kind and outcome.",
                             ["kind", "outcome"])
 HTTP_REQUESTS = Counter("tgw_http_requests_total", "HTTP requests answered, by route and status.",
@@ -63,6 +66,10 @@ def observe_result(provider: str, started_at: datetime | None, finished_at: date
 def observe_repeat(provider: str, outcome_name: str) -> None:
     """A result was refused or acknowledged without being stored (duplicate, conflict, unknown task)."""
     _child(INGESTED, provider, outcome_name).inc()
+
+
+def observe_refused_callback(provider: str, reason: str) -> None:
+    _child(CALLBACKS_REFUSED, provider, reason).inc()
 
 
 def observe_http(method: str, route: str, status: int, seconds: float) -> None:

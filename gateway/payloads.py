@@ -56,8 +56,11 @@ class Outcome:
 
 
 def normalise_segments(raw, duration: float, speaker: bool) -> list[dict[str, Any]]:
-    """The segments as sent: times clamped into [0, duration] and rounded to ms, ordered by time,
-    text stripped, empty ones dropped, speakers only if asked; dicts in the payload's shape."""
+    """The segments as sent: times clamped into [0, duration] and rounded to ms (-0.0 as 0.0),
+    ordered by time, text stripped, empty ones dropped, speakers only if asked; dicts in the
+    payload's shape."""
+    if duration <= 0.0:  # -0.0 too
+        duration = 0.0
     out = []
     append = out.append
     for s in raw:  # min() and max() spelt out: this loop runs for every segment of every result
@@ -65,13 +68,13 @@ def normalise_segments(raw, duration: float, speaker: bool) -> list[dict[str, An
         if not text:
             continue
         start = s.start_time
-        if start < 0.0:
+        if start <= 0.0:  # -0.0 too
             start = 0.0
         elif start > duration:
             start = duration
         start = round(start, 3)
         end = s.end_time
-        if end < start:
+        if end <= start:  # -0.0 too
             end = start
         if end > duration:
             end = duration
@@ -91,7 +94,7 @@ def build_payload(task_id: str, outcome: Outcome, *, model: str, speaker: bool) 
         return {"code": outcome.code, "message": "FAILED",
                 "data": {"data": None, "msg": outcome.error or "transcription failed", "success": False},
                 "task_id": task_id}
-    duration = max(outcome.duration, 0.0)
+    duration = outcome.duration if outcome.duration > 0.0 else 0.0  # max() would keep -0.0
     return {
         "code": SUCCESS_CODE,
         "message": "SUCCESS",
@@ -138,7 +141,11 @@ def serialise_result(payload: dict[str, Any]) -> tuple[str, str]:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    # strict: as generate requests are, no "0" for a number nor 1 for true
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+
+MAX_INT = 2 ** 63 - 1  # what a BIGINT and every JSON encoder the gateway uses hold
 
 
 NUL_MESSAGE = "must not contain the NUL character (\\u0000)"
@@ -160,8 +167,8 @@ class CallbackSegment(_Strict):
 class CallbackUsage(_Strict):
     duration: float = Field(allow_inf_nan=False, ge=0)
     model: Optional[str] = None
-    output_tokens: int = Field(default=0, ge=0)
-    prompt_tokens: int = Field(default=0, ge=0)
+    output_tokens: int = Field(default=0, ge=0, le=MAX_INT)
+    prompt_tokens: int = Field(default=0, ge=0, le=MAX_INT)
 
 
 class CallbackResult(_Strict):

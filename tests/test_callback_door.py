@@ -17,6 +17,13 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from conftest import WEBHOOK_SECRET, count_rows
+from test_metrics import scrape, value
+
+
+def refusals(after: dict, before: dict, reason: str, provider: str = "local") -> float:
+    labels = {"provider": provider, "reason": reason}
+    return value(after, "tgw_callbacks_refused_total", **labels) - value(before, "tgw_callbacks_refused_total",
+                                                                          **labels)
 
 
 def success(task_id: str, *segments: tuple, duration: float = 4.0) -> dict:
@@ -105,9 +112,11 @@ async def test_conflicting_repeat_is_refused_and_changes_nothing(api_only, datab
 
 
 async def test_unknown_task_and_unknown_provider_are_404(api_only, database_url):
+    before = await scrape(api_only)
     status, body = await post(api_only, for_task(HELLO, "f" * 32))
     assert status == 404 and body["msg"] == f"no task '{'f' * 32}' for provider 'local'"
-    assert await count_rows(database_url, "SELECT count(*) FROM callbackreceipt WHERE outcome = 'unknown_task'") == 1
+    assert await count_rows(database_url, "SELECT count(*) FROM callbackreceipt") == 0  # counted, not stored
+    assert refusals(await scrape(api_only), before, "unknown_task") == 1
     status, body = await post(api_only, for_task(HELLO, "f" * 32), provider="nope")
     assert status == 404 and body["msg"] == "unknown provider 'nope'"
 
@@ -126,6 +135,9 @@ def _drop(path: list, payload: dict) -> dict:
     (lambda p: p["data"]["data"]["data"][1].update(start_time=2.9, end_time=1.0) or p,
      "data.data.data[1]: Value error, end_time is before start_time"),
     (lambda p: p["data"]["data"]["data"][0].update(start_time="soon") or p, "data.data.data[0].start_time:"),
+    (lambda p: p["data"]["data"]["data"][0].update(start_time="0") or p,  # strict, as generate requests
+     "data.data.data[0].start_time: Input should be a valid number"),
+    (lambda p: p["data"].update(success="true") or p, "data.success: Input should be a valid boolean"),
     (lambda p: p["data"]["data"]["data"][0].update(end_time=-1) or p, "data.data.data[0].end_time:"),
     (lambda p: p["data"]["data"]["usage_metadata"].update(duration="NaN") or p, "data.data.usage_metadata.duration:"),
     (lambda p: p["data"].update(success=False) or p, "Value error, code and data.success disagree"),
@@ -138,7 +150,7 @@ async def test_malformed_callback_is_400_naming_the_field(api_only, mutate, fiel
     assert status == 400, body
     assert field in body["msg"], body["msg"]
     assert (await api_only.task(task_id))["status"] == "queued"
-    assert await count_rows(database_url, "SELECT count(*) FROM callbackreceipt WHERE outcome = 'invalid'") == 1
+    assert await count_rows(database_url, "SELECT count(*) FROM callbackreceipt") == 0
 
 
 @pytest.mark.parametrize("raw", [b"", b"{not json", b"\xff\xfe", b"null"])
@@ -163,6 +175,7 @@ async def test_inbound_segments_are_normalised(api_only):
 def test_normalised_segments_keep_the_payload_contract():
     """Whatever times a provider sends: 0 <= start <= end <= duration (both as sent, rounded to
     ms), in time order, text stripped and never empty, a speaker only when asked."""
+    import math
     import random
 
     from gateway.payloads import Segment, normalise_segments
@@ -180,6 +193,7 @@ def test_normalised_segments_keep_the_payload_contract():
         assert out == sorted(out, key=lambda s: (s["start_time"], s["end_time"]))
         for s in out:
             assert 0 <= s["start_time"] <= s["end_time"] <= round(duration, 3)
+            assert math.copysign(1, s["start_time"]) == math.copysign(1, s["end_time"]) == 1  # never -0.0
             assert round(s["start_time"], 3) == s["start_time"] and round(s["end_time"], 3) == s["end_time"]
             assert s["text"] == s["text"].strip() != ""
             assert s["speaker"] is None or speaker
@@ -300,7 +314,7 @@ async def test_a_lone_surrogate_is_refused(api_only, database_url):
     raw = json.dumps(for_task(success("", (0.0, 1.0, "half \ud83c of a microphone")), task_id)).encode()
     status, answer = await post(api_only, raw)
     assert status == 400 and answer["msg"].startswith("body is not valid JSON: no low surrogate in string"), answer
-    assert await count_rows(database_url, "SELECT count(*) FROM callbackreceipt WHERE outcome = 'invalid'") == 1
+    assert await count_rows(database_url, "SELECT count(*) FROM callbackreceipt") == 0
     status, answer = await post(api_only, raw.replace(b"\\ud83c", b"\\ud83c\\udf99"))  # the whole pair
     assert status == 200 and answer["data"]["outcome"] == "accepted"
     assert (await api_only.task(task_id))["result"]["data"][0]["text"] == "half \U0001f399 of a microphone"
@@ -385,3 +399,147 @@ async def test_finished_tasks_leave_no_wake_up_names_behind(api_only):
     ids = [await new_task(api_only) for _ in range(5)]
     await asyncio.gather(*(post(api_only, for_task(HELLO, t)) for t in ids))
     assert api_only.app[NOTIFIER].names() == 0  # no worker here: no job loop listens either
+
+
+async def test_an_integer_beyond_64_bits_is_refused_and_nothing_stored(api_only, database_url):
+    task_id = await new_task(api_only)
+    body = for_task(HELLO, task_id)
+    body["data"]["data"]["usage_metadata"]["prompt_tokens"] = 18446744073709551616
+    status, answer = await post(api_only, body)
+    assert status == 400 and answer["msg"] == (
+        "invalid callback payload: data.data.usage_metadata.prompt_tokens: "
+        "Input should be less than or equal to 9223372036854775807"), answer
+    assert (await api_only.task(task_id))["status"] == "queued"
+    assert await count_rows(database_url, "SELECT count(*) FROM transcript") == 0
+
+
+async def test_a_result_stored_with_an_integer_beyond_64_bits_is_still_served(api_only, database_url):
+    """Results stored before the door refused them: every view of the task still answers."""
+    from sqlalchemy import text
+
+    from gateway.db import Database
+
+    task_id = await new_task(api_only)
+    assert (await post(api_only, for_task(HELLO, task_id)))[0] == 200
+    db = Database(database_url)
+    try:
+        async with db.engine.begin() as conn:
+            stored = (await conn.execute(text("SELECT result_json FROM task WHERE id = :t"), {"t": task_id})).scalar()
+            await conn.execute(text("UPDATE task SET result_json = :j WHERE id = :t"),
+                               {"t": task_id, "j": stored.replace('"prompt_tokens":0', '"prompt_tokens":' + str(2 ** 64))})
+    finally:
+        await db.close()
+    task = await api_only.task(task_id)
+    assert task["result"]["usage_metadata"]["prompt_tokens"] == 2 ** 64
+    status, listed = await api_only.call("GET", "/transcriptions")
+    assert status == 200 and listed["data"]["items"][0]["task_id"] == task_id
+
+
+async def test_negative_zero_times_are_stored_as_zero(api_only):
+    task_id = await new_task(api_only)
+    body = for_task(success("", (-0.0, -0.0, "a"), (-0.0, 1.0, "b")), task_id)
+    body["data"]["data"]["usage_metadata"]["duration"] = -0.0
+    status, _ = await post(api_only, body)
+    assert status == 200
+    async with api_only.http.get(f"{api_only.base}/transcriptions/{task_id}") as resp:
+        served = await resp.text()
+    assert '"start_time":0.0' in served and "-0.0" not in served, served
+
+
+async def test_a_malformed_signature_header_is_explained(start_gateway):
+    gw = await start_gateway(worker=False, providers={"local": {"secret": WEBHOOK_SECRET}})
+    now = str(int(datetime.now(timezone.utc).timestamp()))
+    for signature in ("v1AAAA", "v1,AAA,A", "v1,not base64!"):
+        headers = {"webhook-id": "msg_1", "webhook-timestamp": now, "webhook-signature": signature}
+        status, body = await post(gw, for_task(HELLO, "f" * 32), headers=headers)
+        assert status == 401 and body["msg"] == (
+            "invalid webhook signature: webhook-signature must be space-separated "
+            "'v1,<base64 signature>' entries"), (signature, body)
+
+
+def signature_headers(body: str, msg_id: str = "msg_1", at: datetime | None = None) -> dict:
+    at = at or datetime.now(timezone.utc)
+    return {"webhook-id": msg_id, "webhook-timestamp": str(int(at.timestamp())),
+            "webhook-signature": Webhook(WEBHOOK_SECRET).sign(msg_id, at, body)}
+
+
+async def test_refused_callbacks_are_counted_not_stored(start_gateway, database_url):
+    gw = await start_gateway(worker=False, providers={"local": {"secret": WEBHOOK_SECRET}})
+    before = await scrape(gw)
+    body = json.dumps(for_task(HELLO, "f" * 32))
+    answers = await asyncio.gather(*(post(gw, body) for _ in range(50)))  # unsigned
+    assert {status for status, _ in answers} == {401}
+    stale = signature_headers(body, at=datetime.fromtimestamp(0, timezone.utc))
+    assert (await post(gw, body, headers=stale))[0] == 401
+    assert (await post(gw, b"[]", headers=signature_headers("[]")))[0] == 400  # signed, but not a payload
+    assert (await post(gw, body, headers=signature_headers(body)))[0] == 404  # signed, no such task
+    after = await scrape(gw)
+    assert refusals(after, before, "bad_signature") == 51
+    assert refusals(after, before, "invalid") == 1 and refusals(after, before, "unknown_task") == 1
+    assert await count_rows(database_url, "SELECT count(*) FROM callbackreceipt") == 0
+
+
+async def held_request(gw, headers: dict, sent: bytes, length: int):
+    """A callback whose headers and first bytes are sent, and the rest of its body held back."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", int(gw.url.rsplit(":", 1)[1]))
+    head = "".join(f"{k}: {v}\r\n" for k, v in {"Host": "127.0.0.1", "Content-Type": "application/json",
+                                                "Content-Length": str(length), **headers}.items())
+    writer.write(f"POST /serve/api/v2/callbacks/local HTTP/1.1\r\n{head}\r\n".encode() + sent)
+    await writer.drain()
+    return reader, writer
+
+
+async def answer_of(reader) -> tuple[int, dict]:
+    status = int((await reader.readline()).split()[1])
+    length = 0
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        name, _, val = line.decode().partition(":")
+        if name.lower() == "content-length":
+            length = int(val)
+    return status, json.loads(await reader.readexactly(length))
+
+
+async def test_signature_headers_are_checked_before_the_body_is_read(start_gateway):
+    """A forger's request is refused on its headers: the body it holds back is never waited for
+    (here the body would time out after 2 s, a 408)."""
+    gw = await start_gateway(worker=False, server={"body_timeout_s": 2},
+                             providers={"local": {"secret": WEBHOOK_SECRET}})
+    old = signature_headers("{}", at=datetime.fromtimestamp(1_000_000_000, timezone.utc))
+    cases = [({}, "missing header webhook-id, webhook-timestamp, webhook-signature"),
+             (old, "webhook-timestamp is more than 5 minutes old"),
+             (dict(old, **{"webhook-timestamp": "soon"}), "webhook-timestamp must be the seconds since 1970"),
+             (dict(signature_headers("{}"), **{"webhook-signature": "v1AAAA"}),
+              "webhook-signature must be space-separated")]
+    for headers, reason in cases:
+        reader, writer = await held_request(gw, headers, b'{"code": ', 100_000)
+        try:
+            status, body = await answer_of(reader)
+        finally:
+            writer.close()
+        assert status == 401 and body["msg"].startswith("invalid webhook signature: " + reason), body
+
+
+async def test_unauthenticated_bodies_being_received_are_bounded(start_gateway, api_only):
+    from gateway.appkeys import CALLBACK_BODIES
+
+    gw = await start_gateway(worker=False, server={"max_unauthenticated_bodies": 2},  # api_only's database
+                             providers={"local": {"secret": WEBHOOK_SECRET}})
+    before = await scrape(gw)
+    held = [await held_request(gw, signature_headers("{}"), b'{"code": ', 100_000) for _ in range(2)]
+    gate = gw.app[CALLBACK_BODIES]
+    while gate.receiving < 2:  # both handlers are waiting for the rest of their bodies
+        await asyncio.sleep(0.05)
+    reader, writer = await held_request(gw, signature_headers("{}"), b'{"code": ', 100_000)
+    status, body = await answer_of(reader)
+    writer.close()
+    assert status == 503 and body["msg"] == ("too many callback bodies being received at once "
+                                             "(server.max_unauthenticated_bodies = 2); try again"), body
+    assert refusals(await scrape(gw), before, "busy") == 1
+    for _, w in held:
+        w.close()
+    while gate.receiving:
+        await asyncio.sleep(0.05)
+    task_id = await new_task(api_only)
+    raw = json.dumps(for_task(HELLO, task_id))
+    status, body = await post(gw, raw, headers=signature_headers(raw))
+    assert status == 200 and body["data"]["outcome"] == "accepted", body

@@ -12,6 +12,7 @@ from standardwebhooks.webhooks import Webhook
 
 from conftest import WEBHOOK_SECRET, count_rows, free_port, webhook_deliveries
 from fakes import SEGMENTS, callback_payload, envelope
+from test_metrics import scrape, value
 from gateway.config import load_config
 from gateway.plugins import Plugins
 from gateway.providers import ProviderError, Providers
@@ -145,12 +146,16 @@ async def test_a_callback_that_never_comes_fails_the_task_after_timeout_s(
     assert len(memories.tasks) == 1  # never submitted twice
 
 
-async def test_a_callback_for_a_task_never_submitted_is_404_and_recorded(start_gateway, memories, database_url):
+async def test_a_callback_for_a_task_never_submitted_is_404_and_counted(start_gateway, memories, database_url):
     gw = await memories_gateway(start_gateway, memories)
+    before = await scrape(gw)
     status, body = await gw.call("POST", "/callbacks/memories", json=callback_payload("f" * 32, "whisper-1", False))
     assert status == 404 and body["msg"] == f"no task {'f' * 32!r} for provider 'memories'"
-    assert await count_rows(database_url, "SELECT count(*) FROM callbackreceipt WHERE provider = 'memories' "
-                            "AND external_task_id = :e AND outcome = 'unknown_task'", e="f" * 32) == 1
+    assert await count_rows(database_url, "SELECT count(*) FROM callbackreceipt") == 0  # anyone can send these
+    labels = {"provider": "memories", "reason": "unknown_task"}
+    after = await scrape(gw)
+    assert value(after, "tgw_callbacks_refused_total", **labels) - value(before, "tgw_callbacks_refused_total",
+                                                                         **labels) == 1
 
 
 async def test_an_upstream_400_fails_the_task_with_the_services_message(start_gateway, memories, speech_wav):

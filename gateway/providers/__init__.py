@@ -103,6 +103,12 @@ class Provider:
         self.settings = settings
         self.config = config
 
+    @property
+    def callbacks_skip_api_key(self) -> bool:
+        """Its callbacks are not asked for our API key: they are signed with its secret, or come
+        from the service itself."""
+        return bool(self.settings.secret) or self.third_party_callbacks
+
     def models(self) -> dict[str, str]:
         """Alias clients send -> the name the provider knows the model by."""
         return dict(getattr(self.settings, "models", {}))
