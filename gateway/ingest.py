@@ -77,25 +77,29 @@ async def find_task_id(db: Database, provider: str, external_id: str) -> str | N
         return row.first()
 
 
-async def _submission_in_flight(db: Database, provider: str) -> bool:
-    """A worker holds a task of `provider` that has no upstream id yet (it is being submitted)."""
+async def submission_in_flight(db: Database, provider: str) -> bool:
+    """A live worker is sending the request that creates an upstream job of `provider` and has
+    not stored its upstream id yet (Task.submitting_at): only then can an unknown id be ours.
+    Not while a file is being uploaded first, nor for a task whose worker died."""
     async with db.session() as s:
         row = await s.exec(select(Task.id).where(Task.provider == provider, Task.status == TaskStatus.PROCESSING,
-                                                 col(Task.upstream_task_id).is_(None)).limit(1))
+                                                 col(Task.upstream_task_id).is_(None),
+                                                 col(Task.submitting_at).is_not(None),
+                                                 col(Task.lease_expires_at) > utcnow()).limit(1))
         return row.first() is not None
 
 
 async def find_task_id_waiting(db: Database, provider: str, external_id: str, wait_s: float,
                                step_s: float = 0.1) -> str | None:
     """find_task_id; for a remote provider, a callback may overtake the storing of the upstream id
-    it answers (the service calls back before our submission has committed): while some task of
-    that provider is being submitted, look again for up to `wait_s` seconds."""
+    it answers (the service calls back before our submission has committed): while a submission
+    to that provider is in flight, look again for up to `wait_s` seconds; else answer at once."""
     deadline = asyncio.get_running_loop().time() + wait_s
     while True:
         task_id = await find_task_id(db, provider, external_id)
         if task_id is not None or asyncio.get_running_loop().time() >= deadline:
             return task_id
-        if not await _submission_in_flight(db, provider):
+        if not await submission_in_flight(db, provider):
             return await find_task_id(db, provider, external_id)  # one may have been stored meanwhile
         await asyncio.sleep(step_s)
 

@@ -221,8 +221,11 @@ class Workers:
         progress = {"value": 0.0, "stored": 0.0}
         renewer = asyncio.create_task(self._renew(task.id, progress))
         job = Job(task=task, config=self.config, http=self.http, audio=lambda: self._audio(task),
-                  progress=lambda f: progress.__setitem__("value", f))
+                  progress=lambda f: progress.__setitem__("value", f),
+                  submitting=lambda: tasks.mark_submitting(self.db, task.id, self.owner))
         try:
+            if provider.third_party_callbacks and not provider.marks_submission:
+                await job.submitting()
             return await provider.run(job)
         except PermanentError as exc:
             return Outcome.failure(str(exc), code=exc.code)

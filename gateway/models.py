@@ -72,6 +72,9 @@ class Task(SQLModel, table=True):
     speaker_note: Optional[str] = Field(default=None, sa_column=Column(Text))
     provider: str = Field(max_length=64)
     upstream_task_id: Optional[str] = Field(default=None, max_length=255)
+    # When the request creating its upstream job was sent, until the upstream id is stored: a
+    # callback for an id we do not know yet can only belong to such a submission.
+    submitting_at: Optional[datetime] = None
     callback_url: Optional[str] = Field(default=None, max_length=2048)
     status: str = Field(default=TaskStatus.QUEUED, max_length=16)
     progress: float = 0.0

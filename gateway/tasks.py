@@ -150,6 +150,7 @@ async def claim_task(db: Database, owner: str, lease_s: float, providers: list[s
         task.lease_owner = owner
         task.lease_expires_at = now + timedelta(seconds=lease_s)
         task.attempts += 1
+        task.submitting_at = None
         task.started_at = task.started_at or now
         task.updated_at = now
         s.add(task)
@@ -187,11 +188,19 @@ async def _release(db: Database, owner: str, *where, error: str | None = None,
     async with db.session() as s:
         res = await s.exec(update(Task).where(Task.lease_owner == owner, Task.status == TaskStatus.PROCESSING,
                                               *where)
-                           .values(status=TaskStatus.QUEUED, lease_owner=None,
+                           .values(status=TaskStatus.QUEUED, lease_owner=None, submitting_at=None,
                                    lease_expires_at=now + timedelta(seconds=delay_s) if delay_s > 0 else None,
                                    error=error, updated_at=now)
                            .returning(Task.id))
         return list(res.scalars())
+
+
+async def mark_submitting(db: Database, task_id: str, owner: str) -> None:
+    """The request creating the task's upstream job is being sent (Job.submitting): from now until
+    its upstream id is stored, a callback for an unknown id of that provider may be its own."""
+    async with db.session() as s:
+        await s.exec(update(Task).where(Task.id == task_id, Task.lease_owner == owner,
+                                        Task.status == TaskStatus.PROCESSING).values(submitting_at=utcnow()))
 
 
 def upstream_owner(provider: str) -> str:
@@ -206,7 +215,8 @@ async def await_upstream(db: Database, task_id: str, owner: str, provider: str, 
     async with db.session() as s:
         res = await s.exec(update(Task).where(Task.id == task_id, Task.lease_owner == owner,
                                               Task.status == TaskStatus.PROCESSING)
-                           .values(upstream_task_id=upstream_id, lease_owner=upstream_owner(provider),
+                           .values(upstream_task_id=upstream_id, submitting_at=None,
+                                   lease_owner=upstream_owner(provider),
                                    lease_expires_at=now + timedelta(seconds=wait_s), updated_at=now))
         return res.rowcount == 1
 

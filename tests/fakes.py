@@ -59,6 +59,7 @@ class FakeMemories:
     requests: list[tuple[str, dict]] = field(default_factory=list)  # (path, headers)
     tasks: list[UpstreamTask] = field(default_factory=list)
     http: aiohttp.ClientSession | None = None
+    gates: dict[str, asyncio.Event] = field(default_factory=dict)  # a step held until its event is set
     _sends: set = field(default_factory=set)
 
     def _scripted(self):
@@ -66,6 +67,8 @@ class FakeMemories:
 
     async def _guard(self, request: web.Request):
         self.requests.append((request.path, dict(request.headers)))
+        if (gate := self.gates.get(request.path.rsplit("/", 1)[-1])) is not None:  # upload, async-generate-audio
+            await gate.wait()
         scripted = self._scripted()
         if scripted and scripted[0] == "hang":
             await asyncio.sleep(scripted[1])

@@ -378,3 +378,36 @@ async def test_a_callback_overtaking_the_stored_submission_still_finds_its_task(
     for task_id in ids:
         assert (await gw.wait_task(task_id))["status"] == "completed"
     assert [t.callbacks for t in memories.tasks] == [[200]] * 5
+
+
+async def test_an_unknown_callback_id_waits_only_while_a_submission_can_match(
+        start_gateway, memories, speech_wav, database_url):
+    """A callback for an upstream id we do not know may be overtaking the storing of a submission's
+    answer only while the request that creates an upstream job is in flight: not while a file is
+    being uploaded first (a random id held its request 5 s then), nor once the id is stored."""
+    from gateway.appkeys import DB
+    from gateway.ingest import submission_in_flight
+
+    upload, generate = asyncio.Event(), asyncio.Event()
+    memories.gates, memories.mode = {"upload": upload, "async-generate-audio": generate}, "manual"
+    gw = await memories_gateway(start_gateway, memories, request_timeout_s=60)
+    task_id = await submit_remote(gw, speech_wav)
+    while not memories.requests:  # the upload is being received
+        await asyncio.sleep(0.05)
+    assert (await gw.task(task_id))["status"] == "processing"
+    assert not await submission_in_flight(gw.app[DB], "memories")
+    status, body = await gw.call("POST", "/callbacks/memories", json=callback_payload("f" * 32, "whisper-1", False))
+    assert status == 404, body
+
+    upload.set()
+    while len(memories.requests) < 2:  # async-generate-audio is being received
+        await asyncio.sleep(0.05)
+    assert await submission_in_flight(gw.app[DB], "memories")
+    generate.set()
+    [upstream] = await memories.wait_tasks(1)
+    while not await count_rows(database_url, "SELECT count(*) FROM task WHERE upstream_task_id = :u",
+                               u=upstream.task_id):
+        await asyncio.sleep(0.05)
+    assert not await submission_in_flight(gw.app[DB], "memories")
+    status, _ = await memories.send_callback(upstream)
+    assert status == 200 and (await gw.wait_task(task_id))["status"] == "completed"

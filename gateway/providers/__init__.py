@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncContextManager, Callable, ClassVar
+from typing import Any, AsyncContextManager, Awaitable, Callable, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -77,6 +77,10 @@ class Pending:
     wait_s: float
 
 
+async def _nothing() -> None:
+    return None
+
+
 @dataclass
 class Job:
     """What a provider gets to run one task."""
@@ -86,6 +90,9 @@ class Job:
     http: Any  # aiohttp.ClientSession
     audio: Callable[[], AsyncContextManager[Path]]  # `async with job.audio() as path`: the input file
     progress: Callable[[float], None]
+    # `await job.submitting()` right before the request that creates the upstream job (a provider
+    # with third_party_callbacks): a callback overtaking the stored upstream id then waits for it
+    submitting: Callable[[], Awaitable[None]] = _nothing
 
 
 class Provider:
@@ -96,6 +103,9 @@ class Provider:
     # Callbacks come from the service itself, which cannot send our API key: without a secret
     # they are accepted without one, and only find a task by an upstream id we were given.
     third_party_callbacks: ClassVar[bool] = False
+    # run() calls `await job.submitting()` itself; if not (and third_party_callbacks), the whole
+    # of run() counts as submitting, so any unknown callback id waits while it runs
+    marks_submission: ClassVar[bool] = False
     callback_timeout_s: float | None = None  # how long a Pending waits for its callback
 
     def __init__(self, name: str, settings: ProviderSettings, config: Config):

@@ -31,6 +31,7 @@ class MemoriesProvider(Provider):
     Settings = MemoriesSettings
     supports_speaker = True
     third_party_callbacks = True
+    marks_submission = True
 
     def __init__(self, name, settings, config):
         super().__init__(name, settings, config)
@@ -68,5 +69,6 @@ class MemoriesProvider(Provider):
             body["language"] = task.language
         if task.num_speakers:
             body["num_speakers"] = task.num_speakers
+        await job.submitting()
         data = await self._call(job, "async-generate-audio", "/transcriptions/async-generate-audio", json=body)
         return Pending(upstream_task_id=str(data["task_id"]), wait_s=self.settings.timeout_s)
