@@ -433,6 +433,8 @@ async def test_a_result_stored_with_an_integer_beyond_64_bits_is_still_served(ap
     assert task["result"]["usage_metadata"]["prompt_tokens"] == 2 ** 64
     status, listed = await api_only.call("GET", "/transcriptions")
     assert status == 200 and listed["data"]["items"][0]["task_id"] == task_id
+    async with api_only.http.get(f"{api_only.base}/transcriptions/{task_id}/transcript.json") as resp:
+        assert resp.status == 200 and str(2 ** 64) in await resp.text()
 
 
 async def test_negative_zero_times_are_stored_as_zero(api_only):
