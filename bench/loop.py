@@ -1,0 +1,250 @@
+"""The event loop under load: GET /healthz latency while the daemon takes uploads and renders
+large transcripts.
+
+A real daemon (`transcribe-gateway serve --no-worker`, SQLite, storage in a temp folder) is
+probed by its own process: one GET /healthz every 10 ms, back to back, on one connection, for as
+long as each scenario lasts. Scenarios, one after the other:
+
+  idle      nothing else: what a probe costs on this machine;
+  uploads   200 clients, each uploading a 1 MB file (POST /upload, multipart) `--rounds` times
+            back to back (200 concurrent uploads all the time);
+  srt       a task completed through POST /callbacks/local with 100,000 segments; its SRT
+            (GET /transcriptions/{id}/transcript.srt) fetched `--renders` times, one at a time.
+
+Reported per scenario: probes, /healthz p50, p99 and max, and the work done (uploads per second,
+seconds per SRT). Target: /healthz p99 < 50 ms during the uploads.
+
+Each run is kept under its `--label` in bench/results/loop.json, and bench/results/loop.md shows
+every label kept (so "before" and "after" a change sit in one table):
+
+    python bench/loop.py --label after          # bench/results/loop.md, .json
+    python bench/loop.py --label before --rounds 2 --renders 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import aiohttp
+from common import BASE, free_port, isolate, save_results, wait_ready
+
+HERE = Path(__file__).resolve().parent
+CLIENTS, UPLOAD_BYTES, SEGMENTS = 200, 1 << 20, 100_000
+PROBE_EVERY_S = 0.01
+TARGET_P99_MS = 50.0
+
+
+# --- the probe (its own process, so the load's client never delays it) -------------------
+
+
+async def probe(url: str, out: Path) -> None:
+    """GET /healthz until stdin closes; the latencies go to `out` as JSON."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    threading.Thread(target=lambda: (sys.stdin.read(), loop.call_soon_threadsafe(stop.set)), daemon=True).start()
+    latencies: list[float] = []
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as http:
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            async with http.get(url + "/healthz") as r:
+                await r.read()
+                assert r.status == 200, r.status
+            latencies.append(time.perf_counter() - t0)
+            await asyncio.sleep(PROBE_EVERY_S)
+    out.write_text(json.dumps(latencies))
+
+
+class Probe:
+    """The probe process around a scenario: `async with Probe(url, path) as p: ...; p.latencies`."""
+
+    def __init__(self, url: str, out: Path):
+        self.url, self.out, self.latencies = url, out, []
+
+    async def __aenter__(self):
+        self.proc = subprocess.Popen([sys.executable, __file__, "--probe", self.url, "--out", str(self.out)],
+                                     stdin=subprocess.PIPE)
+        await asyncio.sleep(1.0)  # its interpreter and first connection, before the load starts
+        return self
+
+    async def __aexit__(self, *exc):
+        self.proc.stdin.close()
+        await asyncio.to_thread(self.proc.wait, 30)
+        self.latencies = sorted(json.loads(self.out.read_text()))
+
+
+def summary(latencies: list[float]) -> dict:
+    ms = [x * 1000 for x in latencies]
+    return {"probes": len(ms), "p50_ms": round(statistics.median(ms), 1),
+            "p99_ms": round(ms[min(len(ms) - 1, int(len(ms) * 0.99))], 1), "max_ms": round(ms[-1], 1)}
+
+
+# --- the scenarios ------------------------------------------------------------------------
+
+
+async def idle(url: str, workdir: Path, args) -> dict:
+    async with Probe(url, workdir / "idle.json") as p:
+        await asyncio.sleep(args.idle_s)
+    return summary(p.latencies) | {"work": f"{args.idle_s:g} s of nothing"}
+
+
+async def uploads(url: str, workdir: Path, args) -> dict:
+    body = os.urandom(UPLOAD_BYTES)
+    statuses: dict[int, int] = {}
+
+    async def client(http: aiohttp.ClientSession) -> None:
+        for _ in range(args.rounds):
+            form = aiohttp.FormData()
+            form.add_field("file", body, filename="one-megabyte.wav", content_type="audio/wav")
+            async with http.post(url + BASE + "/upload", data=form) as r:
+                await r.read()
+                statuses[r.status] = statuses.get(r.status, 0) + 1
+
+    async with Probe(url, workdir / "uploads.json") as p:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+            t0 = time.perf_counter()
+            await asyncio.gather(*(client(http) for _ in range(CLIENTS)))
+            elapsed = time.perf_counter() - t0
+    done = CLIENTS * args.rounds
+    return summary(p.latencies) | {
+        "answers": statuses, "uploads_per_s": round(done / elapsed, 1),
+        "work": f"{done} uploads of 1 MB in {elapsed:.1f} s ({done / elapsed:.0f}/s; answers "
+                + ", ".join(f"{k}: {v}" for k, v in sorted(statuses.items())) + ")"}
+
+
+def long_callback(task_id: str) -> bytes:
+    segments = [{"start_time": round(i * 0.1, 3), "end_time": round(i * 0.1 + 0.09, 3),
+                 "text": f"Segment number {i} of a very long meeting.", "speaker": None} for i in range(SEGMENTS)]
+    return json.dumps({"code": "0000", "message": "SUCCESS", "task_id": task_id, "data": {
+        "msg": "transcription completed", "success": True, "data": {"data": segments, "usage_metadata": {
+            "duration": SEGMENTS * 0.1, "model": "whisper-1", "output_tokens": 0, "prompt_tokens": 0}}}}).encode()
+
+
+async def long_task(http: aiohttp.ClientSession, url: str) -> str:
+    """A completed task with SEGMENTS segments (queued on a daemon without worker, then its result
+    posted to the callback door as a worker elsewhere would)."""
+    form = aiohttp.FormData()
+    form.add_field("file", b"RIFF" + b"\0" * 1024, filename="x.wav")
+    async with http.post(url + BASE + "/upload", data=form) as r:
+        asset_id = (await r.json())["data"]["asset_id"]
+    async with http.post(url + BASE + "/transcriptions/async-generate-audio", json={"asset_id": asset_id}) as r:
+        task_id = (await r.json())["data"]["task_id"]
+    async with http.post(url + BASE + "/callbacks/local", data=long_callback(task_id),
+                         headers={"Content-Type": "application/json"}) as r:
+        assert r.status == 200, await r.text()
+    return task_id
+
+
+async def srt(url: str, workdir: Path, args) -> dict:
+    async with aiohttp.ClientSession() as http:
+        task_id = await long_task(http, url)
+        took = []
+        async with Probe(url, workdir / "srt.json") as p:
+            for _ in range(args.renders):
+                t0 = time.perf_counter()
+                async with http.get(f"{url}{BASE}/transcriptions/{task_id}/transcript.srt") as r:
+                    size = len(await r.read())
+                    assert r.status == 200, r.status
+                took.append(time.perf_counter() - t0)
+    return summary(p.latencies) | {
+        "srt_s": [round(x, 2) for x in took],
+        "work": f"{args.renders} SRTs of {SEGMENTS:,} segments ({size / 1e6:.1f} MB), "
+                f"{statistics.median(took):.2f} s each (median)"}
+
+
+SCENARIOS = {"idle": ("idle", idle), "uploads": (f"{CLIENTS} concurrent 1 MB uploads", uploads),
+             "srt": (f"SRT of a {SEGMENTS:,}-segment transcript", srt)}
+
+
+# --- the daemon and the report -----------------------------------------------------------
+
+
+def start_daemon(workdir: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    config = workdir / "gateway.toml"
+    config.write_text(f"""[server]
+max_json_kb = 32768
+[database]
+url = "sqlite:///{workdir}/gateway.db"
+[storage]
+dir = "{workdir}/assets"
+[log]
+format = "json"
+[plugins]
+load = []
+""")
+    log = open(workdir / "daemon.log", "ab")
+    proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--no-worker", "--config", str(config),
+                             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, cwd=workdir)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+async def run(args, workdir: Path) -> dict:
+    proc, url = start_daemon(workdir)
+    try:
+        async with aiohttp.ClientSession() as http:
+            await wait_ready(http, url)
+        results = {}
+        for name in args.scenarios.split(","):
+            print(f"{name} ...", flush=True)
+            results[name] = await SCENARIOS[name][1](url, workdir, args)
+            print(f"  {results[name]}", flush=True)
+        return results
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def table(runs: dict[str, dict]) -> str:
+    lines = ["| code | scenario | probes | /healthz p50 ms | p99 ms | max ms | work |", "|---|---|---|---|---|---|---|"]
+    for label, run in runs.items():
+        for name, r in run["results"].items():
+            p99 = f"**{r['p99_ms']}**" if name == "uploads" else r["p99_ms"]
+            lines.append(f"| {label} ({run['commit']}) | {SCENARIOS[name][0]} | {r['probes']} | {r['p50_ms']} | "
+                         f"{p99} | {r['max_ms']} | {r['work']} |")
+    return "\n".join(lines)
+
+
+def commit() -> str:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "gateway"], capture_output=True, text=True, cwd=HERE)
+    return out.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--label", default="after", help="the name this run is kept under in the results")
+    ap.add_argument("--scenarios", default="idle,uploads,srt", help=f"comma-separated: {', '.join(SCENARIOS)}")
+    ap.add_argument("--rounds", type=int, default=3, help="uploads per client (each of 200)")
+    ap.add_argument("--renders", type=int, default=5, help="SRT renderings of the long transcript")
+    ap.add_argument("--idle-s", type=float, default=5, help="seconds of the idle probe")
+    ap.add_argument("--probe", help=argparse.SUPPRESS)  # internal: probe this URL until stdin closes
+    ap.add_argument("--out", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.probe:
+        asyncio.run(probe(args.probe, Path(args.out)))
+        return
+    isolate()
+    with tempfile.TemporaryDirectory(prefix="tgw-loop-") as tmp:
+        results = asyncio.run(run(args, Path(tmp)))
+    saved = HERE / "results" / "loop.json"
+    runs = json.loads(saved.read_text()).get("runs", {}) if saved.exists() else {}
+    runs[args.label] = {"commit": commit(), "args": vars(args), "results": results}
+    md = table(runs)
+    print("\n" + md)
+    save_results("loop", md, f"/healthz probed every {PROBE_EVERY_S * 1000:g} ms from a process of its own "
+                 f"against `serve --no-worker` on SQLite; target p99 < {TARGET_P99_MS:g} ms during the uploads "
+                 "(in bold).", "python bench/loop.py --label after", {"runs": runs})
+
+
+if __name__ == "__main__":
+    main()
