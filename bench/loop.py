@@ -2,8 +2,9 @@
 large transcripts.
 
 A real daemon (`transcribe-gateway serve --no-worker`, SQLite, storage in a temp folder) is
-probed by its own process: one GET /healthz every 10 ms, back to back, on one connection, for as
-long as each scenario lasts. Scenarios, one after the other:
+probed by its own process: one GET /healthz every 10 ms on a fixed schedule (each on a
+connection of its own when the previous one has not answered yet), for as long as each scenario
+lasts. Scenarios, one after the other:
 
   idle      nothing else: what a probe costs on this machine;
   uploads   200 clients, each uploading a 1 MB file (POST /upload, multipart) `--rounds` times
@@ -48,19 +49,28 @@ TARGET_P99_MS = 50.0
 
 
 async def probe(url: str, out: Path) -> None:
-    """GET /healthz until stdin closes; the latencies go to `out` as JSON."""
+    """GET /healthz every PROBE_EVERY_S on a fixed schedule (not after the previous answer: a stall
+    then delays every probe it overlaps, as it delays every client) until stdin closes; the
+    latencies go to `out` as JSON."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     threading.Thread(target=lambda: (sys.stdin.read(), loop.call_soon_threadsafe(stop.set)), daemon=True).start()
     latencies: list[float] = []
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as http:
+
+    async def one(http: aiohttp.ClientSession) -> None:
+        t0 = time.perf_counter()
+        async with http.get(url + "/healthz") as r:
+            await r.read()
+            assert r.status == 200, r.status
+        latencies.append(time.perf_counter() - t0)
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+        running: set[asyncio.Task] = set()
         while not stop.is_set():
-            t0 = time.perf_counter()
-            async with http.get(url + "/healthz") as r:
-                await r.read()
-                assert r.status == 200, r.status
-            latencies.append(time.perf_counter() - t0)
+            running.add(task := asyncio.create_task(one(http)))
+            task.add_done_callback(running.discard)
             await asyncio.sleep(PROBE_EVERY_S)
+        await asyncio.gather(*running)
     out.write_text(json.dumps(latencies))
 
 
@@ -241,7 +251,7 @@ def main() -> None:
     runs[args.label] = {"commit": commit(), "args": vars(args), "results": results}
     md = table(runs)
     print("\n" + md)
-    save_results("loop", md, f"/healthz probed every {PROBE_EVERY_S * 1000:g} ms from a process of its own "
+    save_results("loop", md, f"/healthz probed every {PROBE_EVERY_S * 1000:g} ms on a fixed schedule from a process of its own "
                  f"against `serve --no-worker` on SQLite; target p99 < {TARGET_P99_MS:g} ms during the uploads "
                  "(in bold).", "python bench/loop.py --label after", {"runs": runs})
 
