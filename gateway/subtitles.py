@@ -3,7 +3,8 @@
 Cues have at most 2 lines of at most 42 characters and last at most 7 s; they never overlap.
 Speakers are named where they change: "SPEAKER_01: …" in SRT, a <v SPEAKER_01> voice span in WebVTT.
 A segment too long for one cue is split at word boundaries, each word's time interpolated
-from its share of the segment's characters.
+from its share of the segment's characters; a word longer than a line is broken into pieces of
+a line each, so no cue ever exceeds its 2 lines.
 """
 
 from __future__ import annotations
@@ -33,12 +34,9 @@ class Cue:
 
 
 def wrap(words: list[str], width: int = MAX_CHARS) -> list[str]:
-    """Greedy word wrap; a word longer than `width` is cut."""
+    """Greedy word wrap of words no longer than `width`."""
     lines: list[str] = []
     for word in words:
-        while len(word) > width:
-            lines.append(word[:width])
-            word = word[width:]
         if lines and len(lines[-1]) + 1 + len(word) <= width:
             lines[-1] += " " + word
         else:
@@ -58,8 +56,13 @@ def _word_times(seg: Segment, words: list[str]) -> list[tuple[float, float]]:
     return times
 
 
+def line_words(text: str, width: int) -> list[str]:
+    """The words of `text`, each longer than `width` broken into pieces of `width` characters."""
+    return [word[i:i + width] for word in text.split() for i in range(0, len(word), width)]
+
+
 def segment_cues(seg: Segment, width: int) -> list[Cue]:
-    words = seg.text.split()
+    words = line_words(seg.text, width)
     if not words:
         return []
     times = _word_times(seg, words)

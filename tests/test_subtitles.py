@@ -42,6 +42,19 @@ def test_cues_follow_subtitle_conventions():
     assert cues[-1].end == 21.5
 
 
+def test_a_word_too_long_for_a_cue_is_broken_across_cues():
+    word = "x" * 21_000  # one "word" of 21,000 characters: 500 lines of 42 if it stayed one cue
+    segments = [Segment(0.0, 3.0, "Before it.", None), Segment(3.0, 9.0, f"a {word} b", "SPEAKER_00")]
+    cues = make_cues(segments)
+    for cue in cues:
+        assert 1 <= len(cue.lines) <= 2 and all(len(line) <= MAX_CHARS for line in cue.lines), cue.lines
+    for a, b in zip(cues, cues[1:]):
+        assert a.start < a.end <= b.start
+    text = "".join("".join(c.lines) for c in cues).replace(" ", "")
+    assert text == "Beforeit." + "SPEAKER_00:" + "a" + word + "b"  # every character kept, in order
+    assert len(list(srt_lib.parse(to_srt(segments)))) == len(cues)
+
+
 def test_parsers_read_what_we_write(tmp_path):
     srt_text = to_srt(SEGMENTS)
     parsed = list(srt_lib.parse(srt_text))
