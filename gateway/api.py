@@ -23,7 +23,7 @@ from gateway.openapi import endpoint
 from gateway.payloads import CallbackPayload, parse_callback, parse_valid_callback, result_of
 from gateway.plugins import transcript_from_payload
 from gateway.providers import LOCAL
-from gateway.storage import safe_filename
+from gateway.storage import download_type, safe_filename
 
 log = structlog.get_logger(__name__)
 routes = web.RouteTableDef()
@@ -91,7 +91,7 @@ def _parse_json(raw: bytes) -> Any:
 
 
 @routes.post(API_BASE + "/upload")
-@endpoint("Upload an audio or video file; answers its asset_id", data=schemas.UploadData, errors=(400, 408, 413),
+@endpoint("Upload an audio or video file; answers its asset_id", data=schemas.UploadData, errors=(400, 408, 413, 507),
           request_content=UPLOAD_FORM)
 async def upload(request: web.Request) -> web.Response:
     cfg = request.app[CONFIG]
@@ -138,7 +138,7 @@ async def _store_upload(request: web.Request, max_bytes: int) -> web.Response:
 
 
 @routes.get(API_BASE + "/{asset_id}/download")
-@endpoint("Download an uploaded file, with the content type it was uploaded with", errors=(404,),
+@endpoint("Download an uploaded file (its audio or video type, else application/octet-stream)", errors=(404,),
           content={"*/*": {"schema": {"type": "string", "format": "binary"}}})
 async def download(request: web.Request) -> web.StreamResponse:
     asset_id = request.match_info["asset_id"]
@@ -147,7 +147,8 @@ async def download(request: web.Request) -> web.StreamResponse:
     if asset is None:
         raise NotFound(f"asset {asset_id!r} not found")
     disposition = "attachment; filename*=UTF-8''" + _quote(asset.filename)
-    return web.FileResponse(asset.path, headers={"Content-Type": asset.content_type,
+    return web.FileResponse(asset.path, headers={"Content-Type": download_type(asset.content_type),
+                                                 "X-Content-Type-Options": "nosniff",
                                                  "Content-Disposition": disposition})
 
 
@@ -220,10 +221,13 @@ async def transcript(request: web.Request) -> web.Response:
     task = await tasks.get_task(request.app[DB], request.match_info["task_id"])
     if task.status != TaskStatus.COMPLETED:
         raise ApiError(f"task {task.id} is {task.status}; a transcript exists once it is completed", 409)
-    payload = json.loads(task.result_json)
-    segments = transcript_from_payload(payload).segments
-    return web.Response(text=subtitles.render(fmt, segments, result_of(payload)), charset="utf-8",
-                        content_type=subtitles.MEDIA_TYPES[fmt])
+    body = await asyncio.to_thread(_render, fmt, task.result_json)  # seconds for 100,000 segments
+    return web.Response(body=body, charset="utf-8", content_type=subtitles.MEDIA_TYPES[fmt])
+
+
+def _render(fmt: str, result_json: str) -> bytes:
+    payload = json.loads(result_json)
+    return subtitles.render(fmt, transcript_from_payload(payload).segments, result_of(payload)).encode()
 
 
 @routes.post(API_BASE + "/transcriptions/{task_id}/redeliver")

@@ -37,3 +37,7 @@ class PayloadTooLarge(ApiError):
 
 class Unavailable(ApiError):
     status = 503
+
+
+class InsufficientStorage(ApiError):
+    status = 507

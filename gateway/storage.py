@@ -1,20 +1,53 @@
-"""Asset storage: uploads are streamed to disk (never whole in memory), hashed, size-limited."""
+"""Asset storage: uploads are streamed to disk (never whole in memory), hashed, size-limited,
+and written by the storage threads: the event loop never waits for the disk."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import errno
 import hashlib
 import os
 import re
 import secrets
 import unicodedata
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncIterator
+from typing import IO, AsyncIterator, Callable, TypeVar
 
-from gateway.errors import BadRequest, PayloadTooLarge
+import structlog
+
+from gateway.errors import BadRequest, InsufficientStorage, PayloadTooLarge
+
+log = structlog.get_logger(__name__)
 
 ASSET_ID_RE = re.compile(r"^re_\d{1,30}$")
 CHUNK = 1 << 16
+WRITE_BYTES = 1 << 20  # gathered before each trip to a storage thread
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+DOWNLOAD_TYPE_RE = re.compile(r"(audio|video)/[a-z0-9][a-z0-9.+-]{0,126}")
+_disk = ThreadPoolExecutor(max_workers=4, thread_name_prefix="storage")
+T = TypeVar("T")
+
+
+async def on_disk(fn: Callable[..., T], *args) -> T:
+    """Run a blocking file operation on a storage thread. A cancelled caller still waits for it to
+    end (a thread cannot be stopped), so that what the caller cleans up next stays cleaned up."""
+    job = asyncio.get_running_loop().run_in_executor(_disk, fn, *args)
+    try:
+        return await asyncio.shield(job)
+    except asyncio.CancelledError:
+        with contextlib.suppress(BaseException):
+            await job
+        raise
+
+
+def download_type(content_type: str) -> str:
+    """The Content-Type a download is served with: the uploader's, without parameters, when it is
+    an audio or video type, else application/octet-stream (never a type a browser renders as a page)."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media if DOWNLOAD_TYPE_RE.fullmatch(media) else "application/octet-stream"
 
 
 def new_asset_id() -> str:
@@ -48,31 +81,57 @@ class AssetStore:
         return self.root / asset_id[-2:] / asset_id
 
     async def save_stream(self, chunks: AsyncIterator[bytes], max_bytes: int) -> StoredFile:
-        """Write chunks to a temp file, then move it into place; nothing is left behind on error."""
+        """Write chunks to a temp file, then move it into place; nothing is left behind on error.
+        A full disk is InsufficientStorage (507)."""
         asset_id = new_asset_id()
-        tmp = self.root / "tmp" / f"{asset_id}.part"
+        tmp, final = self.root / "tmp" / f"{asset_id}.part", self.path_for(asset_id)
         digest = hashlib.sha256()
-        size = 0
+        size, pending, f = 0, bytearray(), None
         try:
-            with open(tmp, "wb") as f:
-                async for chunk in chunks:
-                    size += len(chunk)
-                    if size > max_bytes:
-                        raise PayloadTooLarge(f"file is larger than server.max_upload_mb "
-                                              f"({max_bytes / 1048576:.4g} MB)")
-                    digest.update(chunk)
-                    f.write(chunk)
-                f.flush()
-                os.fsync(f.fileno())
+            f = await on_disk(open, tmp, "wb")
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > max_bytes:
+                    raise PayloadTooLarge(f"file is larger than server.max_upload_mb "
+                                          f"({max_bytes / 1048576:.4g} MB)")
+                pending += chunk
+                if len(pending) >= WRITE_BYTES:
+                    data, pending = pending, bytearray()
+                    await on_disk(_append, f, digest, data)
             if size == 0:
                 raise BadRequest("file is empty")
-            final = self.path_for(asset_id)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp, final)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
+            await on_disk(_finish, f, digest, pending, tmp, final)
+        except BaseException as exc:
+            await on_disk(_discard, f, tmp, final)
+            if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+                log.warning("asset.disk_full", storage_dir=str(self.root), error=str(exc))
+                raise InsufficientStorage("not enough space left in storage.dir to store the file; "
+                                          "nothing was kept") from None
             raise
         return StoredFile(asset_id, final, size, digest.hexdigest())
 
     def discard(self, path: Path) -> None:
+        path.unlink(missing_ok=True)
+
+
+def _append(f: IO[bytes], digest, data: bytearray) -> None:
+    digest.update(data)  # hashlib lets go of the GIL for large buffers
+    f.write(data)
+
+
+def _finish(f: IO[bytes], digest, data: bytearray, tmp: Path, final: Path) -> None:
+    """The last bytes, then fsync, close and the rename into place."""
+    _append(f, digest, data)
+    f.flush()
+    os.fsync(f.fileno())
+    f.close()
+    final.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, final)
+
+
+def _discard(f: IO[bytes] | None, *paths: Path) -> None:
+    if f is not None:
+        with contextlib.suppress(OSError):  # a full disk refuses the flush of what close() would write
+            f.close()
+    for path in paths:
         path.unlink(missing_ok=True)

@@ -274,12 +274,13 @@ class Daemon:
     log_path: Path
     proc: subprocess.Popen | None = None
     command: tuple[str, ...] = ("serve",)  # or ("serve", "--no-worker"), ("worker",)
+    prefix: tuple[str, ...] = ()  # a command that runs the daemon, e.g. unshare: it ends with `exec "$@"`
 
     def start(self) -> None:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         port = ["--port", str(self.port)] if self.command[0] == "serve" else []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", *self.command, "--config", str(self.config_path), *port],
+            [*self.prefix, sys.executable, "-m", "gateway", *self.command, "--config", str(self.config_path), *port],
             stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT, env=env)
 
     def kill(self) -> None:

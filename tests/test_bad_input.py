@@ -20,7 +20,7 @@ import aiohttp
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from conftest import WEBHOOK_SECRET
+from conftest import WEBHOOK_SECRET, Gateway, daemon_sections, to_toml
 
 GENERATE = "/transcriptions/async-generate-audio"
 TOO_BIG_UPLOAD = "file is larger than server.max_upload_mb (0.1 MB)"
@@ -218,6 +218,32 @@ async def test_upload_errors_leave_nothing_in_storage(start_gateway):
     asset_id = body["data"]["asset_id"]
     root = Path(gw.config.storage.dir)
     assert sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file()) == [Path(asset_id[-2:], asset_id)]
+
+
+DISK_FULL = "not enough space left in storage.dir to store the file; nothing was kept"
+
+
+async def test_an_upload_to_a_full_disk_is_507_and_keeps_nothing(tmp_path, database_url, daemon_factory):
+    """storage.dir is a real 2 MB disk: a tmpfs mounted in a mount namespace of the daemon's own,
+    which goes away with it."""
+    if subprocess.run(["unshare", "--mount", "true"], capture_output=True).returncode != 0:
+        pytest.skip("unshare --mount is not permitted here (needs root or user namespaces)")
+    assets = tmp_path / "assets"
+    assets.mkdir()
+    daemon = daemon_factory(to_toml(daemon_sections(tmp_path, database_url)), command=("serve", "--no-worker"))
+    daemon.prefix = ("unshare", "--mount", "--propagation", "private", "sh", "-c",
+                     'mount -t tmpfs -o size=2m tgw-full "$0" && exec "$@"', str(assets))
+    daemon.start()
+    async with aiohttp.ClientSession() as http:
+        gw = Gateway(url=f"http://127.0.0.1:{daemon.port}", config=None, http=http)
+        await gw.wait_ready()
+        await expect_error(gw, "POST", "/upload", 507, DISK_FULL, data=multipart(os.urandom(3 << 20)))
+        disk = Path(f"/proc/{daemon.proc.pid}/root", *assets.parts[1:])  # the daemon's view of its disk
+        assert sorted(disk.rglob("*")) == [disk / "tmp"]  # no partial file, no asset
+        status, body = await gw.call("POST", "/upload", data=multipart(os.urandom(3 << 19)))
+        assert status == 200, body  # 1.5 MB of the 2 fit: the refused upload's bytes were freed
+        asset_id = body["data"]["asset_id"]
+        assert [p.name for p in disk.rglob("*") if p.is_file()] == [asset_id]
 
 
 async def test_a_body_that_arrives_too_slowly_is_408_and_stores_nothing(start_gateway):

@@ -102,6 +102,23 @@ async def test_download_returns_the_uploaded_bytes(gateway, speech_wav):
     assert status == 404 and body["msg"] == "asset 're_123' not found"
 
 
+async def test_download_is_served_as_audio_or_octet_stream_with_nosniff(gateway):
+    served = {"audio/wav": "audio/wav", "Audio/Ogg; codecs=opus": "audio/ogg", "video/mp4": "video/mp4",
+              "text/html": "application/octet-stream", "image/svg+xml": "application/octet-stream",
+              "application/xhtml+xml; charset=utf-8": "application/octet-stream",
+              "audio/<script>": "application/octet-stream"}
+    for uploaded, expected in served.items():
+        form = aiohttp.FormData(quote_fields=False)
+        form.add_field("file", b"<html><script>alert(1)</script></html>", filename="a.html", content_type=uploaded)
+        status, body = await gateway.call("POST", "/upload", data=form)
+        assert status == 200, body
+        async with gateway.http.get(f"{gateway.base}/{body['data']['asset_id']}/download") as resp:
+            assert resp.status == 200
+            assert resp.headers["Content-Type"] == expected, uploaded
+            assert resp.headers["X-Content-Type-Options"] == "nosniff"
+            assert resp.headers["Content-Disposition"].startswith("attachment;")
+
+
 async def test_list_pages_newest_first(gateway, speech_wav):
     asset_id = await gateway.upload(speech_wav)
     ids = [await gateway.submit(asset_id=asset_id) for _ in range(5)]
