@@ -49,6 +49,8 @@ from pathlib import Path
 import aiohttp
 from common import BASE, free_port, isolate, save_results, wait_ready
 
+from gateway.payloads import Outcome, Segment, build_payload
+
 HERE = Path(__file__).resolve().parent
 CLIENTS, UPLOAD_BYTES, SEGMENTS = 200, 1 << 20, 100_000
 PROBE_EVERY_S = 0.01
@@ -162,11 +164,10 @@ async def uploads(url: str, workdir: Path, args) -> dict:
 
 
 def long_callback(task_id: str) -> bytes:
-    segments = [{"start_time": round(i * 0.1, 3), "end_time": round(i * 0.1 + 0.09, 3),
-                 "text": f"Segment number {i} of a very long meeting.", "speaker": None} for i in range(SEGMENTS)]
-    return json.dumps({"code": "0000", "message": "SUCCESS", "task_id": task_id, "data": {
-        "msg": "transcription completed", "success": True, "data": {"data": segments, "usage_metadata": {
-            "duration": SEGMENTS * 0.1, "model": "whisper-1", "output_tokens": 0, "prompt_tokens": 0}}}}).encode()
+    segments = tuple(Segment(i * 0.1, i * 0.1 + 0.09, f"Segment number {i} of a very long meeting.")
+                     for i in range(SEGMENTS))
+    outcome = Outcome(success=True, segments=segments, duration=SEGMENTS * 0.1)
+    return json.dumps(build_payload(task_id, outcome, model="whisper-1", speaker=False)).encode()
 
 
 async def long_task(http: aiohttp.ClientSession, url: str) -> str:

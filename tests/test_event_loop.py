@@ -19,6 +19,7 @@ import aiohttp
 import pytest
 
 from conftest import Gateway, daemon_sections, to_toml
+from gateway.payloads import Outcome, Segment, build_payload
 
 SEGMENTS = 100_000
 
@@ -83,11 +84,10 @@ async def test_an_upload_is_written_and_synced_off_the_event_loop(daemon, tmp_pa
 
 
 def long_result(task_id: str) -> bytes:
-    segments = [{"start_time": round(i * 0.1, 3), "end_time": round(i * 0.1 + 0.09, 3),
-                 "text": f"Segment number {i} of a very long meeting.", "speaker": None} for i in range(SEGMENTS)]
-    return json.dumps({"code": "0000", "message": "SUCCESS", "task_id": task_id, "data": {
-        "msg": "transcription completed", "success": True, "data": {"data": segments, "usage_metadata": {
-            "duration": SEGMENTS * 0.1, "model": "whisper-1", "output_tokens": 0, "prompt_tokens": 0}}}}).encode()
+    segments = tuple(Segment(i * 0.1, i * 0.1 + 0.09, f"Segment number {i} of a very long meeting.")
+                     for i in range(SEGMENTS))
+    outcome = Outcome(success=True, segments=segments, duration=SEGMENTS * 0.1)
+    return json.dumps(build_payload(task_id, outcome, model="whisper-1", speaker=False)).encode()
 
 
 async def test_healthz_answers_while_a_large_srt_is_rendered(daemon, tmp_path):
