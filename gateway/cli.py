@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import sys
 from pathlib import Path
 
@@ -39,7 +40,22 @@ key_option = click.option("--api-key", envvar="TRANSCRIBE_GATEWAY_API_KEY", defa
                           help="API key (or TRANSCRIBE_GATEWAY_API_KEY).")
 
 
-@click.group()
+class _Commands(click.Group):
+    """The command group; when the environment's configuration is bad, plugins' commands are not
+    loaded, and asking for one says why rather than "No such command"."""
+
+    config_error: str | None = None
+
+    def resolve_command(self, ctx, args):
+        try:
+            return super().resolve_command(ctx, args)
+        except click.UsageError:
+            if self.config_error:
+                raise click.ClickException(f"{self.config_error} (plugins' commands are not loaded)") from None
+            raise
+
+
+@click.group(cls=_Commands)
 @click.version_option(__version__, prog_name="transcribe-gateway")
 def main() -> None:
     """Self-hosted asynchronous transcription gateway."""
@@ -56,13 +72,54 @@ def _app(cfg, plugins, **kwargs):
         raise click.ClickException(str(exc)) from None
 
 
+def _log():
+    import structlog
+
+    return structlog.get_logger("gateway")
+
+
 def _start(cfg, event: str, **fields):
     from gateway.logs import configure_logging
 
     configure_logging(cfg.log)
-    import structlog
+    _log().info(event, version=__version__, database=_redact(cfg.database.url), **fields)
 
-    structlog.get_logger("gateway").info(event, version=__version__, database=_redact(cfg.database.url), **fields)
+
+def _listen(host: str, port: int) -> list[socket.socket]:
+    """The API's sockets, bound before anything starts: a port in use (or a host that is not
+    this machine's) stops `serve` with one line, before it touches the database or claims work."""
+    socks: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, addr in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                               flags=socket.AI_PASSIVE):
+            sock = socket.socket(family, kind, proto)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(addr)
+            sock.listen(128)
+    except OSError as exc:
+        for sock in socks:
+            sock.close()
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return socks
+
+
+def _url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _announce(socks: list[socket.socket]):
+    """A cleanup context, the app's last: once everything has started, "listening on http://…";
+    on the way down, "stopping"."""
+    async def ctx(app):
+        for sock in socks:
+            _log().info(f"listening on {_url(sock)}", url=_url(sock))
+        yield
+        _log().info("stopping")
+    return ctx
 
 
 @main.command()
@@ -76,10 +133,13 @@ def serve(config_path: str | None, host: str | None, port: int | None, no_worker
 
     cfg = _config(config_path)
     plugins = _plugins(cfg)
+    host, port = host or cfg.server.host, cfg.server.port if port is None else port
+    socks = _listen(host, port)
     app = _app(cfg, plugins, worker=not no_worker)
-    _start(cfg, "serve.start", host=host or cfg.server.host, port=port or cfg.server.port, worker=not no_worker)
-    web.run_app(app, host=host or cfg.server.host, port=port or cfg.server.port,
-                print=None, shutdown_timeout=10, access_log=None)
+    app.cleanup_ctx.append(_announce(socks))
+    _start(cfg, "serve.start", host=host, port=port, worker=not no_worker)
+    web.run_app(app, sock=socks, print=None, shutdown_timeout=10, access_log=None)
+    _log().info("stopped")
 
 
 @main.command()
@@ -92,12 +152,12 @@ def worker(config_path: str | None) -> None:
     app = _app(cfg, plugins, api=False)
     _start(cfg, "worker.start")
     asyncio.run(_run_worker(app))
+    _log().info("stopped")
 
 
 async def _run_worker(app) -> None:
     import signal
 
-    import structlog
     from aiohttp import web
 
     stop = asyncio.Event()
@@ -109,7 +169,7 @@ async def _run_worker(app) -> None:
     try:
         await stop.wait()
     finally:
-        structlog.get_logger("gateway").info("worker.stopping")
+        _log().info("worker.stopping")
         await runner.cleanup()  # stops claiming and releases running tasks
 
 
@@ -288,9 +348,10 @@ def list_plugins(config_path: str | None, as_json: bool) -> None:
 def _add_plugin_commands() -> None:
     """Commands from plugins (register_commands), chosen by the environment's plugins.load."""
     try:
-        plugins = _plugins(load_config(None))
-    except click.ClickException:
-        return  # `serve` and `plugins` report the configuration error properly
+        plugins = _plugins(_config(None))
+    except click.ClickException as exc:  # every command that reads the configuration says why
+        main.config_error = exc.message
+        return
     plugins.call_all_sync("register_commands", cli=main)
 
 

@@ -220,16 +220,24 @@ def _env_value(raw: str) -> Any:
         return raw
 
 
+def _env_keys(environ: dict[str, str]) -> dict[tuple[str, ...], str]:
+    """The configuration key path of every `TGW_<SECTION>__<KEY>` variable: (section, key) -> name."""
+    keys = {}
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        path = tuple(p.lower() for p in name[len(ENV_PREFIX):].split("__"))
+        if any(not p for p in path):
+            raise ConfigError(f"{name}: empty key in environment variable name")
+        keys[path] = name
+    return keys
+
+
 def env_overrides(environ: dict[str, str] | None = None) -> dict[str, Any]:
     environ = os.environ if environ is None else environ
     tree: dict[str, Any] = {}
-    for name, raw in sorted(environ.items()):
-        if not name.startswith(ENV_PREFIX) or "__" not in name:
-            continue
-        path = [p.lower() for p in name[len(ENV_PREFIX):].split("__")]
-        if any(not p for p in path):
-            raise ConfigError(f"{name}: empty key in environment variable name")
-        _set_path(tree, path, raw, name)
+    for path, name in _env_keys(environ).items():
+        _set_path(tree, list(path), environ[name], name)
     return tree
 
 
@@ -243,10 +251,15 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
-def _describe(err: ValidationError) -> str:
+def _describe(err: ValidationError, env_keys: dict[tuple[str, ...], str]) -> str:
+    """One clause per error, naming the key (and the environment variable that set it, if one did)."""
     lines = []
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"])
+        loc = tuple(str(p) for p in e["loc"])
+        key = ".".join(loc)
+        source = next((name for n in range(len(loc), 0, -1) if (name := env_keys.get(loc[:n]))), None)
+        if source:
+            key += f" (from {source})"
         msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
         lines.append(f"{key}: {msg}")
     return "; ".join(lines)
@@ -264,10 +277,11 @@ def load_config(path: str | os.PathLike | None = None, environ: dict[str, str] |
             raise ConfigError(f"config file not found: {p}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{p}: invalid TOML: {exc}") from None
+    environ = os.environ if environ is None else environ
     data = _merge(data, env_overrides(environ))
     if overrides:
         data = _merge(data, overrides)
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"invalid configuration: {_describe(exc)}") from None
+        raise ConfigError(f"invalid configuration: {_describe(exc, _env_keys(environ))}") from None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import random
 import time
 from dataclasses import dataclass
@@ -275,8 +276,11 @@ async def deliver_one(db: Database, config: Config, clients: Clients, plugins: P
     attempt, max_attempts = await attempt_delivery(config, clients, plugins, claimed)
     outcome = await record_attempt(db, d, owner, attempt, max_attempts, config.webhooks)
     metrics.DELIVERY_ATTEMPTS.labels(d.kind, "retry" if outcome == DeliveryStatus.PENDING else outcome).inc()
-    log.info("delivery.attempt", task_id=d.task_id, delivery_id=d.id, target=redact(d.target),
-             status_code=attempt.status_code, error=attempt.error, outcome=outcome, attempt=d.attempts + 1)
+    level = logging.INFO if attempt.error is None else logging.ERROR if outcome == DeliveryStatus.DEAD \
+        else logging.WARNING  # a retry, or another process took over
+    log.log(level, "delivery.attempt", task_id=d.task_id, delivery_id=d.id,
+            target=redact(d.target), status_code=attempt.status_code, error=attempt.error, outcome=outcome,
+            attempt=d.attempts + 1)
     return outcome
 
 

@@ -227,8 +227,12 @@ class Ingestor:
                 logger.warning("ingest.failed", task_id=item.task_id, error=type(a.result).__name__)
                 _answer(item, a.result)
                 continue
-            logger.info("ingest", task_id=a.result.task_id or item.task_id, provider=item.provider,
-                     outcome=a.result.outcome, success=item.outcome.success if item.outcome else None)
+            fields = {"task_id": a.result.task_id or item.task_id, "provider": item.provider,
+                      "outcome": a.result.outcome, "success": item.outcome.success if item.outcome else None}
+            if a.stored and not item.outcome.success:  # a failure stored: say why
+                logger.warning("ingest", error=item.outcome.error, **fields)
+            else:
+                logger.info("ingest", **fields)
             self._remember_body(item, a.result)
             if a.stored:
                 metrics.observe_result(item.provider, a.started_at, a.now, item.outcome.success,

@@ -184,7 +184,7 @@ class Workers:
                 log.exception("task.error", attempt=task.attempts)
             if task.attempts < self.config.jobs.max_attempts:
                 delay = self.config.jobs.retry_backoff_s * 2 ** (task.attempts - 1)
-                log.info("task.retry", retry_in_s=delay)
+                log.warning("task.retry", attempt=task.attempts, retry_in_s=delay, error=reason)
                 await tasks.release_task(self.db, task.id, self.owner, error=reason, delay_s=delay)
                 return
             outcome = Outcome.failure(f"failed after {task.attempts} attempts: {reason}")
@@ -211,8 +211,11 @@ class Workers:
         except Exception:
             log.exception("task.ingest_failed")  # the lease expires and the task is run again
             return
-        log.info("task.finished", outcome=result.outcome, success=outcome.success,
-                 seconds=round(time.perf_counter() - t0, 3))
+        fields = {"outcome": result.outcome, "seconds": round(time.perf_counter() - t0, 3)}
+        if outcome.success:
+            log.info("task.finished", success=True, **fields)
+        else:
+            log.warning("task.finished", success=False, error=outcome.error, **fields)
         self.notifier.wake(DELIVERIES)
         self.notifier.wake(task_done_channel(task.id))
 

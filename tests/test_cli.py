@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import socket
 import sys
 
 from conftest import count_rows, free_port
@@ -103,3 +105,29 @@ async def test_db_downgrade_reverts_to_a_revision_and_upgrade_returns(tmp_path, 
     assert await count_rows(database_url, "SELECT version_num FROM alembic_version") == "0001"
     assert (await cli("db", "upgrade", "--config", str(cfg)))[0] == 0
     assert await count_rows(database_url, "SELECT count(*) FROM task") == 0
+
+
+async def test_a_bad_environment_variable_is_one_line_and_help_still_works():
+    for name, value, why in (("TGW_SERVER__PROT", "9000", "unknown key"),
+                             ("TGW_SERVER__PORT", "abc", "Input should be a valid integer")):
+        env = dict(os.environ, **{name: value})
+        code, out, err = await cli("--help", env=env)
+        assert code == 0 and "Usage:" in out and not err, err
+        code, _, err = await cli("serve", env=env)
+        key = name.removeprefix("TGW_").replace("__", ".").lower()
+        assert code == 1 and len(err.splitlines()) == 1, err
+        assert err.startswith(f"Error: invalid configuration: {key} (from {name}): {why}"), err
+        code, _, err = await cli("search", "budget", env=env)  # a plugin's command: not loaded, and why
+        assert code == 1 and len(err.splitlines()) == 1 and f"(from {name})" in err, err
+
+
+async def test_a_port_in_use_is_one_line_and_nothing_starts(tmp_path):
+    cfg = tmp_path / "g.toml"
+    cfg.write_text(f'[database]\nurl = "sqlite:///{tmp_path / "g.db"}"\n[storage]\ndir = "{tmp_path / "assets"}"\n')
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, out, err = await cli("serve", "--config", str(cfg), "--port", str(port))
+    assert code == 1 and err.splitlines() == [f"Error: cannot listen on 127.0.0.1:{port}: Address already in use"], err
+    assert not (tmp_path / "g.db").exists()  # refused before the database was opened or work claimed

@@ -103,3 +103,36 @@ async def test_secrets_never_reach_the_log(tmp_path, database_url, daemon_factor
     for secret in (API_KEY, PROVIDER_SECRET, PROVIDER_SECRET.removeprefix("whsec_"), WEBHOOK_SECRET,
                    WEBHOOK_SECRET.removeprefix("whsec_"), DB_PASSWORD):
         assert secret not in log, f"a secret ({secret[:8]}…) was logged"
+
+
+async def test_failures_log_their_reason_at_warning_or_error(tmp_path, database_url, daemon_factory, webhook):
+    """A real daemon's JSON lines: "listening on http://…" at start, a failed task's reason at
+    warning, each retried delivery attempt at warning, the dead one at error, "stopped" at exit."""
+    webhook.responses = [500] * 4  # webhooks.max_attempts is 4 in the test config: the 4th is dead
+    daemon = daemon_factory(to_toml(daemon_sections(tmp_path, database_url)))
+    daemon.start()
+    junk = tmp_path / "notes.wav"
+    junk.write_text("this is not audio at all\n" * 50)
+    async with aiohttp.ClientSession() as http:
+        gw = Gateway(url=f"http://127.0.0.1:{daemon.port}", config=None, http=http)
+        await gw.wait_ready()
+        task_id = await gw.submit(asset_id=await gw.upload(junk), callback_url=webhook.url)
+        task = await gw.wait_task(task_id)
+        await wait_delivery(gw, task_id, "dead")
+    daemon.stop()
+    assert task["status"] == "failed"
+
+    lines = [json.loads(line) for line in daemon.log_path.read_text().splitlines() if line.strip()]
+    by_event = {}
+    for entry in lines:
+        by_event.setdefault(entry["event"], []).append(entry)
+    assert by_event[f"listening on http://127.0.0.1:{daemon.port}"][0]["level"] == "info"
+    assert lines[-1]["event"] == "stopped", lines[-3:]
+    [finished] = by_event["task.finished"]
+    assert finished["level"] == "warning" and finished["error"] == task["error"], finished
+    assert "could not be decoded" in finished["error"]
+    [ingested] = by_event["ingest"]
+    assert ingested["level"] == "warning" and ingested["error"] == task["error"], ingested
+    attempts = by_event["delivery.attempt"]
+    assert [(a["level"], a["outcome"], a["error"]) for a in attempts] == \
+        [("warning", "pending", "HTTP 500")] * 3 + [("error", "dead", "HTTP 500")], attempts
