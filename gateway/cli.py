@@ -12,6 +12,7 @@ import click
 
 from gateway import __version__
 from gateway.config import ConfigError, load_config
+from gateway.models import TaskStatus
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 
@@ -35,7 +36,8 @@ def _plugins(cfg):
 config_option = click.option("--config", "config_path", type=click.Path(dir_okay=False),
                              envvar="TGW_CONFIG", help="TOML configuration file (default: built-in defaults).")
 url_option = click.option("--url", "base_url", envvar="TRANSCRIBE_GATEWAY_URL", default=DEFAULT_URL,
-                          show_default=True, help="Base URL of the gateway.")
+                          show_default=True, help="The gateway: http(s)://host[:port] (host:port and a URL "
+                                                  "ending in /serve/api/v2 do too; or TRANSCRIBE_GATEWAY_URL).")
 key_option = click.option("--api-key", envvar="TRANSCRIBE_GATEWAY_API_KEY", default="",
                           help="API key (or TRANSCRIBE_GATEWAY_API_KEY).")
 
@@ -195,7 +197,7 @@ def _migrate(config_path: str | None, step, revision: str) -> None:
 
 @db.command("upgrade")
 @config_option
-@click.option("--revision", default="head", show_default=True)
+@click.option("--revision", default="head", show_default=True, help="Alembic revision to upgrade to.")
 def db_upgrade(config_path: str | None, revision: str) -> None:
     """Apply Alembic migrations to database.url."""
     from gateway.db import upgrade
@@ -257,7 +259,12 @@ async def _submit(file, speaker, hints, callback_url, model, language, wait, as_
         if not wait:
             click.echo(json.dumps({"task_id": task_id, "asset_id": asset_id}) if as_json else task_id)
             return
-        task = await _wait(client, task_id, show_bar=not as_json and sys.stderr.isatty())
+        try:
+            task = await _wait(client, task_id, show_bar=not as_json and sys.stderr.isatty())
+        except asyncio.CancelledError:  # Ctrl-C stops the waiting, not the task
+            click.echo(f"\nstopped waiting; task {task_id} keeps running on the gateway "
+                       f"(transcribe-gateway status {task_id})", err=True)
+            raise click.exceptions.Exit(130) from None
     _print_task(task, as_json)
     if task["status"] == "failed":
         sys.exit(1)
@@ -271,7 +278,7 @@ async def _wait(client, task_id: str, show_bar: bool) -> dict:
         while True:
             task = await client.status(task_id)
             bar.n = round(task["progress"] * 100)
-            bar.set_description(f"{task_id[:8]} {task['status']:<10}")
+            bar.set_description(f"{task_id} {task['status']:<10}")  # ids made together share their start
             if task["status"] in ("completed", "failed"):
                 return task
             await asyncio.sleep(0.5)
@@ -313,6 +320,32 @@ def status(task_id: str, as_json: bool, base_url: str, api_key: str) -> None:
             return await client.status(task_id)
 
     _print_task(run_client(go()), as_json)
+
+
+@main.command("list")
+@click.option("--status", "status_", type=click.Choice(TaskStatus.ALL), default=None,
+              help="Only tasks with this status.")
+@click.option("--limit", type=click.IntRange(1), default=20, show_default=True, help="At most this many tasks.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of the tasks.")
+@url_option
+@key_option
+def list_tasks(status_: str | None, limit: int, as_json: bool, base_url: str, api_key: str) -> None:
+    """List tasks, newest first."""
+    from gateway.client import GatewayClient
+
+    async def go():
+        async with GatewayClient(base_url, api_key) as client:
+            return await client.tasks(status_, limit)
+
+    items = run_client(go())
+    if as_json:
+        click.echo(json.dumps(items, indent=2))
+        return
+    if not items:
+        click.echo("no tasks", err=True)
+    for t in items:
+        click.echo(f"{t['task_id']}  {t['status']:<10} {t['progress'] * 100:3.0f}%  {t['created_at']}  "
+                   f"{t['model']}  {t['asset_id'] or t['url']}")
 
 
 @main.command()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -15,9 +16,22 @@ class ClientError(Exception):
     """The gateway answered with an error envelope, or could not be reached."""
 
 
+def api_base(url: str) -> str:
+    """The API's base URL from what a user gives as --url: `host:port` means http://host:port, and
+    the API's own path (/serve/api/v2) may be given or not; any other path is kept (a proxy's prefix)."""
+    url = url.strip()
+    if "://" not in url:
+        url = "http://" + url
+    parsed = urlsplit(url)
+    if parsed.scheme.lower() not in ("http", "https") or not parsed.netloc:
+        raise ClientError(f"--url {url!r}: give the gateway's address as http(s)://host[:port], "
+                          "e.g. http://127.0.0.1:8000")
+    return url.rstrip("/").removesuffix(API_BASE) + API_BASE
+
+
 class GatewayClient:
     def __init__(self, base_url: str, api_key: str = ""):
-        self.base = base_url.rstrip("/") + API_BASE
+        self.base = api_base(base_url)
         self.headers = {"Authorization": api_key} if api_key else {}
         self._http: aiohttp.ClientSession | None = None
 
@@ -58,6 +72,20 @@ class GatewayClient:
 
     async def status(self, task_id: str) -> dict[str, Any]:
         return await self._call("GET", f"/transcriptions/{task_id}")
+
+    async def tasks(self, status: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+        """Up to `limit` tasks, newest first (following the pages' cursors)."""
+        items: list[dict[str, Any]] = []
+        cursor = None
+        while len(items) < limit:
+            params = {"limit": str(min(100, limit - len(items)))}
+            params |= {"status": status} if status else {}
+            params |= {"cursor": cursor} if cursor else {}
+            page = await self._call("GET", "/transcriptions", params=params)
+            items += page["items"]
+            if not (cursor := page["next_cursor"]):
+                break
+        return items
 
     async def redeliver(self, task_id: str, target: str | None = None) -> dict[str, Any]:
         params = {"target": target} if target else {}

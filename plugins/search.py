@@ -91,24 +91,29 @@ def register_commands(cli):
 
     @cli.command("search")
     @click.argument("query")
-    @click.option("--speaker", default=None)
-    @click.option("--task-id", default=None)
-    @click.option("--limit", type=int, default=20, show_default=True)
+    @click.option("--speaker", default=None, help="Only segments of this speaker, e.g. SPEAKER_00.")
+    @click.option("--task-id", default=None, help="Only this task.")
+    @click.option("--since", default=None, help="Only tasks created at or after this ISO 8601 date or date-time.")
+    @click.option("--until", default=None, help="Only tasks created before this ISO 8601 date or date-time.")
+    @click.option("--limit", type=int, default=20, show_default=True, help="At most this many hits (1-100).")
     @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
     @url_option
     @key_option
-    def search_command(query, speaker, task_id, limit, as_json, base_url, api_key):
+    def search_command(query, speaker, task_id, since, until, limit, as_json, base_url, api_key):
         """Search all transcripts: words, "phrases", prefix*."""
         from gateway.client import GatewayClient
 
         async def go():
             async with GatewayClient(base_url, api_key) as client:
-                return await client.search(query, speaker=speaker, task_id=task_id, limit=limit)
+                return await client.search(query, speaker=speaker, task_id=task_id, since=since, until=until,
+                                           limit=limit)
 
         page = run_client(go())
         if as_json:
             click.echo(json.dumps(page, indent=2))
             return
+        if not page["items"]:
+            click.echo("no matches", err=True)
         for hit in page["items"]:
             who = f" {hit['speaker']}" if hit["speaker"] else ""
             click.echo(f"{hit['task_id']} {_clock(hit['start_time'])}{who}  {hit['snippet']}")

@@ -4,12 +4,22 @@ and errors as one clear line with a non-zero exit code."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
+import pty
+import select
+import signal
 import socket
+import struct
 import sys
+import termios
+import time
+
+import click
 
 from conftest import count_rows, free_port
+from fakes import callback_payload
 
 
 async def cli(*args: str, env: dict | None = None) -> tuple[int, str, str]:
@@ -131,3 +141,90 @@ async def test_a_port_in_use_is_one_line_and_nothing_starts(tmp_path):
         code, out, err = await cli("serve", "--config", str(cfg), "--port", str(port))
     assert code == 1 and err.splitlines() == [f"Error: cannot listen on 127.0.0.1:{port}: Address already in use"], err
     assert not (tmp_path / "g.db").exists()  # refused before the database was opened or work claimed
+
+
+def test_every_option_has_help_text():
+    from gateway.cli import main
+
+    def commands(group, prefix=()):
+        for name, command in group.commands.items():
+            yield prefix + (name,), command
+            if isinstance(command, click.Group):
+                yield from commands(command, prefix + (name,))
+
+    missing = [f"{' '.join(path)} {param.opts[0]}" for path, command in commands(main)
+               for param in command.params if isinstance(param, click.Option) and not param.help]
+    assert missing == []
+    assert {" ".join(path) for path, _ in commands(main)} >= {"list", "search", "db upgrade"}
+
+
+async def test_list_filters_by_status_and_prints_json(start_gateway, speech_wav):
+    gw = await start_gateway(worker=False)  # tasks stay queued; one is completed through the callback door
+    asset_id = await gw.upload(speech_wav)
+    ids = [await gw.submit(asset_id=asset_id) for _ in range(3)]
+    status, body = await gw.call("POST", "/callbacks/local", json=callback_payload(ids[1], "whisper-1", False))
+    assert status == 200, body
+
+    code, out, err = await cli("list", "--json", "--url", gw.url)
+    assert code == 0, err
+    assert [t["task_id"] for t in json.loads(out)] == ids[::-1]
+    code, out, err = await cli("list", "--status", "queued", "--url", gw.url)
+    assert code == 0, err
+    assert [line.split()[:2] for line in out.splitlines()] == [[ids[2], "queued"], [ids[0], "queued"]]
+    code, out, err = await cli("list", "--status", "completed", "--limit", "1", "--json", "--url", gw.url)
+    assert code == 0 and [t["task_id"] for t in json.loads(out)] == [ids[1]], err
+    code, out, err = await cli("list", "--limit", "2", "--json", "--url", gw.url)
+    assert code == 0 and [t["task_id"] for t in json.loads(out)] == ids[:0:-1], err
+    code, out, err = await cli("list", "--status", "failed", "--url", gw.url)
+    assert code == 0 and out == "" and err == "no tasks\n"
+
+
+async def test_url_without_scheme_or_with_the_api_path_is_accepted(start_gateway, speech_wav):
+    gw = await start_gateway(worker=False)
+    task_id = await gw.submit(asset_id=await gw.upload(speech_wav))
+    for url in (gw.url.removeprefix("http://"), gw.url + "/serve/api/v2", gw.url + "/serve/api/v2/"):
+        code, out, err = await cli("status", task_id, "--url", url)
+        assert (code, out, err) == (0, f"task {task_id}: queued (0%)\n", ""), url
+    code, _, err = await cli("status", task_id, "--url", "ftp://127.0.0.1")
+    assert code == 1 and err.splitlines() == [
+        "Error: --url 'ftp://127.0.0.1': give the gateway's address as http(s)://host[:port], e.g. http://127.0.0.1:8000"]
+
+
+async def read_until(fd: int, needle: bytes, timeout: float = 60) -> bytes:
+    """What a terminal (the master side of a pty) shows, until `needle` appears."""
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while needle not in seen:
+        assert time.monotonic() < deadline, seen
+        ready, _, _ = await asyncio.to_thread(select.select, [fd], [], [], 0.5)
+        if ready:
+            try:
+                seen += os.read(fd, 4096)
+            except OSError:  # the other side closed
+                break
+    return seen
+
+
+async def test_wait_shows_the_whole_task_id_and_ctrl_c_says_the_task_keeps_running(start_gateway, speech_wav):
+    gw = await start_gateway(worker=False)  # the task stays queued while the command waits
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a terminal 120 wide
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "submit", str(speech_wav), "--wait", "--url", gw.url,
+        stdout=asyncio.subprocess.PIPE, stderr=slave)
+    os.close(slave)
+    try:
+        bar = (await read_until(master, b"queued")).decode()
+        status, page = await gw.call("GET", "/transcriptions")
+        [task] = page["data"]["items"]
+        assert f"{task['task_id']} queued" in bar, bar  # the whole id: tasks made together share the first 8 hex
+        proc.send_signal(signal.SIGINT)
+        code = await asyncio.wait_for(proc.wait(), 30)
+        said = (await read_until(master, b"keeps running")).decode()
+    finally:
+        os.close(master)
+    assert code == 130
+    assert (f"stopped waiting; task {task['task_id']} keeps running on the gateway "
+            f"(transcribe-gateway status {task['task_id']})") in said.replace("\r\n", "\n"), said
+    assert "Aborted" not in said
+    assert (await gw.task(task["task_id"]))["status"] == "queued"

@@ -141,6 +141,13 @@ async def test_search_api_and_cli(start_gateway, speech_wav):
     code, out, err = await cli("search", "testing gateway", "--url", gw.url)
     assert code == 0, err
     assert out.startswith(task_id + " 0:00:0") and "[gateway]" in out.lower()
+    code, out, err = await cli("search", "gateway", "--since", "2000-01-01", "--until", "2000-01-02", "--url", gw.url)
+    assert (code, out, err) == (0, "", "no matches\n")
+    code, out, err = await cli("search", "gateway", "--since", "2000-01-01", "--url", gw.url)
+    assert code == 0 and out.startswith(task_id), err
+    code, _, err = await cli("search", "gateway", "--until", "tomorrow", "--url", gw.url)
+    assert code == 1 and err.splitlines() == [
+        "Error: GET /search: 400 until: not an ISO 8601 date or date-time: 'tomorrow'"]
 
 
 async def test_search_disabled_means_no_route_and_no_index(start_gateway, speech_wav):
