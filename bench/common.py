@@ -9,6 +9,7 @@ import os
 import platform
 import socket
 import sys
+import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -29,6 +30,14 @@ def isolate() -> None:
         netns.isolate()
     except netns.NotIsolated as exc:
         raise SystemExit(f"bench: cannot run without a network namespace of its own: {exc}") from None
+
+
+def run_isolated(run, args, prefix: str):
+    """`run(args, workdir)` in this bench's own network namespace (isolate), with a temporary
+    working folder that is removed afterwards; returns what it returns."""
+    isolate()
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        return asyncio.run(run(args, Path(tmp)))
 
 
 def pg_url(database: str, driver: str = "postgresql+psycopg") -> str:

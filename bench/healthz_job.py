@@ -17,13 +17,12 @@ import json
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import aiohttp
 
-from common import BASE, free_port, isolate, save_results, upload, wait_ready
+from common import BASE, free_port, run_isolated, save_results, upload, wait_ready
 
 TEXT = " ".join([
     "The morning meeting started with a review of the quarterly numbers.",
@@ -106,9 +105,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=1, help="jobs to measure during")
     ap.add_argument("--idle", type=int, default=200, help="answers measured with nothing running")
     args = ap.parse_args()
-    isolate()
-    with tempfile.TemporaryDirectory(prefix="tgw-healthz-") as tmp:
-        result = asyncio.run(run(args, Path(tmp)))
+    result = run_isolated(run, args, "tgw-healthz-")
     md = table(result)
     print(md)
     save_results("healthz_job", md, "Sequential GET /healthz from one client, 50 ms apart; a job on "

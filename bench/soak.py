@@ -25,7 +25,6 @@ import json
 import random
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -33,7 +32,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from common import BASE, PG_ADMIN_URL, free_port, isolate, pg_url, save_results, upload, wait_ready
+from common import BASE, PG_ADMIN_URL, free_port, pg_url, run_isolated, save_results, upload, wait_ready
 
 
 TIMEOUT_S = 2.0  # webhooks.timeout_s of the gateway under test
@@ -181,9 +180,7 @@ def main() -> None:
     ap.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite")
     ap.add_argument("--budget", type=float, default=1800, help="seconds before the run gives up")
     args = ap.parse_args()
-    isolate()
-    with tempfile.TemporaryDirectory(prefix="tgw-soak-") as tmp:
-        result = asyncio.run(run(args, Path(tmp)))
+    result = run_isolated(run, args, "tgw-soak-")
     md = table(result)
     print(md)
     save_results("soak", md, f"Receiver: {FAIL_SHARE:.0%} HTTP 500, {STALL_SHARE:.0%} answered after the gateway's "
