@@ -256,12 +256,9 @@ def _describe(err: ValidationError, env_keys: dict[tuple[str, ...], str]) -> str
     lines = []
     for e in err.errors():
         loc = tuple(str(p) for p in e["loc"])
-        key = ".".join(loc)
         source = next((name for n in range(len(loc), 0, -1) if (name := env_keys.get(loc[:n]))), None)
-        if source:
-            key += f" (from {source})"
         msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
-        lines.append(f"{key}: {msg}")
+        lines.append(f"{'.'.join(loc)}: {msg}" + (f" (from {source})" if source else ""))
     return "; ".join(lines)
 
 
