@@ -68,6 +68,7 @@ class ServerConfig(_Section):
     port: int = Field(8000, ge=0, le=65535)
     api_keys: list[str] = []
     max_upload_mb: float = Field(500, gt=0)
+    max_audio_s: float = Field(14400, gt=0)
     public_url: str = ""
     allow_private_urls: bool = False
     allow_private_hosts: list[str] = []
@@ -114,6 +115,7 @@ class EngineConfig(_Section):
     concurrency: int = Field(1, ge=1)
     beam_size: int = Field(5, ge=1)
     vad_filter: bool = True
+    block_s: float = Field(600, ge=30)
     speaker_threshold: float = Field(0.28, gt=0, lt=2)
     speaker_step_s: float = Field(0.5, ge=0.1, le=1.6)
 

@@ -2,6 +2,8 @@
 
 The model is loaded once per process and shared; transcription runs in a thread pool of
 `engine.concurrency` threads (CTranslate2 releases the GIL), so the event loop stays free.
+A file's length is checked against server.max_audio_s first, then it is decoded and
+transcribed block by block (gateway/audio.py), so memory does not follow its length.
 """
 
 from __future__ import annotations
@@ -16,20 +18,15 @@ from typing import Callable
 
 import structlog
 
-from gateway import speakers
-from gateway.config import EngineConfig
+from gateway import audio, speakers
+from gateway.audio import SAMPLE_RATE, AudioError, decode  # noqa: F401 (the engine's input, for its users)
+from gateway.config import EngineConfig, ServerConfig
 from gateway.payloads import Outcome, Segment
 
 log = structlog.get_logger(__name__)
 
-SAMPLE_RATE = 16000
-
 _models: dict[tuple, object] = {}
 _models_lock = threading.Lock()
-
-
-class AudioError(Exception):
-    """The input is not audio we can decode; the task fails with this reason."""
 
 
 class EngineStopped(Exception):
@@ -65,25 +62,13 @@ def load_model(cfg: EngineConfig):
         return _models[key]
 
 
-def decode(path: str):
-    """Audio samples (mono, 16 kHz, float32) of anything PyAV reads; AudioError otherwise."""
-    from faster_whisper.audio import decode_audio
-
-    try:
-        audio = decode_audio(path, sampling_rate=SAMPLE_RATE)
-    except Exception as exc:  # PyAV raises many types for many kinds of garbage
-        # PyAV's messages name the file; the reason goes to clients, our storage path must not.
-        reason = getattr(exc, "strerror", None) or str(exc).replace(str(path), "<input>")
-        raise AudioError(f"the file could not be decoded as audio ({type(exc).__name__}: {reason})") from None
-    return audio
-
-
 @dataclass
 class TranscribeRequest:
     path: str
     language: str | None = None
     speaker: bool = False
     hints: speakers.Hints = speakers.Hints()
+    max_audio_s: float = ServerConfig.model_fields["max_audio_s"].default
 
 
 TRANSCRIBED = 0.9  # the share of progress that transcription stands for when speakers are labelled
@@ -134,19 +119,28 @@ class LocalEngine:
                 raise EngineStopped("the engine is shutting down")
             on_progress(fraction)
 
-        audio = decode(req.path)
-        duration = len(audio) / SAMPLE_RATE
-        if duration == 0:
-            raise AudioError("the file contains no audio samples")
+        measured = audio.measure(req.path, req.max_audio_s, tick=lambda: report(0.0))
         share = TRANSCRIBED if req.speaker else 1.0
-        timed, language = self.timed_segments(audio, req, lambda f: report(share * f))
+        encoder = self._speaker_encoder(report) if req.speaker else None
+        timed, parts, languages, duration = [], [], [], 0.0
+        for block in audio.blocks(req.path, self.cfg.block_s):  # memory holds one block, whatever the file's length
+            def within(f: float, block=block) -> None:  # a fraction of this block -> of the file
+                report(min(1.0, (block.offset + f * block.duration) / measured))
+
+            duration = block.offset + block.duration
+            found, language = self.timed_segments(block.samples, req, lambda f: within(share * f))
+            timed += speakers.shifted(found, block.offset)
+            languages.append(language)
+            if encoder is not None:
+                parts.append(speakers.embed_block(encoder, block.samples, block.offset, self.cfg.speaker_step_s,
+                                                  lambda f: within(share + (1 - share) * speakers.EMBEDDING * f)))
         if req.speaker:
-            labelled = self._label_speakers(audio, timed, req.hints,
-                                            lambda f: report(share + (1 - share) * f))
+            labelled = speakers.label_speakers(timed, parts, duration, threshold=self.cfg.speaker_threshold,
+                                               hints=req.hints)
         else:
             labelled = speakers.Labelled(tuple(Segment(s.start, s.end, s.text) for s in timed))
-        log.info("engine.done", duration=round(duration, 3), segments=len(labelled.segments), language=language,
-                 speaker_note=labelled.note)
+        log.info("engine.done", duration=round(duration, 3), segments=len(labelled.segments),
+                 language=",".join(dict.fromkeys(languages)), speaker_note=labelled.note)
         return Outcome(success=True, segments=labelled.segments, duration=duration, speaker_note=labelled.note)
 
     def timed_segments(self, audio, req: TranscribeRequest, report: Callable[[float], None]):
@@ -163,15 +157,14 @@ class LocalEngine:
             report(min(1.0, s.end / duration))
         return timed, info.language
 
-    def _label_speakers(self, audio, timed, hints: speakers.Hints, report: Callable[[float], None]):
+    def _speaker_encoder(self, report: Callable[[float], None]):
         report(0.0)
         encoder = speakers.load_encoder()
         report(0.0)  # loading it the first time takes seconds
-        return speakers.label_speakers(encoder, audio, timed, threshold=self.cfg.speaker_threshold,
-                                       step_s=self.cfg.speaker_step_s, hints=hints, report=report)
+        return encoder
 
     def close(self) -> None:
         """Stop running transcriptions at their next progress report (a decoded window, a batch of
-        speaker windows), so the process can exit promptly."""
+        speaker windows, a minute of audio measured), so the process can exit promptly."""
         self._stopping.set()
         self._executor.shutdown(wait=False, cancel_futures=True)

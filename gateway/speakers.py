@@ -13,6 +13,8 @@
       the label of the turn it falls in; segments are split where the speaker changes, their
       edges trimmed to detected speech; labels numbered by first appearance (SPEAKER_00 first).
 
+Long audio comes in blocks (gateway/audio.py): each block's windows are embedded on their own
+(`embed_block`), and the windows of all blocks are clustered together (`label_speakers`).
 Everything here is a plain function of arrays, except `load_encoder` (once per process).
 """
 
@@ -387,20 +389,48 @@ def all_one_speaker(segments: Sequence[TimedSegment], note: str | None = None) -
 # --- the whole pipeline --------------------------------------------------------------------
 
 
-def find_windows(encoder, audio: np.ndarray, step_s: float,
-                 report: Callable[[float], None] = lambda f: None) -> Windows | str:
-    """The embedded windows of the audio, or the reason there can be none; `report` as
-    embed_windows."""
+def embed_block(encoder, audio: np.ndarray, offset: float, step_s: float,
+                report: Callable[[float], None] = lambda f: None) -> Windows:
+    """The embedded windows of one block of the audio, which begins `offset` seconds into the
+    file (times are the file's); none when it is shorter than a window or holds no speech.
+    `report` as embed_windows."""
     duration = len(audio) / SAMPLE_RATE
+    regions = speech_regions(audio) if duration >= WINDOW_S else []
+    if not regions:
+        return Windows(np.zeros(0), np.zeros(0, dtype=int), np.zeros((0, 256), np.float32), step_s, ())
+    starts, owners = window_starts(regions, duration, step_s)
+    return Windows(starts + offset, owners, embed_windows(encoder, audio, starts, report), step_s,
+                   tuple((begin + offset, end + offset) for begin, end in regions))
+
+
+def joined(parts: Sequence[Windows], duration: float) -> Windows | str:
+    """The windows of consecutive blocks as one Windows (stretches numbered through the file),
+    or the reason there can be none for audio of `duration` seconds."""
     if duration < WINDOW_S:
         return f"the audio ({duration:.1f} s) is shorter than the {WINDOW_S:.1f} s embedding window"
-    regions = speech_regions(audio)
-    if not regions:
+    speech = tuple(region for part in parts for region in part.speech)
+    if not speech:
         return "no speech was found"
-    if sum(end - begin for begin, end in regions) < WINDOW_S:
+    if sum(end - begin for begin, end in speech) < WINDOW_S:
         return f"there is less speech than the {WINDOW_S:.1f} s embedding window"
-    starts, owners = window_starts(regions, duration, step_s)
-    return Windows(starts, owners, embed_windows(encoder, audio, starts, report), step_s, tuple(regions))
+    before = np.cumsum([0] + [len(part.speech) for part in parts[:-1]])
+    return Windows(np.concatenate([part.starts for part in parts]),
+                   np.concatenate([part.regions + first for part, first in zip(parts, before)]),
+                   np.concatenate([part.embeddings for part in parts]), parts[0].step_s, speech)
+
+
+def find_windows(encoder, audio: np.ndarray, step_s: float,
+                 report: Callable[[float], None] = lambda f: None) -> Windows | str:
+    """The embedded windows of the whole audio (one block), or the reason there can be none."""
+    return joined([embed_block(encoder, audio, 0.0, step_s, report)], len(audio) / SAMPLE_RATE)
+
+
+def shifted(segments: Sequence[TimedSegment], offset: float) -> list[TimedSegment]:
+    """Segments transcribed from a block beginning `offset` seconds into the file, in the file's times."""
+    if not offset:
+        return list(segments)
+    return [TimedSegment(s.start + offset, s.end + offset, s.text,
+                         tuple(Word(w.start + offset, w.end + offset, w.text) for w in s.words)) for s in segments]
 
 
 def label_with_windows(segments: Sequence[TimedSegment], windows: Windows, threshold: float,
@@ -415,13 +445,13 @@ def label_with_windows(segments: Sequence[TimedSegment], windows: Windows, thres
     return Labelled(name_by_first_appearance(pieces), turns=turns)
 
 
-def label_speakers(encoder, audio: np.ndarray, segments: Sequence[TimedSegment], *, threshold: float,
-                   step_s: float, hints: Hints = Hints(),
-                   report: Callable[[float], None] = lambda f: None) -> Labelled:
-    """Speaker-labelled segments; when labelling cannot be done, all SPEAKER_00 and a note why."""
+def label_speakers(segments: Sequence[TimedSegment], parts: Sequence[Windows], duration: float, *,
+                   threshold: float, hints: Hints = Hints()) -> Labelled:
+    """Speaker-labelled segments from the embedded windows of every block (`embed_block`) of
+    audio of `duration` seconds; when labelling cannot be done, all SPEAKER_00 and a note why."""
     if not segments:
         return Labelled((), "speaker labelling skipped: no speech was transcribed")
-    windows = find_windows(encoder, audio, step_s, lambda f: report(EMBEDDING * f))
+    windows = joined(parts, duration)
     if isinstance(windows, str):
         return all_one_speaker(segments, f"speaker labelling skipped: {windows}; all segments are {SINGLE}")
     return label_with_windows(segments, windows, threshold, hints)

@@ -29,7 +29,8 @@ class LocalProvider(Provider):
         task = job.task
         async with job.audio() as path:
             req = TranscribeRequest(path=str(path), language=task.language, speaker=task.speaker,
-                                    hints=Hints(task.num_speakers, task.min_speakers, task.max_speakers))
+                                    hints=Hints(task.num_speakers, task.min_speakers, task.max_speakers),
+                                    max_audio_s=self.config.server.max_audio_s)
             try:
                 return await self.engine.transcribe(req, job.progress)
             except AudioError as exc:
