@@ -10,7 +10,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from gateway import audio
+from gateway import audio, speakers
 from gateway.config import EngineConfig
 from gateway.engine import LocalEngine, TranscribeRequest
 
@@ -94,3 +94,23 @@ async def test_labels_and_times_run_across_blocks(tmp_path):
     assert starts == sorted(starts) and outcome.segments[-1].end_time <= outcome.duration
     assert outcome.segments[-1].start_time > second  # from the second block, in the file's time
     assert seen == sorted(seen) and any(0.2 < f < 0.8 for f in seen), seen
+
+
+def test_clustering_hours_of_speech_holds_a_bounded_number_of_distances():
+    """Four hours of speech are ~29,000 voice windows: all their pairwise distances would be
+    3.3 GB. At most MAX_CLUSTERED windows are clustered, the others go to the nearest centre."""
+    rng = np.random.default_rng(0)
+    voices = rng.normal(size=(3, 256))
+    n = 8000  # 256 MB of distances between all of them
+    truth = np.repeat(np.arange(3), n // 3 + 1)[:n]
+    embeddings = voices[truth] + rng.normal(scale=0.15, size=(n, 256))
+    embeddings = (embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)).astype(np.float32)
+    tracemalloc.start()
+    try:
+        labels = speakers.cluster(embeddings, 0.28, regions=truth)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 128 * 2**20, f"peak {peak / 2**20:.0f} MB"
+    assert len(set(labels)) == 3
+    assert all(len(set(labels[truth == v])) == 1 for v in range(3))  # each voice one cluster
