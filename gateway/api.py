@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import re
 from typing import Any
 
 import orjson
 import structlog
-from aiohttp import web
+from aiohttp import MultipartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -76,9 +78,28 @@ async def read_json(request: web.Request) -> Any:
     return _parse_json(await read_body(request))
 
 
+MAX_JSON_DEPTH = 64  # no request of ours nests deeper than 6; json.loads would recurse into 1,000
+_JSON_STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_JSON_BRACKETS = re.compile(rb"[\[\]{}]")
+
+
+def _too_deep(raw: bytes) -> bool:
+    """Arrays and objects nested deeper than MAX_JSON_DEPTH (brackets inside strings not counted)."""
+    if raw.count(b"[") + raw.count(b"{") <= MAX_JSON_DEPTH:
+        return False
+    depth = 0
+    for bracket in _JSON_BRACKETS.findall(_JSON_STRINGS.sub(b"", raw)):
+        depth += 1 if bracket in b"[{" else -1
+        if depth > MAX_JSON_DEPTH:
+            return True
+    return False
+
+
 def _parse_json(raw: bytes) -> Any:
     if not raw.strip():
         raise BadRequest("body is empty; send a JSON object")
+    if _too_deep(raw):
+        raise BadRequest(f"body is not valid JSON: nested deeper than {MAX_JSON_DEPTH} levels")
     try:
         if b"\\ud" in raw or b"\\uD" in raw:  # json.loads lets a lone surrogate through; no database stores one
             orjson.loads(raw)
@@ -108,6 +129,9 @@ async def _store_upload(request: web.Request, max_bytes: int) -> web.Response:
     try:
         reader = await request.multipart()
         async for part in reader:
+            if isinstance(part, MultipartReader):  # a part that is itself multipart (multipart/mixed)
+                raise BadRequest("malformed multipart/form-data body: a part is itself multipart; "
+                                 "send the file as one part named 'file'")
             if part.name != "file":
                 await part.release()
                 continue
@@ -146,6 +170,9 @@ async def download(request: web.Request) -> web.StreamResponse:
         asset = await s.get(Asset, asset_id)
     if asset is None:
         raise NotFound(f"asset {asset_id!r} not found")
+    if not os.path.isfile(asset.path):
+        log.error("asset.file_missing", asset_id=asset_id)
+        raise NotFound(f"asset {asset_id!r} has no file in storage any more")
     disposition = "attachment; filename*=UTF-8''" + _quote(asset.filename)
     return web.FileResponse(asset.path, headers={"Content-Type": download_type(asset.content_type),
                                                  "X-Content-Type-Options": "nosniff",

@@ -89,6 +89,15 @@ def _presented_key(header: str) -> str:
     return header[7:].strip() if header[:7].lower() == "bearer " else header.strip()
 
 
+def _utf8(header: str) -> bool:
+    """aiohttp decodes header bytes that are not UTF-8 to lone surrogates, which no key holds."""
+    try:
+        header.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def key_ok(presented: str, keys: list[str]) -> bool:
     """Constant-time comparison against every configured key."""
     found = False
@@ -110,6 +119,8 @@ async def auth_middleware(request: web.Request, handler):
     header = request.headers.get("Authorization", "")
     if not header:
         return error(401, "missing Authorization header; send 'Authorization: <api key>' or 'Bearer <api key>'")
+    if not header.isascii() and not _utf8(header):
+        return error(400, "Authorization header is not valid UTF-8")
     if not key_ok(_presented_key(header), keys):
         return error(401, "invalid API key")
     return await handler(request)

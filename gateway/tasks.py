@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any, Optional
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError
@@ -263,11 +263,15 @@ def _encode_cursor(task: Task) -> str:
 
 
 def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """A cursor of ours: an aware timestamp (what every timestamp column holds) and a task id."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         created, task_id = raw.split("|", 1)
-        return datetime.fromisoformat(created), task_id
-    except (ValueError, UnicodeDecodeError):
+        at = datetime.fromisoformat(created)
+        if at.tzinfo is None:
+            raise ValueError("naive timestamp")
+        return at.astimezone(timezone.utc), task_id
+    except (ValueError, UnicodeDecodeError, OverflowError):
         raise BadRequest("cursor: invalid cursor; use next_cursor from the previous page") from None
 
 
