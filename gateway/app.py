@@ -11,6 +11,7 @@ import time
 import aiohttp
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import ContentEncodingError
 from sqlalchemy.exc import DBAPIError
 
 from gateway import API_BASE, metrics
@@ -39,6 +40,12 @@ def _http_message(exc: web.HTTPException, request: web.Request) -> str:
     if exc.status == 413:
         return "request body is too large"
     return exc.reason
+
+
+def _payload_message(exc: web.RequestPayloadError, request: web.Request) -> str:
+    if isinstance(exc.__cause__, ContentEncodingError):
+        return f"request body is not valid {request.headers.get('Content-Encoding', '')} data (its Content-Encoding)"
+    return f"request body is malformed: {exc.__cause__ or exc}"
 
 
 @web.middleware
@@ -71,6 +78,10 @@ async def envelope_middleware(request: web.Request, handler):
             raise
         allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None  # required on a 405
         return error(exc.status, _http_message(exc, request), headers=allow)
+    except web.RequestPayloadError as exc:  # the body's chunking or Content-Encoding is broken
+        msg = _payload_message(exc, request)
+        log.warning("http.malformed_body", method=request.method, path=request.path, error=msg)
+        return error(400, msg)
     except asyncio.CancelledError:
         raise
     except DBAPIError as exc:

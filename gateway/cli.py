@@ -114,13 +114,11 @@ def _url(sock: socket.socket) -> str:
 
 
 def _announce(socks: list[socket.socket]):
-    """A cleanup context, the app's last: once everything has started, "listening on http://…";
-    on the way down, "stopping"."""
+    """A cleanup context, the app's last: once everything has started, "listening on http://…"."""
     async def ctx(app):
         for sock in socks:
             _log().info(f"listening on {_url(sock)}", url=_url(sock))
         yield
-        _log().info("stopping")
     return ctx
 
 
@@ -131,7 +129,7 @@ def _announce(socks: list[socket.socket]):
 @click.option("--no-worker", is_flag=True, help="Serve the API only; `transcribe-gateway worker` processes run the jobs.")
 def serve(config_path: str | None, host: str | None, port: int | None, no_worker: bool) -> None:
     """Run the API and (unless --no-worker) the in-process worker."""
-    from aiohttp import web
+    from gateway import server
 
     cfg = _config(config_path)
     plugins = _plugins(cfg)
@@ -140,7 +138,7 @@ def serve(config_path: str | None, host: str | None, port: int | None, no_worker
     app = _app(cfg, plugins, worker=not no_worker)
     app.cleanup_ctx.append(_announce(socks))
     _start(cfg, "serve.start", host=host, port=port, worker=not no_worker)
-    web.run_app(app, sock=socks, print=None, shutdown_timeout=10, access_log=None)
+    asyncio.run(server.run(app, socks))
     _log().info("stopped")
 
 
@@ -149,30 +147,14 @@ def serve(config_path: str | None, host: str | None, port: int | None, no_worker
 def worker(config_path: str | None) -> None:
     """Run only the job loops (transcription and deliveries), no HTTP. SIGTERM: stop claiming,
     release the running tasks, exit 0."""
+    from gateway import server
+
     cfg = _config(config_path)
     plugins = _plugins(cfg)
     app = _app(cfg, plugins, api=False)
     _start(cfg, "worker.start")
-    asyncio.run(_run_worker(app))
+    asyncio.run(server.run(app))
     _log().info("stopped")
-
-
-async def _run_worker(app) -> None:
-    import signal
-
-    from aiohttp import web
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    runner = web.AppRunner(app, handle_signals=False)
-    await runner.setup()  # runs the cleanup contexts' start: database, providers, job loops
-    try:
-        await stop.wait()
-    finally:
-        _log().info("worker.stopping")
-        await runner.cleanup()  # stops claiming and releases running tasks
 
 
 def _redact(url: str) -> str:

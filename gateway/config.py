@@ -88,6 +88,8 @@ class ServerConfig(_Section):
     url_fetch_timeout_s: float = Field(300, gt=0)
     body_timeout_s: float = Field(600, gt=0)
     max_unauthenticated_bodies: int = Field(32, gt=0)
+    header_timeout_s: float = Field(30, gt=0, le=3600)
+    max_connections: int = Field(512, ge=1)
 
 
 class DatabaseConfig(_Section):

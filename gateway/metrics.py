@@ -38,6 +38,8 @@ DELIVERY_ATTEMPTS = Counter("tgw_delivery_attempts_total", "Delivery attempts, b
                             ["kind", "outcome"])
 HTTP_REQUESTS = Counter("tgw_http_requests_total", "HTTP requests answered, by route and status.",
                         ["method", "route", "status"])
+CONNECTIONS_REFUSED = Counter("tgw_connections_refused_total",
+                              "Connections closed at once because server.max_connections were open.")
 HTTP_SECONDS = Histogram("tgw_http_request_duration_seconds", "Time to answer an HTTP request, by route.",
                          ["method", "route"],
                          buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60))

@@ -227,6 +227,15 @@ class Gateway:
         raise AssertionError("gateway did not become ready")
 
 
+class GatewayTestServer(TestServer):
+    """A TestServer that runs the app the way `transcribe-gateway serve` does (GatewayRunner)."""
+
+    async def _make_runner(self, **kwargs):
+        from gateway.server import GatewayRunner
+
+        return GatewayRunner(self.app, **kwargs)
+
+
 @pytest.fixture
 async def start_gateway(tmp_path, database_url):
     """Start an in-process gateway (real HTTP server on a free port) with config overrides."""
@@ -238,7 +247,8 @@ async def start_gateway(tmp_path, database_url):
     async def start(config: Config | None = None, worker: bool = True, plugin_manager=None, port: int | None = None,
                     **sections) -> Gateway:
         cfg = config or test_config(tmp_path, database_url, **sections)
-        server = TestServer(create_app(cfg, worker=worker, plugins=plugin_manager), host="127.0.0.1", port=port)
+        server = GatewayTestServer(create_app(cfg, worker=worker, plugins=plugin_manager), host="127.0.0.1",
+                                   port=port)
         await server.start_server()
         servers.append(server)
         http = aiohttp.ClientSession()

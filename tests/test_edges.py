@@ -9,6 +9,8 @@ import json
 import os
 from pathlib import Path
 
+from gateway import API_BASE as API
+from conftest import daemon_sections, to_toml
 from test_bad_input import GENERATE, envelope, expect_error
 
 
@@ -85,3 +87,99 @@ async def test_input_that_crashed_handlers_is_a_400_naming_the_problem(start_gat
         assert (status, json.loads(body)) == (400, envelope(400, "Authorization header is not valid UTF-8"))
     status, body = await gw.call("GET", "/transcriptions", headers={"Authorization": "key-\u00e9"})
     assert (status, body) == (401, envelope(401, "invalid API key"))  # UTF-8, just not a key
+
+
+# --- item 8: every answer in the envelope ---------------------------------------------------
+
+
+async def test_requests_refused_before_routing_answer_in_the_envelope(gateway):
+    port = port_of(gateway)
+    long_line = "the request line or a header is longer than 8190 bytes"
+    cases = [
+        (request("GET", "/serve/api/v2/healthz?x=" + "a" * 9000), 400, long_line),
+        (request("GET", "/serve/api/v2/healthz", headers={"X-Padding": "a" * 9000}), 400, long_line),
+        (request("GET", "/serve/api/v2/healthz", headers={"X-" + "a" * 9000: "1"}), 400, long_line),
+        (b"G@T /serve/api/v2/healthz HTTP/1.1\r\n\r\n", 400,
+         "malformed HTTP request: Invalid method encountered:\n\n  b'G@T /serve/api/v2/healthz HTTP/1.1'\n     ^"),
+        (b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03\r\n\r\n", 400,
+         "malformed HTTP request: Received HTTPS traffic on an HTTP port"),
+        (b"POST /serve/api/v2/upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400,
+         "malformed HTTP request: Invalid character in chunk size:\n\n  b'zz'\n    ^"),
+        (request("POST", API + GENERATE, b"{}", {"Expect": "something", "Content-Type": "application/json"}),
+         417, "Unknown Expect: something"),
+        (request("POST", API + GENERATE, b"not gzip", {"Content-Encoding": "gzip", "Content-Type": "application/json"}),
+         400, "request body is not valid gzip data (its Content-Encoding)"),
+        (request("POST", "/serve/api/v2/upload", b"not gzip",
+                 {"Content-Encoding": "gzip", "Content-Type": "multipart/form-data; boundary=x"}),
+         400, "request body is not valid gzip data (its Content-Encoding)"),
+    ]
+    for data, status, msg in cases:
+        got_status, headers, body = await raw_request(port, data)
+        assert headers["content-type"] == "application/json; charset=utf-8", (data[:60], headers, body[:200])
+        assert (got_status, json.loads(body)) == (status, envelope(status, msg)), data[:60]
+    assert [p for p in Path(gateway.config.storage.dir).rglob("*") if p.is_file()] == []
+
+
+async def test_downloading_an_asset_whose_file_is_gone_is_a_404_in_the_envelope(gateway, tmp_path):
+    sound = tmp_path / "a.wav"
+    sound.write_bytes(b"RIFF" + os.urandom(1000))
+    asset_id = await gateway.upload(sound)
+    next(Path(gateway.config.storage.dir).rglob(asset_id)).unlink()
+    await expect_error(gateway, "GET", f"/{asset_id}/download", 404,
+                       f"asset {asset_id!r} has no file in storage any more")
+
+
+# --- item 10: connections that never finish their headers ---------------------------------
+
+
+async def wait_listening(daemon, timeout: float = 60) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            status, _, _ = await raw_request(daemon.port, request("GET", "/readyz"))
+            if status == 200:
+                return
+        except OSError:
+            pass
+        assert asyncio.get_running_loop().time() < deadline, daemon.log_path.read_text()[-2000:]
+        await asyncio.sleep(0.2)
+
+
+async def test_partial_headers_are_closed_after_the_header_timeout_and_connections_are_capped(
+        tmp_path, database_url, daemon_factory):
+    cap = 30
+    sections = daemon_sections(tmp_path, database_url, server={"header_timeout_s": 1, "max_connections": cap})
+    daemon = daemon_factory(to_toml(sections), command=("serve", "--no-worker"))
+    daemon.start()
+    await wait_listening(daemon)
+
+    held = []
+    for _ in range(cap):  # as many as allowed, each stuck in the middle of its headers
+        reader, writer = await asyncio.open_connection("127.0.0.1", daemon.port)
+        writer.write(b"GET /serve/api/v2/healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        held.append((reader, writer))
+    for _ in range(5):  # one more is answered at once and closed, before anything of it is read
+        status, headers, body = await raw_request(daemon.port, request("GET", "/healthz"))
+        assert headers["content-type"] == "application/json; charset=utf-8"
+        assert (status, json.loads(body)) == (503, envelope(
+            503, f"too many connections (server.max_connections is {cap}); try again later"))
+
+    for reader, writer in held:  # each held connection is closed by the gateway, with no answer
+        assert await asyncio.wait_for(reader.read(), 30) == b""
+        writer.close()
+    # A body may take longer than the header timeout (server.body_timeout_s governs it)
+    slow_reader, slow_writer = await asyncio.open_connection("127.0.0.1", daemon.port)
+    body = b'{"asset_id": "re_1"}'
+    slow_writer.write(request("POST", API + GENERATE, headers={"Content-Type": "application/json"})
+                      .replace(b"Content-Length: 0", f"Content-Length: {len(body)}".encode()) + body[:5])
+    await asyncio.sleep(2.5)  # longer than header_timeout_s, with the headers sent
+    slow_writer.write(body[5:])
+    answer = await asyncio.wait_for(slow_reader.read(), 30)
+    slow_writer.close()
+    assert answer.startswith(b"HTTP/1.1 400 ") and answer.endswith(
+        json.dumps(envelope(400, "asset_id: no asset 're_1'; upload the file first"), separators=(",", ":")).encode())
+
+    status, _, body = await raw_request(daemon.port, request("GET", "/serve/api/v2/healthz"))
+    assert status == 200, body  # below the cap again
+    log = daemon.log_path.read_text()
+    assert '"event": "http.connections_full"' in log and "Traceback" not in log
