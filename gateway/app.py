@@ -26,7 +26,7 @@ from gateway.ingest import Ingestor
 from gateway.jobs import Workers
 from gateway.notify import Notifier, PgListener
 from gateway.plugins import GatewayContext, Plugins
-from gateway.storage import AssetStore
+from gateway.storage import AssetStore, sweep_temp
 from gateway.providers import LOCAL, Providers
 
 log = structlog.get_logger(__name__)
@@ -137,6 +137,15 @@ async def auth_middleware(request: web.Request, handler):
     return await handler(request)
 
 
+async def _storage(app: web.Application):
+    """Temp files left behind by a process killed mid-upload or mid-download go at start-up;
+    those a live process (sharing storage.dir) is writing are locked and stay."""
+    removed = await asyncio.to_thread(sweep_temp, app[STORE].root / "tmp")
+    if removed:
+        log.warning("storage.temp_files_removed", count=len(removed), files=removed[:20])
+    yield
+
+
 async def _database(app: web.Application):
     url = app[CONFIG].database.url
     await upgrade_async(url)
@@ -235,7 +244,8 @@ def create_app(config: Config, *, worker: bool = True, api: bool = True,
     app[STORE] = AssetStore(config.storage.dir)
     app[PLUGINS] = plugins or Plugins(config.plugins.load, config.plugins.sections())
     app[PROVIDERS] = Providers(config, app[PLUGINS])
-    app.cleanup_ctx.extend([_database, _listener, _providers_context(load_model=worker), _http, _startup_hooks])
+    app.cleanup_ctx.extend([_storage, _database, _listener, _providers_context(load_model=worker), _http,
+                            _startup_hooks])
     if worker:
         app.cleanup_ctx.append(_worker_context(app))
     app.cleanup_ctx.append(_settled_memory)

@@ -12,11 +12,10 @@ import asyncio
 import contextlib
 import os
 import socket
-import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Awaitable, Callable
+from typing import Awaitable, BinaryIO, Callable
 
 import aiohttp
 import structlog
@@ -30,6 +29,7 @@ from gateway.notify import DELIVERIES, Notifier, task_channel, task_done_channel
 from gateway.payloads import Outcome
 from gateway.plugins import Plugins
 from gateway.providers import Job, PermanentError, Pending, Provider, Providers, RetryableError
+from gateway.storage import create_temp
 from gateway.urls import UrlError, UrlPolicy, redact
 
 log = structlog.get_logger(__name__)
@@ -43,35 +43,28 @@ REDIRECTS = (301, 302, 303, 307, 308)
 MAX_REDIRECTS = 10
 
 
-async def fetch_url(http: aiohttp.ClientSession, url: str, dest_dir: Path, max_bytes: int,
-                    timeout_s: float, check: Callable[[str], Awaitable[object]]) -> Path:
-    """Download a task's `url` to a temp file, within the upload size limit. Redirects are
+async def fetch_url(http: aiohttp.ClientSession, url: str, dest: BinaryIO, max_bytes: int,
+                    timeout_s: float, check: Callable[[str], Awaitable[object]]) -> None:
+    """Download a task's `url` into the file `dest`, within the upload size limit. Redirects are
     followed here, each target passed through `check` first (aiohttp would connect to an IP
     literal without asking the resolver, so a redirect could otherwise reach a private host)."""
-    fd, name = tempfile.mkstemp(dir=dest_dir, suffix=".url")
-    path = Path(name)
     size = 0
-    try:
-        with os.fdopen(fd, "wb") as f:
-            async with asyncio.timeout(timeout_s):
-                resp = await _follow(http, url, check)
-                async with resp:
-                    if 400 <= resp.status < 500:
-                        raise PermanentError(f"could not fetch url: HTTP {resp.status}")
-                    if resp.status >= 500:  # not raise_for_status: its message holds the URL, credentials and all
-                        raise RetryableError(f"could not fetch url: HTTP {resp.status}")
-                    async for chunk in resp.content.iter_chunked(1 << 16):
-                        size += len(chunk)
-                        if size > max_bytes:
-                            raise PermanentError(f"url content is larger than server.max_upload_mb "
-                                                 f"({max_bytes / 1048576:.4g} MB)")
-                        f.write(chunk)
-        if size == 0:
-            raise PermanentError("url returned an empty body")
-        return path
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
+    async with asyncio.timeout(timeout_s):
+        resp = await _follow(http, url, check)
+        async with resp:
+            if 400 <= resp.status < 500:
+                raise PermanentError(f"could not fetch url: HTTP {resp.status}")
+            if resp.status >= 500:  # not raise_for_status: its message holds the URL, credentials and all
+                raise RetryableError(f"could not fetch url: HTTP {resp.status}")
+            async for chunk in resp.content.iter_chunked(1 << 16):
+                size += len(chunk)
+                if size > max_bytes:
+                    raise PermanentError(f"url content is larger than server.max_upload_mb "
+                                         f"({max_bytes / 1048576:.4g} MB)")
+                dest.write(chunk)
+    if size == 0:
+        raise PermanentError("url returned an empty body")
+    dest.flush()
 
 
 async def _follow(http: aiohttp.ClientSession, url: str, check) -> aiohttp.ClientResponse:
@@ -271,13 +264,15 @@ class Workers:
         tmp_dir = Path(self.config.storage.dir) / "tmp"
         tmp_dir.mkdir(parents=True, exist_ok=True)
         server = self.config.server
+        path, f = create_temp(tmp_dir, ".url")
         try:
-            path = await fetch_url(self.client_http, task.url, tmp_dir, int(server.max_upload_mb * 1048576),
-                                   server.url_fetch_timeout_s, self.url_policy.check)
-        except UrlError as exc:  # refused at connect time: the name now resolves elsewhere
-            raise PermanentError(f"could not fetch url: {exc}") from None
-        try:
-            yield path
+            with f:  # locked for as long as it exists: sweep_temp (another process starting) leaves it
+                try:
+                    await fetch_url(self.client_http, task.url, f, int(server.max_upload_mb * 1048576),
+                                    server.url_fetch_timeout_s, self.url_policy.check)
+                except UrlError as exc:  # refused at connect time: the name now resolves elsewhere
+                    raise PermanentError(f"could not fetch url: {exc}") from None
+                yield path
         finally:
             path.unlink(missing_ok=True)
 

@@ -6,15 +6,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
 import hashlib
 import os
 import re
 import secrets
+import tempfile
 import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, AsyncIterator, Callable, TypeVar
+from typing import IO, AsyncIterator, BinaryIO, Callable, TypeVar
 
 import structlog
 
@@ -62,6 +64,39 @@ def safe_filename(name: str | None) -> str:
     return name[:255] or "upload"
 
 
+TEMP_SUFFIXES = (".part", ".url")  # an upload being received, a task's url being downloaded
+
+
+def create_temp(directory: Path, suffix: str) -> tuple[Path, BinaryIO]:
+    """A new file in `directory`, open for writing and locked (flock) for as long as it stays
+    open, so that sweep_temp in any process sharing the directory removes it only once its
+    writer is gone. If a sweep removed it between its creation and the lock, another is made."""
+    while True:
+        fd, name = tempfile.mkstemp(dir=directory, suffix=suffix)
+        f = os.fdopen(fd, "wb")
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if os.fstat(fd).st_nlink:
+            return Path(name), f
+        f.close()
+
+
+def sweep_temp(directory: Path) -> list[str]:
+    """Remove the temp files no live process holds (a SIGKILL mid-upload or mid-download leaves
+    them behind); the names removed."""
+    removed = []
+    for path in sorted(directory.iterdir()):
+        if path.suffix not in TEMP_SUFFIXES:
+            continue
+        try:
+            with open(path, "rb+") as f:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                path.unlink()
+        except OSError:  # BlockingIOError: a live process is writing it; or it is gone already
+            continue
+        removed.append(path.name)
+    return removed
+
+
 @dataclass
 class StoredFile:
     asset_id: str
@@ -84,11 +119,11 @@ class AssetStore:
         """Write chunks to a temp file, then move it into place; nothing is left behind on error.
         A full disk is InsufficientStorage (507)."""
         asset_id = new_asset_id()
-        tmp, final = self.root / "tmp" / f"{asset_id}.part", self.path_for(asset_id)
+        tmp, final = None, self.path_for(asset_id)
         digest = hashlib.sha256()
         size, pending, f = 0, bytearray(), None
         try:
-            f = await on_disk(open, tmp, "wb")
+            tmp, f = await on_disk(create_temp, self.root / "tmp", ".part")  # locked until moved into place
             async for chunk in chunks:
                 size += len(chunk)
                 if size > max_bytes:
@@ -102,7 +137,7 @@ class AssetStore:
                 raise BadRequest("file is empty")
             await on_disk(_finish, f, digest, pending, tmp, final)
         except BaseException as exc:
-            await on_disk(_discard, f, tmp, final)
+            await on_disk(_discard, f, *filter(None, (tmp, final)))
             if isinstance(exc, OSError) and exc.errno in DISK_FULL:
                 log.warning("asset.disk_full", storage_dir=str(self.root), error=str(exc))
                 raise InsufficientStorage("not enough space left in storage.dir to store the file; "
@@ -120,13 +155,13 @@ def _append(f: IO[bytes], digest, data: bytearray) -> None:
 
 
 def _finish(f: IO[bytes], digest, data: bytearray, tmp: Path, final: Path) -> None:
-    """The last bytes, then fsync, close and the rename into place."""
+    """The last bytes, then fsync, the rename into place and close."""
     _append(f, digest, data)
     f.flush()
     os.fsync(f.fileno())
-    f.close()
     final.parent.mkdir(parents=True, exist_ok=True)
     os.replace(tmp, final)
+    f.close()  # after the rename: until then its lock keeps sweep_temp away
 
 
 def _discard(f: IO[bytes] | None, *paths: Path) -> None:

@@ -183,3 +183,82 @@ async def test_partial_headers_are_closed_after_the_header_timeout_and_connectio
     assert status == 200, body  # below the cap again
     log = daemon.log_path.read_text()
     assert '"event": "http.connections_full"' in log and "Traceback" not in log
+
+
+# --- item 9: temp files of a killed process ------------------------------------------------
+
+
+async def test_temp_files_left_by_a_sigkill_mid_upload_and_mid_download_go_at_the_next_start(
+        tmp_path, database_url, daemon_factory):
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    async def endless(request):  # audio that never finishes arriving
+        resp = web.StreamResponse(headers={"Content-Type": "audio/wav"})
+        await resp.prepare(request)
+        await resp.write(b"RIFF" + b"\0" * 65536)
+        await asyncio.Event().wait()
+
+    app = web.Application()
+    app.router.add_get("/slow.wav", endless)
+    media = TestServer(app, host="127.0.0.1")
+    await media.start_server()
+    daemon = daemon_factory(to_toml(daemon_sections(tmp_path, database_url)))
+    tmp = tmp_path / "assets" / "tmp"
+    try:
+        daemon.start()
+        await wait_listening(daemon)
+        reader, writer = await asyncio.open_connection("127.0.0.1", daemon.port)  # an upload, stuck half-way
+        head = (b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n' + b"\0" * 300_000)
+        writer.write(request("POST", API + "/upload", headers={"Content-Type": "multipart/form-data; boundary=b"})
+                     .replace(b"Content-Length: 0", b"Content-Length: 10000000") + head)
+        await writer.drain()
+        body = json.dumps({"url": str(media.make_url("/slow.wav"))}).encode()
+        status, _, answer = await raw_request(daemon.port, request(
+            "POST", API + GENERATE, body, {"Content-Type": "application/json"}))
+        assert status == 200, answer
+        for _ in range(300):
+            left = sorted(p.name for p in tmp.iterdir())
+            if {p.rsplit(".", 1)[-1] for p in left} == {"part", "url"}:
+                break
+            await asyncio.sleep(0.1)
+        daemon.kill()
+        writer.close()
+        assert sorted(p.name for p in tmp.iterdir()) == left and len(left) == 2, left  # left behind
+
+        daemon.start()
+        await wait_listening(daemon)
+        assert not set(left) & {p.name for p in tmp.iterdir()}
+        assert '"event": "storage.temp_files_removed"' in daemon.log_path.read_text()
+    finally:
+        daemon.stop()
+        await media.close()
+
+
+async def test_the_start_up_sweep_leaves_files_a_live_process_is_writing(start_gateway, tmp_path):
+    """Several processes may share storage.dir: a temp file is locked by its writer for as long
+    as it exists, and the sweep removes only unlocked ones."""
+    import subprocess
+    import sys
+
+    tmp = tmp_path / "assets" / "tmp"
+    tmp.mkdir(parents=True)
+    stale = [tmp / "re_123456789012345678.part", tmp / "tmpk2j3h4.url"]
+    for path in stale:
+        path.write_bytes(b"\0" * 100)
+    (tmp / "notes.txt").write_text("not ours")
+    writer = subprocess.Popen(  # another gateway process, mid-upload
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from gateway.storage import create_temp; "
+         "path, f = create_temp(Path(sys.argv[1]), '.part'); print(path.name, flush=True); time.sleep(600)",
+         str(tmp)], stdout=subprocess.PIPE, text=True)
+    try:
+        live = writer.stdout.readline().strip()
+        gw = await start_gateway()
+        assert sorted(p.name for p in tmp.iterdir()) == sorted([live, "notes.txt"])
+        sound = tmp_path / "a.wav"
+        sound.write_bytes(b"RIFF" + os.urandom(1000))
+        await gw.upload(sound)  # uploads still work (and leave no temp file)
+        assert sorted(p.name for p in tmp.iterdir()) == sorted([live, "notes.txt"])
+    finally:
+        writer.kill()
+        writer.wait()
