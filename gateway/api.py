@@ -170,13 +170,30 @@ async def download(request: web.Request) -> web.StreamResponse:
         asset = await s.get(Asset, asset_id)
     if asset is None:
         raise NotFound(f"asset {asset_id!r} not found")
-    if not os.path.isfile(asset.path):
+    try:
+        size = os.stat(asset.path).st_size
+    except FileNotFoundError:
         log.error("asset.file_missing", asset_id=asset_id)
-        raise NotFound(f"asset {asset_id!r} has no file in storage any more")
+        raise NotFound(f"asset {asset_id!r} has no file in storage any more") from None
+    if _unservable_range(request, size):
+        raise ApiError(f"Range {request.headers['Range']!r} is not one byte range within the file's {size} "
+                       "bytes", 416)
     disposition = "attachment; filename*=UTF-8''" + _quote(asset.filename)
     return web.FileResponse(asset.path, headers={"Content-Type": download_type(asset.content_type),
                                                  "X-Content-Type-Options": "nosniff",
                                                  "Content-Disposition": disposition})
+
+
+def _unservable_range(request: web.Request, size: int) -> bool:
+    """A Range that FileResponse would answer with an empty 416 outside the envelope: malformed,
+    several ranges, or starting past the end. (With If-Range, FileResponse decides.)"""
+    if "Range" not in request.headers or "If-Range" in request.headers:
+        return False
+    try:
+        start = request.http_range.start
+    except ValueError:
+        return True
+    return start is not None and start >= size
 
 
 def _quote(name: str) -> str:

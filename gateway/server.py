@@ -1,5 +1,5 @@
-"""The HTTP server the application runs in: aiohttp's, with what aiohttp does before any
-middleware sees a request made to our rules.
+"""The HTTP server the application runs in: aiohttp's, with what it does before any
+middleware runs brought under the gateway's rules.
 
 - A request aiohttp cannot parse (a request line or header over 8,190 bytes, a bad method,
   malformed headers) is answered in the JSON envelope, not aiohttp's text/plain.

@@ -120,10 +120,15 @@ async def test_requests_refused_before_routing_answer_in_the_envelope(gateway):
     assert [p for p in Path(gateway.config.storage.dir).rglob("*") if p.is_file()] == []
 
 
-async def test_downloading_an_asset_whose_file_is_gone_is_a_404_in_the_envelope(gateway, tmp_path):
+async def test_download_errors_answer_in_the_envelope(gateway, tmp_path):
     sound = tmp_path / "a.wav"
-    sound.write_bytes(b"RIFF" + os.urandom(1000))
+    sound.write_bytes(b"RIFF" + os.urandom(996))
     asset_id = await gateway.upload(sound)
+    async with gateway.http.get(f"{gateway.base}/{asset_id}/download", headers={"Range": "bytes=0-3"}) as resp:
+        assert (resp.status, await resp.read()) == (206, b"RIFF")  # a range it can serve
+    for bad in ("bytes=1000-", "bytes=0-1,5-6", "bytes=abc"):
+        await expect_error(gateway, "GET", f"/{asset_id}/download", 416,
+                           f"Range {bad!r} is not one byte range within the file's 1000 bytes", headers={"Range": bad})
     next(Path(gateway.config.storage.dir).rglob(asset_id)).unlink()
     await expect_error(gateway, "GET", f"/{asset_id}/download", 404,
                        f"asset {asset_id!r} has no file in storage any more")
