@@ -234,7 +234,7 @@ async def sync_generate(request: web.Request) -> web.Response:
         result = tasks.task_view(task)["result"]
         items = [{"text": x["text"], "start_time": x["start_time"], "end_time": x["end_time"],
                   "speaker": x["speaker"]} for x in result["data"]]
-        return ok(schemas.SyncData(model=task.model, items=items, task_id=task.id))
+        return ok(schemas.SyncData(model=task.model, items=items, task_id=task.id, note=task.note))
     if task.status == TaskStatus.FAILED:
         code = json.loads(task.result_json)["code"]
         raise ApiError(f"transcription failed: {task.error}", 400 if code.startswith("4") else 500)

@@ -284,8 +284,9 @@ def _print_task(task: dict, as_json: bool) -> None:
     for seg in task["result"]["data"]:
         who = f"{seg['speaker']}: " if seg.get("speaker") else ""
         click.echo(f"[{_fmt(seg['start_time'])} - {_fmt(seg['end_time'])}] {who}{seg['text']}")
-    if task.get("speaker_note"):
-        click.echo(task["speaker_note"], err=True)
+    for key in ("note", "speaker_note"):
+        if task.get(key):
+            click.echo(task[key], err=True)
 
 
 @main.command()

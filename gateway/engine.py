@@ -18,7 +18,7 @@ from typing import Callable
 
 import structlog
 
-from gateway import audio, speakers
+from gateway import audio, speakers, untranscribed
 from gateway.audio import SAMPLE_RATE, AudioError, decode  # noqa: F401 (the engine's input, for its users)
 from gateway.config import EngineConfig, ServerConfig
 from gateway.payloads import Outcome, Segment
@@ -122,7 +122,7 @@ class LocalEngine:
         measured = audio.measure(req.path, req.max_audio_s, tick=lambda: report(0.0))
         share = TRANSCRIBED if req.speaker else 1.0
         encoder = self._speaker_encoder(report) if req.speaker else None
-        timed, parts, languages, duration = [], [], [], 0.0
+        timed, parts, languages, speech, duration = [], [], [], [], 0.0
         for block in audio.blocks(req.path, self.cfg.block_s):  # memory holds one block, whatever the file's length
             def within(f: float, block=block) -> None:  # a fraction of this block -> of the file
                 report(min(1.0, (block.offset + f * block.duration) / measured))
@@ -130,10 +130,12 @@ class LocalEngine:
             duration = block.offset + block.duration
             found, language = self.timed_segments(block.samples, req, lambda f: within(share * f))
             timed += speakers.shifted(found, block.offset)
+            speech += [(a + block.offset, b + block.offset) for a, b in speakers.speech_regions(block.samples)]
             languages.append(language)
             if encoder is not None:
                 parts.append(speakers.embed_block(encoder, block.samples, block.offset, self.cfg.speaker_step_s,
                                                   lambda f: within(share + (1 - share) * speakers.EMBEDDING * f)))
+        note = self.untranscribed_note(speech, timed)
         if req.speaker:
             labelled = speakers.label_speakers(timed, parts, duration, threshold=self.cfg.speaker_threshold,
                                                hints=req.hints)
@@ -141,20 +143,33 @@ class LocalEngine:
             labelled = speakers.Labelled(tuple(Segment(s.start, s.end, s.text) for s in timed))
         log.info("engine.done", duration=round(duration, 3), segments=len(labelled.segments),
                  language=",".join(dict.fromkeys(languages)), speaker_note=labelled.note)
-        return Outcome(success=True, segments=labelled.segments, duration=duration, speaker_note=labelled.note)
+        return Outcome(success=True, segments=labelled.segments, duration=duration, speaker_note=labelled.note,
+                       note=note)
+
+    def untranscribed_note(self, speech, timed) -> str | None:
+        """What speech no segment covers, said in a note (and logged as a warning), or None."""
+        spans = untranscribed.uncovered(speech, [(s.start, s.end) for s in timed])
+        note = untranscribed.note(spans, speech, english_only=not self._model.model.is_multilingual)
+        if note:
+            log.warning("engine.untranscribed", note=note,
+                        seconds=round(sum(s[2] for s in spans), 1))
+        return note
 
     def timed_segments(self, audio, req: TranscribeRequest, report: Callable[[float], None]):
-        """faster-whisper's segments (with their words when speakers are wanted) and the language;
-        runs in the calling thread (the pool's, from `transcribe`)."""
+        """faster-whisper's segments (with their words when speakers are wanted) and the language,
+        without those of windows whose decoding failed (untranscribed.failed: their text is not
+        what was said); runs in the calling thread (the pool's, from `transcribe`)."""
         duration = len(audio) / SAMPLE_RATE
         segments_iter, info = self._model.transcribe(
             audio, language=req.language, beam_size=self.cfg.beam_size, vad_filter=self.cfg.vad_filter,
             word_timestamps=req.speaker)
         timed = []
         for s in segments_iter:  # decoding happens lazily, one window per iteration
+            report(min(1.0, s.end / duration))
+            if untranscribed.failed(s.avg_logprob, s.compression_ratio):
+                continue
             words = tuple(speakers.Word(float(w.start), float(w.end), w.word) for w in s.words or ())
             timed.append(speakers.TimedSegment(float(s.start), float(s.end), s.text, words))
-            report(min(1.0, s.end / duration))
         return timed, info.language
 
     def _speaker_encoder(self, report: Callable[[float], None]):

@@ -340,6 +340,7 @@ def _plan_result(plan: Plan, task, outcome: Outcome, payload: dict, text: str, d
               "result_sha256": digest, "status": TaskStatus.COMPLETED if outcome.success else TaskStatus.FAILED,
               "error": None if outcome.success else payload["data"]["msg"],
               "speaker_note": outcome.speaker_note if outcome.success and task.speaker else None,
+              "note": outcome.note if outcome.success else None,
               "progress": 1.0 if outcome.success else task.progress,
               "lease_owner": None, "lease_expires_at": None, "finished_at": now, "updated_at": now}
     if outcome.success:

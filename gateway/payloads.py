@@ -48,6 +48,7 @@ class Outcome:
     error: str | None = None
     code: str = SUCCESS_CODE
     speaker_note: str | None = None   # why speakers could not be labelled; stored on the task, not sent
+    note: str | None = None           # what the engine could not do (speech it could not transcribe); sent
     extra: dict = field(default_factory=dict, compare=False)
 
     @classmethod
@@ -95,16 +96,18 @@ def build_payload(task_id: str, outcome: Outcome, *, model: str, speaker: bool) 
                 "data": {"data": None, "msg": outcome.error or "transcription failed", "success": False},
                 "task_id": task_id}
     duration = outcome.duration if outcome.duration > 0.0 else 0.0  # max() would keep -0.0
+    result = {
+        "data": normalise_segments(outcome.segments, duration, speaker),
+        "usage_metadata": {"duration": round(duration, 3), "model": model,
+                           "output_tokens": outcome.output_tokens, "prompt_tokens": outcome.prompt_tokens},
+    }
+    if outcome.note:  # absent when there is nothing to note: the payload as it always was
+        result["note"] = outcome.note
     return {
         "code": SUCCESS_CODE,
         "message": "SUCCESS",
         "data": {
-            "data": {
-                "data": normalise_segments(outcome.segments, duration, speaker),
-                "usage_metadata": {"duration": round(duration, 3), "model": model,
-                                   "output_tokens": outcome.output_tokens,
-                                   "prompt_tokens": outcome.prompt_tokens},
-            },
+            "data": result,
             "msg": COMPLETED_MSG,
             "success": True,
         },
@@ -174,6 +177,8 @@ class CallbackUsage(_Strict):
 class CallbackResult(_Strict):
     data: list[CallbackSegment]
     usage_metadata: CallbackUsage
+    note: Optional[str] = Field(default=None, max_length=4000,
+                                description="what the engine could not do, e.g. speech it could not transcribe")
 
 
 class CallbackData(_Strict):
@@ -255,7 +260,7 @@ def _outcome(p: CallbackPayload) -> tuple[str, Outcome]:
     return p.task_id, Outcome(  # the validated segments as they are: ingest normalises them into dicts
         success=True, segments=tuple(inner.data), duration=inner.usage_metadata.duration,
         model=inner.usage_metadata.model or "", output_tokens=inner.usage_metadata.output_tokens,
-        prompt_tokens=inner.usage_metadata.prompt_tokens,
+        prompt_tokens=inner.usage_metadata.prompt_tokens, note=inner.note or None,
     )
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, Optional, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer
 
 from gateway.errors import BadRequest
 
@@ -39,14 +39,30 @@ class UsageMetadata(_Model):
     prompt_tokens: int = Field(ge=0)
 
 
-class TranscriptResult(_Model):
+NOTE = "what the engine could not do, e.g. speech it could not transcribe, with its time span"
+
+
+class _Noted(_Model):
+    """An answer with an optional `note`: absent (not null) when there is nothing to note."""
+
+    note: Optional[str] = Field(None, description=NOTE + "; absent when there is nothing to note")
+
+    @model_serializer(mode="wrap")
+    def _absent_note(self, handler) -> dict[str, Any]:
+        out = handler(self)
+        if out.get("note") is None:
+            out.pop("note", None)
+        return out
+
+
+class TranscriptResult(_Noted):
     """The callback payload's data.data."""
 
     data: list[Segment]
     usage_metadata: UsageMetadata
 
 
-class SyncData(_Model):
+class SyncData(_Noted):
     model: str
     items: list[Segment]
     task_id: str
@@ -75,6 +91,7 @@ class TaskSummary(_Model):
     url: Optional[str]
     attempts: int = Field(ge=0)
     speaker_note: Optional[str] = Field(description="why speaker labels could not be given, when they could not")
+    note: Optional[str] = Field(description=NOTE + "; null when there is nothing to note")
 
 
 class TaskView(TaskSummary):

@@ -240,6 +240,7 @@ def task_view(task: Task, *, with_result: bool = True) -> dict[str, Any]:
         "provider": task.provider,
         "speaker": task.speaker,
         "speaker_note": task.speaker_note,
+        "note": task.note,
         "asset_id": task.asset_id,
         "url": redact(task.url),
         "attempts": task.attempts,
