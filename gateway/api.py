@@ -363,21 +363,29 @@ async def healthz(request: web.Request) -> web.Response:
     return ok(schemas.Health(status="ok"))
 
 
-@endpoint("Readiness: the database answers and the engine is loaded", data=schemas.Ready, errors=(503,),
-          auth=False)
+NOT_YET = "not loaded yet"
+
+
+@endpoint("Readiness: the database answers, the engine and its speaker encoder are loaded",
+          data=schemas.Ready, errors=(503,), auth=False)
 async def readyz(request: web.Request) -> web.Response:
     try:
         await asyncio.wait_for(request.app[DB].ping(), 5)
     except (SQLAlchemyError, OSError, asyncio.TimeoutError) as exc:
         raise Unavailable(f"database unreachable: {type(exc).__name__}") from None
     if request.app.get(WORKERS) is None:
-        return ok(schemas.Ready(database="ok", engine="not used (no worker in this process)"))
+        unused = "not used (no worker in this process)"
+        return ok(schemas.Ready(database="ok", engine=unused, speakers=unused))
     engine = request.app[ENGINE]
-    if engine.load_error:
-        raise Unavailable(f"engine failed to load: {engine.load_error}")
-    if not engine.loaded:
-        raise Unavailable("engine not loaded yet")
-    return ok(schemas.Ready(database="ok", engine="loaded"))
+    for what, failure in (("engine", engine.load_error), ("speaker encoder", engine.speakers_error)):
+        if failure:
+            raise Unavailable(f"{what} failed to load: {failure}")
+    model = "loaded" if engine.loaded else NOT_YET
+    speakers = ("disabled (engine.speaker_labels = false)" if not engine.cfg.speaker_labels
+                else "loaded" if engine.speakers_loaded else NOT_YET)
+    if NOT_YET in (model, speakers):
+        raise Unavailable(f"engine {model}; speaker encoder {speakers}")
+    return ok(schemas.Ready(database="ok", engine="loaded", speakers=speakers))
 
 
 @routes.get("/metrics")

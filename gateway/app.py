@@ -158,16 +158,21 @@ async def _database(app: web.Application):
 
 def _providers_context(load_model: bool):
     async def ctx(app: web.Application):
-        """The local engine loads in the background (reported by /readyz) where work runs;
-        an API-only process loads it only if a request needs it."""
+        """The local engine (and its speaker encoder, unless engine.speaker_labels is false) loads
+        in the background (reported by /readyz) where work runs; an API-only process loads the
+        model only if a request needs it."""
         engine = app[PROVIDERS].get(LOCAL).engine
         app[ENGINE] = engine
-        loading = asyncio.create_task(engine.load()) if load_model else None
-        if loading:
-            loading.add_done_callback(lambda t: t.cancelled() or t.exception())
+        loading = []
+        if load_model:
+            loading.append(asyncio.create_task(engine.load()))
+            if engine.cfg.speaker_labels:
+                loading.append(asyncio.create_task(engine.load_speakers()))
+        for task in loading:
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
         yield
-        if loading and not loading.done():
-            loading.cancel()
+        for task in loading:
+            task.cancel()
         for provider in app[PROVIDERS].active.values():
             provider.close()
     return ctx

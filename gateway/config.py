@@ -118,6 +118,7 @@ class EngineConfig(_Section):
     beam_size: int = Field(5, ge=1)
     vad_filter: bool = True
     block_s: float = Field(600, ge=30)
+    speaker_labels: bool = True
     speaker_threshold: float = Field(0.28, gt=0, lt=2)
     speaker_step_s: float = Field(0.5, ge=0.1, le=1.6)
 

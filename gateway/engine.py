@@ -12,6 +12,7 @@ import asyncio
 import contextvars
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
@@ -82,6 +83,9 @@ class LocalEngine:
         self._executor = ThreadPoolExecutor(max_workers=cfg.concurrency, thread_name_prefix="asr")
         self._model = None
         self.load_error: str | None = None
+        self.speakers_loaded = False
+        self.speakers_error: str | None = None
+        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="speakers-load")
         self._stopping = threading.Event()
 
     @property
@@ -95,6 +99,19 @@ class LocalEngine:
             self.load_error = f"{type(exc).__name__}: {exc}"
             log.error("engine.load_failed", error=self.load_error)
             raise
+
+    async def load_speakers(self) -> None:
+        """Load the speaker encoder (seconds of work) in a thread of its own, so transcriptions
+        need not wait for it; a speaker=true job that comes first waits for it in load_encoder."""
+        t0 = time.perf_counter()
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._loader, speakers.load_encoder)
+        except Exception as exc:
+            self.speakers_error = f"{type(exc).__name__}: {exc}"
+            log.error("engine.speakers_load_failed", error=self.speakers_error)
+            raise
+        self.speakers_loaded = True
+        log.info("engine.speakers_loaded", seconds=round(time.perf_counter() - t0, 3))
 
     async def multilingual(self) -> bool:
         if self._model is None:
@@ -183,3 +200,4 @@ class LocalEngine:
         speaker windows, a minute of audio measured), so the process can exit promptly."""
         self._stopping.set()
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._loader.shutdown(wait=False, cancel_futures=True)

@@ -121,6 +121,8 @@ class Health(_Model):
 class Ready(_Model):
     database: Literal["ok"]
     engine: str = Field(description='"loaded", or why this process has none')
+    speakers: str = Field(description='the speaker encoder: "loaded", "disabled (engine.speaker_labels = false)", '
+                                      'or why this process has none')
 
 
 # --- query strings -------------------------------------------------------------------------

@@ -93,7 +93,8 @@ async def validate_request(db: Database, config: Config, providers: Providers, r
     chosen = route(providers, req.model)
     provider = chosen.name
     if req.speaker and not chosen.supports_speaker:
-        raise BadRequest(f"speaker: the provider behind {req.model!r} ({provider}) cannot label speakers")
+        why = "; engine.speaker_labels is false" if provider == LOCAL else ""
+        raise BadRequest(f"speaker: the provider behind {req.model!r} ({provider}) cannot label speakers{why}")
     check_speaker_hints(req)
     if req.language is not None:
         lang = req.language.lower()

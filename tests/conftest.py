@@ -214,7 +214,7 @@ class Gateway:
             assert time.monotonic() < deadline, f"task still {task['status']} after {timeout}s"
             await asyncio.sleep(0.1)
 
-    async def wait_ready(self, timeout: float = 60) -> None:
+    async def wait_ready(self, timeout: float = 120) -> None:  # the model and the speaker encoder load
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
@@ -473,7 +473,11 @@ def to_toml(sections: dict[str, dict]) -> str:
 
 
 def daemon_sections(tmp_path: Path, database_url: str, **sections: dict) -> dict[str, dict]:
-    """The same test defaults as test_config, as TOML sections for a subprocess daemon."""
+    """The same test defaults as test_config, as TOML sections for a subprocess daemon; its
+    speaker encoder is not loaded at start-up unless asked (engine.speaker_labels): loading it
+    costs every fresh process 10-15 s of CPU on cores the suite shares, and no daemon test
+    labels speakers unless it says so."""
+    sections["engine"] = {"speaker_labels": False, **sections.get("engine", {})}
     cfg = test_config(tmp_path, database_url, **sections)
     dump = cfg.model_dump(exclude={"providers", "plugins"})
     dump.update({f"plugins.{name}": values for name, values in cfg.plugins.sections().items()})

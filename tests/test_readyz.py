@@ -6,13 +6,16 @@ relayed connection)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
+import aiohttp
 import pytest
 
 from sqlalchemy.engine import make_url
 
-from conftest import free_port
+from conftest import Gateway, daemon_sections, free_port, to_toml
+from gateway.appkeys import ENGINE
 from netns import PG_SOCKET_DIR
 
 
@@ -110,3 +113,49 @@ async def callback(gw, task_id: str) -> tuple[int, str]:
             "data": [{"start_time": 0.0, "end_time": 1.0, "text": "Hello.", "speaker": None}],
             "usage_metadata": {"duration": 1.0, "model": "whisper-1", "output_tokens": 0, "prompt_tokens": 0}}}})
     return status, body["data"]["outcome"] if status == 200 else body["msg"]
+
+
+# --- the speaker encoder loads at start-up (issue 11, item 15) --------------------------------
+
+
+async def test_readyz_reports_the_speaker_encoder_loaded_before_any_speaker_task(start_gateway):
+    from gateway import speakers
+
+    gw = await start_gateway()  # waits for /readyz 200
+    status, body = await ready(gw)
+    assert status == 200, body
+    assert body["data"] == {"database": "ok", "engine": "loaded", "speakers": "loaded"}
+    assert speakers._encoder is not None  # no speaker=true task has asked for it
+
+
+async def test_a_fresh_daemon_loads_the_speaker_encoder_before_the_first_speaker_task(
+        tmp_path, database_url, daemon_factory, speech_wav):
+    """In a process of its own (nothing loaded before): the encoder is loaded by the time /readyz
+    says 200, so the first speaker=true task does not pay for it."""
+    sections = daemon_sections(tmp_path, database_url, engine={"speaker_labels": True})
+    daemon = daemon_factory(to_toml(sections))
+    daemon.start()
+    async with aiohttp.ClientSession() as http:
+        gw = Gateway(url=f"http://127.0.0.1:{daemon.port}", config=None, http=http)
+        await gw.wait_ready()
+        status, body = await ready(gw)
+        assert status == 200 and body["data"]["speakers"] == "loaded", body
+        task = await gw.wait_task(await gw.submit(asset_id=await gw.upload(speech_wav), speaker=True), timeout=120)
+        assert task["status"] == "completed", task
+    daemon.stop()
+    events = [json.loads(line)["event"] for line in daemon.log_path.read_text().splitlines()
+              if line.startswith("{")]
+    assert "engine.speakers_loaded" in events and "task.claimed" in events, events
+    assert events.index("engine.speakers_loaded") < events.index("task.claimed"), events
+
+
+async def test_speaker_labels_off_loads_no_encoder_and_refuses_speaker_requests(start_gateway, speech_wav):
+    gw = await start_gateway(engine={"speaker_labels": False})
+    status, body = await ready(gw)
+    assert status == 200, body
+    assert body["data"]["speakers"] == "disabled (engine.speaker_labels = false)"
+    assert not gw.app[ENGINE].speakers_loaded
+    status, body = await gw.call("POST", "/transcriptions/async-generate-audio",
+                                 json={"asset_id": await gw.upload(speech_wav), "speaker": True})
+    assert status == 400 and body["msg"] == ("speaker: the provider behind 'whisper-1' (local) cannot label "
+                                             "speakers; engine.speaker_labels is false"), body

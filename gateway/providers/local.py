@@ -15,6 +15,7 @@ class LocalProvider(Provider):
     def __init__(self, name, settings, config):
         super().__init__(name, settings, config)
         self.engine = LocalEngine(config.engine)
+        self.supports_speaker = config.engine.speaker_labels
 
     def models(self) -> dict[str, str]:
         return {self.config.engine.model_alias: self.config.engine.model_path or "bundled"}
@@ -22,8 +23,6 @@ class LocalProvider(Provider):
     @property
     def concurrency(self) -> int:
         return self.config.engine.concurrency
-
-    supports_speaker = True
 
     async def run(self, job: Job) -> Outcome:
         task = job.task
