@@ -78,7 +78,7 @@ async def test_german_only_audio_is_said_not_to_be_english(start_gateway, tmp_pa
 
 async def test_english_audio_has_no_note_and_the_payload_no_note_key(start_gateway, webhook, speech_wav):
     gw = await start_gateway(webhooks={"urls": [webhook.url]})
-    task = await gw.wait_task(await gw.submit(asset_id=await gw.upload(speech_wav)))
+    task = await gw.wait_task(await gw.submit(asset_id=await gw.upload(speech_wav)), timeout=300)
     assert task["status"] == "completed" and task["result"]["data"], task
     assert task["note"] is None
     assert "note" not in task["result"]
