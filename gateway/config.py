@@ -77,7 +77,9 @@ class ServerConfig(_Section):
     @field_validator("allow_private_hosts")
     @classmethod
     def _host_names(cls, v: list[str]) -> list[str]:
-        return [h.strip().lower().rstrip(".") for h in v if h.strip()]
+        from gateway.urls import normal_host
+
+        return [normal_host(h) for h in v if h.strip()]
 
     @field_validator("url_allow_hosts")
     @classmethod

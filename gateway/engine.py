@@ -147,10 +147,12 @@ class LocalEngine:
             duration = block.offset + block.duration
             found, language = self.timed_segments(block.samples, req, lambda f: within(share * f))
             timed += speakers.shifted(found, block.offset)
-            speech += [(a + block.offset, b + block.offset) for a, b in speakers.speech_regions(block.samples)]
+            regions = speakers.speech_regions(block.samples)  # for the note, and the speakers' windows
+            speech += [(a + block.offset, b + block.offset) for a, b in regions]
             languages.append(language)
             if encoder is not None:
-                parts.append(speakers.embed_block(encoder, block.samples, block.offset, self.cfg.speaker_step_s,
+                parts.append(speakers.embed_block(encoder, block.samples, block.offset, regions,
+                                                  self.cfg.speaker_step_s,
                                                   lambda f: within(share + (1 - share) * speakers.EMBEDDING * f)))
         note = self.untranscribed_note(speech, timed)
         if req.speaker:

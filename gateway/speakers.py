@@ -395,14 +395,13 @@ def all_one_speaker(segments: Sequence[TimedSegment], note: str | None = None) -
 # --- the whole pipeline --------------------------------------------------------------------
 
 
-def embed_block(encoder, audio: np.ndarray, offset: float, step_s: float,
-                report: Callable[[float], None] = lambda f: None) -> Windows:
+def embed_block(encoder, audio: np.ndarray, offset: float, regions: Sequence[tuple[float, float]],
+                step_s: float, report: Callable[[float], None] = lambda f: None) -> Windows:
     """The embedded windows of one block of the audio, which begins `offset` seconds into the
-    file (times are the file's); none when it is shorter than a window or holds no speech.
-    `report` as embed_windows."""
+    file (times are the file's), given the block's `speech_regions` (its own times); none when
+    it is shorter than a window or holds no speech. `report` as embed_windows."""
     duration = len(audio) / SAMPLE_RATE
-    regions = speech_regions(audio) if duration >= WINDOW_S else []
-    if not regions:
+    if duration < WINDOW_S or not regions:
         return Windows(np.zeros(0), np.zeros(0, dtype=int), np.zeros((0, 256), np.float32), step_s, ())
     starts, owners = window_starts(regions, duration, step_s)
     return Windows(starts + offset, owners, embed_windows(encoder, audio, starts, report), step_s,
@@ -428,7 +427,8 @@ def joined(parts: Sequence[Windows], duration: float) -> Windows | str:
 def find_windows(encoder, audio: np.ndarray, step_s: float,
                  report: Callable[[float], None] = lambda f: None) -> Windows | str:
     """The embedded windows of the whole audio (one block), or the reason there can be none."""
-    return joined([embed_block(encoder, audio, 0.0, step_s, report)], len(audio) / SAMPLE_RATE)
+    return joined([embed_block(encoder, audio, 0.0, speech_regions(audio), step_s, report)],
+                  len(audio) / SAMPLE_RATE)
 
 
 def shifted(segments: Sequence[TimedSegment], offset: float) -> list[TimedSegment]:

@@ -121,8 +121,7 @@ class UrlPolicy:
 
     @classmethod
     def of(cls, server) -> "UrlPolicy":
-        return cls(server.allow_private_urls, frozenset(map(normal_host, server.allow_private_hosts)),
-                   tuple(server.url_allow_hosts))
+        return cls(server.allow_private_urls, frozenset(server.allow_private_hosts), tuple(server.url_allow_hosts))
 
     def check_host(self, host: str) -> str:
         """The host, normalised, if the allow list lets it be named; else UrlError."""
