@@ -15,11 +15,11 @@ from aiohttp import MultipartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 from sqlalchemy.exc import SQLAlchemyError
 
-from gateway import API_BASE, callbacks, deliveries, ingest, metrics, openapi, schemas, subtitles, tasks
+from gateway import API_BASE, callbacks, deliveries, ingest, metrics, openapi, requests, schemas, subtitles, views
 from gateway.appkeys import CALLBACK_BODIES, CONFIG, DB, ENGINE, INGESTOR, NOTIFIER, PROVIDERS, STORE, WORKERS
 from gateway.envelope import ok
 from gateway.errors import ApiError, BadRequest, NotFound, PayloadTooLarge, Unauthorized, Unavailable
-from gateway.models import Asset, TaskStatus
+from gateway.models import Asset, Task, TaskStatus
 from gateway.notify import DELIVERIES, task_channel, task_done_channel
 from gateway.openapi import endpoint
 from gateway.payloads import CallbackPayload, parse_callback, parse_valid_callback, result_of
@@ -205,18 +205,18 @@ def _quote(name: str) -> str:
 # --- transcriptions ----------------------------------------------------------------------
 
 
-async def _submit(request: web.Request) -> tasks.Task:
+async def _submit(request: web.Request) -> Task:
     app = request.app
-    req = tasks.parse_generate_request(await read_json(request))
-    provider = await tasks.validate_request(app[DB], app[CONFIG], app[PROVIDERS], req)
-    task = await tasks.create_task(app[DB], req, provider)
+    req = requests.parse_generate_request(await read_json(request))
+    provider = await requests.validate_request(app[DB], app[CONFIG], app[PROVIDERS], req)
+    task = await requests.create_task(app[DB], req, provider)
     app[NOTIFIER].wake(task_channel(provider))
     log.info("task.queued", task_id=task.id, model=task.model, provider=provider)
     return task
 
 
 @routes.post(API_BASE + "/transcriptions/async-generate-audio")
-@endpoint("Queue a transcription; answers its task_id at once", body=tasks.GenerateRequest,
+@endpoint("Queue a transcription; answers its task_id at once", body=requests.GenerateRequest,
           data=schemas.TaskIdData)
 async def async_generate(request: web.Request) -> web.Response:
     task = await _submit(request)
@@ -224,14 +224,14 @@ async def async_generate(request: web.Request) -> web.Response:
 
 
 @routes.post(API_BASE + "/transcriptions/sync-generate-audio")
-@endpoint("Transcribe and wait for the result (up to server.sync_timeout_s)", body=tasks.GenerateRequest,
+@endpoint("Transcribe and wait for the result (up to server.sync_timeout_s)", body=requests.GenerateRequest,
           data=schemas.SyncData, errors=(500, 504))
 async def sync_generate(request: web.Request) -> web.Response:
     task = await _submit(request)
     app = request.app
-    task = await tasks.wait_for_task(app[DB], app[NOTIFIER], task.id, app[CONFIG].server.sync_timeout_s)
+    task = await views.wait_for_task(app[DB], app[NOTIFIER], task.id, app[CONFIG].server.sync_timeout_s)
     if task.status == TaskStatus.COMPLETED:
-        result = tasks.task_view(task)["result"]
+        result = views.task_view(task)["result"]
         items = [{"text": x["text"], "start_time": x["start_time"], "end_time": x["end_time"],
                   "speaker": x["speaker"]} for x in result["data"]]
         return ok(schemas.SyncData(model=task.model, items=items, task_id=task.id, note=task.note))
@@ -247,8 +247,8 @@ async def sync_generate(request: web.Request) -> web.Response:
           errors=(404,))
 async def get_transcription(request: web.Request) -> web.Response:
     db = request.app[DB]
-    task = await tasks.get_task(db, request.match_info["task_id"])
-    view = tasks.task_view(task)
+    task = await views.get_task(db, request.match_info["task_id"])
+    view = views.task_view(task)
     view["deliveries"] = await deliveries.delivery_summary(db, task.id)
     return ok(schemas.TaskView(**view))
 
@@ -262,7 +262,7 @@ async def transcript(request: web.Request) -> web.Response:
     fmt = request.match_info["fmt"]
     if fmt not in subtitles.FORMATS:
         raise NotFound(f"no transcript format {fmt!r}; use one of {', '.join(subtitles.FORMATS)}")
-    task = await tasks.get_task(request.app[DB], request.match_info["task_id"])
+    task = await views.get_task(request.app[DB], request.match_info["task_id"])
     if task.status != TaskStatus.COMPLETED:
         raise ApiError(f"task {task.id} is {task.status}; a transcript exists once it is completed", 409)
     body = await asyncio.to_thread(_render, fmt, task.result_json)  # seconds for 100,000 segments
@@ -279,7 +279,7 @@ def _render(fmt: str, result_json: str) -> bytes:
           query=schemas.RedeliverQuery, data=schemas.RedeliverData, errors=(404,))
 async def redeliver(request: web.Request) -> web.Response:
     db = request.app[DB]
-    task = await tasks.get_task(db, request.match_info["task_id"])
+    task = await views.get_task(db, request.match_info["task_id"])
     target = schemas.parse_query(schemas.RedeliverQuery, request.query).target
     count = await deliveries.redeliver(db, task.id, target)
     if target and count == 0:
@@ -292,7 +292,7 @@ async def redeliver(request: web.Request) -> web.Response:
 @endpoint("A page of tasks, newest first", query=schemas.ListQuery, data=schemas.TaskPage)
 async def list_transcriptions(request: web.Request) -> web.Response:
     q = schemas.parse_query(schemas.ListQuery, request.query)
-    return ok(schemas.TaskPage(**await tasks.list_tasks(request.app[DB], q.status, q.limit, q.cursor)))
+    return ok(schemas.TaskPage(**await views.list_tasks(request.app[DB], q.status, q.limit, q.cursor)))
 
 
 # --- callbacks ---------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import aiohttp
 import structlog
 import yarl
 
-from gateway import deliveries, ingest, tasks
+from gateway import deliveries, ingest, leases
 from gateway.config import Config
 from gateway.db import Database
 from gateway.models import Asset, Task
@@ -154,7 +154,7 @@ class Workers:
 
         await self._claim_loop(
             task_channel(provider.name), provider.concurrency,
-            lambda: tasks.claim_task(self.db, self.owner, self.config.jobs.lease_s, [provider.name]),
+            lambda: leases.claim_task(self.db, self.owner, self.config.jobs.lease_s, [provider.name]),
             lambda task: self._run_task(provider, task), idle_s, self._jobs)
 
     async def _run_task(self, provider: Provider, task: Task) -> None:
@@ -178,7 +178,7 @@ class Workers:
             if task.attempts < self.config.jobs.max_attempts:
                 delay = self.config.jobs.retry_backoff_s * 2 ** (task.attempts - 1)
                 log.warning("task.retry", attempt=task.attempts, retry_in_s=delay, error=reason)
-                await tasks.release_task(self.db, task.id, self.owner, error=reason, delay_s=delay)
+                await leases.release_task(self.db, task.id, self.owner, error=reason, delay_s=delay)
                 return
             outcome = Outcome.failure(f"failed after {task.attempts} attempts: {reason}")
         if isinstance(outcome, Pending):
@@ -188,7 +188,7 @@ class Workers:
 
     async def _await_upstream(self, provider: Provider, task: Task, pending: Pending) -> None:
         try:
-            handed = await tasks.await_upstream(self.db, task.id, self.owner, provider.name,
+            handed = await leases.await_upstream(self.db, task.id, self.owner, provider.name,
                                                 pending.upstream_task_id, pending.wait_s)
         except Exception:  # the lease expires, the task is submitted again; this upstream id is lost
             log.exception("task.submitted_not_stored", upstream_task_id=pending.upstream_task_id)
@@ -218,7 +218,7 @@ class Workers:
         renewer = asyncio.create_task(self._renew(task.id, progress))
         job = Job(task=task, config=self.config, http=self.http, audio=lambda: self._audio(task),
                   progress=lambda f: progress.__setitem__("value", f),
-                  submitting=lambda: tasks.mark_submitting(self.db, task.id, self.owner))
+                  submitting=lambda: leases.mark_submitting(self.db, task.id, self.owner))
         try:
             if provider.third_party_callbacks and not provider.marks_submission:
                 await job.submitting()
@@ -241,7 +241,7 @@ class Workers:
             if not (due or changed):
                 continue
             try:
-                still_ours = await tasks.renew_lease(self.db, task_id, self.owner, lease_s, progress["value"])
+                still_ours = await leases.renew_lease(self.db, task_id, self.owner, lease_s, progress["value"])
             except Exception:
                 log.exception("task.renew_failed")
                 continue
@@ -324,7 +324,7 @@ class Workers:
         for send in list(self._sends):
             send.cancel()
         await asyncio.gather(*self._jobs, *self._sends, return_exceptions=True)
-        for task_id in await tasks.release_owned_tasks(self.db, self.owner):
+        for task_id in await leases.release_owned_tasks(self.db, self.owner):
             log.info("task.released", task_id=task_id)
         if sent := await deliveries.release_owned_deliveries(self.db, self.owner):
             log.info("delivery.released", deliveries=sent)

@@ -1,0 +1,107 @@
+"""Leases: a task claimed by one worker loop at a time, renewed while it runs, released or
+handed to its provider; an expired lease is claimed again.
+
+Every claim is one transaction: the row is selected `FOR UPDATE SKIP LOCKED` (on PostgreSQL,
+rows other claims hold are skipped rather than waited for) and leased to its owner."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import and_, or_, update
+from sqlmodel import col, select
+
+from gateway.db import Database
+from gateway.models import Task, TaskStatus, utcnow
+
+
+async def claim_task(db: Database, owner: str, lease_s: float, providers: list[str]) -> Task | None:
+    """Atomically take the oldest runnable task: queued (and not waiting out a retry delay), or
+    processing with an expired lease (its worker died, or its provider never called back)."""
+    now = utcnow()
+    async with db.session() as s:
+        stmt = (select(Task)
+                .where(col(Task.provider).in_(providers))
+                .where(or_(and_(Task.status == TaskStatus.QUEUED,
+                                or_(col(Task.lease_expires_at).is_(None), col(Task.lease_expires_at) < now)),
+                           and_(Task.status == TaskStatus.PROCESSING, col(Task.lease_expires_at) < now)))
+                .order_by(col(Task.created_at), col(Task.id))
+                .limit(1)
+                .with_for_update(skip_locked=True))
+        task = (await s.exec(stmt)).first()
+        if task is None:
+            return None
+        task.status = TaskStatus.PROCESSING
+        task.lease_owner = owner
+        task.lease_expires_at = now + timedelta(seconds=lease_s)
+        task.attempts += 1
+        task.submitting_at = None
+        task.started_at = task.started_at or now
+        task.updated_at = now
+        s.add(task)
+    return task
+
+
+async def renew_lease(db: Database, task_id: str, owner: str, lease_s: float,
+                      progress: float | None = None) -> bool:
+    """Extend our lease (and store progress); False if the lease is no longer ours."""
+    now = utcnow()
+    values: dict[str, Any] = {"lease_expires_at": now + timedelta(seconds=lease_s), "updated_at": now}
+    if progress is not None:
+        values["progress"] = round(progress, 4)
+    async with db.session() as s:
+        res = await s.exec(update(Task).where(Task.id == task_id, Task.lease_owner == owner,
+                                              Task.status == TaskStatus.PROCESSING).values(**values))
+        return res.rowcount == 1
+
+
+async def release_task(db: Database, task_id: str, owner: str, error: str | None = None,
+                       delay_s: float = 0.0) -> None:
+    """Give a claimed task back to the queue after a retryable error, claimable again after
+    `delay_s` (queued tasks keep their not-before time in lease_expires_at)."""
+    await _release(db, owner, Task.id == task_id, error=error, delay_s=delay_s)
+
+
+async def release_owned_tasks(db: Database, owner: str) -> list[str]:
+    """Shutdown: give back every task `owner` still holds, claimable at once; their ids."""
+    return await _release(db, owner)
+
+
+async def _release(db: Database, owner: str, *where, error: str | None = None,
+                   delay_s: float = 0.0) -> list[str]:
+    now = utcnow()
+    async with db.session() as s:
+        res = await s.exec(update(Task).where(Task.lease_owner == owner, Task.status == TaskStatus.PROCESSING,
+                                              *where)
+                           .values(status=TaskStatus.QUEUED, lease_owner=None, submitting_at=None,
+                                   lease_expires_at=now + timedelta(seconds=delay_s) if delay_s > 0 else None,
+                                   error=error, updated_at=now)
+                           .returning(Task.id))
+        return list(res.scalars())
+
+
+async def mark_submitting(db: Database, task_id: str, owner: str) -> None:
+    """The request creating the task's upstream job is being sent (Job.submitting): from now until
+    its upstream id is stored, a callback for an unknown id of that provider may be its own."""
+    async with db.session() as s:
+        await s.exec(update(Task).where(Task.id == task_id, Task.lease_owner == owner,
+                                        Task.status == TaskStatus.PROCESSING).values(submitting_at=utcnow()))
+
+
+def upstream_owner(provider: str) -> str:
+    return f"upstream:{provider}"
+
+
+async def await_upstream(db: Database, task_id: str, owner: str, provider: str, upstream_id: str,
+                         wait_s: float) -> bool:
+    """Store the provider's task id and hand the lease to the provider for `wait_s`: its callback
+    completes the task; if none comes, the lease expires and a worker fails the task."""
+    now = utcnow()
+    async with db.session() as s:
+        res = await s.exec(update(Task).where(Task.id == task_id, Task.lease_owner == owner,
+                                              Task.status == TaskStatus.PROCESSING)
+                           .values(upstream_task_id=upstream_id, submitting_at=None,
+                                   lease_owner=upstream_owner(provider),
+                                   lease_expires_at=now + timedelta(seconds=wait_s), updated_at=now))
+        return res.rowcount == 1

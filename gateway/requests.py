@@ -1,0 +1,122 @@
+"""A generate request (async- and sync-generate-audio): parsed, validated against the
+providers and the URL policy, and queued as a task."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Optional
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError
+
+from gateway.config import Config
+from gateway.db import Database
+from gateway.errors import BadRequest
+from gateway.models import Asset, Task, time_ordered_id
+from gateway.notify import publish, task_channel
+from gateway.providers import LOCAL, Provider, Providers
+from gateway.payloads import no_nul
+from gateway.urls import UrlError, UrlPolicy
+
+
+StrictText = Annotated[StrictStr, AfterValidator(no_nul)]
+
+
+class GenerateRequest(BaseModel):
+    """Body of async-generate-audio and sync-generate-audio."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    asset_id: Optional[StrictText] = None
+    url: Optional[StrictText] = None
+    model: StrictText = "whisper-1"
+    speaker: StrictBool = False
+    callback_url: Optional[StrictText] = None
+    language: Optional[StrictText] = None
+    num_speakers: Optional[int] = Field(default=None, ge=1, le=32, strict=True)
+    min_speakers: Optional[int] = Field(default=None, ge=1, le=32, strict=True)
+    max_speakers: Optional[int] = Field(default=None, ge=1, le=32, strict=True)
+
+
+def parse_generate_request(body: Any) -> GenerateRequest:
+    if not isinstance(body, dict):
+        raise BadRequest("body must be a JSON object")
+    try:
+        return GenerateRequest.model_validate(body)
+    except ValidationError as exc:
+        e = exc.errors()[0]
+        field = ".".join(str(p) for p in e["loc"]) or "body"
+        msg = "unknown field" if e["type"] == "extra_forbidden" else e["msg"]
+        raise BadRequest(f"{field}: {msg}") from None
+
+
+def whisper_languages() -> set[str]:
+    from faster_whisper.tokenizer import _LANGUAGE_CODES
+
+    return set(_LANGUAGE_CODES)
+
+
+def route(providers: Providers, model: str) -> Provider:
+    """The provider that serves model alias `model`; BadRequest listing the valid ones."""
+    name = providers.provider_for(model)
+    if name is None:
+        valid = ", ".join(sorted(providers.routes))
+        raise BadRequest(f"model: unknown model {model!r}; valid models: {valid}")
+    return providers.get(name)
+
+
+SPEAKER_HINTS = ("num_speakers", "min_speakers", "max_speakers")
+
+
+def check_speaker_hints(req: GenerateRequest) -> None:
+    """num_speakers (exact) and min_speakers/max_speakers (bounds) need speaker=true and must agree."""
+    for name in SPEAKER_HINTS:
+        if getattr(req, name) is not None and not req.speaker:
+            raise BadRequest(f"{name}: only meaningful with speaker=true")
+    low, high, exact = req.min_speakers, req.max_speakers, req.num_speakers
+    if low is not None and high is not None and low > high:
+        raise BadRequest(f"min_speakers: {low} is greater than max_speakers ({high})")
+    if exact is not None and not (low or 1) <= exact <= (high or exact):
+        raise BadRequest(f"num_speakers: {exact} is outside min_speakers..max_speakers "
+                         f"({low or 1}..{high if high is not None else 32})")
+
+
+async def validate_request(db: Database, config: Config, providers: Providers, req: GenerateRequest) -> str:
+    """Check everything about a request before anything is stored; returns the provider name."""
+    if (req.asset_id is None) == (req.url is None):
+        raise BadRequest("give exactly one of asset_id or url" if req.asset_id else
+                         "asset_id or url is required")
+    chosen = route(providers, req.model)
+    provider = chosen.name
+    if req.speaker and not chosen.supports_speaker:
+        why = "; engine.speaker_labels is false" if provider == LOCAL else ""
+        raise BadRequest(f"speaker: the provider behind {req.model!r} ({provider}) cannot label speakers{why}")
+    check_speaker_hints(req)
+    if req.language is not None:
+        lang = req.language.lower()
+        if lang not in whisper_languages():
+            raise BadRequest(f"language: unknown language code {req.language!r} (use an ISO 639-1 code such as 'en')")
+        if provider == LOCAL and lang != "en" and not await chosen.engine.multilingual():
+            raise BadRequest(f"language: the model behind {req.model!r} is English-only; "
+                             f"{req.language!r} is not supported")
+    policy = UrlPolicy.of(config.server)
+    for name in ("url", "callback_url"):
+        if (value := getattr(req, name)) is not None:
+            try:
+                await policy.check(value)
+            except UrlError as exc:
+                raise BadRequest(f"{name}: {exc}") from None
+    if req.asset_id is not None:
+        async with db.session() as s:
+            if await s.get(Asset, req.asset_id) is None:
+                raise BadRequest(f"asset_id: no asset {req.asset_id!r}; upload the file first")
+    return provider
+
+
+async def create_task(db: Database, req: GenerateRequest, provider: str) -> Task:
+    task = Task(id=time_ordered_id(), asset_id=req.asset_id, url=req.url, model=req.model,
+                speaker=req.speaker, language=req.language.lower() if req.language else None,
+                num_speakers=req.num_speakers, min_speakers=req.min_speakers,
+                max_speakers=req.max_speakers, provider=provider, callback_url=req.callback_url)
+    async with db.session() as s:
+        s.add(task)
+        await publish(s, task_channel(provider))
+    return task
