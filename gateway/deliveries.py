@@ -1,5 +1,5 @@
-"""Outbound deliveries: one row per (task, target), claimed with a lease, retried with
-exponential backoff and jitter, every attempt recorded, `dead` after max_attempts.
+"""Outbound deliveries: one row per (task, target), claimed with a lease (gateway/leases.py),
+retried with exponential backoff and jitter, every attempt recorded, `dead` after max_attempts.
 
 Webhooks get the callback payload signed per Standard Webhooks: `webhook-id` is the
 delivery's id (stable across its retries), `webhook-timestamp` the attempt's time, and
@@ -15,11 +15,10 @@ import random
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Callable
 
 import aiohttp
 import structlog
-from sqlalchemy import func, or_, update
+from sqlalchemy import func, update
 from sqlmodel import col, select
 from standardwebhooks.webhooks import Webhook
 
@@ -27,7 +26,8 @@ from gateway import API_BASE
 from gateway import metrics
 from gateway.config import Config, WebhooksConfig
 from gateway.db import Database
-from gateway.models import Asset, Delivery, DeliveryAttempt, DeliveryStatus, Task, utcnow
+from gateway.leases import Claimed
+from gateway.models import Delivery, DeliveryAttempt, DeliveryStatus, Task, utcnow
 from gateway.notify import DELIVERIES, publish
 from gateway.plugins import Plugins, RetryAfter, TaskInfo, transcript_from_payload
 from gateway.urls import UrlError, UrlPolicy, redact
@@ -79,17 +79,6 @@ class Clients:
     policy: UrlPolicy
 
 
-@dataclass
-class Claimed:
-    delivery: Delivery
-    task: Task
-    filename: str | None
-
-    @property
-    def body(self) -> str:
-        return self.task.result_json
-
-
 def lease_s(target: str, config: Config, plugins: Plugins | None) -> float:
     """How long a claim on a delivery to `target` holds: one send's limit (its plugin's
     timeout_s, or webhooks.timeout_s) × 1.5 + 5 s, so that a send never outlives its claim and
@@ -100,50 +89,6 @@ def lease_s(target: str, config: Config, plugins: Plugins | None) -> float:
     else:
         timeout_s = config.webhooks.timeout_s
     return timeout_s * 1.5 + 5
-
-
-async def claim_delivery(db: Database, owner: str, lease_for: Callable[[str], float]) -> Claimed | None:
-    """The delivery due first, leased to `owner` for `lease_for(its target)` seconds."""
-    now = utcnow()
-    async with db.session() as s:
-        stmt = (select(Delivery)
-                .where(Delivery.status == DeliveryStatus.PENDING, col(Delivery.next_attempt_at) <= now)
-                .where(or_(col(Delivery.lease_expires_at).is_(None), col(Delivery.lease_expires_at) < now))
-                .order_by(col(Delivery.next_attempt_at))
-                .limit(1)
-                .with_for_update(skip_locked=True))
-        d = (await s.exec(stmt)).first()
-        if d is None:
-            return None
-        d.lease_owner = owner
-        d.lease_expires_at = now + timedelta(seconds=lease_for(d.target))
-        s.add(d)
-        task = await s.get(Task, d.task_id)
-        filename = None
-        if task.asset_id:
-            filename = (await s.exec(select(Asset.filename).where(Asset.id == task.asset_id))).first()
-    return Claimed(d, task, filename)
-
-
-async def release_owned_deliveries(db: Database, owner: str) -> int:
-    """Shutdown: give back the deliveries `owner` was sending, due again at once (a send that was
-    cut off may have arrived: the receiver sees it again, with the same webhook-id)."""
-    async with db.session() as s:
-        res = await s.exec(update(Delivery).where(Delivery.lease_owner == owner,
-                                                  Delivery.status == DeliveryStatus.PENDING)
-                           .values(lease_owner=None, lease_expires_at=None, updated_at=utcnow()))
-        return res.rowcount
-
-
-async def next_due_in(db: Database) -> float | None:
-    """Seconds until the earliest pending delivery is due (None if there is none)."""
-    async with db.session() as s:
-        row = (await s.exec(select(Delivery.next_attempt_at)
-                            .where(Delivery.status == DeliveryStatus.PENDING)
-                            .order_by(col(Delivery.next_attempt_at)).limit(1))).first()
-    if row is None:
-        return None
-    return max(0.0, (row - utcnow()).total_seconds())
 
 
 def retry_after_s(value: str | None, cfg: WebhooksConfig) -> float | None:

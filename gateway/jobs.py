@@ -105,7 +105,7 @@ class Workers:
         self.url_policy = UrlPolicy.of(config.server)
         self._client_http: aiohttp.ClientSession | None = None
         self._jobs: dict[asyncio.Task, Task] = {}                   # running transcriptions
-        self._sends: dict[asyncio.Task, deliveries.Claimed] = {}    # running deliveries
+        self._sends: dict[asyncio.Task, leases.Claimed] = {}    # running deliveries
         self._loops: list[asyncio.Task] = []
         self._claiming: set[asyncio.Task] = set()  # loops waiting for a claim's answer
 
@@ -290,14 +290,14 @@ class Workers:
 
     async def delivery_loop(self, parallel: int = 8) -> None:
         async def idle_s() -> float:
-            due = await deliveries.next_due_in(self.db)
+            due = await leases.next_due_in(self.db)
             return self.config.jobs.poll_s if due is None else min(max(due, 0.05), self.config.jobs.poll_s)
 
         await self._claim_loop(DELIVERIES, parallel,
-                               lambda: deliveries.claim_delivery(self.db, self.owner, self._lease_s),
+                               lambda: leases.claim_delivery(self.db, self.owner, self._lease_s),
                                self._deliver, idle_s, self._sends)
 
-    async def _deliver(self, claimed: deliveries.Claimed) -> None:
+    async def _deliver(self, claimed: leases.Claimed) -> None:
         structlog.contextvars.bind_contextvars(task_id=claimed.delivery.task_id)
         try:
             await deliveries.deliver_one(self.db, self.config, deliveries.Clients(self.http, self.client_http,
@@ -326,7 +326,7 @@ class Workers:
         await asyncio.gather(*self._jobs, *self._sends, return_exceptions=True)
         for task_id in await leases.release_owned_tasks(self.db, self.owner):
             log.info("task.released", task_id=task_id)
-        if sent := await deliveries.release_owned_deliveries(self.db, self.owner):
+        if sent := await leases.release_owned_deliveries(self.db, self.owner):
             log.info("delivery.released", deliveries=sent)
         if self._client_http is not None:
             await self._client_http.close()

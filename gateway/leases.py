@@ -1,19 +1,36 @@
-"""Leases: a task claimed by one worker loop at a time, renewed while it runs, released or
-handed to its provider; an expired lease is claimed again.
+"""Leases: a task or a delivery claimed by one loop at a time (a task's lease renewed while it
+runs, released, or handed to its provider; a delivery's until its attempt is recorded); an
+expired lease is claimed again, and a process that stops gives back what it holds.
 
 Every claim is one transaction: the row is selected `FOR UPDATE SKIP LOCKED` (on PostgreSQL,
 rows other claims hold are skipped rather than waited for) and leased to its owner."""
 
 from __future__ import annotations
 
-from datetime import timedelta
-from typing import Any
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Callable
 
-from sqlalchemy import and_, or_, update
+from sqlalchemy import Select, and_, or_, update
 from sqlmodel import col, select
 
 from gateway.db import Database
-from gateway.models import Task, TaskStatus, utcnow
+from gateway.models import Asset, Delivery, DeliveryStatus, Task, TaskStatus, utcnow
+
+
+def claim_statement(table, *where, order_by) -> Select:
+    """The one shape of every claim, of a task or a delivery: the first row of `table` matching
+    `where` in `order_by` order, locked by the claiming transaction (FOR UPDATE SKIP LOCKED on
+    PostgreSQL: a row another claim holds is skipped, never waited for; SQLite has one writer)."""
+    return select(table).where(*where).order_by(*order_by).limit(1).with_for_update(skip_locked=True)
+
+
+def lease_free(table, now: datetime):
+    """The row holds no lease, or one that has expired."""
+    return or_(col(table.lease_expires_at).is_(None), col(table.lease_expires_at) < now)
+
+
+# --- tasks --------------------------------------------------------------------------------
 
 
 async def claim_task(db: Database, owner: str, lease_s: float, providers: list[str]) -> Task | None:
@@ -21,14 +38,10 @@ async def claim_task(db: Database, owner: str, lease_s: float, providers: list[s
     processing with an expired lease (its worker died, or its provider never called back)."""
     now = utcnow()
     async with db.session() as s:
-        stmt = (select(Task)
-                .where(col(Task.provider).in_(providers))
-                .where(or_(and_(Task.status == TaskStatus.QUEUED,
-                                or_(col(Task.lease_expires_at).is_(None), col(Task.lease_expires_at) < now)),
-                           and_(Task.status == TaskStatus.PROCESSING, col(Task.lease_expires_at) < now)))
-                .order_by(col(Task.created_at), col(Task.id))
-                .limit(1)
-                .with_for_update(skip_locked=True))
+        stmt = claim_statement(Task, col(Task.provider).in_(providers),
+                               or_(and_(Task.status == TaskStatus.QUEUED, lease_free(Task, now)),
+                                   and_(Task.status == TaskStatus.PROCESSING, col(Task.lease_expires_at) < now)),
+                               order_by=(col(Task.created_at), col(Task.id)))
         task = (await s.exec(stmt)).first()
         if task is None:
             return None
@@ -105,3 +118,60 @@ async def await_upstream(db: Database, task_id: str, owner: str, provider: str, 
                                    lease_owner=upstream_owner(provider),
                                    lease_expires_at=now + timedelta(seconds=wait_s), updated_at=now))
         return res.rowcount == 1
+
+
+# --- deliveries ---------------------------------------------------------------------------
+
+
+@dataclass
+class Claimed:
+    """A delivery leased to this process, with its task and the task's file name (for plugins)."""
+
+    delivery: Delivery
+    task: Task
+    filename: str | None
+
+    @property
+    def body(self) -> str:
+        return self.task.result_json
+
+
+async def claim_delivery(db: Database, owner: str, lease_for: Callable[[str], float]) -> Claimed | None:
+    """The delivery due first, leased to `owner` for `lease_for(its target)` seconds."""
+    now = utcnow()
+    async with db.session() as s:
+        stmt = claim_statement(Delivery, Delivery.status == DeliveryStatus.PENDING,
+                               col(Delivery.next_attempt_at) <= now, lease_free(Delivery, now),
+                               order_by=(col(Delivery.next_attempt_at),))
+        d = (await s.exec(stmt)).first()
+        if d is None:
+            return None
+        d.lease_owner = owner
+        d.lease_expires_at = now + timedelta(seconds=lease_for(d.target))
+        s.add(d)
+        task = await s.get(Task, d.task_id)
+        filename = None
+        if task.asset_id:
+            filename = (await s.exec(select(Asset.filename).where(Asset.id == task.asset_id))).first()
+    return Claimed(d, task, filename)
+
+
+async def release_owned_deliveries(db: Database, owner: str) -> int:
+    """Shutdown: give back the deliveries `owner` was sending, due again at once (a send that was
+    cut off may have arrived: the receiver sees it again, with the same webhook-id)."""
+    async with db.session() as s:
+        res = await s.exec(update(Delivery).where(Delivery.lease_owner == owner,
+                                                  Delivery.status == DeliveryStatus.PENDING)
+                           .values(lease_owner=None, lease_expires_at=None, updated_at=utcnow()))
+        return res.rowcount
+
+
+async def next_due_in(db: Database) -> float | None:
+    """Seconds until the earliest pending delivery is due (None if there is none)."""
+    async with db.session() as s:
+        row = (await s.exec(select(Delivery.next_attempt_at)
+                            .where(Delivery.status == DeliveryStatus.PENDING)
+                            .order_by(col(Delivery.next_attempt_at)).limit(1))).first()
+    if row is None:
+        return None
+    return max(0.0, (row - utcnow()).total_seconds())
