@@ -15,7 +15,7 @@ from aiohttp import MultipartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 from sqlalchemy.exc import SQLAlchemyError
 
-from gateway import API_BASE, callbacks, deliveries, ingest, metrics, openapi, requests, schemas, subtitles, views
+from gateway import API_BASE, callbacks, decisions, deliveries, metrics, openapi, requests, schemas, subtitles, views
 from gateway.appkeys import CALLBACK_BODIES, CONFIG, DB, ENGINE, INGESTOR, NOTIFIER, PROVIDERS, STORE, WORKERS
 from gateway.envelope import ok
 from gateway.errors import ApiError, BadRequest, NotFound, PayloadTooLarge, Unauthorized, Unavailable
@@ -308,11 +308,11 @@ async def callback(request: web.Request) -> web.Response:
     if provider is None:
         raise NotFound(f"unknown provider {name!r}")
     raw = await _callback_body(request, name, provider)
-    raw_sha256 = ingest.body_sha256(raw)
+    raw_sha256 = callbacks.body_sha256(raw)
     result = await app[INGESTOR].repeat(name, raw_sha256) or await _ingest_new(request, name, raw, raw_sha256)
-    if result.outcome == ingest.CONFLICT:
+    if result.outcome == decisions.CONFLICT:
         raise ApiError(f"task {result.task_id} already has a different result; nothing changed", 409)
-    if result.outcome == ingest.ACCEPTED:
+    if result.outcome == decisions.ACCEPTED:
         app[NOTIFIER].wake(DELIVERIES)
         app[NOTIFIER].wake(task_done_channel(result.task_id))
     return ok(schemas.CallbackAck(task_id=result.task_id, outcome=result.outcome))
@@ -337,7 +337,7 @@ async def _callback_body(request: web.Request, name: str, provider) -> bytes:
         raise callbacks.refused(name, callbacks.BUSY, exc) from None
 
 
-async def _ingest_new(request: web.Request, provider: str, raw: bytes, raw_sha256: str) -> ingest.IngestResult:
+async def _ingest_new(request: web.Request, provider: str, raw: bytes, raw_sha256: str) -> decisions.IngestResult:
     """A body not seen before: parse it, find its task, and hand it to the door."""
     app = request.app
     try:
@@ -346,11 +346,11 @@ async def _ingest_new(request: web.Request, provider: str, raw: bytes, raw_sha25
         raise callbacks.refused(provider, callbacks.INVALID, exc) from None
     # Our own task ids need no lookup: ingest finds (and locks) the task in its one transaction.
     task_id = external_id if provider == LOCAL else \
-        await ingest.find_task_id_waiting(app[DB], provider, external_id, CALLBACK_RACE_WAIT_S)
+        await callbacks.find_task_id_waiting(app[DB], provider, external_id, CALLBACK_RACE_WAIT_S)
     result = await app[INGESTOR].ingest(task_id, outcome, provider=provider, external_task_id=external_id,
                                         raw_sha256=raw_sha256) if task_id is not None else None
-    if result is None or result.outcome == ingest.UNKNOWN_TASK:
-        raise callbacks.refused(provider, ingest.UNKNOWN_TASK,
+    if result is None or result.outcome == decisions.UNKNOWN_TASK:
+        raise callbacks.refused(provider, decisions.UNKNOWN_TASK,
                                 NotFound(f"no task {external_id!r} for provider {provider!r}"))
     return result
 

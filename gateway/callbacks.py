@@ -1,22 +1,28 @@
-"""What POST /callbacks/{provider} checks before it trusts a caller, so that an unauthenticated
-request costs little: the signature headers before the body is read, a bound on the bodies being
-received from callers nobody has authenticated yet, and refusals counted (tgw_callbacks_refused_total)
-and logged rather than stored."""
+"""The callback door up to ingest: what POST /callbacks/{provider} checks before it trusts a
+caller, so that an unauthenticated request costs little (the signature headers before the body is
+read, a bound on the bodies being received from callers nobody has authenticated yet, refusals
+counted (tgw_callbacks_refused_total) and logged rather than stored), and which of our tasks a
+callback is for."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import contextlib
+import hashlib
 import time
 from typing import Iterator, Mapping
 
 import structlog
 from aiohttp import web
+from sqlmodel import col, select
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from gateway import metrics
+from gateway.db import Database
 from gateway.errors import ApiError, Unauthorized, Unavailable
+from gateway.models import Task, TaskStatus, utcnow
 
 log = structlog.get_logger(__name__)
 
@@ -98,3 +104,46 @@ def refused(provider: str, reason: str, exc: ApiError) -> ApiError:
     metrics.observe_refused_callback(provider, reason)
     log.warning("callback.refused", provider=provider, reason=reason, status=exc.status, error=exc.message)
     return exc
+
+
+# --- which task a callback is for ------------------------------------------------------
+
+
+def body_sha256(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()
+
+
+async def find_task_id(db: Database, provider: str, external_id: str) -> str | None:
+    """Our task for a remote provider's callback: the one whose upstream id is the payload's task_id.
+    (A `local` callback carries our own task_id; ingest finds and checks that task itself.)"""
+    async with db.session() as s:
+        row = await s.exec(select(Task.id).where(Task.provider == provider,
+                                                 Task.upstream_task_id == external_id))
+        return row.first()
+
+
+async def submission_in_flight(db: Database, provider: str) -> bool:
+    """A live worker is sending the request that creates an upstream job of `provider` and has
+    not stored its upstream id yet (Task.submitting_at): only then can an unknown id be ours.
+    Not while a file is being uploaded first, nor for a task whose worker died."""
+    async with db.session() as s:
+        row = await s.exec(select(Task.id).where(Task.provider == provider, Task.status == TaskStatus.PROCESSING,
+                                                 col(Task.upstream_task_id).is_(None),
+                                                 col(Task.submitting_at).is_not(None),
+                                                 col(Task.lease_expires_at) > utcnow()).limit(1))
+        return row.first() is not None
+
+
+async def find_task_id_waiting(db: Database, provider: str, external_id: str, wait_s: float,
+                               step_s: float = 0.1) -> str | None:
+    """find_task_id; for a remote provider, a callback may overtake the storing of the upstream id
+    it answers (the service calls back before our submission has committed): while a submission
+    to that provider is in flight, look again for up to `wait_s` seconds; else answer at once."""
+    deadline = asyncio.get_running_loop().time() + wait_s
+    while True:
+        task_id = await find_task_id(db, provider, external_id)
+        if task_id is not None or asyncio.get_running_loop().time() >= deadline:
+            return task_id
+        if not await submission_in_flight(db, provider):
+            return await find_task_id(db, provider, external_id)  # one may have been stored meanwhile
+        await asyncio.sleep(step_s)

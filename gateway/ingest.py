@@ -8,100 +8,32 @@ result for a task leaves a CallbackReceipt saying which of these happened; one f
 
 `Ingestor` is the door: one per process, it group-commits. Results that arrive while a
 transaction is being written go into the next one, written on one of the database's writer
-threads (`Database.on_writer`), and each caller is answered once its result is durable.
+threads (`Database.on_writer`), and each caller is answered once its result is durable. What
+each result is, and what it writes, is decided in gateway/decisions.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
-import hashlib
 import threading
 import time
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 
 import structlog
-from sqlmodel import col, select
 
 from gateway import bulk, metrics
 from gateway.config import Config
 from gateway.db import Database, unavailable
-from gateway.deliveries import PLUGIN_PREFIX
-from gateway.models import CallbackReceipt, Delivery, Task, TaskStatus, Transcript, time_ordered_id, utcnow
+from gateway.decisions import ACCEPTED, DUPLICATE, IngestResult, Plan, plan_batch
+from gateway.models import CallbackReceipt, Delivery, Task, Transcript
 from gateway.notify import DELIVERIES, NOTIFY_SQL, notify_params, task_done_channel
-from gateway.payloads import Outcome, build_payload, serialise_result
+from gateway.payloads import Outcome
 from gateway.plugins import Plugins
 
 log = structlog.get_logger(__name__)
-
-ACCEPTED = "accepted"
-DUPLICATE = "duplicate"
-CONFLICT = "conflict"
-UNKNOWN_TASK = "unknown_task"
-
-
-@dataclass(frozen=True)
-class IngestResult:
-    outcome: str
-    task_id: str | None
-
-
-def delivery_targets(task: Task, config: Config, plugin_targets: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """(target, kind) for every place a finished task goes: its callback_url, webhooks.urls, and
-    `plugin_targets` (the plugins' share, the same for every task: see plugin_targets)."""
-    urls = ([task.callback_url] if task.callback_url else []) + list(config.webhooks.urls)
-    return [(u, "webhook") for u in dict.fromkeys(urls)] + plugin_targets
-
-
-def plugin_targets(plugins: Plugins | None, success: bool) -> list[tuple[str, str]]:
-    """(plugin:<name>, "plugin") for each loaded, active plugin implementing transcript_completed
-    (or transcript_failed)."""
-    if plugins is None:
-        return []
-    hook = "transcript_completed" if success else "transcript_failed"
-    return [(PLUGIN_PREFIX + name, "plugin") for name in plugins.delivery_targets(hook)]
-
-
-def body_sha256(raw: bytes) -> str:
-    return hashlib.sha256(raw).hexdigest()
-
-
-async def find_task_id(db: Database, provider: str, external_id: str) -> str | None:
-    """Our task for a remote provider's callback: the one whose upstream id is the payload's task_id.
-    (A `local` callback carries our own task_id; ingest finds and checks that task itself.)"""
-    async with db.session() as s:
-        row = await s.exec(select(Task.id).where(Task.provider == provider,
-                                                 Task.upstream_task_id == external_id))
-        return row.first()
-
-
-async def submission_in_flight(db: Database, provider: str) -> bool:
-    """A live worker is sending the request that creates an upstream job of `provider` and has
-    not stored its upstream id yet (Task.submitting_at): only then can an unknown id be ours.
-    Not while a file is being uploaded first, nor for a task whose worker died."""
-    async with db.session() as s:
-        row = await s.exec(select(Task.id).where(Task.provider == provider, Task.status == TaskStatus.PROCESSING,
-                                                 col(Task.upstream_task_id).is_(None),
-                                                 col(Task.submitting_at).is_not(None),
-                                                 col(Task.lease_expires_at) > utcnow()).limit(1))
-        return row.first() is not None
-
-
-async def find_task_id_waiting(db: Database, provider: str, external_id: str, wait_s: float,
-                               step_s: float = 0.1) -> str | None:
-    """find_task_id; for a remote provider, a callback may overtake the storing of the upstream id
-    it answers (the service calls back before our submission has committed): while a submission
-    to that provider is in flight, look again for up to `wait_s` seconds; else answer at once."""
-    deadline = asyncio.get_running_loop().time() + wait_s
-    while True:
-        task_id = await find_task_id(db, provider, external_id)
-        if task_id is not None or asyncio.get_running_loop().time() >= deadline:
-            return task_id
-        if not await submission_in_flight(db, provider):
-            return await find_task_id(db, provider, external_id)  # one may have been stored meanwhile
-        await asyncio.sleep(step_s)
 
 
 class Ingestor:
@@ -287,72 +219,6 @@ def _answer(item: _Item, result) -> None:
         item.answer.set_exception(result)
     else:
         item.answer.set_result(result)
-
-
-@dataclass
-class Plan:
-    """What one batch writes: rows for each table, and each item's answer."""
-    now: datetime
-    results: list[IngestResult] = field(default_factory=list)
-    stored: list[dict | None] = field(default_factory=list)  # the task update, for accepted items
-    transcripts: list[dict] = field(default_factory=list)
-    deliveries: list[dict] = field(default_factory=list)
-    receipts: list[dict] = field(default_factory=list)
-
-
-def plan_batch(items: list[_Item], tasks: dict, config: Config, plugins: Plugins | None) -> Plan:
-    """Decide each item (accepted, duplicate, conflict, unknown task) and build the rows to write."""
-    plan = Plan(now=utcnow())
-    digests = {tid: t.result_sha256 for tid, t in tasks.items()}
-    plugins_for = {success: plugin_targets(plugins, success) for success in (True, False)}
-    for item in items:
-        task = tasks.get(item.task_id)
-        if task is not None and task.provider != item.provider:
-            task = None  # a result completes only its provider's task
-        stored = None
-        if item.known is not None:
-            result = item.known
-        elif task is None:
-            result = IngestResult(UNKNOWN_TASK, None)
-        else:
-            payload = build_payload(task.id, item.outcome, model=task.model, speaker=task.speaker)
-            text, digest = serialise_result(payload)
-            if digests[task.id] is None:
-                digests[task.id] = digest
-                stored = _plan_result(plan, task, item.outcome, payload, text, digest,
-                                      delivery_targets(task, config, plugins_for[item.outcome.success]))
-                result = IngestResult(ACCEPTED, task.id)
-            else:
-                result = IngestResult(DUPLICATE if digests[task.id] == digest else CONFLICT, task.id)
-        plan.results.append(result)
-        plan.stored.append(stored)
-        if result.task_id is not None:
-            plan.receipts.append({"provider": item.provider, "external_task_id": item.external_task_id,
-                                  "task_id": result.task_id, "body_sha256": item.raw_sha256,
-                                  "outcome": result.outcome, "received_at": plan.now})
-    return plan
-
-
-def _plan_result(plan: Plan, task, outcome: Outcome, payload: dict, text: str, digest: str,
-                 targets: list[tuple[str, str]]) -> dict:
-    now = plan.now
-    update = {"id": task.id, "result_json": text,
-              "result_sha256": digest, "status": TaskStatus.COMPLETED if outcome.success else TaskStatus.FAILED,
-              "error": None if outcome.success else payload["data"]["msg"],
-              "speaker_note": outcome.speaker_note if outcome.success and task.speaker else None,
-              "note": outcome.note if outcome.success else None,
-              "progress": 1.0 if outcome.success else task.progress,
-              "lease_owner": None, "lease_expires_at": None, "finished_at": now, "updated_at": now}
-    if outcome.success:
-        inner = payload["data"]["data"]
-        segs = inner["data"]
-        plan.transcripts.append({"task_id": task.id, "model": task.model,
-                                 "duration": inner["usage_metadata"]["duration"], "segment_count": len(segs),
-                                 "text": " ".join(x["text"] for x in segs), "created_at": now})
-    plan.deliveries += [{"id": time_ordered_id(), "task_id": task.id, "target": target, "kind": kind,
-                         "next_attempt_at": now, "created_at": now, "updated_at": now}
-                        for target, kind in targets]
-    return update
 
 
 def _write(conn, plan: Plan) -> None:

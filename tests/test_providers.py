@@ -386,7 +386,7 @@ async def test_an_unknown_callback_id_waits_only_while_a_submission_can_match(
     answer only while the request that creates an upstream job is in flight: not while a file is
     being uploaded first (a random id held its request 5 s then), nor once the id is stored."""
     from gateway.appkeys import DB
-    from gateway.ingest import submission_in_flight
+    from gateway.callbacks import submission_in_flight
 
     upload, generate = asyncio.Event(), asyncio.Event()
     memories.gates, memories.mode = {"upload": upload, "async-generate-audio": generate}, "manual"
