@@ -79,6 +79,11 @@ class Clients:
     policy: UrlPolicy
 
 
+def loaded_targets(plugins: Plugins | None) -> list[str]:
+    """plugin:<name> of every plugin loaded in this process: the plugin deliveries it may claim."""
+    return [PLUGIN_PREFIX + name for name in plugins.configs] if plugins is not None else []
+
+
 def lease_s(target: str, config: Config, plugins: Plugins | None) -> float:
     """How long a claim on a delivery to `target` holds: one send's limit (its plugin's
     timeout_s, or webhooks.timeout_s) × 1.5 + 5 s, so that a send never outlives its claim and
@@ -197,20 +202,16 @@ async def attempt_delivery(config: Config, clients: Clients, plugins: Plugins | 
             else:
                 await send_webhook(clients.checked, d, claimed.body, config.webhooks, attempt)
     else:
-        name = d.target.removeprefix(PLUGIN_PREFIX)
-        if plugins is None or name not in plugins.configs:
-            max_attempts = config.webhooks.max_attempts
-            attempt.error = f"plugin {name!r} is not loaded in this process"
-        else:
-            max_attempts = plugins.configs[name].max_attempts
-            try:
-                await run_plugin(plugins, name, claimed, config.server.public_url)
-            except RetryAfter as exc:
-                attempt.error, attempt.retry_after_s = str(exc), exc.seconds
-            except asyncio.TimeoutError:
-                attempt.error = f"timed out after {plugins.configs[name].timeout_s:g}s"
-            except Exception as exc:
-                attempt.error = f"{type(exc).__name__}: {exc}"
+        name = d.target.removeprefix(PLUGIN_PREFIX)  # loaded here: only those are claimed (leases.sendable)
+        max_attempts = plugins.configs[name].max_attempts
+        try:
+            await run_plugin(plugins, name, claimed, config.server.public_url)
+        except RetryAfter as exc:
+            attempt.error, attempt.retry_after_s = str(exc), exc.seconds
+        except asyncio.TimeoutError:
+            attempt.error = f"timed out after {plugins.configs[name].timeout_s:g}s"
+        except Exception as exc:
+            attempt.error = f"{type(exc).__name__}: {exc}"
     attempt.duration_ms = (time.perf_counter() - t0) * 1000
     return attempt, max_attempts
 

@@ -289,12 +289,14 @@ class Workers:
         return deliveries.lease_s(target, self.config, self.plugins)
 
     async def delivery_loop(self, parallel: int = 8) -> None:
+        sendable = deliveries.loaded_targets(self.plugins)  # with every webhook
+
         async def idle_s() -> float:
-            due = await leases.next_due_in(self.db)
+            due = await leases.next_due_in(self.db, sendable)
             return self.config.jobs.poll_s if due is None else min(max(due, 0.05), self.config.jobs.poll_s)
 
         await self._claim_loop(DELIVERIES, parallel,
-                               lambda: leases.claim_delivery(self.db, self.owner, self._lease_s),
+                               lambda: leases.claim_delivery(self.db, self.owner, self._lease_s, sendable),
                                self._deliver, idle_s, self._sends)
 
     async def _deliver(self, claimed: leases.Claimed) -> None:

@@ -136,13 +136,21 @@ class Claimed:
         return self.task.result_json
 
 
-async def claim_delivery(db: Database, owner: str, lease_for: Callable[[str], float]) -> Claimed | None:
-    """The delivery due first, leased to `owner` for `lease_for(its target)` seconds."""
+def sendable(plugin_targets: list[str]):
+    """The deliveries a process can send: every webhook, and those of the plugins it has loaded
+    (`plugin_targets`, plugin:<name>); another process's plugin would fail here, attempt after
+    attempt, until its delivery was dead."""
+    return or_(Delivery.kind == "webhook", col(Delivery.target).in_(plugin_targets))
+
+
+async def claim_delivery(db: Database, owner: str, lease_for: Callable[[str], float],
+                         plugin_targets: list[str]) -> Claimed | None:
+    """The sendable delivery due first, leased to `owner` for `lease_for(its target)` seconds."""
     now = utcnow()
     async with db.session() as s:
         stmt = claim_statement(Delivery, Delivery.status == DeliveryStatus.PENDING,
                                col(Delivery.next_attempt_at) <= now, lease_free(Delivery, now),
-                               order_by=(col(Delivery.next_attempt_at),))
+                               sendable(plugin_targets), order_by=(col(Delivery.next_attempt_at),))
         d = (await s.exec(stmt)).first()
         if d is None:
             return None
@@ -166,11 +174,11 @@ async def release_owned_deliveries(db: Database, owner: str) -> int:
         return res.rowcount
 
 
-async def next_due_in(db: Database) -> float | None:
-    """Seconds until the earliest pending delivery is due (None if there is none)."""
+async def next_due_in(db: Database, plugin_targets: list[str]) -> float | None:
+    """Seconds until the earliest pending sendable delivery is due (None if there is none)."""
     async with db.session() as s:
         row = (await s.exec(select(Delivery.next_attempt_at)
-                            .where(Delivery.status == DeliveryStatus.PENDING)
+                            .where(Delivery.status == DeliveryStatus.PENDING, sendable(plugin_targets))
                             .order_by(col(Delivery.next_attempt_at)).limit(1))).first()
     if row is None:
         return None

@@ -173,6 +173,43 @@ async def test_retry_after_and_failure_hook(start_gateway, tmp_path, database_ur
     assert task.task_id == failed_id and task.status == "failed" and error.startswith("the file could not be decoded")
 
 
+async def test_a_worker_claims_only_the_deliveries_of_plugins_it_has_loaded(start_gateway, tmp_path, database_url,
+                                                                           speech_wav, webhook):
+    """Two processes share one database; the worker of the one without `recorder` sends the webhook
+    and its own plugins' deliveries, and leaves recorder's alone: no attempt burnt on a plugin it
+    cannot call. A worker that has it loaded delivers it."""
+    from test_callback_door import HELLO, for_task
+
+    recorder = Recorder()
+    cfg = test_config(tmp_path, database_url, webhooks={"urls": [webhook.url]})
+
+    def with_recorder() -> Plugins:
+        plugins = Plugins(cfg.plugins.load, cfg.plugins.sections())
+        plugins.register(recorder, "recorder", {})
+        return plugins
+
+    api = await start_gateway(config=cfg, worker=False, plugin_manager=with_recorder())
+    task_id = await api.submit(asset_id=await api.upload(speech_wav))
+    status, body = await api.call("POST", "/callbacks/local", json=for_task(HELLO, task_id))
+    assert status == 200 and body["data"]["outcome"] == "accepted", body
+
+    await start_gateway(config=cfg)  # a worker without recorder (srt, search, slack)
+    others = lambda d: all(v["status"] == "delivered" for t, v in d.items() if t != "plugin:recorder")  # noqa: E731
+    deliveries = await wait_deliveries(api, task_id, others)
+    assert {"plugin:srt", "plugin:search", webhook.url} <= set(deliveries)
+    await asyncio.sleep(1.0)  # five more polls (jobs.poll_s = 0.2) of its delivery loop
+    deliveries = {d["target"]: d for d in (await api.task(task_id))["deliveries"]}
+    assert deliveries["plugin:recorder"] == {"target": "plugin:recorder", "kind": "plugin", "status": "pending",
+                                             "attempts": 0, "last_status_code": None, "last_error": None}
+    assert await count_rows(database_url, "SELECT count(*) FROM deliveryattempt a JOIN delivery d "
+                            "ON d.id = a.delivery_id WHERE d.target = 'plugin:recorder'") == 0
+    assert recorder.completed == []
+
+    await start_gateway(config=cfg, plugin_manager=with_recorder())
+    deliveries = await wait_deliveries(api, task_id, lambda d: d["plugin:recorder"]["status"] == "delivered")
+    assert deliveries["plugin:recorder"]["attempts"] == 1 and len(recorder.completed) == 1
+
+
 def test_plugin_sections_are_validated():
     def plugins(**environ):
         cfg = load_config(None, environ=environ)
@@ -249,3 +286,4 @@ async def test_third_party_plugin_is_listed_and_delivered(third_party_plugin, st
     with pytest.raises(PluginError, match=r"plugins\.hello\.out: Field required"):
         cfg = load_config(None, environ={})
         Plugins(cfg.plugins.load, cfg.plugins.sections())
+
