@@ -15,7 +15,7 @@ from aiohttp import MultipartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 from sqlalchemy.exc import SQLAlchemyError
 
-from gateway import API_BASE, callbacks, decisions, deliveries, metrics, openapi, requests, schemas, subtitles, views
+from gateway import API_BASE, callbacks, decisions, deliveries, metrics, openapi, requests, schemas, streams, subtitles, views
 from gateway.appkeys import CALLBACK_BODIES, CONFIG, DB, ENGINE, INGESTOR, NOTIFIER, PROVIDERS, STORE, WORKERS
 from gateway.envelope import ok
 from gateway.errors import ApiError, BadRequest, NotFound, PayloadTooLarge, Unauthorized, Unavailable
@@ -139,10 +139,10 @@ async def _store_upload(request: web.Request, max_bytes: int) -> web.Response:
                 raise BadRequest("multipart field 'file' must be a file upload (with a filename)")
 
             async def chunks():
-                while chunk := await part.read_chunk(1 << 16):
+                while chunk := await part.read_chunk(streams.CHUNK):
                     yield chunk
 
-            stored = await request.app[STORE].save_stream(chunks(), max_bytes)
+            stored = await streams.save_stream(request.app[STORE], chunks(), max_bytes)
             asset = Asset(id=stored.asset_id, filename=safe_filename(part.filename),
                           content_type=(part.headers.get("Content-Type") or "application/octet-stream")[:255],
                           size=stored.size, sha256=stored.sha256, path=str(stored.path))

@@ -15,13 +15,11 @@ import socket
 import time
 import uuid
 from pathlib import Path
-from typing import Awaitable, BinaryIO, Callable
 
 import aiohttp
 import structlog
-import yarl
 
-from gateway import deliveries, ingest, leases
+from gateway import deliveries, ingest, leases, streams
 from gateway.config import Config
 from gateway.db import Database
 from gateway.models import Asset, Task
@@ -29,57 +27,13 @@ from gateway.notify import DELIVERIES, Notifier, task_channel, task_done_channel
 from gateway.payloads import Outcome
 from gateway.plugins import Plugins
 from gateway.providers import Job, PermanentError, Pending, Provider, Providers, RetryableError
-from gateway.storage import create_temp
-from gateway.urls import UrlError, UrlPolicy, redact
+from gateway.urls import UrlPolicy
 
 log = structlog.get_logger(__name__)
 
 
 def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-REDIRECTS = (301, 302, 303, 307, 308)
-MAX_REDIRECTS = 10
-
-
-async def fetch_url(http: aiohttp.ClientSession, url: str, dest: BinaryIO, max_bytes: int,
-                    timeout_s: float, check: Callable[[str], Awaitable[object]]) -> None:
-    """Download a task's `url` into the file `dest`, within the upload size limit. Redirects are
-    followed here, each target passed through `check` first (aiohttp would connect to an IP
-    literal without asking the resolver, so a redirect could otherwise reach a private host)."""
-    size = 0
-    async with asyncio.timeout(timeout_s):
-        resp = await _follow(http, url, check)
-        async with resp:
-            if 400 <= resp.status < 500:
-                raise PermanentError(f"could not fetch url: HTTP {resp.status}")
-            if resp.status >= 500:  # not raise_for_status: its message holds the URL, credentials and all
-                raise RetryableError(f"could not fetch url: HTTP {resp.status}")
-            async for chunk in resp.content.iter_chunked(1 << 16):
-                size += len(chunk)
-                if size > max_bytes:
-                    raise PermanentError(f"url content is larger than server.max_upload_mb "
-                                         f"({max_bytes / 1048576:.4g} MB)")
-                dest.write(chunk)
-    if size == 0:
-        raise PermanentError("url returned an empty body")
-    dest.flush()
-
-
-async def _follow(http: aiohttp.ClientSession, url: str, check) -> aiohttp.ClientResponse:
-    for _ in range(MAX_REDIRECTS + 1):
-        resp = await http.get(url, allow_redirects=False)
-        location = resp.headers.get("Location")
-        if resp.status not in REDIRECTS or not location:
-            return resp
-        resp.release()
-        url = str(resp.url.join(yarl.URL(location)))
-        try:
-            await check(url)
-        except UrlError as exc:
-            raise PermanentError(f"could not fetch url: redirect to {redact(url)} refused: {exc}") from None
-    raise PermanentError(f"could not fetch url: more than {MAX_REDIRECTS} redirects")
 
 
 def no_callback_reason(provider: Provider, upstream_task_id: str) -> str:
@@ -261,20 +215,11 @@ class Workers:
                 raise PermanentError(f"asset {task.asset_id} is missing from storage")
             yield Path(asset.path)
             return
-        tmp_dir = Path(self.config.storage.dir) / "tmp"
-        tmp_dir.mkdir(parents=True, exist_ok=True)
         server = self.config.server
-        path, f = create_temp(tmp_dir, ".url")
-        try:
-            with f:  # locked for as long as it exists: sweep_temp (another process starting) leaves it
-                try:
-                    await fetch_url(self.client_http, task.url, f, int(server.max_upload_mb * 1048576),
-                                    server.url_fetch_timeout_s, self.url_policy.check)
-                except UrlError as exc:  # refused at connect time: the name now resolves elsewhere
-                    raise PermanentError(f"could not fetch url: {exc}") from None
-                yield path
-        finally:
-            path.unlink(missing_ok=True)
+        async with streams.download(self.client_http, task.url, Path(self.config.storage.dir) / "tmp",
+                                    int(server.max_upload_mb * 1048576), server.url_fetch_timeout_s,
+                                    self.url_policy.check) as path:
+            yield path
 
     @property
     def client_http(self) -> aiohttp.ClientSession:

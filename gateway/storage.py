@@ -1,33 +1,24 @@
-"""Asset storage: uploads are streamed to disk (never whole in memory), hashed, size-limited,
-and written by the storage threads: the event loop never waits for the disk."""
+"""Asset storage on disk: asset ids and their paths, temp files that a live writer holds locked
+(and the sweep of those nobody holds), safe display names, the type a download is served with,
+and the storage threads that every file operation runs on (`on_disk`)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import fcntl
-import hashlib
 import os
 import re
 import secrets
 import tempfile
 import unicodedata
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, AsyncIterator, BinaryIO, Callable, TypeVar
+from typing import BinaryIO, Callable, TypeVar
 
-import structlog
-
-from gateway.errors import BadRequest, InsufficientStorage, PayloadTooLarge
-
-log = structlog.get_logger(__name__)
+from gateway.errors import BadRequest
 
 ASSET_ID_RE = re.compile(r"^re_\d{1,30}$")
-CHUNK = 1 << 16
-WRITE_BYTES = 1 << 20  # gathered before each trip to a storage thread
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 DOWNLOAD_TYPE_RE = re.compile(r"(audio|video)/[a-z0-9][a-z0-9.+-]{0,126}")
 _disk = ThreadPoolExecutor(max_workers=4, thread_name_prefix="storage")
 T = TypeVar("T")
@@ -36,12 +27,12 @@ T = TypeVar("T")
 async def on_disk(fn: Callable[..., T], *args) -> T:
     """Run a blocking file operation on a storage thread. A cancelled caller still waits for it to
     end (a thread cannot be stopped), so that what the caller cleans up next stays cleaned up."""
-    job = asyncio.get_running_loop().run_in_executor(_disk, fn, *args)
+    work = asyncio.get_running_loop().run_in_executor(_disk, fn, *args)
     try:
-        return await asyncio.shield(job)
+        return await asyncio.shield(work)
     except asyncio.CancelledError:
         with contextlib.suppress(BaseException):
-            await job
+            await work
         raise
 
 
@@ -97,14 +88,6 @@ def sweep_temp(directory: Path) -> list[str]:
     return removed
 
 
-@dataclass
-class StoredFile:
-    asset_id: str
-    path: Path
-    size: int
-    sha256: str
-
-
 class AssetStore:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
@@ -115,58 +98,5 @@ class AssetStore:
             raise BadRequest(f"invalid asset_id {asset_id!r}")
         return self.root / asset_id[-2:] / asset_id
 
-    async def save_stream(self, chunks: AsyncIterator[bytes], max_bytes: int) -> StoredFile:
-        """Write chunks to a temp file, then move it into place; nothing is left behind on error.
-        A full disk is InsufficientStorage (507)."""
-        asset_id = new_asset_id()
-        tmp, final = None, self.path_for(asset_id)
-        digest = hashlib.sha256()
-        size, pending, f = 0, bytearray(), None
-        try:
-            tmp, f = await on_disk(create_temp, self.root / "tmp", ".part")  # locked until moved into place
-            async for chunk in chunks:
-                size += len(chunk)
-                if size > max_bytes:
-                    raise PayloadTooLarge(f"file is larger than server.max_upload_mb "
-                                          f"({max_bytes / 1048576:.4g} MB)")
-                pending += chunk
-                if len(pending) >= WRITE_BYTES:
-                    data, pending = pending, bytearray()
-                    await on_disk(_append, f, digest, data)
-            if size == 0:
-                raise BadRequest("file is empty")
-            await on_disk(_finish, f, digest, pending, tmp, final)
-        except BaseException as exc:
-            await on_disk(_discard, f, *filter(None, (tmp, final)))
-            if isinstance(exc, OSError) and exc.errno in DISK_FULL:
-                log.warning("asset.disk_full", storage_dir=str(self.root), error=str(exc))
-                raise InsufficientStorage("not enough space left in storage.dir to store the file; "
-                                          "nothing was kept") from None
-            raise
-        return StoredFile(asset_id, final, size, digest.hexdigest())
-
     def discard(self, path: Path) -> None:
-        path.unlink(missing_ok=True)
-
-
-def _append(f: IO[bytes], digest, data: bytearray) -> None:
-    digest.update(data)  # hashlib lets go of the GIL for large buffers
-    f.write(data)
-
-
-def _finish(f: IO[bytes], digest, data: bytearray, tmp: Path, final: Path) -> None:
-    """The last bytes, then fsync, the rename into place and close."""
-    _append(f, digest, data)
-    f.flush()
-    os.fsync(f.fileno())
-    final.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, final)
-    f.close()  # after the rename: until then its lock keeps sweep_temp away
-
-
-def _discard(f: IO[bytes] | None, *paths: Path) -> None:
-    if f is not None:
-        with contextlib.suppress(OSError):  # a full disk refuses the flush of what close() would write
-            f.close()
-    for path in paths:
         path.unlink(missing_ok=True)

@@ -1,7 +1,8 @@
 """The event loop never waits for the disk or for a large rendering: a real daemon
 (`serve --no-worker`) writes uploads from another thread (seen by strace: which thread made each
-system call on the upload's file) and keeps answering /healthz while it renders the SRT of a
-100,000-segment transcript (seen by order: the health answer comes before the SRT's headers).
+system call on the upload's file), as a worker writes a task's downloaded `url`, and keeps
+answering /healthz while it renders the SRT of a 100,000-segment transcript (seen by order: the
+health answer comes before the SRT's headers).
 The figures (latency under load) are bench/loop.py's, not a test's."""
 
 from __future__ import annotations
@@ -81,6 +82,30 @@ async def test_an_upload_is_written_and_synced_off_the_event_loop(daemon, tmp_pa
     assert {"openat", "write", "fsync", "rename"} <= kinds, on_file[:20]  # the whole life of the upload's file
     on_loop = [line[:120] for tid, line in on_file if tid == d.proc.pid]  # the main thread runs the loop
     assert on_loop == [], f"{len(on_loop)} of {len(on_file)} calls on the upload's file ran on the event loop"
+
+
+async def test_a_task_url_is_downloaded_off_the_event_loop(daemon, daemon_factory, media_server, speech_wav,
+                                                           tmp_path, database_url):
+    """A worker writes a task's `url` as an upload is written: every call on the downloaded file
+    (open, write, close, unlink) made by a storage thread, none by the event loop."""
+    d, gw = daemon
+    sections = daemon_sections(tmp_path, database_url, server={"max_json_kb": 16384})
+    worker = daemon_factory(to_toml(sections), command=("worker",))
+    worker.start()
+    warm = await gw.submit(asset_id=await gw.upload(speech_wav))  # once it is done, the worker's model is loaded
+    assert (await gw.wait_task(warm, timeout=180))["status"] == "completed"
+
+    async def download():
+        task_id = await gw.submit(url=media_server("/speech.wav"))
+        assert (await gw.wait_task(task_id, timeout=120))["status"] == "completed"
+
+    calls = await traced_syscalls(worker.proc.pid, tmp_path / "strace.txt", download)
+    temp_dir = str(Path(sections["storage"]["dir"]) / "tmp") + "/"
+    on_file = [(tid, line) for tid, line in calls if temp_dir in line and ".url" in line]
+    kinds = {line.split("(", 1)[0] for _, line in on_file}
+    assert {"openat", "write", "close", "unlink"} <= kinds, on_file[:20]  # the whole life of the downloaded file
+    on_loop = [line[:120] for tid, line in on_file if tid == worker.proc.pid]
+    assert on_loop == [], f"{len(on_loop)} of {len(on_file)} calls on the downloaded file ran on the event loop"
 
 
 def long_result(task_id: str) -> bytes:
