@@ -16,7 +16,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from sqlalchemy.exc import SQLAlchemyError
 
 from gateway import API_BASE, callbacks, decisions, deliveries, metrics, openapi, requests, schemas, streams, subtitles, views
-from gateway.appkeys import CALLBACK_BODIES, CONFIG, DB, ENGINE, INGESTOR, NOTIFIER, PROVIDERS, STORE, WORKERS
+from gateway.appkeys import CALLBACK_BODIES, CONFIG, DB, ENGINE, INGESTOR, NOTIFIER, PROVIDERS, STORE, LOOPS
 from gateway.envelope import ok
 from gateway.errors import ApiError, BadRequest, NotFound, PayloadTooLarge, Unauthorized, Unavailable
 from gateway.models import Asset, Task, TaskStatus
@@ -373,7 +373,7 @@ async def readyz(request: web.Request) -> web.Response:
         await asyncio.wait_for(request.app[DB].ping(), 5)
     except (SQLAlchemyError, OSError, asyncio.TimeoutError) as exc:
         raise Unavailable(f"database unreachable: {type(exc).__name__}") from None
-    if request.app.get(WORKERS) is None:
+    if request.app.get(LOOPS) is None:
         unused = "not used (no worker in this process)"
         return ok(schemas.Ready(database="ok", engine=unused, speakers=unused))
     engine = request.app[ENGINE]

@@ -16,14 +16,14 @@ from sqlalchemy.exc import DBAPIError
 
 from gateway import API_BASE, metrics
 from gateway import api as api_routes
-from gateway.appkeys import CALLBACK_BODIES, CONFIG, DB, ENGINE, HTTP, INGESTOR, NOTIFIER, PLUGINS, PROVIDERS, STORE, WORKERS
+from gateway.appkeys import CALLBACK_BODIES, CONFIG, DB, ENGINE, HTTP, INGESTOR, NOTIFIER, PLUGINS, PROVIDERS, STORE, LOOPS
 from gateway.callbacks import BodyGate
 from gateway.config import Config
 from gateway.db import Database, unavailable, upgrade_async
 from gateway.envelope import error
 from gateway.errors import ApiError
 from gateway.ingest import Ingestor
-from gateway.jobs import Workers
+from gateway.loops import Loops
 from gateway.notify import Notifier, PgListener
 from gateway.plugins import GatewayContext, Plugins
 from gateway.storage import AssetStore, sweep_temp
@@ -201,12 +201,12 @@ async def _http(app: web.Application):
 
 def _worker_context(app: web.Application):
     async def ctx(app: web.Application):
-        workers = Workers(app[DB], app[CONFIG], app[PROVIDERS], app[NOTIFIER], app[HTTP], app[PLUGINS],
-                          app[INGESTOR])
-        app[WORKERS] = workers
-        workers.start()
+        loops = Loops(app[DB], app[CONFIG], app[PROVIDERS], app[NOTIFIER], app[HTTP], app[PLUGINS],
+                      app[INGESTOR])
+        app[LOOPS] = loops
+        loops.start()
         yield
-        await workers.stop()
+        await loops.stop()
     return ctx
 
 
@@ -237,7 +237,7 @@ async def _settled_memory(app: web.Application):
 def create_app(config: Config, *, worker: bool = True, api: bool = True,
                plugins: Plugins | None = None) -> web.Application:
     """The gateway application: `worker=False` serves the API only (`serve --no-worker`),
-    `api=False` runs only the job loops (`transcribe-gateway worker`, no routes).
+    `api=False` runs only the loops (`transcribe-gateway worker`, no routes).
 
     Raises PluginError or ProviderError when a plugin or provider cannot be loaded or its
     section is invalid."""

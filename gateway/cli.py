@@ -126,7 +126,7 @@ def _announce(socks: list[socket.socket]):
 @config_option
 @click.option("--host", default=None, help="Override server.host.")
 @click.option("--port", type=int, default=None, help="Override server.port.")
-@click.option("--no-worker", is_flag=True, help="Serve the API only; `transcribe-gateway worker` processes run the jobs.")
+@click.option("--no-worker", is_flag=True, help="Serve the API only; `transcribe-gateway worker` processes run the tasks.")
 def serve(config_path: str | None, host: str | None, port: int | None, no_worker: bool) -> None:
     """Run the API and (unless --no-worker) the in-process worker."""
     from gateway import server
@@ -145,7 +145,7 @@ def serve(config_path: str | None, host: str | None, port: int | None, no_worker
 @main.command()
 @config_option
 def worker(config_path: str | None) -> None:
-    """Run only the job loops (transcription and deliveries), no HTTP. SIGTERM: stop claiming,
+    """Run only the loops (transcriptions and deliveries), no HTTP. SIGTERM: stop claiming,
     release the running tasks, exit 0."""
     from gateway import server
 

@@ -1,7 +1,8 @@
 """structlog set-up: JSON lines in production, a readable console in a terminal.
 
-Jobs bind `task_id` with structlog.contextvars, so every line of a job carries it (also lines
-logged from the engine's threads, which run in a copy of the job's context).
+The loops bind `task_id` with structlog.contextvars in the asyncio task that runs a claimed task
+or delivery, so every line of it carries the id (also lines logged from the engine's threads,
+which run in a copy of that context).
 """
 
 from __future__ import annotations

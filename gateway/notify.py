@@ -32,7 +32,7 @@ def task_done_channel(task_id: str) -> str:
 
 
 class Notifier:
-    """Named wake-ups in one process. A name exists while something listens for it: a job loop
+    """Named wake-ups in one process. A name exists while something listens for it: a claim loop
     from its start (`listen`) to the end of the process, a request waiting for one task only
     while it waits (`subscribed`). Waking a name nobody listens for does nothing, so the names
     of finished tasks (woken here and by every other process's notifications) never pile up."""

@@ -143,7 +143,7 @@ class GatewayRunner(web.AppRunner):
 
 
 async def run(app: web.Application, socks: Sequence[socket.socket] = ()) -> None:
-    """Start `app` (its cleanup contexts: database, job loops, ...), serve HTTP on the listening
+    """Start `app` (its cleanup contexts: database, loops, ...), serve HTTP on the listening
     sockets `socks` (none: a worker), and stop cleanly on SIGTERM or SIGINT."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

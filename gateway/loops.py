@@ -1,4 +1,5 @@
-"""The job loops: claim tasks and run them on their provider; claim deliveries and send them.
+"""The loops of a worker process: claim tasks and run them on their provider; claim deliveries
+and send them.
 
 Every loop takes work from the database with a lease, so a process that dies loses nothing:
 its leases expire and another loop (or the restarted process) claims the work again. There is
@@ -42,8 +43,9 @@ def no_callback_reason(provider: Provider, upstream_task_id: str) -> str:
     return f"no callback from provider {provider.name!r} for its task {upstream_task_id} within {waited}"
 
 
-class Workers:
-    """The task loops and the delivery loop of one process."""
+class Loops:
+    """The task loops and the delivery loop of one process, and the asyncio tasks each runs its
+    claimed items in. (A `providers.Job` is what one provider run is given; nothing here is one.)"""
 
     def __init__(self, db: Database, config: Config, providers: Providers, notifier: Notifier,
                  http: aiohttp.ClientSession, plugins: Plugins | None, ingestor: ingest.Ingestor):
@@ -58,7 +60,7 @@ class Workers:
         self.stopping = False
         self.url_policy = UrlPolicy.of(config.server)
         self._client_http: aiohttp.ClientSession | None = None
-        self._jobs: dict[asyncio.Task, Task] = {}                   # running transcriptions
+        self._runs: dict[asyncio.Task, Task] = {}                   # tasks being run on their provider
         self._sends: dict[asyncio.Task, leases.Claimed] = {}    # running deliveries
         self._loops: list[asyncio.Task] = []
         self._claiming: set[asyncio.Task] = set()  # loops waiting for a claim's answer
@@ -96,9 +98,9 @@ class Workers:
                 else:
                     await self.notifier.wait(name, await idle_s())
                 continue
-            job = asyncio.create_task(run(item))
-            running[job] = item
-            job.add_done_callback(lambda j: (running.pop(j, None), slots.release()))
+            work = asyncio.create_task(run(item))
+            running[work] = item
+            work.add_done_callback(lambda w: (running.pop(w, None), slots.release()))
 
     # --- tasks ---------------------------------------------------------------------------
 
@@ -109,7 +111,7 @@ class Workers:
         await self._claim_loop(
             task_channel(provider.name), provider.concurrency,
             lambda: leases.claim_task(self.db, self.owner, self.config.jobs.lease_s, [provider.name]),
-            lambda task: self._run_task(provider, task), idle_s, self._jobs)
+            lambda task: self._run_task(provider, task), idle_s, self._runs)
 
     async def _run_task(self, provider: Provider, task: Task) -> None:
         structlog.contextvars.bind_contextvars(task_id=task.id, provider=provider.name)
@@ -263,14 +265,14 @@ class Workers:
             if loop not in self._claiming:
                 loop.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
-        for job in list(self._jobs):
-            job.cancel()
+        for run in list(self._runs):
+            run.cancel()
         if self._sends:  # each send is bounded by its timeout; its lease bounds the wait in any case
             await asyncio.wait(list(self._sends), timeout=max(
                 self._lease_s(c.delivery.target) for c in self._sends.values()))
         for send in list(self._sends):
             send.cancel()
-        await asyncio.gather(*self._jobs, *self._sends, return_exceptions=True)
+        await asyncio.gather(*self._runs, *self._sends, return_exceptions=True)
         for task_id in await leases.release_owned_tasks(self.db, self.owner):
             log.info("task.released", task_id=task_id)
         if sent := await leases.release_owned_deliveries(self.db, self.owner):
