@@ -44,7 +44,8 @@ sys.path.insert(0, str(HERE.parent))
 
 from gateway import speakers  # noqa: E402
 from gateway.config import EngineConfig  # noqa: E402
-from gateway.engine import SAMPLE_RATE, LocalEngine, TranscribeRequest, decode  # noqa: E402
+from gateway.audio import SAMPLE_RATE, decode  # noqa: E402
+from gateway.engine import LocalEngine, TranscribeRequest  # noqa: E402
 
 RESULTS = HERE / "results"
 CACHE = HERE / ".cache" / "speakers"

@@ -20,7 +20,7 @@ from typing import Callable
 import structlog
 
 from gateway import audio, speakers, untranscribed
-from gateway.audio import SAMPLE_RATE, AudioError, decode  # noqa: F401 (the engine's input, for its users)
+from gateway.audio import SAMPLE_RATE
 from gateway.config import EngineConfig, ServerConfig
 from gateway.payloads import Outcome, Segment
 
@@ -76,8 +76,6 @@ TRANSCRIBED = 0.9  # the share of progress that transcription stands for when sp
 
 
 class LocalEngine:
-    name = "local"
-
     def __init__(self, cfg: EngineConfig):
         self.cfg = cfg
         self._executor = ThreadPoolExecutor(max_workers=cfg.concurrency, thread_name_prefix="asr")

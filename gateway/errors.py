@@ -27,10 +27,6 @@ class NotFound(ApiError):
     status = 404
 
 
-class Conflict(ApiError):
-    status = 409
-
-
 class PayloadTooLarge(ApiError):
     status = 413
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from operator import itemgetter
-from typing import Annotated, Any, Optional
+from typing import Any, Optional
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -42,14 +42,12 @@ class Outcome:
     success: bool
     segments: tuple[Segment | CallbackSegment, ...] = ()  # anything with start_time, end_time, text, speaker
     duration: float = 0.0
-    model: str = ""
     output_tokens: int = 0
     prompt_tokens: int = 0
     error: str | None = None
     code: str = SUCCESS_CODE
     speaker_note: str | None = None   # why speakers could not be labelled; stored on the task, not sent
     note: str | None = None           # what the engine could not do (speech it could not transcribe); sent
-    extra: dict = field(default_factory=dict, compare=False)
 
     @classmethod
     def failure(cls, reason: str, code: str = "5000") -> "Outcome":
@@ -259,8 +257,8 @@ def _outcome(p: CallbackPayload) -> tuple[str, Outcome]:
             raise _invalid(f"data.data.data[{i}]", "Value error, end_time is before start_time")
     return p.task_id, Outcome(  # the validated segments as they are: ingest normalises them into dicts
         success=True, segments=tuple(inner.data), duration=inner.usage_metadata.duration,
-        model=inner.usage_metadata.model or "", output_tokens=inner.usage_metadata.output_tokens,
-        prompt_tokens=inner.usage_metadata.prompt_tokens, note=inner.note or None,
+        output_tokens=inner.usage_metadata.output_tokens, prompt_tokens=inner.usage_metadata.prompt_tokens,
+        note=inner.note or None,
     )
 
 

@@ -48,10 +48,13 @@ def parse_generate_request(body: Any) -> GenerateRequest:
         raise BadRequest(f"{field}: {msg}") from None
 
 
-def whisper_languages() -> set[str]:
-    from faster_whisper.tokenizer import _LANGUAGE_CODES
-
-    return set(_LANGUAGE_CODES)
+# The language codes Whisper knows (faster-whisper's WhisperModel.supported_languages of a
+# multilingual model; tests/test_bad_input.py checks that the two agree).
+WHISPER_LANGUAGES = frozenset(
+    "af am ar as az ba be bg bn bo br bs ca cs cy da de el en es et eu fa fi fo fr gl gu ha haw he hi hr "
+    "ht hu hy id is it ja jw ka kk km kn ko la lb ln lo lt lv mg mi mk ml mn mr ms mt my ne nl nn no oc "
+    "pa pl ps pt ro ru sa sd si sk sl sn so sq sr su sv sw ta te tg th tk tl tr tt uk ur uz vi yi yo zh "
+    "yue".split())
 
 
 def route(providers: Providers, model: str) -> Provider:
@@ -92,7 +95,7 @@ async def validate_request(db: Database, config: Config, providers: Providers, r
     check_speaker_hints(req)
     if req.language is not None:
         lang = req.language.lower()
-        if lang not in whisper_languages():
+        if lang not in WHISPER_LANGUAGES:
             raise BadRequest(f"language: unknown language code {req.language!r} (use an ISO 639-1 code such as 'en')")
         if provider == LOCAL and lang != "en" and not await chosen.engine.multilingual():
             raise BadRequest(f"language: the model behind {req.model!r} is English-only; "

@@ -12,8 +12,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from gateway.audio import AudioError
 from gateway.config import EngineConfig
-from gateway.engine import AudioError, LocalEngine, TranscribeRequest
+from gateway.engine import LocalEngine, TranscribeRequest
 
 from conftest import Gateway, daemon_sections, to_toml
 

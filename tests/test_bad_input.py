@@ -38,6 +38,20 @@ async def expect_error(gw, method: str, path: str, status: int, msg: str, **kw) 
     assert got == (status, envelope(status, msg)), f"{method} {path} {kw.get('data', kw.get('json'))!r:.120}"
 
 
+
+def test_the_accepted_language_codes_are_whisper_s():
+    """requests.WHISPER_LANGUAGES is faster-whisper's list of languages: what a multilingual model's
+    public `supported_languages` answers (read without loading one)."""
+    from types import SimpleNamespace
+
+    from faster_whisper import WhisperModel
+
+    from gateway.requests import WHISPER_LANGUAGES
+
+    multilingual = SimpleNamespace(model=SimpleNamespace(is_multilingual=True))
+    assert WHISPER_LANGUAGES == set(WhisperModel.supported_languages.fget(multilingual))
+    assert len(WHISPER_LANGUAGES) == 100 and {"en", "de", "yue", "haw"} <= WHISPER_LANGUAGES
+
 async def expect_no_tasks(gw) -> None:
     status, body = await gw.call("GET", "/transcriptions")
     assert status == 200 and body["data"] == {"items": [], "next_cursor": None}, body

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from gateway import speakers
+from gateway.audio import SAMPLE_RATE, decode
 from gateway.config import EngineConfig
-from gateway.engine import SAMPLE_RATE, LocalEngine, TranscribeRequest, decode
+from gateway.engine import LocalEngine, TranscribeRequest
 from gateway.payloads import Segment
 from gateway.speakers import Hints, TimedSegment, Turn, Word
 

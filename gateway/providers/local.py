@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from gateway.engine import AudioError, LocalEngine, TranscribeRequest
+from gateway.audio import AudioError
+from gateway.engine import LocalEngine, TranscribeRequest
 from gateway.payloads import Outcome
 from gateway.providers import Job, PermanentError, Provider
 from gateway.speakers import Hints
