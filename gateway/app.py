@@ -223,8 +223,8 @@ async def _settled_memory(app: web.Application):
     """Once everything has started, the objects that live as long as the process (modules,
     models, routes, plugins: some 100,000 to 300,000) are moved out of the garbage collector's
     sight (`gc.freeze`), and a collection waits for 20,000 new objects instead of 700. Every full
-    collection used to walk all of them: 60–90 ms with the event loop stopped, about once a
-    second under load, and a tenth of the CPU (bench/ingest.py). Undone on cleanup."""
+    collection used to walk all of them with the event loop stopped (what it cost, measured with
+    bench/ingest.py: docs/ARCHITECTURE.md). Undone on cleanup."""
     gc.collect()
     gc.freeze()
     thresholds = gc.get_threshold()

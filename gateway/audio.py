@@ -7,8 +7,8 @@ So a file is read twice, never whole:
 1. `measure`: the container's declared duration is checked against the limit before anything
    is decoded, then the file is decoded once without keeping a sample (the samples counted,
    at the file's own rate), stopping as soon as the count passes the limit, since metadata
-   can lie or be missing. Decoding is cheap next to transcribing (10 hours of FLAC in about
-   a second); the count is also the exact duration progress is measured against.
+   can lie or be missing. Decoding is cheap next to transcribing (docs/ARCHITECTURE.md has
+   the figures); the count is also the exact duration progress is measured against.
 2. `blocks`: the audio resampled to 16 kHz mono float32, handed over in blocks of about
    engine.block_s seconds (10 minutes, 38 MB), each cut at the quietest moment near its end so that a cut rarely falls
    in a word. Memory is bounded by one block, whatever the file's length.

@@ -4,8 +4,8 @@ decide on, locked (`locked_rows`), and the writes, many rows per table (`writes(
 On PostgreSQL every table's rows go as binary arrays (`INSERT … SELECT * FROM unnest(…)`,
 `UPDATE … FROM unnest(…)`) and all of a transaction's writes are one statement, joined by
 WITH and sent when the block ends: one round trip, one plan to make (psycopg prepares a query
-it has seen five times), where a pipeline of statements cost the gateway about 1 ms of CPU
-per batch. On SQLite each write is one prepared statement stepped per row (executemany), run
+it has seen five times), cheaper than a pipeline of statements (measured: docs/ARCHITECTURE.md,
+bench/results/ingest.md). On SQLite each write is one prepared statement stepped per row (executemany), run
 at once. Values go through their columns' own bind processors first (what SQLAlchemy would
 do), and columns left out of an insert get their scalar defaults.
 """

@@ -116,7 +116,7 @@ def build_payload(task_id: str, outcome: Outcome, *, model: str, speaker: bool) 
 def canonical_json(obj: Any) -> str:
     """Keys sorted, no blanks, non-ASCII as it is: `json.dumps(obj, ensure_ascii=False,
     sort_keys=True, separators=(",", ":"))` to the byte for every payload build_payload makes,
-    written by orjson in a tenth of the time. orjson spells floats below 1e-4 otherwise
+    written by orjson (faster: docs/ARCHITECTURE.md). orjson spells floats below 1e-4 otherwise
     ("0.00001", not "1e-05"), which a payload never holds (its times are rounded to ms), and
     refuses integers beyond 64 bits and lone surrogates: those go through json."""
     try:

@@ -105,8 +105,8 @@ def load_encoder():
     """resemblyzer's VoiceEncoder (GE2E), loaded at most once per process.
 
     torch runs it on one thread: the LSTM is 480 small steps per batch, and with two threads
-    on two busy cores each step's hand-over cost up to 3x the CPU time and made the time
-    erratic; on one thread an hour of speech takes about 40 CPU-seconds (at a 0.5 s step)."""
+    on busy cores each step's hand-over cost more CPU time and made the time erratic (measured:
+    docs/ARCHITECTURE.md, "One torch thread")."""
     global _encoder
     with _encoder_lock:
         if _encoder is None:
