@@ -231,16 +231,18 @@ load = []
 
 
 def bare_server(port: int) -> None:
-    """The ceiling: a bare aiohttp server that reads each upload (multipart, 64 KB at a time) and
-    drops it, and answers /healthz; what aiohttp and this machine give under the same load."""
+    """The ceiling: a bare aiohttp server that reads each upload (multipart, in the gateway's
+    chunks) and drops it, and answers /healthz; what aiohttp and this machine give under the same load."""
     from aiohttp import web
+
+    from gateway.streams import CHUNK
 
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
     async def upload(request: web.Request) -> web.Response:
         async for part in await request.multipart():
-            while await part.read_chunk(1 << 16):
+            while await part.read_chunk(CHUNK):
                 pass
         return web.json_response({"asset_id": "re_0"})
 
