@@ -220,30 +220,38 @@ def _unknown(script, revisions: Iterable[str]) -> list[str]:
     return unknown
 
 
-def _readable(url: str, plugins: Plugins, loaded: dict[str, Path]) -> dict[str, Path]:
-    """The branches Alembic reads for an upgrade: the loaded plugins', and the other installed
-    plugins' only when the database records revisions of theirs (applied while they were
-    loaded). Alembic must know every revision the database has; a plugin that is not loaded
-    never has its branch applied."""
-    unknown = _unknown(_script(url, loaded), _recorded(url))
+def _readable(url: str, plugins: Plugins | None, loaded: dict[str, Path]):
+    """(the branches Alembic reads for an upgrade, their ScriptDirectory): the loaded plugins',
+    and the other installed plugins' only when the database records revisions of theirs
+    (applied while they were loaded). Alembic must know every revision the database has; a
+    plugin that is not loaded never has its branch applied."""
+    script = _script(url, loaded)
+    unknown = _unknown(script, _recorded(url))
     if not unknown:
-        return loaded
-    installed = plugins.migrations(installed=True)
-    if still := _unknown(_script(url, installed), unknown):
+        return loaded, script
+    installed = plugins.migrations(installed=True) if plugins else loaded
+    script = _script(url, installed)
+    if still := _unknown(script, unknown):
         raise MigrationError(f"the database has revision(s) {', '.join(still)} that neither the gateway nor an "
                              "installed plugin has: reinstall the plugin they belong to (and remove its tables "
                              "with `transcribe-gateway db downgrade <plugin>@base` if you no longer want it)")
-    return installed
+    return installed, script
 
 
-def _heads(url: str, loaded: dict[str, Path], readable: dict[str, Path]) -> list[str]:
-    """The core's head, then each loaded plugin's: `<name>@head` of the branch labelled with its name."""
-    labels = {label for rev in _script(url, readable).walk_revisions() for label in rev.branch_labels}
+def _heads(script, loaded: dict[str, Path], readable: dict[str, Path]) -> list[str]:
+    """What "head" upgrades to: every head, when Alembic reads only the core and the loaded
+    plugins' branches; else the core's head, then `<name>@head` of each loaded plugin's branch
+    (the one labelled with its name), one after the other."""
+    labels = {label for rev in script.walk_revisions() for label in rev.branch_labels}
     for name, folder in loaded.items():
         if name not in labels:
             raise MigrationError(f"plugin {name!r}: its migrations ({folder}) have no branch labelled {name!r}; "
                                  f"its first revision needs branch_labels = ({name!r},)")
-    return [_script(url).get_current_head(), *(f"{name}@head" for name in loaded)]
+    if readable == loaded:
+        return ["heads"]
+    core = [head.revision for head in script.get_revisions("heads")
+            if Path(head.path).parent == MIGRATIONS_DIR / "versions"]
+    return [*core, *(f"{name}@head" for name in loaded)]
 
 
 MIGRATION_LOCK = 0x7467775F6D6967  # a PostgreSQL advisory lock key: "tgw_mig"
@@ -278,8 +286,8 @@ def upgrade(url: str, revision: str = "head", plugins: Plugins | None = None) ->
     ensure_sqlite_dir(url)
     with migration_lock(url):
         loaded = plugins.migrations() if plugins else {}
-        readable = _readable(url, plugins, loaded) if plugins else {}
-        targets = _heads(url, loaded, readable) if revision in ("head", "heads") else [revision]
+        readable, script = _readable(url, plugins, loaded)
+        targets = _heads(script, loaded, readable) if revision in ("head", "heads") else [revision]
         for target in targets:
             command.upgrade(alembic_config(url, readable), target)
 
