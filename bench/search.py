@@ -1,13 +1,13 @@
-"""Full-text search at scale: index build time and query latency of gateway/search.py.
+"""Full-text search at scale: index build time and query latency of the search plugin (plugins/search/index.py).
 
 For each backend (SQLite in a temp folder; PostgreSQL in a fresh database `tgw_bench_<random>`,
 dropped at the end) the script runs the migrations, then
   build:   indexes N generated transcripts (default 10,000 of ~100 segments each, about 1 M segments)
-           through `gateway.search.index_transcript`, the real code path: one call per transcript,
+           through `gateway_plugins.search.index.index_transcript`, the real code path: one call per transcript,
            sequential on SQLite (a single writer), `--workers` at once on PostgreSQL.
            The build stops after `--budget` seconds (default 600) and says so, with the rate it had
            reached, rather than quietly indexing fewer transcripts;
-  queries: after a warm-up, times `gateway.search.search(db, q, Filters(), limit=20, offset=0)` for
+  queries: after a warm-up, times `gateway_plugins.search.index.search(db, q, Filters(), limit=20, offset=0)` for
            `--queries` (default 200) queries of each kind, one at a time:
              one-word   a word drawn with the text's Zipf weights (common and rare words alike;
                         not a stop word, which queries leave out on both backends),
@@ -52,7 +52,8 @@ sys.path.insert(0, str(HERE.parent))  # run from a checkout
 from common import PG_ADMIN_URL, pg_url  # noqa: E402
 from gateway.db import Database, upgrade  # noqa: E402
 from gateway.payloads import Segment  # noqa: E402
-from gateway.search import STOP_WORDS, Filters, index_transcript, parse_query, search, tsquery  # noqa: E402
+from gateway.plugins import Plugins  # noqa: E402
+from gateway_plugins.search.index import STOP_WORDS, Filters, index_transcript, parse_query, search, tsquery  # noqa: E402
 
 RESULTS = HERE / "results"
 TARGET_P95_MS = 20.0
@@ -189,7 +190,7 @@ async def explain(db: Database, q: str) -> str:
 
 
 async def run_backend(backend: str, url: str, corpus, args) -> dict:
-    await asyncio.to_thread(upgrade, url)
+    await asyncio.to_thread(upgrade, url, "head", Plugins(["search"], {}))
     db = Database(url, pool_size=max(5, args.workers))
     try:
         workers = 1 if db.sqlite else args.workers

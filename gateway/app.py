@@ -148,7 +148,7 @@ async def _storage(app: web.Application):
 
 async def _database(app: web.Application):
     url = app[CONFIG].database.url
-    await upgrade_async(url)
+    await upgrade_async(url, app[PLUGINS])
     app[DB] = Database(url, writers=app[CONFIG].database.writers)
     app[INGESTOR] = Ingestor(app[DB], app[CONFIG], app[PLUGINS])
     yield

@@ -170,8 +170,9 @@ def db() -> None:
 
 def _migrate(config_path: str | None, step, revision: str) -> None:
     cfg = _config(config_path)
+    plugins = _plugins(cfg)
     try:
-        step(cfg.database.url, revision)
+        step(cfg.database.url, revision, plugins)
     except Exception as exc:
         raise click.ClickException(f"migration failed: {type(exc).__name__}: {exc}") from None
     click.echo(f"database at {_redact(cfg.database.url)} is at revision {revision}")
@@ -179,9 +180,12 @@ def _migrate(config_path: str | None, step, revision: str) -> None:
 
 @db.command("upgrade")
 @config_option
-@click.option("--revision", default="head", show_default=True, help="Alembic revision to upgrade to.")
+@click.option("--revision", default="head", show_default=True,
+              help="Alembic revision to upgrade to: head = the core's and every loaded plugin's branch's head; "
+                   "or e.g. 0005, search@head.")
 def db_upgrade(config_path: str | None, revision: str) -> None:
-    """Apply Alembic migrations to database.url."""
+    """Apply Alembic migrations to database.url: the core's, and each loaded plugin's own branch
+    (serve and worker do this at start-up)."""
     from gateway.db import upgrade
 
     _migrate(config_path, upgrade, revision)
@@ -191,7 +195,9 @@ def db_upgrade(config_path: str | None, revision: str) -> None:
 @config_option
 @click.argument("revision")
 def db_downgrade(config_path: str | None, revision: str) -> None:
-    """Revert database.url's schema to REVISION (e.g. 0001, or base), with this version's migrations."""
+    """Revert database.url's schema to REVISION (e.g. 0001, or base), with this version's migrations.
+    PLUGIN@base removes an installed plugin's tables (e.g. search@base); take it out of
+    plugins.load first, or the next start applies its branch again."""
     from gateway.db import downgrade
 
     _migrate(config_path, downgrade, revision)

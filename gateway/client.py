@@ -1,4 +1,4 @@
-"""A small client for the gateway's API (used by the CLI's submit and status commands)."""
+"""A small client for the gateway's API (used by the CLI's commands, plugins' commands too)."""
 
 from __future__ import annotations
 
@@ -70,18 +70,21 @@ class GatewayClient:
                                 json={k: v for k, v in body.items() if v is not None})
         return data["task_id"]
 
+    async def get(self, path: str, **params: Any) -> Any:
+        """GET `path` (under the API's base) with these query parameters, those that are None left
+        out: the answer's data, or ClientError. The generic call, e.g. for plugins' routes."""
+        return await self._call("GET", path, params={k: str(v) for k, v in params.items() if v is not None})
+
     async def status(self, task_id: str) -> dict[str, Any]:
-        return await self._call("GET", f"/transcriptions/{task_id}")
+        return await self.get(f"/transcriptions/{task_id}")
 
     async def tasks(self, status: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
         """Up to `limit` tasks, newest first (following the pages' cursors)."""
         items: list[dict[str, Any]] = []
         cursor = None
         while len(items) < limit:
-            params = {"limit": str(min(100, limit - len(items)))}
-            params |= {"status": status} if status else {}
-            params |= {"cursor": cursor} if cursor else {}
-            page = await self._call("GET", "/transcriptions", params=params)
+            page = await self.get("/transcriptions", limit=min(100, limit - len(items)), status=status or None,
+                                  cursor=cursor)
             items += page["items"]
             if not (cursor := page["next_cursor"]):
                 break
@@ -90,7 +93,3 @@ class GatewayClient:
     async def redeliver(self, task_id: str, target: str | None = None) -> dict[str, Any]:
         params = {"target": target} if target else {}
         return await self._call("POST", f"/transcriptions/{task_id}/redeliver", params=params)
-
-    async def search(self, q: str, **filters: Any) -> dict[str, Any]:
-        params = {"q": q, **{k: str(v) for k, v in filters.items() if v is not None}}
-        return await self._call("GET", "/search", params=params)

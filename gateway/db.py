@@ -7,16 +7,21 @@ PostgreSQL uses row locks (`FOR UPDATE SKIP LOCKED`) for claims. Batches of many
 (the ingest door's group commits) run on writer threads, each with its own synchronous
 connection (`Database.on_writer`; one on SQLite, where they take the same turn as every other
 transaction).
+
+Migrations: the core's versions (migrations/versions) and, as Alembic branches of their own
+labelled with their names, the versions of every loaded plugin that has some (the `migrations`
+hook); `upgrade` takes them all to their heads, `downgrade(url, "<plugin>@base")` removes one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
-from typing import AsyncIterator, Callable, Iterator, TypeVar
+from typing import TYPE_CHECKING, AsyncIterator, Callable, Iterable, Iterator, Mapping, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
@@ -24,6 +29,9 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.pool import NullPool
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
+
+if TYPE_CHECKING:
+    from gateway.plugins import Plugins
 
 T = TypeVar("T")
 
@@ -154,13 +162,96 @@ class Database:
             self._writer = None
 
 
-def alembic_config(url: str):
+class MigrationError(Exception):
+    """The migrations cannot run as they are (a plugin's branch, a revision no one has); the
+    message says what to do."""
+
+
+def include_object(obj, name, type_, reflected, compare_to) -> bool:
+    """What Alembic's autogenerate compares with the models (migrations/env.py and the schema
+    test): everything but a table in the database that no model declares. Such a table is a
+    plugin's, made by its own migrations (the search index), and is neither created nor dropped."""
+    return not (type_ == "table" and reflected and compare_to is None)
+
+
+def alembic_config(url: str, branches: Mapping[str, Path] = {}):
+    """The core's versions and each of `branches` (plugin name -> its versions folder)."""
     from alembic.config import Config as AlembicConfig
 
+    def escaped(value: str) -> str:  # the options are read through configparser's interpolation
+        return value.replace("%", "%%")
+
     cfg = AlembicConfig()
-    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-    cfg.set_main_option("sqlalchemy.url", sync_url(url).replace("%", "%%"))
+    cfg.set_main_option("script_location", escaped(str(MIGRATIONS_DIR)))
+    cfg.set_main_option("path_separator", "os")
+    cfg.set_main_option("version_locations", escaped(os.pathsep.join(
+        str(folder) for folder in (MIGRATIONS_DIR / "versions", *branches.values()))))
+    cfg.set_main_option("sqlalchemy.url", escaped(sync_url(url)))
     return cfg
+
+
+def _script(url: str, branches: Mapping[str, Path] = {}):
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config(url, branches))
+
+
+def _recorded(url: str) -> tuple[str, ...]:
+    """The revisions the database records (alembic_version), none for a new database."""
+    from alembic.migration import MigrationContext
+
+    engine = create_engine(sync_url(url), poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_heads()
+    finally:
+        engine.dispose()
+
+
+def _unknown(script, revisions: Iterable[str]) -> list[str]:
+    from alembic.script.revision import ResolutionError
+
+    unknown = []
+    for rev in revisions:
+        try:
+            script.revision_map.get_revision(rev)
+        except ResolutionError:
+            unknown.append(rev)
+    return unknown
+
+
+def _readable(url: str, plugins: Plugins | None, loaded: dict[str, Path]):
+    """(the branches Alembic reads for an upgrade, their ScriptDirectory): the loaded plugins',
+    and the other installed plugins' only when the database records revisions of theirs
+    (applied while they were loaded). Alembic must know every revision the database has; a
+    plugin that is not loaded never has its branch applied."""
+    script = _script(url, loaded)
+    unknown = _unknown(script, _recorded(url))
+    if not unknown:
+        return loaded, script
+    installed = plugins.migrations(installed=True) if plugins else loaded
+    script = _script(url, installed)
+    if still := _unknown(script, unknown):
+        raise MigrationError(f"the database has revision(s) {', '.join(still)} that neither the gateway nor an "
+                             "installed plugin has: reinstall the plugin they belong to (and remove its tables "
+                             "with `transcribe-gateway db downgrade <plugin>@base` if you no longer want it)")
+    return installed, script
+
+
+def _heads(script, loaded: dict[str, Path], readable: dict[str, Path]) -> list[str]:
+    """What "head" upgrades to: every head, when Alembic reads only the core and the loaded
+    plugins' branches; else the core's head, then `<name>@head` of each loaded plugin's branch
+    (the one labelled with its name), one after the other."""
+    labels = {label for rev in script.walk_revisions() for label in rev.branch_labels}
+    for name, folder in loaded.items():
+        if name not in labels:
+            raise MigrationError(f"plugin {name!r}: its migrations ({folder}) have no branch labelled {name!r}; "
+                                 f"its first revision needs branch_labels = ({name!r},)")
+    if readable == loaded:
+        return ["heads"]
+    core = [head.revision for head in script.get_revisions("heads")
+            if Path(head.path).parent == MIGRATIONS_DIR / "versions"]
+    return [*core, *(f"{name}@head" for name in loaded)]
 
 
 MIGRATION_LOCK = 0x7467775F6D6967  # a PostgreSQL advisory lock key: "tgw_mig"
@@ -172,7 +263,7 @@ def migration_lock(url: str) -> Iterator[None]:
     if is_sqlite(url):
         yield
         return
-    from sqlalchemy import create_engine, text
+    from sqlalchemy import text
 
     engine = create_engine(sync_url(url), poolclass=NullPool)
     try:
@@ -186,21 +277,30 @@ def migration_lock(url: str) -> Iterator[None]:
         engine.dispose()
 
 
-def upgrade(url: str, revision: str = "head") -> None:
-    """Apply migrations up to `revision` (synchronous; call off the event loop)."""
+def upgrade(url: str, revision: str = "head", plugins: Plugins | None = None) -> None:
+    """Apply migrations (synchronous; call off the event loop): "head" takes the core and the
+    branch of every plugin loaded in `plugins` to their heads; any other revision is Alembic's
+    (e.g. 0005, search@head). A plugin that is not loaded never has its branch applied."""
     from alembic import command
 
     ensure_sqlite_dir(url)
     with migration_lock(url):
-        command.upgrade(alembic_config(url), revision)
+        loaded = plugins.migrations() if plugins else {}
+        readable, script = _readable(url, plugins, loaded)
+        targets = _heads(script, loaded, readable) if revision in ("head", "heads") else [revision]
+        for target in targets:
+            command.upgrade(alembic_config(url, readable), target)
 
 
-def downgrade(url: str, revision: str) -> None:
+def downgrade(url: str, revision: str, plugins: Plugins | None = None) -> None:
+    """Revert to `revision`, with the migrations of the core and of every installed plugin in
+    `plugins`: `<plugin>@base` removes that plugin's tables."""
     from alembic import command
 
     with migration_lock(url):
-        command.downgrade(alembic_config(url), revision)
+        readable = plugins.migrations(installed=True) if plugins else {}
+        command.downgrade(alembic_config(url, readable), revision)
 
 
-async def upgrade_async(url: str) -> None:
-    await asyncio.to_thread(upgrade, url)
+async def upgrade_async(url: str, plugins: Plugins | None = None) -> None:
+    await asyncio.to_thread(upgrade, url, "head", plugins)

@@ -31,13 +31,18 @@ def transcript_failed(task, error, config, gateway):
 
 
 @hookspec
-def register_routes(app):
-    """Add routes to the aiohttp application before it starts."""
+def migrations():
+    """Return the folder of this plugin's Alembic versions: a branch of its own, labelled with its name."""
 
 
 @hookspec
-def register_commands(cli):
-    """Add commands to the `transcribe-gateway` click group."""
+def register_routes(app, config):
+    """Add routes to the aiohttp application before it starts; `config` is this plugin's section."""
+
+
+@hookspec
+def register_commands(cli, config):
+    """Add commands to the `transcribe-gateway` click group; `config` is this plugin's section."""
 
 
 @hookspec

@@ -104,7 +104,7 @@ class Transcript(SQLModel, table=True):
 
 
 class Delivery(SQLModel, table=True):
-    """One per (task, target); target is a webhook URL (later also `plugin:<name>`)."""
+    """One per (task, target); target is a webhook URL or `plugin:<name>`."""
 
     __table_args__ = (
         UniqueConstraint("task_id", "target", name="uq_delivery_task_target"),

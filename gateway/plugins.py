@@ -11,6 +11,7 @@ import inspect
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any
 
 import pluggy
@@ -110,6 +111,19 @@ def installed_entry_points() -> dict[str, Any]:
     return {ep.name: ep for ep in entry_points(group=GROUP)}
 
 
+def _migrations_of(name: str, ep: Any) -> dict[str, Any]:
+    """The versions folder of an installed plugin that is not loaded, if it has one."""
+    try:
+        module = ep.load()
+    except Exception as exc:
+        log.warning("plugins.not_importable", plugin=name, error=f"{type(exc).__name__}: {exc}")
+        return {}
+    pm = pluggy.PluginManager(GROUP)
+    pm.add_hookspecs(hookspecs)
+    pm.register(module, name=name)
+    return {name: impl.function() for impl in pm.hook.migrations.get_hookimpls()}
+
+
 class Plugins:
     """The loaded plugins of one process, and their validated configuration."""
 
@@ -191,12 +205,29 @@ class Plugins:
         return [await self.call_one(hook, name, **kwargs) for name in self.implementing(hook)]
 
     def call_all_sync(self, hook: str, **kwargs) -> list[Any]:
-        """For hooks that run before the event loop (register_routes, register_commands)."""
+        """For hooks that run before the event loop (register_routes, register_commands); each
+        plugin gets its own section as `config`."""
         out = []
         for name in self.implementing(hook):
             impl = self._impl(hook, name)
-            out.append(impl.function(**{k: kwargs[k] for k in impl.argnames}))
+            args = {"config": self.configs[name], **kwargs}
+            out.append(impl.function(**{k: args[k] for k in impl.argnames}))
         return out
+
+    def migrations(self, *, installed: bool = False) -> dict[str, Path]:
+        """Each loaded plugin's Alembic versions folder (the `migrations` hook), by plugin name;
+        with `installed`, also those of the installed plugins that are not loaded (imported for
+        this alone, to downgrade or read their branches; one that fails to import is left out)."""
+        found = {name: self._impl("migrations", name).function() for name in self.implementing("migrations")}
+        if installed:
+            for name, ep in installed_entry_points().items():
+                if name not in found and name not in self.names():
+                    found.update(_migrations_of(name, ep))
+        folders = {name: Path(folder) for name, folder in found.items()}
+        for name, folder in folders.items():
+            if not folder.is_dir():
+                raise PluginError(f"plugin {name!r}: migrations() returned {str(folder)!r}, which is not a folder")
+        return folders
 
     def describe(self) -> list[dict[str, Any]]:
         """Name, distribution, version and hooks of every loaded plugin."""

@@ -1,18 +1,15 @@
-"""Alembic environment: the only way the schema changes. Target metadata is gateway.models."""
+"""Alembic environment: the only way the schema changes. Target metadata is gateway.models;
+the versions are the core's and the loaded plugins' branches (gateway.db.alembic_config)."""
 
 from alembic import context
 from sqlalchemy import create_engine, pool
 
 import gateway.models  # noqa: F401 - registers the tables on SQLModel.metadata
+from gateway.db import include_object
 from sqlmodel import SQLModel
 
 config = context.config
 target_metadata = SQLModel.metadata
-
-
-def include_object(obj, name, type_, reflected, compare_to):
-    """The search index (migration 0002) is managed by hand, not by the models."""
-    return not (type_ == "table" and name.startswith("segment_index"))
 
 
 def run_migrations_offline() -> None:

@@ -1,5 +1,5 @@
-"""The schema comes only from Alembic: the migrations produce exactly the SQLModel metadata,
-and downgrade cleanly."""
+"""The schema comes only from Alembic: the migrations produce exactly the SQLModel metadata
+(with and without a plugin's branch), and downgrade cleanly."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from sqlalchemy import create_engine, inspect
 from sqlmodel import SQLModel
 
 import gateway.models  # noqa: F401 - registers the tables
-from gateway.db import downgrade, sync_url, upgrade
+from gateway.db import downgrade, include_object, sync_url, upgrade
+from gateway.plugins import Plugins
 
 
 def schema_diff(url: str) -> list:
@@ -25,10 +26,6 @@ def schema_diff(url: str) -> list:
         engine.dispose()
 
 
-def include_object(obj, name, type_, reflected, compare_to):
-    return not (type_ == "table" and name.startswith("segment_index"))  # as migrations/env.py
-
-
 def tables(url: str) -> set[str]:
     """Tables, without SQLite's FTS5 shadow tables."""
     engine = create_engine(sync_url(url))
@@ -41,14 +38,21 @@ def tables(url: str) -> set[str]:
 def test_migrations_produce_exactly_the_models(database_url):
     upgrade(database_url)
     assert schema_diff(database_url) == []
+    assert tables(database_url) == set(SQLModel.metadata.tables) | {"alembic_version"}
+
+
+def test_a_plugins_branch_adds_its_tables_and_the_models_still_match(database_url):
+    upgrade(database_url, plugins=Plugins(["search"], {}))
+    assert schema_diff(database_url) == []
     assert tables(database_url) == set(SQLModel.metadata.tables) | {"alembic_version", "segment_index"}
 
 
 def test_downgrade_to_base_and_up_again(database_url):
-    upgrade(database_url)
-    downgrade(database_url, "base")
+    search = Plugins(["search"], {})
+    upgrade(database_url, plugins=search)
+    downgrade(database_url, "base", search)
     assert tables(database_url) == {"alembic_version"}
-    upgrade(database_url)
+    upgrade(database_url, plugins=search)
     assert schema_diff(database_url) == []
 
 

@@ -7,10 +7,11 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from gateway import search
 from gateway.db import Database, upgrade
 from gateway.errors import BadRequest
 from gateway.payloads import Segment
+from gateway.plugins import Plugins
+from gateway_plugins.search import index as search
 from test_cli import cli
 
 T0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
@@ -26,7 +27,7 @@ DOCS = {
 
 @pytest.fixture
 async def db(database_url):
-    upgrade(database_url)
+    upgrade(database_url, plugins=Plugins(["search"], {}))
     database = Database(database_url)
     for task_id, (created, segments) in DOCS.items():
         await search.index_transcript(database, task_id, segments, created)

@@ -1,22 +1,28 @@
-"""Search: indexes every completed transcript's segments; GET /search and `transcribe-gateway search`."""
+"""Search: indexes every completed transcript's segments; GET /search and `transcribe-gateway search`.
+
+An ordinary plugin: its index (index.py) lives in tables of its own, made by its own Alembic
+branch `search` (migrations/), and it gets its own [plugins.search] section from the hooks.
+"""
 
 from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Optional
 
 import click
 from aiohttp import web
 from pydantic import BaseModel, Field, field_validator
 
-from gateway import API_BASE, search
-from gateway.appkeys import DB, PLUGINS
+from gateway import API_BASE
+from gateway.appkeys import DB
 from gateway.envelope import ok
 from gateway.hookspecs import hookimpl
 from gateway.openapi import endpoint
 from gateway.plugins import PluginConfig
 from gateway.schemas import QueryModel, parse_query
+from gateway_plugins.search import index
 
 
 class SearchConfig(PluginConfig):
@@ -32,8 +38,13 @@ def plugin_config():
 
 
 @hookimpl
+def migrations():
+    return Path(__file__).resolve().parent / "migrations"
+
+
+@hookimpl
 async def transcript_completed(task, transcript, gateway):
-    await search.index_transcript(gateway.db, task.task_id, transcript.segments, task.created_at)
+    await index.index_transcript(gateway.db, task.task_id, transcript.segments, task.created_at)
 
 
 class SearchQuery(QueryModel):
@@ -74,14 +85,14 @@ class SearchPage(BaseModel):
           query=SearchQuery, data=SearchPage)
 async def search_handler(request: web.Request) -> web.Response:
     q = parse_query(SearchQuery, request.query)
-    filters = search.Filters(speaker=q.speaker, task_id=q.task_id, since=q.since, until=q.until)
-    page = await search.search(request.app[DB], q.q, filters, q.limit, search.decode_cursor(q.cursor))
+    filters = index.Filters(speaker=q.speaker, task_id=q.task_id, since=q.since, until=q.until)
+    page = await index.search(request.app[DB], q.q, filters, q.limit, index.decode_cursor(q.cursor))
     return ok(SearchPage(**page))
 
 
 @hookimpl
-def register_routes(app):
-    if app[PLUGINS].configs["search"].active():
+def register_routes(app, config: SearchConfig):
+    if config.active():
         app.router.add_get(API_BASE + "/search", search_handler)
 
 
@@ -105,8 +116,8 @@ def register_commands(cli):
 
         async def go():
             async with GatewayClient(base_url, api_key) as client:
-                return await client.search(query, speaker=speaker, task_id=task_id, since=since, until=until,
-                                           limit=limit)
+                return await client.get("/search", q=query, speaker=speaker, task_id=task_id, since=since,
+                                         until=until, limit=limit)
 
         page = run_client(go())
         if as_json:
@@ -123,5 +134,3 @@ def _clock(t: float) -> str:
     m, s = divmod(t, 60)
     h, m = divmod(int(m), 60)
     return f"{h:d}:{m:02d}:{s:05.2f}"
-
-

@@ -2,6 +2,7 @@
 
 On SQLite the rows live in `segment_index` and their words in the external-content FTS5 table
 `segment_index_fts` (triggers keep it in step); on PostgreSQL one table with a generated tsvector.
+The plugin's own migrations (migrations/, the Alembic branch `search`) make them.
 
 One query language for both: words (all must match), "quoted phrases", and prefix* terms.
 Indexing a task replaces its rows, so repeating it is harmless.
