@@ -72,7 +72,7 @@ class GatewayClient:
     async def upload(self, path: Path, filename: str | None = None) -> str:
         """Upload a file (under `filename`, by default its own name); returns its asset_id."""
         with open(path, "rb") as f:
-            form = aiohttp.FormData()
+            form = aiohttp.FormData(quote_fields=False)  # the name as it is, as curl and requests send it
             form.add_field("file", f, filename=filename or path.name, content_type="application/octet-stream")
             data = await self._call("POST", "/upload", data=form)
         return data["asset_id"]
