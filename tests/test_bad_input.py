@@ -104,7 +104,7 @@ async def test_every_bad_generate_request_is_refused_and_nothing_is_queued(gatew
         ({"asset_id": asset, "url": "http://example.com/a.wav"}, "give exactly one of asset_id or url"),
         ({"asset_id": "re_1"}, "asset_id: no asset 're_1'; upload the file first"),
         ({"asset_id": "../../etc/passwd"}, "asset_id: no asset '../../etc/passwd'; upload the file first"),
-        ({"asset_id": asset, "model": "whisper-9"}, "model: unknown model 'whisper-9'; valid models: whisper-1"),
+        ({"asset_id": asset, "model": "whisper-9"}, "model: unknown model 'whisper-9'; valid models: echo, whisper-1"),
         ({"asset_id": asset, "language": "klingon"},
          "language: unknown language code 'klingon' (use an ISO 639-1 code such as 'en')"),
         ({"asset_id": asset, "language": "de"},

@@ -13,7 +13,7 @@ import aiohttp
 import structlog
 from standardwebhooks.webhooks import Webhook
 
-from conftest import ECHO, WEBHOOK_SECRET, Gateway, daemon_sections, to_toml, wait_delivery
+from conftest import WEBHOOK_SECRET, Gateway, daemon_sections, to_toml, wait_delivery
 from gateway.config import LogConfig
 from gateway.logs import configure_logging
 
@@ -77,13 +77,13 @@ async def test_secrets_never_reach_the_log(tmp_path, database_url, daemon_factor
     url = database_url.replace("postgres@", f"postgres:{DB_PASSWORD}@")  # trust auth ignores it
     sections = daemon_sections(tmp_path, url, log={"format": "json", "level": "debug"},
                                server={"api_keys": [API_KEY]})
-    sections["providers.echo"] = {"secret": PROVIDER_SECRET}
+    sections["providers.local"] = {"secret": PROVIDER_SECRET}
     daemon = daemon_factory(to_toml(sections))
     daemon.start()
     async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {API_KEY}"}) as http:
         gw = Gateway(url=f"http://127.0.0.1:{daemon.port}", config=None, http=http)
         await gw.wait_ready()
-        task_id = await gw.submit(asset_id=await gw.upload(speech_wav), model=ECHO, callback_url=webhook.url)
+        task_id = await gw.submit(asset_id=await gw.upload(speech_wav), callback_url=webhook.url)
         task = await gw.wait(task_id)
         await webhook.wait_for(1)
         for key in (API_KEY + "x", API_KEY[:-1], f"Bearer {API_KEY[::-1]}"):
@@ -92,7 +92,7 @@ async def test_secrets_never_reach_the_log(tmp_path, database_url, daemon_factor
         body = json.dumps({"code": "0000", "message": "SUCCESS", "task_id": task_id,
                            "data": {"data": task["result"], "msg": "transcription completed", "success": True}})
         for secret, status in ((PROVIDER_SECRET, 200), (WEBHOOK_SECRET, 401)):
-            async with http.post(gw.base + "/callbacks/echo", data=body,
+            async with http.post(gw.base + "/callbacks/local", data=body,
                                  headers=signed_headers(secret, body)) as resp:
                 assert resp.status == status, await resp.text()
     daemon.stop()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import ECHO, wait_delivery
+from conftest import wait_delivery
 
 API = "/serve/api/v2"
 
@@ -29,16 +29,16 @@ def value(samples: dict, name: str, **labels) -> float:
 async def test_metrics_follow_a_task_through_the_gateway(start_gateway, webhook, speech_wav):
     gw = await start_gateway()
     before = await scrape(gw)
-    assert value(before, "tgw_tasks", status="queued", provider="echo") == 0
+    assert value(before, "tgw_tasks", status="queued", provider="local") == 0
     assert value(before, "tgw_queue_depth") == 0
 
-    task_id = await gw.submit(asset_id=await gw.upload(speech_wav), model=ECHO, callback_url=webhook.url)
+    task_id = await gw.submit(asset_id=await gw.upload(speech_wav), callback_url=webhook.url)
     task = await gw.wait(task_id)
     await wait_delivery(gw, task_id, "delivered")
     duration = task["result"]["usage_metadata"]["duration"]
 
     # The same result again through the callback door: a duplicate.
-    status, body = await gw.call("POST", "/callbacks/echo", json={
+    status, body = await gw.call("POST", "/callbacks/local", json={
         "code": "0000", "message": "SUCCESS", "task_id": task_id,
         "data": {"data": task["result"], "msg": "transcription completed", "success": True}})
     assert (status, body["data"]["outcome"]) == (200, "duplicate")
@@ -49,17 +49,17 @@ async def test_metrics_follow_a_task_through_the_gateway(start_gateway, webhook,
     def delta(name: str, **labels) -> float:
         return value(after, name, **labels) - value(before, name, **labels)
 
-    assert value(after, "tgw_tasks", status="completed", provider="echo") == 1
-    assert value(after, "tgw_tasks", status="failed", provider="echo") == 0
+    assert value(after, "tgw_tasks", status="completed", provider="local") == 1
+    assert value(after, "tgw_tasks", status="failed", provider="local") == 0
     assert value(after, "tgw_queue_depth") == 0
     assert value(after, "tgw_deliveries", kind="webhook", status="delivered") == 1
     assert value(after, "tgw_deliveries", kind="webhook", status="dead") == 0
 
-    assert delta("tgw_ingested_total", provider="echo", outcome="accepted") == 1
-    assert delta("tgw_ingested_total", provider="echo", outcome="duplicate") == 1
-    assert delta("tgw_job_duration_seconds_count", provider="echo", outcome="completed") == 1
-    assert abs(delta("tgw_job_audio_seconds_sum", provider="echo") - duration) < 0.01
-    assert delta("tgw_job_realtime_factor_count", provider="echo") == 1
+    assert delta("tgw_ingested_total", provider="local", outcome="accepted") == 1
+    assert delta("tgw_ingested_total", provider="local", outcome="duplicate") == 1
+    assert delta("tgw_job_duration_seconds_count", provider="local", outcome="completed") == 1
+    assert abs(delta("tgw_job_audio_seconds_sum", provider="local") - duration) < 0.01
+    assert delta("tgw_job_realtime_factor_count", provider="local") == 1
     assert delta("tgw_delivery_attempts_total", kind="webhook", outcome="delivered") == 1
     assert delta("tgw_http_requests_total", method="POST", route=f"{API}/upload", status="200") == 1
     assert delta("tgw_http_requests_total", method="GET", route=f"{API}/transcriptions/{{task_id}}",
