@@ -26,7 +26,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import aiohttp
-from common import free_port, isolate, save_results, wait_ready
+from common import free_port, isolate, save_results
+from gateway.client import GatewayClient
 
 SECRET = "whsec_" + "YmVuY2gtc2VjcmV0LWJlbmNoLXNlY3JldA=="
 PATH = "/serve/api/v2/callbacks/local"
@@ -106,7 +107,7 @@ async def run(code: Path, label: str) -> dict:
         proc, url, db = start(code, Path(tmp))
         try:
             async with aiohttp.ClientSession() as http:
-                await wait_ready(http, url)
+                await GatewayClient(url, http=http).wait_ready(timeout=60)
             held = await held_bodies(url, proc.pid)
             await asyncio.sleep(1)
             posts = await unsigned_posts(url, db)

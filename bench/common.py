@@ -1,5 +1,5 @@
 """What the benchmarks share: the network namespace they run in, PostgreSQL's URLs, a free
-port, waiting for /readyz, uploading, the environment."""
+port, the environment. They talk to the gateway with its own client, gateway.client.GatewayClient."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import netns  # noqa: E402 - the test suite's isolation, one implementation for both
@@ -51,25 +50,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-async def wait_ready(http: aiohttp.ClientSession, url: str, what: str = "gateway") -> None:
-    for _ in range(600):
-        try:
-            async with http.get(url + "/readyz") as r:
-                if r.status == 200:
-                    return
-        except aiohttp.ClientError:
-            pass
-        await asyncio.sleep(0.1)
-    raise RuntimeError(f"{what} did not become ready")
-
-
-async def upload(http: aiohttp.ClientSession, url: str, path: Path) -> str:
-    form = aiohttp.FormData()
-    form.add_field("file", path.read_bytes(), filename=path.name)
-    async with http.post(url + BASE + "/upload", data=form) as r:
-        return (await r.json())["data"]["asset_id"]
 
 
 def environment() -> dict:

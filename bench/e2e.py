@@ -36,7 +36,8 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
-from common import free_port, isolate, wait_ready
+from common import free_port, isolate
+from gateway.client import GatewayClient
 
 HERE = Path(__file__).resolve().parent
 CACHE = HERE / ".cache"
@@ -160,7 +161,7 @@ class Gateway:
         port = free_port()
         await web.TCPSite(self.receiver, "127.0.0.1", port).start()
         self.callback_url = f"http://127.0.0.1:{port}/hook"
-        await wait_ready(self.http, self.url)
+        await GatewayClient(self.url, http=self.http).wait_ready(timeout=60)
 
     async def _on_callback(self, request: web.Request) -> web.Response:
         payload = await request.json()

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import aiohttp
 
-from common import BASE, free_port, run_isolated, save_results, upload, wait_ready
+from common import BASE, free_port, run_isolated, save_results
+from gateway.client import GatewayClient
 
 TEXT = " ".join([
     "The morning meeting started with a review of the quarterly numbers.",
@@ -73,8 +74,9 @@ async def run(args, workdir: Path) -> dict:
     url = f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession() as http:
-            await wait_ready(http, url)
-            asset_id = await upload(http, url, clip)
+            client = GatewayClient(url, http=http)
+            await client.wait_ready(timeout=60)
+            asset_id = await client.upload(clip)
             idle = []
             for _ in range(args.idle):
                 idle.append(await healthz_s(http, url))

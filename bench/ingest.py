@@ -45,7 +45,8 @@ import uuid
 from pathlib import Path
 
 import aiohttp
-from common import PG_ADMIN_URL, free_port, isolate, pg_url, save_results, wait_ready
+from common import PG_ADMIN_URL, free_port, isolate, pg_url, save_results
+from gateway.client import GatewayClient
 
 HERE = Path(__file__).resolve().parent
 PATH = "/serve/api/v2/callbacks/local"
@@ -119,7 +120,8 @@ async def handle(request):
                               "success": True, "failed": False})
 app = web.Application()
 app.router.add_post("/serve/api/v2/callbacks/{provider}", handle)
-app.router.add_get("/readyz", lambda r: web.json_response({}))
+app.router.add_get("/serve/api/v2/readyz", lambda r: web.json_response({"code": "0000", "msg": "success",
+                                                                          "data": {}, "success": True, "failed": False}))
 web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
 '''
 
@@ -216,7 +218,7 @@ async def measure(target: str, args, workdir: Path) -> dict:
     proc, url = start_server(target, workdir, database_url, cpus[0])
     try:
         async with aiohttp.ClientSession() as http:
-            await wait_ready(http, url, target)
+            await GatewayClient(url, http=http).wait_ready(timeout=60)
         task_ids = (await create_tasks(database_url, args.tasks) if database_url
                     else [uuid.uuid4().hex for _ in range(args.tasks)])  # the ceiling gets the same bodies
         out = workdir / f"{target}.client.json"

@@ -47,7 +47,8 @@ import time
 from pathlib import Path
 
 import aiohttp
-from common import BASE, free_port, isolate, save_results, wait_ready
+from common import BASE, free_port, isolate, save_results
+from gateway.client import GatewayClient
 
 from gateway.payloads import Outcome, Segment, build_payload
 
@@ -248,7 +249,8 @@ def bare_server(port: int) -> None:
 
     app = web.Application()
     app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", healthz)
+    app.router.add_get(BASE + "/readyz", lambda r: web.json_response(
+        {"code": "0000", "msg": "success", "data": {}, "success": True, "failed": False}))  # GatewayClient.wait_ready
     app.router.add_post(BASE + "/upload", upload)
     web.run_app(app, host="127.0.0.1", port=port, print=None)
 
@@ -263,7 +265,7 @@ async def run(args, workdir: Path) -> dict:
     proc, url = start_bare(workdir) if args.ceiling else start_daemon(workdir)
     try:
         async with aiohttp.ClientSession() as http:
-            await wait_ready(http, url)
+            await GatewayClient(url, http=http).wait_ready(timeout=60)
         results = {}
         for name in args.scenarios.split(","):
             print(f"{name} ...", flush=True)

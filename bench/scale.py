@@ -30,7 +30,8 @@ from datetime import datetime
 from pathlib import Path
 
 import aiohttp
-from common import BASE, PG_ADMIN_URL as PG_ADMIN, environment, free_port, isolate, pg_url, upload, wait_ready
+from common import BASE, PG_ADMIN_URL as PG_ADMIN, environment, free_port, isolate, pg_url
+from gateway.client import GatewayClient
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -123,8 +124,9 @@ async def measure(worker_counts: list[int], tasks: int, samples: int, clip: Path
             cluster = Cluster(Path(tmp), database)
             try:
                 async with aiohttp.ClientSession() as http:
-                    await wait_ready(http, cluster.url, "the API process")
-                    asset = await upload(http, cluster.url, clip)
+                    client = GatewayClient(cluster.url, http=http)
+                    await client.wait_ready(timeout=60)
+                    asset = await client.upload(clip)
                     for n in worker_counts:
                         cluster.scale_to(n)
                         warm = [await cluster.submit(http, asset) for _ in range(2 * n)]

@@ -32,7 +32,8 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from common import BASE, PG_ADMIN_URL, free_port, pg_url, run_isolated, save_results, upload, wait_ready
+from common import BASE, PG_ADMIN_URL, free_port, pg_url, run_isolated, save_results
+from gateway.client import GatewayClient
 
 
 TIMEOUT_S = 2.0  # webhooks.timeout_s of the gateway under test
@@ -116,8 +117,9 @@ async def run(args, workdir: Path) -> dict:
     rss: dict[str, float] = {}
     try:
         async with aiohttp.ClientSession() as http:
-            await wait_ready(http, url)
-            asset_id = await upload(http, url, clip)
+            client = GatewayClient(url, http=http)
+            await client.wait_ready(timeout=60)
+            asset_id = await client.upload(clip)
             t0 = time.monotonic()
             submitted = 0
             deadline = t0 + args.budget

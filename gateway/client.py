@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,18 +31,27 @@ def api_base(url: str) -> str:
     return url.rstrip("/").removesuffix(API_BASE) + API_BASE
 
 
+FINISHED = ("completed", "failed")
+
+
 class GatewayClient:
-    def __init__(self, base_url: str, api_key: str = ""):
+    """`async with GatewayClient(url, api_key) as client:` opens its own HTTP session; or give it
+    an open `http` session (its headers are used, and it stays open) and use it without `with`."""
+
+    def __init__(self, base_url: str, api_key: str = "", http: aiohttp.ClientSession | None = None):
         self.base = api_base(base_url)
         self.headers = {"Authorization": api_key} if api_key else {}
-        self._http: aiohttp.ClientSession | None = None
+        self._http = http
+        self._own_http = http is None
 
     async def __aenter__(self) -> "GatewayClient":
-        self._http = aiohttp.ClientSession(headers=self.headers)
+        if self._own_http:
+            self._http = aiohttp.ClientSession(headers=self.headers)
         return self
 
     async def __aexit__(self, *exc) -> None:
-        await self._http.close()
+        if self._own_http:
+            await self._http.close()
 
     async def _call(self, method: str, path: str, **kw) -> Any:
         try:
@@ -58,10 +69,11 @@ class GatewayClient:
             raise ClientError(f"{method} {path}: {body.get('code')} {body.get('msg')}")
         return body["data"]
 
-    async def upload(self, path: Path) -> str:
+    async def upload(self, path: Path, filename: str | None = None) -> str:
+        """Upload a file (under `filename`, by default its own name); returns its asset_id."""
         with open(path, "rb") as f:
-            form = aiohttp.FormData()
-            form.add_field("file", f, filename=path.name, content_type="application/octet-stream")
+            form = aiohttp.FormData(quote_fields=False)  # the name as it is, as curl and requests send it
+            form.add_field("file", f, filename=filename or path.name, content_type="application/octet-stream")
             data = await self._call("POST", "/upload", data=form)
         return data["asset_id"]
 
@@ -77,6 +89,30 @@ class GatewayClient:
 
     async def status(self, task_id: str) -> dict[str, Any]:
         return await self.get(f"/transcriptions/{task_id}")
+
+    async def wait(self, task_id: str, timeout: float = 60, until: tuple[str, ...] = FINISHED,
+                   poll_s: float = 0.1) -> dict[str, Any]:
+        """Poll the task until its status is one of `until` (by default: finished); returns it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            task = await self.status(task_id)
+            if task["status"] in until:
+                return task
+            if time.monotonic() >= deadline:
+                raise ClientError(f"task {task_id} is still {task['status']} after {timeout:g}s")
+            await asyncio.sleep(poll_s)
+
+    async def wait_ready(self, timeout: float = 120, poll_s: float = 0.1) -> dict[str, Any]:
+        """Wait until GET /readyz answers ready (database reachable, engine and speaker encoder
+        loaded where work runs); returns its answer."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return await self._call("GET", "/readyz")
+            except ClientError as exc:
+                if time.monotonic() >= deadline:
+                    raise ClientError(f"the gateway at {self.base} is not ready after {timeout:g}s: {exc}") from None
+            await asyncio.sleep(poll_s)
 
     async def tasks(self, status: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
         """Up to `limit` tasks, newest first (following the pages' cursors)."""

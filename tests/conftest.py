@@ -15,6 +15,7 @@ marked `needs_netns` (those that submit generated or non-loopback URLs); under C
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -33,11 +34,20 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 import netns
-from gateway import API_BASE
+from fakes import FakeOpenAI, memories_server, one_route_server
+from gateway.client import GatewayClient
 from gateway.config import Config, load_config
 
 PG_ADMIN_URL = os.environ.get("TGW_TEST_PG_ADMIN", netns.pg_admin_url())
 NOT_ISOLATED: str | None = None  # why this run has the machine's network, when it has it
+
+# The echo provider (tests/echo/tgw_echo.py) is installed for the suite by its entry point: its
+# folder holds the module and its dist-info, and is on the path of this process and of every
+# process it starts (daemons, the CLI). Every test gateway serves its model alias, ECHO.
+ECHO_PLUGIN_DIR = Path(__file__).resolve().parent / "echo"
+ECHO = "echo"
+sys.path.insert(0, str(ECHO_PLUGIN_DIR))
+os.environ["PYTHONPATH"] = os.pathsep.join([str(ECHO_PLUGIN_DIR), *filter(None, [os.environ.get("PYTHONPATH")])])
 
 
 def pytest_configure(config):
@@ -90,6 +100,20 @@ SENTENCE = "Hello, how are you today? We are testing the transcription gateway."
 def speech_wav(audio_dir) -> Path:
     """About five seconds of one voice saying SENTENCE."""
     return espeak(SENTENCE, audio_dir / "speech.wav")
+
+
+@pytest.fixture(scope="session")
+def speech_script(audio_dir) -> Path:
+    """SENTENCE as the echo provider hears it (tests/echo/tgw_echo.py): a text file whose lines
+    come back as the transcript's segments, 2 s each."""
+    path = audio_dir / "speech.txt"
+    path.write_text(SENTENCE.replace("? ", "?\n") + "\n")
+    return path
+
+
+ECHO_SEGMENTS = [{"start_time": 0.0, "end_time": 2.0, "text": "Hello, how are you today?", "speaker": None},
+                 {"start_time": 2.0, "end_time": 4.0, "text": "We are testing the transcription gateway.",
+                  "speaker": None}]  # the echo transcript of speech_script
 
 
 @pytest.fixture(scope="session")
@@ -159,6 +183,7 @@ def test_config(tmp_path: Path, database_url: str, **sections: dict) -> Config:
                      "backoff_base_s": 0.1, "backoff_max_s": 0.5, "max_attempts": 4},
         "log": {"format": "json"},
         "plugins": {"srt": {"output_dir": str(tmp_path / "subtitles")}},
+        "providers": {"echo": {}},  # model ECHO: a finished task at once, without whisper
     }
     for name, values in sections.items():
         base.setdefault(name, {}).update(values)
@@ -171,60 +196,21 @@ test_config.__test__ = False  # a helper, not a test
 # --- a running gateway -------------------------------------------------------------------
 
 
-@dataclass
-class Gateway:
-    url: str
-    config: Config
-    app: web.Application | None = None
-    http: aiohttp.ClientSession | None = None
+class Gateway(GatewayClient):
+    """A running gateway as a test sees it: the API's client (gateway.client, on the test's
+    session), the raw answer of any request (`call`, for the errors a test expects), and for an
+    in-process gateway its config and application."""
 
-    @property
-    def base(self) -> str:
-        return self.url + API_BASE
+    def __init__(self, url: str, config: Config | None = None, app: web.Application | None = None,
+                 http: aiohttp.ClientSession | None = None):
+        super().__init__(url, http=http)
+        self.url, self.config, self.app, self.http = url.rstrip("/"), config, app, http
 
     async def call(self, method: str, path: str, **kw) -> tuple[int, dict]:
         async with self.http.request(method, self.base + path, **kw) as resp:
             text = await resp.text()
             assert resp.content_type == "application/json", f"{resp.status} {resp.content_type}: {text[:200]}"
             return resp.status, json.loads(text)
-
-    async def upload(self, path: Path, name: str | None = None) -> str:
-        form = aiohttp.FormData(quote_fields=False)  # raw file names, as curl and requests send them
-        form.add_field("file", path.read_bytes(), filename=name or path.name)
-        status, body = await self.call("POST", "/upload", data=form)
-        assert status == 200, body
-        return body["data"]["asset_id"]
-
-    async def submit(self, **body) -> str:
-        status, resp = await self.call("POST", "/transcriptions/async-generate-audio", json=body)
-        assert status == 200, resp
-        return resp["data"]["task_id"]
-
-    async def task(self, task_id: str) -> dict:
-        status, body = await self.call("GET", f"/transcriptions/{task_id}")
-        assert status == 200, body
-        return body["data"]
-
-    async def wait_task(self, task_id: str, timeout: float = 60, until=("completed", "failed")) -> dict:
-        deadline = time.monotonic() + timeout
-        while True:
-            task = await self.task(task_id)
-            if task["status"] in until:
-                return task
-            assert time.monotonic() < deadline, f"task still {task['status']} after {timeout}s"
-            await asyncio.sleep(0.1)
-
-    async def wait_ready(self, timeout: float = 120) -> None:  # the model and the speaker encoder load
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                async with self.http.get(self.url + "/readyz") as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-        raise AssertionError("gateway did not become ready")
 
 
 class GatewayTestServer(TestServer):
@@ -363,8 +349,6 @@ async def media_server(speech_wav):
 @pytest.fixture
 async def memories():
     """A local memories.ai API that calls back (see fakes.FakeMemories)."""
-    from fakes import memories_server
-
     server, fake = await memories_server()
     yield fake
     for t in list(fake._sends):
@@ -376,11 +360,9 @@ async def memories():
 @pytest.fixture
 async def openai_server():
     """A local OpenAI-compatible transcription server (see fakes.FakeOpenAI)."""
-    from fakes import openai_server as start
-
-    server, fake = await start()
-    yield fake
-    await server.close()
+    fake = FakeOpenAI()
+    async with one_route_server(fake.transcriptions, "/v1/audio/transcriptions", url_path="/v1") as fake.url:
+        yield fake
 
 
 # --- a webhook receiver ------------------------------------------------------------------
@@ -421,28 +403,23 @@ class WebhookReceiver:
         return self.received
 
 
-async def _receiver():
+@contextlib.asynccontextmanager
+async def webhook_receiver():
     receiver = WebhookReceiver()
-    app = web.Application()
-    app.router.add_post("/{tail:.*}", receiver.handle)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    receiver.url = str(server.make_url("/hook"))
-    return receiver, server
+    async with one_route_server(receiver.handle, url_path="/hook") as receiver.url:
+        yield receiver
 
 
 @pytest.fixture
 async def webhook():
-    receiver, server = await _receiver()
-    yield receiver
-    await server.close()
+    async with webhook_receiver() as receiver:
+        yield receiver
 
 
 @pytest.fixture
 async def second_webhook():
-    receiver, server = await _receiver()
-    yield receiver
-    await server.close()
+    async with webhook_receiver() as receiver:
+        yield receiver
 
 
 WEBHOOK_SECRET = "whsec_" + "dGVzdC1zZWNyZXQtdGVzdC1zZWNyZXQ="
@@ -456,7 +433,7 @@ async def wait_delivery(gw, task_id, status, timeout=30) -> list[dict]:
     """Poll the task until all its webhook deliveries have `status`; returns them."""
     deliveries: list[dict] = []
     for _ in range(int(timeout / 0.1)):
-        deliveries = webhook_deliveries(await gw.task(task_id))
+        deliveries = webhook_deliveries(await gw.status(task_id))
         if deliveries and all(d["status"] == status for d in deliveries):
             return deliveries
         await asyncio.sleep(0.1)
@@ -480,6 +457,7 @@ def daemon_sections(tmp_path: Path, database_url: str, **sections: dict) -> dict
     sections["engine"] = {"speaker_labels": False, **sections.get("engine", {})}
     cfg = test_config(tmp_path, database_url, **sections)
     dump = cfg.model_dump(exclude={"providers", "plugins"})
+    dump.update({f"providers.{name}": values for name, values in cfg.providers.items()})
     dump.update({f"plugins.{name}": values for name, values in cfg.plugins.sections().items()})
     return dump
 

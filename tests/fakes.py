@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import uuid
@@ -167,6 +168,19 @@ async def start_fake(app: web.Application, prefix: str) -> tuple[TestServer, str
     return server, str(server.make_url(prefix)).rstrip("/")
 
 
+@contextlib.asynccontextmanager
+async def one_route_server(handler, path: str = "/{tail:.*}", url_path: str | None = None, method: str = "POST"):
+    """A real HTTP server on 127.0.0.1 answering `method` `path` with `handler` while the
+    `async with` lasts; yields its URL (of `url_path`, by default `path`)."""
+    app = web.Application()
+    app.router.add_route(method, path, handler)
+    server, url = await start_fake(app, url_path or path)
+    try:
+        yield url
+    finally:
+        await server.close()
+
+
 async def memories_server() -> tuple[TestServer, FakeMemories]:
     fake = FakeMemories(http=aiohttp.ClientSession())
     app = web.Application()
@@ -176,9 +190,3 @@ async def memories_server() -> tuple[TestServer, FakeMemories]:
     return server, fake
 
 
-async def openai_server() -> tuple[TestServer, FakeOpenAI]:
-    fake = FakeOpenAI()
-    app = web.Application()
-    app.router.add_post("/v1/audio/transcriptions", fake.transcriptions)
-    server, fake.url = await start_fake(app, "/v1")
-    return server, fake

@@ -99,7 +99,7 @@ async def test_hours_of_audio_fail_at_the_limit_and_the_daemon_stays_small_and_a
                 assert resp.status == 200
                 answered += 1
             for task_id in set(submitted) - set(finished):
-                task = await gw.task(task_id)
+                task = await gw.status(task_id)
                 if task["status"] in ("completed", "failed"):
                     finished[task_id] = task
             assert time.monotonic() < deadline, {submitted[t]: t in finished for t in submitted}

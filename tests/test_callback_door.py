@@ -77,7 +77,7 @@ async def test_100_concurrent_identical_callbacks_store_one_result(api_only, sta
     assert outcomes.count("accepted") == 1 and outcomes.count("duplicate") == 99
     assert all(b["data"]["task_id"] == task_id for _, b in answers)
 
-    task = await gw.task(task_id)
+    task = await gw.status(task_id)
     assert task["status"] == "completed"
     assert [s["text"] for s in task["result"]["data"]] == ["Hello there.", "General Kenobi."]
     assert await count_rows(database_url, "SELECT count(*) FROM transcript") == 1
@@ -98,12 +98,12 @@ async def test_conflicting_repeat_is_refused_and_changes_nothing(api_only, datab
     task_id = await new_task(api_only)
     status, _ = await post(api_only, for_task(HELLO, task_id))
     assert status == 200
-    before = await api_only.task(task_id)
+    before = await api_only.status(task_id)
     other = for_task(success("", (0.0, 1.0, "Something else entirely.")), task_id)
     status, body = await post(api_only, other)
     assert status == 409 and body["code"] == "409"
     assert body["msg"] == f"task {task_id} already has a different result; nothing changed"
-    after = await api_only.task(task_id)
+    after = await api_only.status(task_id)
     assert after["result"] == before["result"] and after["status"] == "completed"
     # a failure after a success is a conflicting result too
     status, _ = await post(api_only, failure(task_id))
@@ -149,7 +149,7 @@ async def test_malformed_callback_is_400_naming_the_field(api_only, mutate, fiel
     status, body = await post(api_only, mutate(for_task(HELLO, task_id)))
     assert status == 400, body
     assert field in body["msg"], body["msg"]
-    assert (await api_only.task(task_id))["status"] == "queued"
+    assert (await api_only.status(task_id))["status"] == "queued"
     assert await count_rows(database_url, "SELECT count(*) FROM callbackreceipt") == 0
 
 
@@ -165,7 +165,7 @@ async def test_inbound_segments_are_normalised(api_only):
                              duration=4.0), task_id)
     status, _ = await post(api_only, messy)
     assert status == 200
-    result = (await api_only.task(task_id))["result"]
+    result = (await api_only.status(task_id))["result"]
     assert result["data"] == [
         {"start_time": 0.0, "end_time": 2.0, "text": "first", "speaker": None},
         {"start_time": 2.0, "end_time": 4.0, "text": "second", "speaker": None},
@@ -203,7 +203,7 @@ async def test_failure_callback_fails_the_task_and_is_delivered(api_only, start_
     task_id = await new_task(api_only)
     status, body = await post(api_only, failure(task_id, "upstream broke"))
     assert status == 200 and body["data"]["outcome"] == "accepted"
-    task = await api_only.task(task_id)
+    task = await api_only.status(task_id)
     assert task["status"] == "failed" and task["error"] == "upstream broke" and task["result"] is None
     status, body = await post(api_only, failure(task_id, "upstream broke"))
     assert body["data"]["outcome"] == "duplicate"
@@ -283,7 +283,7 @@ async def test_a_result_the_database_refuses_fails_alone_not_its_whole_batch(api
     assert answers[5][0] == 500 and answers[5][1]["msg"] == "internal error; see the gateway's log"
     assert [a[1]["data"]["outcome"] for i, a in enumerate(answers) if i != 5] == ["accepted"] * 11
     assert await count_rows(database_url, "SELECT count(*) FROM transcript") == 11
-    assert (await api_only.task(ids[5]))["status"] == "queued"
+    assert (await api_only.status(ids[5]))["status"] == "queued"
 
 
 async def test_a_nul_character_in_text_is_refused_on_every_backend(api_only, database_url):
@@ -305,7 +305,7 @@ async def test_a_nul_character_is_refused_only_where_it_would_be_stored(api_only
     body["extra"] = "\u0000 in a field nobody keeps"
     status, answer = await post(api_only, body)
     assert status == 200 and answer["data"]["outcome"] == "accepted", answer
-    result = (await api_only.task(task_id))["result"]
+    result = (await api_only.status(task_id))["result"]
     assert result["data"][0]["text"] == "a literal \\u0000, no NUL"
 
 
@@ -317,7 +317,7 @@ async def test_a_lone_surrogate_is_refused(api_only, database_url):
     assert await count_rows(database_url, "SELECT count(*) FROM callbackreceipt") == 0
     status, answer = await post(api_only, raw.replace(b"\\ud83c", b"\\ud83c\\udf99"))  # the whole pair
     assert status == 200 and answer["data"]["outcome"] == "accepted"
-    assert (await api_only.task(task_id))["result"]["data"][0]["text"] == "half \U0001f399 of a microphone"
+    assert (await api_only.status(task_id))["result"]["data"][0]["text"] == "half \U0001f399 of a microphone"
 
 
 def test_canonical_json_is_the_standard_encoding():
@@ -409,7 +409,7 @@ async def test_an_integer_beyond_64_bits_is_refused_and_nothing_stored(api_only,
     assert status == 400 and answer["msg"] == (
         "invalid callback payload: data.data.usage_metadata.prompt_tokens: "
         "Input should be less than or equal to 9223372036854775807"), answer
-    assert (await api_only.task(task_id))["status"] == "queued"
+    assert (await api_only.status(task_id))["status"] == "queued"
     assert await count_rows(database_url, "SELECT count(*) FROM transcript") == 0
 
 
@@ -429,7 +429,7 @@ async def test_a_result_stored_with_an_integer_beyond_64_bits_is_still_served(ap
                                {"t": task_id, "j": stored.replace('"prompt_tokens":0', '"prompt_tokens":' + str(2 ** 64))})
     finally:
         await db.close()
-    task = await api_only.task(task_id)
+    task = await api_only.status(task_id)
     assert task["result"]["usage_metadata"]["prompt_tokens"] == 2 ** 64
     status, listed = await api_only.call("GET", "/transcriptions")
     assert status == 200 and listed["data"]["items"][0]["task_id"] == task_id

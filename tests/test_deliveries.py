@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 
 from standardwebhooks.webhooks import Webhook
 
-from conftest import WEBHOOK_SECRET, count_rows, wait_delivery
+from conftest import ECHO, WEBHOOK_SECRET, count_rows, wait_delivery
 from gateway.config import WebhooksConfig
 from gateway.deliveries import backoff_s, signed_headers
 
@@ -17,7 +17,7 @@ from gateway.deliveries import backoff_s, signed_headers
 async def test_failing_receiver_is_retried_then_dead(start_gateway, webhook, speech_wav, database_url):
     webhook.responses = [500] * 10
     gw = await start_gateway(webhooks={"max_attempts": 3})
-    task_id = await gw.submit(asset_id=await gw.upload(speech_wav), callback_url=webhook.url)
+    task_id = await gw.submit(asset_id=await gw.upload(speech_wav), model=ECHO, callback_url=webhook.url)
     [d] = await wait_delivery(gw, task_id, "dead")
     assert d["attempts"] == 3 and d["last_status_code"] == 500 and d["last_error"] == "HTTP 500"
     await asyncio.sleep(0.8)  # no attempt after dead
@@ -33,7 +33,7 @@ async def test_failing_receiver_is_retried_then_dead(start_gateway, webhook, spe
 async def test_timeout_counts_as_a_failed_attempt(start_gateway, webhook, speech_wav):
     webhook.delay_s = 1.5
     gw = await start_gateway(webhooks={"timeout_s": 0.5, "max_attempts": 2})
-    task_id = await gw.submit(asset_id=await gw.upload(speech_wav), callback_url=webhook.url)
+    task_id = await gw.submit(asset_id=await gw.upload(speech_wav), model=ECHO, callback_url=webhook.url)
     [d] = await wait_delivery(gw, task_id, "dead")
     assert d["attempts"] == 2 and d["last_status_code"] is None
     assert d["last_error"] == "timed out after 0.5s"
@@ -41,7 +41,7 @@ async def test_timeout_counts_as_a_failed_attempt(start_gateway, webhook, speech
 
 async def test_unreachable_receiver_records_the_connection_error(start_gateway, speech_wav):
     gw = await start_gateway(webhooks={"max_attempts": 2})
-    task_id = await gw.submit(asset_id=await gw.upload(speech_wav), callback_url="http://127.0.0.1:9/hook")
+    task_id = await gw.submit(asset_id=await gw.upload(speech_wav), model=ECHO, callback_url="http://127.0.0.1:9/hook")
     [d] = await wait_delivery(gw, task_id, "dead")
     assert d["last_error"].startswith("ClientConnectorError")
 
@@ -49,7 +49,7 @@ async def test_unreachable_receiver_records_the_connection_error(start_gateway, 
 async def test_retry_after_from_the_receiver_is_honoured(start_gateway, webhook, speech_wav):
     webhook.responses = [(429, {"Retry-After": "1"}), (503, {"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"})]
     gw = await start_gateway(webhooks={"backoff_max_s": 5})  # Retry-After is capped at backoff_max_s
-    task_id = await gw.submit(asset_id=await gw.upload(speech_wav), callback_url=webhook.url)
+    task_id = await gw.submit(asset_id=await gw.upload(speech_wav), model=ECHO, callback_url=webhook.url)
     [d] = await wait_delivery(gw, task_id, "delivered")
     assert d["attempts"] == 3
     first, second, third = (c.at for c in webhook.received)
@@ -60,7 +60,7 @@ async def test_retry_after_from_the_receiver_is_honoured(start_gateway, webhook,
 async def test_recovering_receiver_gets_it_delivered(start_gateway, webhook, speech_wav):
     webhook.responses = [502, 429]
     gw = await start_gateway()
-    task_id = await gw.submit(asset_id=await gw.upload(speech_wav), callback_url=webhook.url)
+    task_id = await gw.submit(asset_id=await gw.upload(speech_wav), model=ECHO, callback_url=webhook.url)
     [d] = await wait_delivery(gw, task_id, "delivered")
     assert d["attempts"] == 3 and d["last_status_code"] == 200 and d["last_error"] is None
 

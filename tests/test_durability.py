@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from conftest import WEBHOOK_SECRET, Gateway, count_rows, daemon_sections, to_toml, webhook_deliveries
+from conftest import ECHO, WEBHOOK_SECRET, Gateway, count_rows, daemon_sections, to_toml, webhook_deliveries
 
 pytestmark = pytest.mark.slow
 
@@ -28,14 +28,15 @@ async def started(daemon, http, config) -> Gateway:
 
 
 async def test_sigkill_mid_transcription_completes_once_after_restart(
-        tmp_path, database_url, daemon_factory, http, webhook, long_speech_wav):
-    sections = daemon_sections(tmp_path, database_url, jobs={"lease_s": 3, "poll_s": 0.2})
+        tmp_path, database_url, daemon_factory, http, webhook, speech_wav):
+    sections = daemon_sections(tmp_path, database_url, jobs={"lease_s": 3, "poll_s": 0.2},
+                               providers={"echo": {"delay_s": 4}})
     daemon = daemon_factory(to_toml(sections))
     gw = await started(daemon, http, None)
 
-    task_id = await gw.submit(asset_id=await gw.upload(long_speech_wav), callback_url=webhook.url)
+    task_id = await gw.submit(asset_id=await gw.upload(speech_wav), model=ECHO, callback_url=webhook.url)
     for _ in range(600):
-        task = await gw.task(task_id)
+        task = await gw.status(task_id)
         if task["status"] == "processing" and task["progress"] > 0:
             break
         await asyncio.sleep(0.05)
@@ -46,7 +47,7 @@ async def test_sigkill_mid_transcription_completes_once_after_restart(
     assert await count_rows(database_url, "SELECT count(*) FROM transcript") == 0
 
     gw = await started(daemon, http, None)  # the same daemon, a new process
-    done = await gw.wait_task(task_id, timeout=120)
+    done = await gw.wait(task_id, timeout=120)
     assert done["status"] == "completed", done
     assert done["attempts"] == 2  # claimed again once the dead process's lease expired
     calls = await webhook.wait_for(1)
@@ -71,8 +72,8 @@ async def test_pending_delivery_survives_a_crash_and_keeps_its_webhook_id(
                                webhooks={"backoff_base_s": 2.0, "backoff_max_s": 2.0, "max_attempts": 5})
     daemon = daemon_factory(to_toml(sections))
     gw = await started(daemon, http, None)
-    task_id = await gw.submit(asset_id=await gw.upload(speech_wav), callback_url=webhook.url)
-    await gw.wait_task(task_id)
+    task_id = await gw.submit(asset_id=await gw.upload(speech_wav), model=ECHO, callback_url=webhook.url)
+    await gw.wait(task_id)
     await webhook.wait_for(1)
     for _ in range(200):  # the receiver answered; wait until the daemon has recorded that attempt
         if await count_rows(database_url, "SELECT count(*) FROM deliveryattempt") == 1:
@@ -90,18 +91,18 @@ async def test_pending_delivery_survives_a_crash_and_keeps_its_webhook_id(
     assert len(bodies) == 1
     for c in calls:
         Webhook(WEBHOOK_SECRET).verify(c.body, c.headers)
-    [delivery] = webhook_deliveries(await gw.task(task_id))
+    [delivery] = webhook_deliveries(await gw.status(task_id))
     assert delivery["status"] == "delivered" and delivery["attempts"] == 3
     assert await count_rows(database_url, "SELECT count(*) FROM deliveryattempt WHERE status_code IS NOT NULL") == 3
 
 
 async def test_sigterm_releases_the_running_task_and_exits_promptly(
-        tmp_path, database_url, daemon_factory, http, long_speech_wav):
-    sections = daemon_sections(tmp_path, database_url, jobs={"lease_s": 60})
+        tmp_path, database_url, daemon_factory, http, speech_wav):
+    sections = daemon_sections(tmp_path, database_url, jobs={"lease_s": 60}, providers={"echo": {"delay_s": 5}})
     daemon = daemon_factory(to_toml(sections))
     gw = await started(daemon, http, None)
-    task_id = await gw.submit(asset_id=await gw.upload(long_speech_wav))
-    await gw.wait_task(task_id, until=("processing",))
+    task_id = await gw.submit(asset_id=await gw.upload(speech_wav), model=ECHO)
+    await gw.wait(task_id, until=("processing",))
 
     t0 = asyncio.get_running_loop().time()
     daemon.proc.terminate()
@@ -113,21 +114,18 @@ async def test_sigterm_releases_the_running_task_and_exits_promptly(
     assert await count_rows(database_url, "SELECT count(*) FROM task WHERE id = :t AND status = 'queued' "
                             "AND lease_owner IS NULL", t=task_id) == 1
     gw = await started(daemon, http, None)
-    done = await gw.wait_task(task_id, timeout=60)
+    done = await gw.wait(task_id, timeout=60)
     assert done["status"] == "completed" and done["attempts"] == 2
 
 
 async def test_sigterm_lets_a_delivery_being_sent_finish_so_it_is_not_sent_twice(
-        tmp_path, database_url, daemon_factory, http, webhook, audio_dir):
+        tmp_path, database_url, daemon_factory, http, webhook, speech_wav):
     """SIGTERM while the receiver holds a webhook request: the send completes and is recorded
     before the process exits, instead of being cut off and sent again by the next process."""
-    from conftest import espeak
-
     webhook.delay_s = 1.0  # within the 2 s webhook timeout of the tests' daemons
     daemon = daemon_factory(to_toml(daemon_sections(tmp_path, database_url)))
     gw = await started(daemon, http, None)
-    task_id = await gw.submit(asset_id=await gw.upload(espeak("Hi.", audio_dir / "hi.wav")),
-                              callback_url=webhook.url)
+    task_id = await gw.submit(asset_id=await gw.upload(speech_wav), model=ECHO, callback_url=webhook.url)
     await webhook.wait_for(1)  # the receiver has it and answers in 1 s
     daemon.proc.terminate()
     assert await asyncio.to_thread(daemon.proc.wait, 30) == 0
@@ -138,16 +136,13 @@ async def test_sigterm_lets_a_delivery_being_sent_finish_so_it_is_not_sent_twice
 
 
 async def test_sigterm_under_load_loses_no_acknowledged_request(
-        tmp_path, database_url, daemon_factory, http, audio_dir):
+        tmp_path, database_url, daemon_factory, http, speech_wav):
     """Clients keep submitting while the daemon gets SIGTERM: it stops accepting, finishes the
     requests it has, exits 0; after a restart every task it acknowledged is there and completes."""
-    from conftest import espeak
-
-    clip = espeak("Hi.", audio_dir / "hi.wav")
     sections = daemon_sections(tmp_path, database_url)
     daemon = daemon_factory(to_toml(sections))
     gw = await started(daemon, http, None)
-    asset_id = await gw.upload(clip)
+    asset_id = await gw.upload(speech_wav)
 
     acked: list[str] = []
     stop = asyncio.Event()
@@ -156,7 +151,7 @@ async def test_sigterm_under_load_loses_no_acknowledged_request(
         while not stop.is_set():
             try:
                 async with http.post(gw.base + "/transcriptions/async-generate-audio",
-                                     json={"asset_id": asset_id}) as resp:
+                                     json={"asset_id": asset_id, "model": ECHO}) as resp:
                     body = await resp.json()
                     if resp.status == 200:
                         acked.append(body["data"]["task_id"])
@@ -177,6 +172,6 @@ async def test_sigterm_under_load_loses_no_acknowledged_request(
     assert stored >= len(acked)  # a request cut off after its commit may exist unacknowledged
     gw = await started(daemon, http, None)
     for task_id in acked:
-        task = await gw.wait_task(task_id, timeout=120)
+        task = await gw.wait(task_id, timeout=120)
         assert task["status"] == "completed", task
     assert await count_rows(database_url, "SELECT count(*) FROM task WHERE status <> 'completed'") == 0

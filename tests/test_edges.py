@@ -11,6 +11,7 @@ from pathlib import Path
 
 from gateway import API_BASE as API
 from conftest import daemon_sections, to_toml
+from fakes import one_route_server
 from test_bad_input import GENERATE, envelope, expect_error
 
 
@@ -196,7 +197,6 @@ async def test_partial_headers_are_closed_after_the_header_timeout_and_connectio
 async def test_temp_files_left_by_a_sigkill_mid_upload_and_mid_download_go_at_the_next_start(
         tmp_path, database_url, daemon_factory):
     from aiohttp import web
-    from aiohttp.test_utils import TestServer
 
     async def endless(request):  # audio that never finishes arriving
         resp = web.StreamResponse(headers={"Content-Type": "audio/wav"})
@@ -204,13 +204,9 @@ async def test_temp_files_left_by_a_sigkill_mid_upload_and_mid_download_go_at_th
         await resp.write(b"RIFF" + b"\0" * 65536)
         await asyncio.Event().wait()
 
-    app = web.Application()
-    app.router.add_get("/slow.wav", endless)
-    media = TestServer(app, host="127.0.0.1")
-    await media.start_server()
-    daemon = daemon_factory(to_toml(daemon_sections(tmp_path, database_url)))
+    daemon = daemon_factory(to_toml(daemon_sections(tmp_path, database_url)))  # stopped by the fixture
     tmp = tmp_path / "assets" / "tmp"
-    try:
+    async with one_route_server(endless, "/slow.wav", method="GET") as slow_url:
         daemon.start()
         await wait_listening(daemon)
         reader, writer = await asyncio.open_connection("127.0.0.1", daemon.port)  # an upload, stuck half-way
@@ -218,7 +214,7 @@ async def test_temp_files_left_by_a_sigkill_mid_upload_and_mid_download_go_at_th
         writer.write(request("POST", API + "/upload", headers={"Content-Type": "multipart/form-data; boundary=b"})
                      .replace(b"Content-Length: 0", b"Content-Length: 10000000") + head)
         await writer.drain()
-        body = json.dumps({"url": str(media.make_url("/slow.wav"))}).encode()
+        body = json.dumps({"url": slow_url}).encode()
         status, _, answer = await raw_request(daemon.port, request(
             "POST", API + GENERATE, body, {"Content-Type": "application/json"}))
         assert status == 200, answer
@@ -235,9 +231,6 @@ async def test_temp_files_left_by_a_sigkill_mid_upload_and_mid_download_go_at_th
         await wait_listening(daemon)
         assert not set(left) & {p.name for p in tmp.iterdir()}
         assert '"event": "storage.temp_files_removed"' in daemon.log_path.read_text()
-    finally:
-        daemon.stop()
-        await media.close()
 
 
 async def test_the_start_up_sweep_leaves_files_a_live_process_is_writing(start_gateway, tmp_path):

@@ -49,7 +49,7 @@ async def test_english_then_german_keeps_the_english_and_notes_the_german(start_
     path, german_at, length = english_then_german
     assert 50 < length < 75
     gw = await start_gateway(webhooks={"urls": [webhook.url]})
-    task = await gw.wait_task(await gw.submit(asset_id=await gw.upload(path)), timeout=300)
+    task = await gw.wait(await gw.submit(asset_id=await gw.upload(path)), timeout=300)
     assert task["status"] == "completed", task
     note = task["note"]
     assert note and "English only" in note, task
@@ -69,7 +69,7 @@ async def test_english_then_german_keeps_the_english_and_notes_the_german(start_
 async def test_german_only_audio_is_said_not_to_be_english(start_gateway, tmp_path):
     path = espeak(" ".join(GERMAN_SENTENCES[:2]), tmp_path / "de.wav", voice="de")  # about 10 s
     gw = await start_gateway()
-    task = await gw.wait_task(await gw.submit(asset_id=await gw.upload(path)), timeout=300)
+    task = await gw.wait(await gw.submit(asset_id=await gw.upload(path)), timeout=300)
     assert task["status"] == "completed", task
     assert task["note"].startswith("the audio does not seem to be in English"), task
     assert task["result"]["data"] == []  # the model's guesses are not passed off as what was said
@@ -78,8 +78,9 @@ async def test_german_only_audio_is_said_not_to_be_english(start_gateway, tmp_pa
 
 async def test_english_audio_has_no_note_and_the_payload_no_note_key(start_gateway, webhook, speech_wav):
     gw = await start_gateway(webhooks={"urls": [webhook.url]})
-    task = await gw.wait_task(await gw.submit(asset_id=await gw.upload(speech_wav)), timeout=300)
+    task = await gw.wait(await gw.submit(asset_id=await gw.upload(speech_wav)), timeout=300)
     assert task["status"] == "completed" and task["result"]["data"], task
+    assert (task["provider"], task["model"]) == ("local", "whisper-1")  # the default model is the engine's
     assert task["note"] is None
     assert "note" not in task["result"]
     sent = (await webhook.wait_for(1))[0].json()
@@ -104,9 +105,9 @@ async def test_a_workers_note_arrives_through_the_callback_door_and_is_kept(star
     for task_id, extra in ((noted, {"note": note}), (plain, {})):
         status, body = await gw.call("POST", "/callbacks/local", json=callback_body(task_id, **extra))
         assert status == 200 and body["data"]["outcome"] == "accepted", body
-    task = await gw.task(noted)
+    task = await gw.status(noted)
     assert task["note"] == note and task["result"]["note"] == note
-    task = await gw.task(plain)
+    task = await gw.status(plain)
     assert task["note"] is None and "note" not in task["result"]
     status, page = await gw.call("GET", "/transcriptions")
     assert {t["task_id"]: t["note"] for t in page["data"]["items"]} == {noted: note, plain: None}

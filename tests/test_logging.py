@@ -29,7 +29,7 @@ async def test_every_line_of_a_job_is_json_with_its_task_id(tmp_path, database_u
         gw = Gateway(url=f"http://127.0.0.1:{daemon.port}", config=None, http=http)
         await gw.wait_ready()
         task_id = await gw.submit(asset_id=await gw.upload(speech_wav), callback_url=webhook.url)
-        await gw.wait_task(task_id)
+        await gw.wait(task_id)
         await webhook.wait_for(1)
         await wait_delivery(gw, task_id, "delivered")  # its attempt recorded (and logged) before the stop
     daemon.stop()
@@ -84,7 +84,7 @@ async def test_secrets_never_reach_the_log(tmp_path, database_url, daemon_factor
         gw = Gateway(url=f"http://127.0.0.1:{daemon.port}", config=None, http=http)
         await gw.wait_ready()
         task_id = await gw.submit(asset_id=await gw.upload(speech_wav), callback_url=webhook.url)
-        task = await gw.wait_task(task_id)
+        task = await gw.wait(task_id)
         await webhook.wait_for(1)
         for key in (API_KEY + "x", API_KEY[:-1], f"Bearer {API_KEY[::-1]}"):
             async with http.get(gw.base + "/transcriptions", headers={"Authorization": key}) as resp:
@@ -117,7 +117,7 @@ async def test_failures_log_their_reason_at_warning_or_error(tmp_path, database_
         gw = Gateway(url=f"http://127.0.0.1:{daemon.port}", config=None, http=http)
         await gw.wait_ready()
         task_id = await gw.submit(asset_id=await gw.upload(junk), callback_url=webhook.url)
-        task = await gw.wait_task(task_id)
+        task = await gw.wait(task_id)
         await wait_delivery(gw, task_id, "dead")
     daemon.stop()
     assert task["status"] == "failed"

@@ -33,7 +33,7 @@ async def test_metrics_follow_a_task_through_the_gateway(start_gateway, webhook,
     assert value(before, "tgw_queue_depth") == 0
 
     task_id = await gw.submit(asset_id=await gw.upload(speech_wav), callback_url=webhook.url)
-    task = await gw.wait_task(task_id)
+    task = await gw.wait(task_id)
     await wait_delivery(gw, task_id, "delivered")
     duration = task["result"]["usage_metadata"]["duration"]
 
@@ -74,7 +74,7 @@ async def test_failed_deliveries_and_tasks_are_counted(start_gateway, webhook, t
     not_audio = tmp_path / "notes.wav"
     not_audio.write_text("not a recording\n" * 50)
     task_id = await gw.submit(asset_id=await gw.upload(not_audio), callback_url=webhook.url)
-    await gw.wait_task(task_id)
+    await gw.wait(task_id)
     await wait_delivery(gw, task_id, "dead")
     after = await scrape(gw)
     assert value(after, "tgw_tasks", status="failed", provider="local") == 1

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import count_rows, free_port, test_config
+from conftest import ECHO, count_rows, free_port, test_config
 from gateway.config import load_config
 from gateway.hookspecs import hookimpl
 from gateway.plugins import PluginError, Plugins, RetryAfter
@@ -87,7 +87,7 @@ async def start_with(start_gateway, tmp_path, database_url, extra: dict, **secti
 async def wait_deliveries(gw, task_id, done, timeout=30):
     deadline = time.monotonic() + timeout
     while True:
-        deliveries = {d["target"]: d for d in (await gw.task(task_id))["deliveries"]}
+        deliveries = {d["target"]: d for d in (await gw.status(task_id))["deliveries"]}
         if done(deliveries):
             return deliveries
         assert time.monotonic() < deadline, deliveries
@@ -98,14 +98,14 @@ def settled(deliveries) -> bool:
     return all(d["status"] in ("delivered", "dead") for d in deliveries.values())
 
 
-async def test_one_failing_plugin_never_blocks_another(start_gateway, tmp_path, database_url, speech_wav, webhook):
+async def test_one_failing_plugin_never_blocks_another(start_gateway, tmp_path, database_url, speech_script, webhook):
     recorder, failing, hanging = Recorder(), Failing(), Hanging()
     gw = await start_with(start_gateway, tmp_path, database_url, {
         "recorder": (recorder, {}), "failing": (failing, {"max_attempts": 3}),
         "hanging": (hanging, {"timeout_s": 0.5, "max_attempts": 1})},
         webhooks={"urls": [webhook.url]})
-    task_id = await gw.submit(asset_id=await gw.upload(speech_wav))
-    await gw.wait_task(task_id)
+    task_id = await gw.submit(asset_id=await gw.upload(speech_script), model=ECHO)
+    await gw.wait(task_id)
     finished = time.monotonic()
     deliveries = await wait_deliveries(gw, task_id, settled)
 
@@ -120,8 +120,9 @@ async def test_one_failing_plugin_never_blocks_another(start_gateway, tmp_path, 
     assert deliveries["plugin:hanging"]["status"] == "dead"
 
     _, task, transcript = recorder.completed[0]
-    assert task.task_id == task_id and task.filename == speech_wav.name and task.status == "completed"
-    assert "gateway" in transcript.text.lower() and transcript.duration > 3
+    assert task.task_id == task_id and task.filename == speech_script.name and task.status == "completed"
+    assert transcript.text == "Hello, how are you today? We are testing the transcription gateway."
+    assert transcript.duration == 4.0
     assert len(recorder.completed) == 1
 
     # Re-run only the failing plugin, now fixed: the others are not called again.
@@ -149,8 +150,8 @@ async def test_a_plugin_slower_than_a_webhook_is_called_once(start_gateway, tmp_
     slow = Slow(10.0)
     gw = await start_with(start_gateway, tmp_path, database_url, {"slow": (slow, {"timeout_s": 30})},
                           jobs={"poll_s": 0.2})
-    task_id = await gw.submit(asset_id=await gw.upload(speech_wav))
-    await gw.wait_task(task_id)
+    task_id = await gw.submit(asset_id=await gw.upload(speech_wav), model=ECHO)
+    await gw.wait(task_id)
     deliveries = await wait_deliveries(gw, task_id, lambda d: d["plugin:slow"]["status"] == "delivered", timeout=40)
     assert slow.calls == 1 and deliveries["plugin:slow"]["attempts"] == 1
 
@@ -159,7 +160,7 @@ async def test_retry_after_and_failure_hook(start_gateway, tmp_path, database_ur
     limited, recorder = RateLimited(), Recorder()
     gw = await start_with(start_gateway, tmp_path, database_url,
                           {"limited": (limited, {}), "recorder": (recorder, {})})
-    task_id = await gw.submit(asset_id=await gw.upload(speech_wav))
+    task_id = await gw.submit(asset_id=await gw.upload(speech_wav), model=ECHO)
     deliveries = await wait_deliveries(gw, task_id, lambda d: d.get("plugin:limited", {}).get("status") == "delivered")
     assert deliveries["plugin:limited"]["attempts"] == 2
     assert limited.times[1] - limited.times[0] >= 0.55  # waited as asked, not the default backoff
@@ -266,7 +267,7 @@ def third_party_plugin(tmp_path_factory):
     subprocess.run([*pip, "uninstall", "-y", "tgw-hello"], check=True)
 
 
-async def test_third_party_plugin_is_listed_and_delivered(third_party_plugin, start_gateway, speech_wav, tmp_path):
+async def test_third_party_plugin_is_listed_and_delivered(third_party_plugin, start_gateway, speech_script, tmp_path):
     out_file = tmp_path / "hello.jsonl"
     config = tmp_path / "g.toml"
     config.write_text(f'[plugins.hello]\nout = "{out_file}"\n')
@@ -277,11 +278,11 @@ async def test_third_party_plugin_is_listed_and_delivered(third_party_plugin, st
                      "hooks": ["plugin_config", "transcript_completed"]}
 
     gw = await start_gateway(plugins={"hello": {"out": str(out_file)}})
-    task_id = await gw.submit(asset_id=await gw.upload(speech_wav))
+    task_id = await gw.submit(asset_id=await gw.upload(speech_script), model=ECHO)
     await wait_deliveries(gw, task_id, lambda d: d.get("plugin:hello", {}).get("status") == "delivered")
     [record] = [json.loads(line) for line in out_file.read_text().splitlines()]
-    assert record["task_id"] == task_id and record["filename"] == speech_wav.name
-    assert "gateway" in record["text"].lower() and record["segments"] >= 1 and record["out"] == str(out_file)
+    assert record["task_id"] == task_id and record["filename"] == speech_script.name
+    assert "gateway" in record["text"].lower() and record["segments"] == 2 and record["out"] == str(out_file)
 
     with pytest.raises(PluginError, match=r"plugins\.hello\.out: Field required"):
         cfg = load_config(None, environ={})

@@ -10,7 +10,7 @@ import asyncio
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from conftest import WEBHOOK_SECRET, count_rows, free_port, webhook_deliveries
+from conftest import ECHO, WEBHOOK_SECRET, count_rows, free_port, webhook_deliveries
 from fakes import SEGMENTS, callback_payload, envelope
 from test_metrics import scrape, value
 from gateway.config import load_config
@@ -44,7 +44,7 @@ async def test_memories_submits_as_documented_and_completes_on_the_callback(
         start_gateway, memories, webhook, speech_wav, database_url):
     gw = await memories_gateway(start_gateway, memories)
     task_id = await submit_remote(gw, speech_wav, webhook, speaker=True)
-    done = await gw.wait_task(task_id, timeout=30)
+    done = await gw.wait(task_id, timeout=30)
     assert done["status"] == "completed", done
     assert done["provider"] == "memories" and done["model"] == "memories-whisper"
     assert done["result"]["data"] == SEGMENTS  # speaker labels kept: the task asked for them
@@ -72,7 +72,7 @@ async def test_a_duplicate_callback_is_acknowledged_and_changes_nothing(
     memories.mode = "twice"
     gw = await memories_gateway(start_gateway, memories)
     task_id = await submit_remote(gw, speech_wav, webhook)
-    assert (await gw.wait_task(task_id))["status"] == "completed"
+    assert (await gw.wait(task_id))["status"] == "completed"
     [upstream] = await memories.wait_tasks(1)
     for _ in range(100):
         if len(upstream.callbacks) == 2:
@@ -96,12 +96,12 @@ async def test_late_and_out_of_order_callbacks_each_find_their_task(start_gatewa
     second = await submit_remote(gw, speech_wav, speaker=True)
     up = await memories.wait_tasks(2)
     await asyncio.sleep(1.0)  # late: the tasks wait, processing, for their callbacks
-    assert {(await gw.task(t))["status"] for t in (first, second)} == {"processing"}
+    assert {(await gw.status(t))["status"] for t in (first, second)} == {"processing"}
     by_ours = {first: up[0], second: up[1]} if up[0].body["speaker"] is False else {first: up[1], second: up[0]}
 
     assert (await memories.send_callback(by_ours[second]))[0] == 200  # the second one first
     assert (await memories.send_callback(by_ours[first]))[0] == 200
-    a, b = await gw.wait_task(first), await gw.wait_task(second)
+    a, b = await gw.wait(first), await gw.wait(second)
     assert a["status"] == b["status"] == "completed"
     assert [s["speaker"] for s in a["result"]["data"]] == [None, None]
     assert [s["speaker"] for s in b["result"]["data"]] == ["SPEAKER_00", "SPEAKER_01"]
@@ -109,7 +109,7 @@ async def test_late_and_out_of_order_callbacks_each_find_their_task(start_gatewa
     # A failure report after the success is a conflicting repeat: refused, nothing changes.
     status, body = await memories.send_callback(by_ours[first], success=False)
     assert status == 409 and "already has a different result" in body["msg"]
-    assert (await gw.task(first))["status"] == "completed"
+    assert (await gw.status(first))["status"] == "completed"
 
 
 async def test_a_failure_callback_fails_the_task_with_the_upstream_reason(start_gateway, memories, speech_wav, webhook):
@@ -118,7 +118,7 @@ async def test_a_failure_callback_fails_the_task_with_the_upstream_reason(start_
     task_id = await submit_remote(gw, speech_wav, webhook)
     [up] = await memories.wait_tasks(1)
     assert (await memories.send_callback(up, success=False))[0] == 200
-    done = await gw.wait_task(task_id)
+    done = await gw.wait(task_id)
     assert done["status"] == "failed" and done["error"] == "upstream engine crashed"
     [call] = await webhook.wait_for(1)
     assert call.json()["code"] == "5001" and call.json()["task_id"] == task_id
@@ -130,8 +130,8 @@ async def test_a_callback_that_never_comes_fails_the_task_after_timeout_s(
     gw = await memories_gateway(start_gateway, memories, timeout_s=1.5)
     task_id = await submit_remote(gw, speech_wav, webhook)
     await memories.wait_tasks(1)
-    assert (await gw.task(task_id))["status"] == "processing"
-    done = await gw.wait_task(task_id, timeout=30)
+    assert (await gw.status(task_id))["status"] == "processing"
+    done = await gw.wait(task_id, timeout=30)
     assert done["status"] == "failed"
     assert "no callback from provider 'memories'" in done["error"]
     assert "providers.memories.timeout_s (1.5 s)" in done["error"]
@@ -141,7 +141,7 @@ async def test_a_callback_that_never_comes_fails_the_task_after_timeout_s(
     # The callback finally arrives: too late, refused, recorded; the task stays failed.
     status, body = await memories.send_callback(memories.tasks[0])
     assert status == 409
-    assert (await gw.task(task_id))["status"] == "failed"
+    assert (await gw.status(task_id))["status"] == "failed"
     assert await receipts(database_url, task_id, "conflict") == 1
     assert len(memories.tasks) == 1  # never submitted twice
 
@@ -162,7 +162,7 @@ async def test_an_upstream_400_fails_the_task_with_the_services_message(start_ga
     memories.responses = [(400, envelope(None, "400", "unsupported audio format"))]
     gw = await memories_gateway(start_gateway, memories)
     task_id = await submit_remote(gw, speech_wav)
-    done = await gw.wait_task(task_id)
+    done = await gw.wait(task_id)
     assert done["status"] == "failed" and done["attempts"] == 1
     assert done["error"] == "memories.ai upload: HTTP 400: unsupported audio format"
     assert memories.tasks == []
@@ -171,7 +171,7 @@ async def test_an_upstream_400_fails_the_task_with_the_services_message(start_ga
 async def test_an_error_envelope_with_http_200_fails_the_task(start_gateway, memories, speech_wav):
     memories.responses = [None, (200, envelope(None, "1003", "insufficient balance"))]  # upload ok, submit refused
     gw = await memories_gateway(start_gateway, memories)
-    done = await gw.wait_task(await submit_remote(gw, speech_wav))
+    done = await gw.wait(await submit_remote(gw, speech_wav))
     assert done["status"] == "failed" and done["attempts"] == 1
     assert done["error"] == "memories.ai async-generate-audio: code '1003': insufficient balance"
 
@@ -180,7 +180,7 @@ async def test_upstream_5xx_and_timeouts_are_retried(start_gateway, memories, sp
     memories.responses = [(503, {"message": "maintenance"}), ("hang", 3)]  # then a timeout (request_timeout_s=2)
     gw = await memories_gateway(start_gateway, memories)
     task_id = await submit_remote(gw, speech_wav)
-    done = await gw.wait_task(task_id, timeout=60)
+    done = await gw.wait(task_id, timeout=60)
     assert done["status"] == "completed", done
     assert done["attempts"] == 3
     assert len(memories.tasks) == 1
@@ -190,7 +190,7 @@ async def test_upstream_errors_past_max_attempts_fail_the_task(start_gateway, me
     memories.responses = [(500, "oops")] * 3
     gw = await memories_gateway(start_gateway, memories)
     task_id = await submit_remote(gw, speech_wav)
-    done = await gw.wait_task(task_id, timeout=60)
+    done = await gw.wait(task_id, timeout=60)
     assert done["status"] == "failed" and done["attempts"] == 3
     assert done["error"] == "failed after 3 attempts: memories.ai upload: HTTP 500: oops"
 
@@ -198,7 +198,7 @@ async def test_upstream_errors_past_max_attempts_fail_the_task(start_gateway, me
 async def test_a_url_task_is_passed_to_the_service_without_an_upload(start_gateway, memories):
     gw = await memories_gateway(start_gateway, memories)
     task_id = await gw.submit(url="http://127.0.0.1:9/meeting.wav", model="memories-whisper")
-    assert (await gw.wait_task(task_id))["status"] == "completed"
+    assert (await gw.wait(task_id))["status"] == "completed"
     [up] = memories.tasks
     assert up.body["url"] == "http://127.0.0.1:9/meeting.wav" and "asset_id" not in up.body
     assert memories.uploads == {}
@@ -211,7 +211,7 @@ async def test_signed_callbacks_are_verified_with_the_provider_secret(start_gate
     [up] = await memories.wait_tasks(1)
     status, body = await memories.send_callback(up)  # unsigned
     assert status == 401 and "invalid webhook signature" in body["msg"]
-    assert (await gw.task(task_id))["status"] == "processing"
+    assert (await gw.status(task_id))["status"] == "processing"
 
 
 # --- OpenAI-compatible -------------------------------------------------------------------
@@ -226,7 +226,7 @@ async def openai_gateway(start_gateway, openai_server, **settings):
 async def test_openai_compatible_server_runs_as_a_job(start_gateway, openai_server, speech_wav, webhook):
     gw = await openai_gateway(start_gateway, openai_server)
     task_id = await submit_remote(gw, speech_wav, webhook, model="openai-whisper", language="en")
-    done = await gw.wait_task(task_id)
+    done = await gw.wait(task_id)
     assert done["status"] == "completed" and done["provider"] == "openai"
     assert done["result"]["data"] == [dict(s, speaker=None) for s in SEGMENTS]  # text stripped, no speakers
     assert done["result"]["usage_metadata"] == {"duration": 4.0, "model": "openai-whisper",
@@ -250,7 +250,7 @@ async def test_openai_errors_fail_or_retry_as_the_status_warrants(
         start_gateway, openai_server, speech_wav, responses, status, attempts, error):
     openai_server.responses = list(responses)
     gw = await openai_gateway(start_gateway, openai_server)
-    done = await gw.wait_task(await submit_remote(gw, speech_wav, model="openai-whisper"), timeout=60)
+    done = await gw.wait(await submit_remote(gw, speech_wav, model="openai-whisper"), timeout=60)
     assert (done["status"], done["attempts"]) == (status, attempts), done
     if error:
         assert done["error"].startswith(error)
@@ -268,14 +268,15 @@ async def test_one_deployment_routes_each_alias_to_its_provider(
     })
     asset = await gw.upload(speech_wav)
     ids = {model: await gw.submit(asset_id=asset, model=model, callback_url=webhook.url)
-           for model in ("whisper-1", "memories-whisper", "gpt-4o-transcribe")}
-    for model, provider in (("whisper-1", "local"), ("memories-whisper", "memories"), ("gpt-4o-transcribe", "openai")):
-        done = await gw.wait_task(ids[model], timeout=120)
+           for model in (ECHO, "memories-whisper", "gpt-4o-transcribe")}
+    for model, provider in ((ECHO, "echo"), ("memories-whisper", "memories"), ("gpt-4o-transcribe", "openai")):
+        done = await gw.wait(ids[model], timeout=120)
         assert (done["status"], done["provider"], done["model"]) == ("completed", provider, model)
         assert [d["status"] for d in webhook_deliveries(done)] in (["pending"], ["delivered"])
     status, body = await gw.call("POST", "/transcriptions/async-generate-audio", json={"asset_id": asset, "model": "nope"})
     assert status == 400
-    assert body["msg"] == "model: unknown model 'nope'; valid models: gpt-4o-transcribe, memories-whisper, whisper-1"
+    assert body["msg"] == ("model: unknown model 'nope'; valid models: echo, gpt-4o-transcribe, memories-whisper, "
+                           "whisper-1")
     status, body = await gw.call("POST", "/callbacks/openai-nope", json={})
     assert status == 404
 
@@ -363,7 +364,7 @@ async def test_memories_calls_back_without_our_api_key(start_gateway, memories, 
     async with aiohttp.ClientSession(headers={"Authorization": "k-1"}) as http:
         client = Gateway(url=gw.url, config=cfg, http=http)
         task_id = await submit_remote(client, speech_wav)
-        assert (await client.wait_task(task_id))["status"] == "completed"
+        assert (await client.wait(task_id))["status"] == "completed"
     assert memories.tasks[0].callbacks == [200]  # the fake sends no Authorization header
     status, _ = await gw.call("POST", "/callbacks/local", json={})
     assert status == 401  # local still needs the key
@@ -376,7 +377,7 @@ async def test_a_callback_overtaking_the_stored_submission_still_finds_its_task(
     asset = await gw.upload(speech_wav)
     ids = [await gw.submit(asset_id=asset, model="memories-whisper") for _ in range(5)]
     for task_id in ids:
-        assert (await gw.wait_task(task_id))["status"] == "completed"
+        assert (await gw.wait(task_id))["status"] == "completed"
     assert [t.callbacks for t in memories.tasks] == [[200]] * 5
 
 
@@ -394,7 +395,7 @@ async def test_an_unknown_callback_id_waits_only_while_a_submission_can_match(
     task_id = await submit_remote(gw, speech_wav)
     while not memories.requests:  # the upload is being received
         await asyncio.sleep(0.05)
-    assert (await gw.task(task_id))["status"] == "processing"
+    assert (await gw.status(task_id))["status"] == "processing"
     assert not await submission_in_flight(gw.app[DB], "memories")
     status, body = await gw.call("POST", "/callbacks/memories", json=callback_payload("f" * 32, "whisper-1", False))
     assert status == 404, body
@@ -410,4 +411,4 @@ async def test_an_unknown_callback_id_waits_only_while_a_submission_can_match(
         await asyncio.sleep(0.05)
     assert not await submission_in_flight(gw.app[DB], "memories")
     status, _ = await memories.send_callback(upstream)
-    assert status == 200 and (await gw.wait_task(task_id))["status"] == "completed"
+    assert status == 200 and (await gw.wait(task_id))["status"] == "completed"

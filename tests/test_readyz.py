@@ -140,7 +140,7 @@ async def test_a_fresh_daemon_loads_the_speaker_encoder_before_the_first_speaker
         await gw.wait_ready()
         status, body = await ready(gw)
         assert status == 200 and body["data"]["speakers"] == "loaded", body
-        task = await gw.wait_task(await gw.submit(asset_id=await gw.upload(speech_wav), speaker=True), timeout=120)
+        task = await gw.wait(await gw.submit(asset_id=await gw.upload(speech_wav), speaker=True), timeout=120)
         assert task["status"] == "completed", task
     daemon.stop()
     events = [json.loads(line)["event"] for line in daemon.log_path.read_text().splitlines()

@@ -14,7 +14,7 @@ import signal
 import aiohttp
 import pytest
 
-from conftest import Gateway, count_rows, daemon_sections, espeak, to_toml
+from conftest import ECHO, Gateway, count_rows, daemon_sections, espeak, to_toml
 
 pytestmark = pytest.mark.slow
 
@@ -63,7 +63,7 @@ async def test_three_workers_one_killed_mid_job_every_task_once(
     if db_backend != "postgresql":
         pytest.skip("several processes on one database is the PostgreSQL deployment")
     sections = daemon_sections(tmp_path, database_url, jobs={"lease_s": 3, "poll_s": 0.5},
-                               engine={"cpu_threads": 1, "beam_size": 1}, webhooks={"urls": [second_webhook.url]})
+                               providers={"echo": {"delay_s": 0.5}}, webhooks={"urls": [second_webhook.url]})
     toml = to_toml(sections)
     api = daemon_factory(toml, command=("serve", "--no-worker"))
     api.start()
@@ -74,7 +74,7 @@ async def test_three_workers_one_killed_mid_job_every_task_once(
         w.start()
 
     asset = await gw.upload(short_wav)
-    ids = [await gw.submit(asset_id=asset, callback_url=webhook.url) for _ in range(TASKS)]
+    ids = [await gw.submit(asset_id=asset, model=ECHO, callback_url=webhook.url) for _ in range(TASKS)]
 
     task_id, owner = await running_job(database_url, {w.proc.pid: w for w in workers})
     victim = next(w for w in workers if w.proc.pid == int(owner.split(":")[1]))
@@ -82,7 +82,7 @@ async def test_three_workers_one_killed_mid_job_every_task_once(
     assert await count_rows(database_url, "SELECT count(*) FROM task WHERE id = :t AND status = 'processing' "
                             "AND lease_owner = :o", t=task_id, o=owner) == 1  # killed mid-job
 
-    done = [await gw.wait_task(t, timeout=240) for t in ids]
+    done = [await gw.wait(t, timeout=240) for t in ids]
     assert [d["status"] for d in done] == ["completed"] * TASKS
     assert next(d for d in done if d["task_id"] == task_id)["attempts"] == 2  # claimed again after the lease expired
     assert await count_rows(database_url, "SELECT count(*) FROM transcript") == TASKS
@@ -132,13 +132,13 @@ def log_entries(path) -> list[dict]:
 
 
 async def test_worker_sigterm_releases_its_task_and_exits_0(
-        tmp_path, database_url, daemon_factory, http, start_gateway, long_speech_wav):
+        tmp_path, database_url, daemon_factory, http, start_gateway, short_wav):
     gw = await start_gateway(worker=False)  # the API in this process; the worker a subprocess
-    toml = to_toml(daemon_sections(tmp_path, database_url, jobs={"lease_s": 60}))
+    toml = to_toml(daemon_sections(tmp_path, database_url, jobs={"lease_s": 60}, providers={"echo": {"delay_s": 5}}))
     worker = daemon_factory(toml, command=("worker",))
     worker.start()
-    task_id = await gw.submit(asset_id=await gw.upload(long_speech_wav))
-    await gw.wait_task(task_id, until=("processing",), timeout=60)
+    task_id = await gw.submit(asset_id=await gw.upload(short_wav), model=ECHO)
+    await gw.wait(task_id, until=("processing",), timeout=60)
 
     t0 = asyncio.get_running_loop().time()
     os.kill(worker.proc.pid, signal.SIGTERM)
@@ -147,7 +147,7 @@ async def test_worker_sigterm_releases_its_task_and_exits_0(
     assert await count_rows(database_url, "SELECT count(*) FROM task WHERE id = :t AND status = 'queued' "
                             "AND lease_owner IS NULL", t=task_id) == 1
     worker.start()  # a new worker process takes it at once, not after the 60 s lease
-    done = await gw.wait_task(task_id, timeout=120)
+    done = await gw.wait(task_id, timeout=120)
     assert done["status"] == "completed" and done["attempts"] == 2
 
 
@@ -159,12 +159,12 @@ async def test_a_new_task_wakes_an_idle_worker_process_through_listen_notify(
     worker = daemon_factory(to_toml(daemon_sections(tmp_path, database_url, jobs={"poll_s": 600})),
                             command=("worker",))
     asset = await gw.upload(short_wav)
-    first = await gw.submit(asset_id=asset)
+    first = await gw.submit(asset_id=asset, model=ECHO)
     worker.start()  # claims `first` at start-up, then waits: its next poll is 10 minutes away
-    assert (await gw.wait_task(first, timeout=120))["status"] == "completed"
+    assert (await gw.wait(first, timeout=120))["status"] == "completed"
     await asyncio.sleep(0.5)
-    second = await gw.submit(asset_id=asset)  # only the notification can wake it in time
-    assert (await gw.wait_task(second, timeout=60))["status"] == "completed"
+    second = await gw.submit(asset_id=asset, model=ECHO)  # only the notification can wake it in time
+    assert (await gw.wait(second, timeout=60))["status"] == "completed"
     worker.proc.terminate()
     assert await asyncio.to_thread(worker.proc.wait, 30) == 0
 
@@ -176,9 +176,9 @@ async def test_redeliver_wakes_an_idle_worker_process_through_listen_notify(
     gw = await start_gateway(worker=False)
     worker = daemon_factory(to_toml(daemon_sections(tmp_path, database_url, jobs={"poll_s": 600},
                                                     webhooks={"urls": [webhook.url]})), command=("worker",))
-    task_id = await gw.submit(asset_id=await gw.upload(short_wav))
+    task_id = await gw.submit(asset_id=await gw.upload(short_wav), model=ECHO)
     worker.start()
-    assert (await gw.wait_task(task_id, timeout=120))["status"] == "completed"
+    assert (await gw.wait(task_id, timeout=120))["status"] == "completed"
     await webhook.wait_for(1)
     await asyncio.sleep(0.5)  # the worker's loops are idle now; their next poll is 10 minutes away
     status, body = await gw.call("POST", f"/transcriptions/{task_id}/redeliver?target={webhook.url}")

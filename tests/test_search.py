@@ -7,6 +7,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from conftest import ECHO
 from gateway.db import Database, upgrade
 from gateway.errors import BadRequest
 from gateway.payloads import Segment
@@ -113,14 +114,16 @@ async def test_stop_words_beside_other_words_are_left_out(db):
 @pytest.mark.parametrize("q", ["budget' OR 1=1 --", "budget); DROP TABLE task; --", "NEAR(budget schedule)",
                                "budget AND OR NOT", "budget:*", "title:budget", "budget -schedule", "(budget"])
 async def test_operators_and_injection_are_just_words(db, q):
-    found, _ = await hits(db, q)
-    assert isinstance(found, list)  # no SQL or FTS syntax error; operators are plain words
+    text = f"The notes said {q} in so many words."
+    await search.index_transcript(db, "d" * 32, [Segment(0, 1, text, None)], T0)
+    found, _ = await hits(db, q)  # no SQL or FTS syntax error: operators are plain words
+    assert ("d", text) in found, found  # and the segment that has those words is found
 
 
-async def test_search_api_and_cli(start_gateway, speech_wav):
+async def test_search_api_and_cli(start_gateway, speech_script):
     gw = await start_gateway()
-    task_id = await gw.submit(asset_id=await gw.upload(speech_wav))
-    await gw.wait_task(task_id)
+    task_id = await gw.submit(asset_id=await gw.upload(speech_script), model=ECHO)
+    await gw.wait(task_id)
     for _ in range(100):
         status, body = await gw.call("GET", "/search", params={"q": "gateway"})
         if body["data"]["items"]:
@@ -155,7 +158,7 @@ async def test_search_disabled_means_no_route_and_no_index(start_gateway, speech
     gw = await start_gateway(plugins={"search": {"enabled": False}})
     status, body = await gw.call("GET", "/search", params={"q": "x"})
     assert status == 404
-    task_id = await gw.submit(asset_id=await gw.upload(speech_wav))
-    task = await gw.wait_task(task_id)
-    assert "plugin:search" not in [d["target"] for d in (await gw.task(task_id))["deliveries"]]
+    task_id = await gw.submit(asset_id=await gw.upload(speech_wav), model=ECHO)
+    task = await gw.wait(task_id)
+    assert "plugin:search" not in [d["target"] for d in (await gw.status(task_id))["deliveries"]]
     assert task["status"] == "completed"

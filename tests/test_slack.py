@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
+
+from conftest import ECHO
+from fakes import one_route_server
 
 LONG_WORDS = ("The committee reviewed every line item of the budget & asked for <clarification> on the "
               "travel expenses, the servers, the licences and the consultants. ") * 12
@@ -64,20 +66,15 @@ class FakeSlack:
 @pytest.fixture
 async def slack():
     fake = FakeSlack()
-    app = web.Application()
-    app.router.add_post("/services/T000/B000/XXXX", fake.handle)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    fake.url = str(server.make_url("/services/T000/B000/XXXX"))
-    yield fake
-    await server.close()
+    async with one_route_server(fake.handle, "/services/T000/B000/XXXX") as fake.url:
+        yield fake
 
 
 async def slack_delivery(gw, task_id, status="delivered", timeout=30):
     deadline = time.monotonic() + timeout
     found = []
     while time.monotonic() < deadline:
-        found = [d for d in (await gw.task(task_id))["deliveries"] if d["target"] == "plugin:slack"]
+        found = [d for d in (await gw.status(task_id))["deliveries"] if d["target"] == "plugin:slack"]
         if found and found[0]["status"] == status:
             return found[0]
         await asyncio.sleep(0.05)
@@ -101,7 +98,7 @@ async def test_completed_message_is_within_slack_limits(start_gateway, slack, sp
     sections = {"plugins": {"slack": {"webhook_url": slack.url}},
                 "server": {"public_url": "https://asr.example.com"}}
     api = await start_gateway(worker=False, **sections)
-    task_id = await api.submit(asset_id=await api.upload(speech_wav, name="board meeting.wav"))
+    task_id = await api.submit(asset_id=await api.upload(speech_wav, filename="board meeting.wav"))
     await complete_by_callback(api, task_id, segments(80, LONG_WORDS), 800.0)
     gw = await start_gateway(config=api.config)  # a worker on the same database delivers
 
@@ -121,7 +118,7 @@ async def test_completed_message_is_within_slack_limits(start_gateway, slack, sp
 async def test_rate_limit_is_retried_after_retry_after(start_gateway, slack, speech_wav):
     slack.rate_limit_first = 1
     gw = await start_gateway(plugins={"slack": {"webhook_url": slack.url}})
-    task_id = await gw.submit(asset_id=await gw.upload(speech_wav))
+    task_id = await gw.submit(asset_id=await gw.upload(speech_wav), model=ECHO)
     d = await slack_delivery(gw, task_id)
     assert d["attempts"] == 2 and len(slack.messages) == 1
     assert slack.times[1] - slack.times[0] >= 0.95  # Retry-After: 1, not the fast test backoff
@@ -143,17 +140,11 @@ async def test_rejected_payload_is_a_failed_attempt(start_gateway, speech_wav):
     async def reject(request):
         return web.Response(status=400, text="invalid_payload")
 
-    app = web.Application()
-    app.router.add_post("/hook", reject)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    try:
-        gw = await start_gateway(plugins={"slack": {"webhook_url": str(server.make_url("/hook")), "max_attempts": 2}})
-        task_id = await gw.submit(asset_id=await gw.upload(speech_wav))
+    async with one_route_server(reject, "/hook") as url:
+        gw = await start_gateway(plugins={"slack": {"webhook_url": url, "max_attempts": 2}})
+        task_id = await gw.submit(asset_id=await gw.upload(speech_wav), model=ECHO)
         d = await slack_delivery(gw, task_id, status="dead")
         assert d["attempts"] == 2 and d["last_error"] == "RuntimeError: Slack answered HTTP 400: invalid_payload"
-    finally:
-        await server.close()
 
 
 def test_blocks_for_extreme_transcripts():

@@ -287,7 +287,7 @@ async def test_speaker_true_labels_segments_through_the_api(gateway, webhook, tm
     wav, _ = conversation(tmp_path, "api", turns, gaps=[0.6, 0.6])
     task_id = await gateway.submit(asset_id=await gateway.upload(wav), speaker=True, max_speakers=4,
                                    callback_url=webhook.url)
-    task = await gateway.wait_task(task_id, timeout=120)
+    task = await gateway.wait(task_id, timeout=120)
     assert task["status"] == "completed" and task["speaker_note"] is None
     segments = task["result"]["data"]
     assert runs([s["speaker"] for s in segments]) == ["SPEAKER_00", "SPEAKER_01", "SPEAKER_00"]
@@ -304,7 +304,7 @@ async def test_when_labelling_cannot_be_done_the_status_says_why(gateway, tmp_pa
                                       json={"asset_id": await gateway.upload(wav), "speaker": True})
     assert status == 200, body
     assert body["data"]["items"] and {i["speaker"] for i in body["data"]["items"]} == {"SPEAKER_00"}
-    task = await gateway.task(body["data"]["task_id"])
+    task = await gateway.status(body["data"]["task_id"])
     assert "shorter than the 1.6 s embedding window; all segments are SPEAKER_00" in task["speaker_note"]
-    plain = await gateway.wait_task(await gateway.submit(asset_id=await gateway.upload(wav)))
+    plain = await gateway.wait(await gateway.submit(asset_id=await gateway.upload(wav)))
     assert plain["speaker_note"] is None and {s["speaker"] for s in plain["result"]["data"]} == {None}

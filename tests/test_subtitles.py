@@ -4,12 +4,14 @@ atomic idempotent files, and the same renderings served by the API."""
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
-from pathlib import Path
 
 import pysubs2
+import pytest
 import srt as srt_lib
 
+from conftest import ECHO
 from gateway.payloads import Segment
 from gateway.subtitles import MAX_CHARS, MAX_CUE_S, make_cues, to_srt, to_vtt
 
@@ -77,11 +79,11 @@ def test_parsers_read_what_we_write(tmp_path):
     assert to_srt([]) == "" and to_vtt([]) == "WEBVTT\n"
 
 
-async def test_srt_plugin_writes_files_and_api_serves_the_same(start_gateway, speech_wav, tmp_path):
+async def test_srt_plugin_writes_files_and_api_serves_the_same(start_gateway, speech_script, tmp_path):
     out = tmp_path / "subs"
     gw = await start_gateway(plugins={"srt": {"output_dir": str(out), "formats": ["srt", "vtt", "txt"]}})
-    task_id = await gw.submit(asset_id=await gw.upload(speech_wav))
-    await gw.wait_task(task_id)
+    task_id = await gw.submit(asset_id=await gw.upload(speech_script), model=ECHO)
+    await gw.wait(task_id)
     files = {ext: out / f"{task_id}.{ext}" for ext in ("srt", "vtt", "txt")}
     for _ in range(100):
         if all(p.exists() for p in files.values()):
@@ -102,34 +104,41 @@ async def test_srt_plugin_writes_files_and_api_serves_the_same(start_gateway, sp
     status, _ = await gw.call("POST", f"/transcriptions/{task_id}/redeliver", params={"target": "plugin:srt"})
     assert status == 200
     for _ in range(100):
-        if (await gw.task(task_id))["deliveries"] and all(
-                d["status"] == "delivered" and d["attempts"] == 1 for d in (await gw.task(task_id))["deliveries"]):
+        if (await gw.status(task_id))["deliveries"] and all(
+                d["status"] == "delivered" and d["attempts"] == 1 for d in (await gw.status(task_id))["deliveries"]):
             break
         await asyncio.sleep(0.05)
     assert {ext: p.read_bytes() for ext, p in files.items()} == before
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in files.values())
 
     async with gw.http.get(f"{gw.base}/transcriptions/{task_id}/transcript.json") as resp:
-        assert (await resp.json())["usage_metadata"]["model"] == "whisper-1"
+        assert (await resp.json())["usage_metadata"]["model"] == ECHO
 
 
-async def test_transcript_endpoint_errors(gateway, speech_wav):
+async def test_transcript_endpoint_errors(start_gateway, speech_wav):
+    gateway = await start_gateway(providers={"echo": {"delay_s": 600}})  # its task is surely unfinished
     status, body = await gateway.call("GET", "/transcriptions/" + "0" * 32 + "/transcript.srt")
     assert status == 404
     status, body = await gateway.call("GET", "/transcriptions/" + "0" * 32 + "/transcript.doc")
     assert status == 404 and body["msg"] == "no transcript format 'doc'; use one of srt, vtt, txt, json"
-    task_id = await gateway.submit(asset_id=await gateway.upload(speech_wav))
+    task_id = await gateway.submit(asset_id=await gateway.upload(speech_wav), model=ECHO)
     status, body = await gateway.call("GET", f"/transcriptions/{task_id}/transcript.srt")
-    if status == 409:  # still running: the answer says so
-        assert body["msg"].startswith(f"task {task_id} is ")
-    await gateway.wait_task(task_id)
+    assert status == 409, body  # still running: the answer says so
+    assert re.fullmatch(f"task {task_id} is (queued|processing); a transcript exists once it is completed",
+                        body["msg"]), body
 
 
-def test_files_path(tmp_path):
+def test_subtitle_files_are_replaced_whole(tmp_path):
+    """write_atomic puts a new file in place by a rename: a reader of the old one keeps reading
+    it whole, a write that fails half-way leaves the old file, and no temp file stays behind."""
     from gateway.subtitles import write_atomic
 
     target = tmp_path / "deep" / "a.srt"
     write_atomic(target, "x")
-    write_atomic(target, "y")
+    with open(target) as reader:
+        write_atomic(target, "y")
+        assert reader.read() == "x"  # the old file, not rewritten under its reader
+    assert target.read_text() == "y"
+    with pytest.raises(UnicodeEncodeError):
+        write_atomic(target, "z" * 10_000 + "\ud800")  # fails while writing
     assert target.read_text() == "y" and [p.name for p in target.parent.iterdir()] == ["a.srt"]
-    assert isinstance(target, Path)

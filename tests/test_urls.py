@@ -16,9 +16,9 @@ import asyncio
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 
-from conftest import test_config
+from conftest import ECHO, test_config
+from fakes import one_route_server
 from gateway.config import ConfigError
 from gateway.urls import UrlError, UrlPolicy, host_of, non_public, redact
 
@@ -88,12 +88,7 @@ async def test_connections_are_checked_again_when_made():
         seen.append(request)
         return web.Response(text="ok")
 
-    app = web.Application()
-    app.router.add_get("/", ok)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    loopback = str(server.make_url("/"))
-    try:
+    async with one_route_server(ok, "/", method="GET") as loopback:
         cases = {
             UrlPolicy(): f"host '127.0.0.1' resolves to a non-public address (127.0.0.1){REFUSE}",
             UrlPolicy(private_hosts=frozenset({"localhost"})): "host '127.0.0.1' resolves to a non-public",
@@ -108,8 +103,6 @@ async def test_connections_are_checked_again_when_made():
             async with http.get(loopback.replace("127.0.0.1", "localhost")) as resp:
                 assert resp.status == 200  # the name the operator allowed
         assert len(seen) == 1
-    finally:
-        await server.close()
 
 
 async def test_url_allow_hosts_refuses_other_hosts_before_any_look_up(start_gateway, speech_wav):
@@ -149,9 +142,9 @@ async def test_an_allowed_host_works_and_its_redirects_are_held_to_the_list(star
     gw = await start_gateway(server={"url_allow_hosts": ["localhost"], "allow_private_hosts": ["localhost"]})
     loopback = media_server("/speech.wav")
     named = loopback.replace("127.0.0.1", "localhost")
-    ok = await gw.wait_task(await gw.submit(url=named))
+    ok = await gw.wait(await gw.submit(url=named, model=ECHO))
     assert ok["status"] == "completed", ok
-    bad = await gw.wait_task(await gw.submit(url=named.replace("/speech.wav", "/redirect?to=" + loopback)))
+    bad = await gw.wait(await gw.submit(url=named.replace("/speech.wav", "/redirect?to=" + loopback), model=ECHO))
     assert bad["status"] == "failed" and bad["error"] == (
         f"could not fetch url: redirect to {loopback} refused: host '127.0.0.1' is not in server.url_allow_hosts"), bad
 
@@ -176,7 +169,7 @@ async def test_callback_url_is_checked_again_before_each_attempt(start_gateway, 
     strict = await start_gateway(server=STRICT, webhooks=hooks)
     deadline = asyncio.get_running_loop().time() + 30
     while True:
-        deliveries = {d["target"]: d for d in (await strict.task(task_id))["deliveries"] if d["kind"] == "webhook"}
+        deliveries = {d["target"]: d for d in (await strict.status(task_id))["deliveries"] if d["kind"] == "webhook"}
         if all(d["status"] != "pending" for d in deliveries.values()):
             break
         assert asyncio.get_running_loop().time() < deadline, deliveries
@@ -205,13 +198,13 @@ async def test_credentials_in_client_urls_are_in_no_view_error_or_log(start_gate
     media = media_server("/speech.wav").replace("http://", "http://alice:s3cret-m@")
     hook = webhook.url.replace("http://", "http://bob:s3cret-h@")
     with capture_logs() as logs:
-        task_id = await gw.submit(url=media, callback_url=hook)
-        done = await gw.wait_task(task_id)
+        task_id = await gw.submit(url=media, callback_url=hook, model=ECHO)
+        done = await gw.wait(task_id)
         await webhook.wait_for(1)
-        broken_id = await gw.submit(url=media.replace("/speech.wav", "/broken.wav"))
-        failed = await gw.wait_task(broken_id)
+        broken_id = await gw.submit(url=media.replace("/speech.wav", "/broken.wav"), model=ECHO)
+        failed = await gw.wait(broken_id)
         for _ in range(100):
-            deliveries = (await gw.task(task_id))["deliveries"]
+            deliveries = (await gw.status(task_id))["deliveries"]
             if all(d["status"] == "delivered" for d in deliveries):
                 break
             await asyncio.sleep(0.1)
@@ -223,6 +216,6 @@ async def test_credentials_in_client_urls_are_in_no_view_error_or_log(start_gate
     assert status == 200, body  # the target as views show it names the delivery
     status, page = await gw.call("GET", "/transcriptions")
     assert any(e["event"] == "delivery.attempt" and e["target"] == shown[0] for e in logs), logs
-    everything = repr(logs) + repr(page) + repr(await gw.task(task_id)) + repr(await gw.task(broken_id))
+    everything = repr(logs) + repr(page) + repr(await gw.status(task_id)) + repr(await gw.status(broken_id))
     assert "s3cret" not in everything
     assert "Basic" in webhook.received[0].headers.get("Authorization", "")  # the credentials were used
