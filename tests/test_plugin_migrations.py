@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, inspect, text
 
-from conftest import to_toml
+from conftest import ECHO, to_toml
 from gateway.db import MIGRATIONS_DIR, alembic_config, downgrade, sync_url, upgrade
 from gateway.payloads import Segment
 from gateway.plugins import Plugins
@@ -228,19 +228,21 @@ def notes_installed(notes_site, monkeypatch):
 
 
 async def test_a_third_party_plugin_with_its_own_table_is_treated_as_search_is(
-        notes_installed, start_gateway, speech_wav, tmp_path, database_url, monkeypatch):
+        notes_installed, start_gateway, tmp_path, database_url, monkeypatch):
     gw = await start_gateway(plugins={"notes": {"route": "/my-notes"}})
     assert {"search_0001", "notes_0001"} <= versions(database_url)  # both branches, at start-up
     assert {"tgw_note", "segment_index"} <= table_names(database_url)
 
-    task_id = await gw.submit(asset_id=await gw.upload(speech_wav))
+    script = tmp_path / "script.txt"  # what the echo provider hears: one segment of seven words
+    script.write_text("The notes plugin counts these seven words.\n")
+    task_id = await gw.submit(asset_id=await gw.upload(script), model=ECHO)
     deadline = time.monotonic() + 60
-    while {d["target"]: d["status"] for d in (await gw.task(task_id))["deliveries"]}.get("plugin:notes") != "delivered":
+    while {d["target"]: d["status"] for d in (await gw.status(task_id))["deliveries"]}.get("plugin:notes") != "delivered":
         assert time.monotonic() < deadline
         await asyncio.sleep(0.1)
     status, body = await gw.call("GET", "/my-notes")  # its route, where its own section says
     assert status == 200 and [n["task_id"] for n in body["data"]["notes"]] == [task_id]
-    assert body["data"]["notes"][0]["words"] >= 5
+    assert body["data"]["notes"][0]["words"] == 7
 
     code, out, err = await cli("--help")
     assert code == 0 and "notes-route" in out and "search" in out, err
@@ -249,7 +251,7 @@ async def test_a_third_party_plugin_with_its_own_table_is_treated_as_search_is(
     assert (code, out) == (0, "/elsewhere\n"), err
 
     # Not loaded: a gateway starts on the database that has its branch, and leaves it alone.
-    without = await start_gateway(worker=False, plugins={"load": ["srt", "search", "slack"]})
+    without = await start_gateway(worker=False, plugins={"load": ["srt", "search", "slack", "echo"]})
     assert (await without.call("GET", "/my-notes"))[0] == 404
     assert "notes_0001" in versions(database_url)
 
@@ -261,5 +263,5 @@ async def test_a_third_party_plugin_with_its_own_table_is_treated_as_search_is(
     assert "notes_0001" not in versions(database_url) and "tgw_note" not in table_names(database_url)
     assert "search_0001" in versions(database_url)
 
-    await start_gateway(worker=False, plugins={"load": ["srt", "search", "slack"]})
+    await start_gateway(worker=False, plugins={"load": ["srt", "search", "slack", "echo"]})
     assert "notes_0001" not in versions(database_url) and "tgw_note" not in table_names(database_url)
