@@ -16,7 +16,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from sqlalchemy.exc import SQLAlchemyError
 
 from gateway import API_BASE, callbacks, decisions, deliveries, metrics, openapi, requests, schemas, streams, subtitles, views
-from gateway.appkeys import CALLBACK_BODIES, CONFIG, DB, ENGINE, INGESTOR, NOTIFIER, PROVIDERS, STORE, LOOPS
+from gateway.appkeys import CALLBACK_BODIES, CONFIG, DB, INGESTOR, LOOPS, NOTIFIER, PROVIDERS, STORE
 from gateway.envelope import ok
 from gateway.errors import ApiError, BadRequest, NotFound, PayloadTooLarge, Unauthorized, Unavailable
 from gateway.models import Asset, Task, TaskStatus
@@ -376,7 +376,7 @@ async def readyz(request: web.Request) -> web.Response:
     if request.app.get(LOOPS) is None:
         unused = "not used (no worker in this process)"
         return ok(schemas.Ready(database="ok", engine=unused, speakers=unused))
-    engine = request.app[ENGINE]
+    engine = request.app[PROVIDERS].get(LOCAL).engine
     for what, failure in (("engine", engine.load_error), ("speaker encoder", engine.speakers_error)):
         if failure:
             raise Unavailable(f"{what} failed to load: {failure}")

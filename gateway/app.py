@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import hmac
 import time
 
@@ -16,7 +15,7 @@ from sqlalchemy.exc import DBAPIError
 
 from gateway import API_BASE, metrics
 from gateway import api as api_routes
-from gateway.appkeys import CALLBACK_BODIES, CONFIG, DB, ENGINE, HTTP, INGESTOR, NOTIFIER, PLUGINS, PROVIDERS, STORE, LOOPS
+from gateway.appkeys import CALLBACK_BODIES, CONFIG, DB, HTTP, INGESTOR, LOOPS, NOTIFIER, PLUGINS, PROVIDERS, STORE
 from gateway.callbacks import BodyGate
 from gateway.config import Config
 from gateway.db import Database, unavailable, upgrade_async
@@ -162,7 +161,6 @@ def _providers_context(load_model: bool):
         in the background (reported by /readyz) where work runs; an API-only process loads the
         model only if a request needs it."""
         engine = app[PROVIDERS].get(LOCAL).engine
-        app[ENGINE] = engine
         loading = []
         if load_model:
             loading.append(asyncio.create_task(engine.load()))
@@ -216,24 +214,6 @@ async def _startup_hooks(app: web.Application):
     yield
 
 
-GC_THRESHOLDS = (20_000, 20, 20)
-
-
-async def _settled_memory(app: web.Application):
-    """Once everything has started, the objects that live as long as the process (modules,
-    models, routes, plugins: some 100,000 to 300,000) are moved out of the garbage collector's
-    sight (`gc.freeze`), and a collection waits for 20,000 new objects instead of 700. Every full
-    collection used to walk all of them with the event loop stopped (what it cost, measured with
-    bench/ingest.py: docs/ARCHITECTURE.md). Undone on cleanup."""
-    gc.collect()
-    gc.freeze()
-    thresholds = gc.get_threshold()
-    gc.set_threshold(*GC_THRESHOLDS)
-    yield
-    gc.set_threshold(*thresholds)
-    gc.unfreeze()
-
-
 def create_app(config: Config, *, worker: bool = True, api: bool = True,
                plugins: Plugins | None = None) -> web.Application:
     """The gateway application: `worker=False` serves the API only (`serve --no-worker`),
@@ -253,7 +233,6 @@ def create_app(config: Config, *, worker: bool = True, api: bool = True,
                             _startup_hooks])
     if worker:
         app.cleanup_ctx.append(_worker_context(app))
-    app.cleanup_ctx.append(_settled_memory)
     if api:
         app.add_routes(api_routes.routes)
         app[PLUGINS].call_all_sync("register_routes", app=app)

@@ -8,11 +8,12 @@ from __future__ import annotations
 import asyncio
 import importlib
 import inspect
+import os
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 import structlog
@@ -20,6 +21,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gateway import hookspecs
 from gateway.payloads import Segment
+
+if TYPE_CHECKING:  # gateway.config and gateway.db import this module's PluginConfig / plugins
+    from aiohttp import web
+
+    from gateway.config import Config
+    from gateway.db import Database
 
 log = structlog.get_logger(__name__)
 
@@ -62,9 +69,9 @@ class _FreeformConfig(PluginConfig):
 class GatewayContext:
     """The running gateway, as plugins see it (`startup` and the `gateway` argument of hooks)."""
 
-    config: Any
-    db: Any
-    app: Any = None
+    config: Config
+    db: Database
+    app: web.Application | None = None
 
 
 @dataclass(frozen=True)
@@ -124,12 +131,39 @@ def _migrations_of(name: str, ep: Any) -> dict[str, Any]:
     return {name: impl.function() for impl in pm.hook.migrations.get_hookimpls()}
 
 
+TRACE_ENV = "TGW_TRACE_PLUGINS"  # set (to anything but ""): every hook call is logged
+
+
+def trace_hook_calls(pm: pluggy.PluginManager) -> None:
+    """Log every hook call, its plugins, arguments and results (as datasette's
+    DATASETTE_TRACE_PLUGINS), at info level: `plugin.hook_call` and `plugin.hook_result`."""
+
+    def before(hook_name, hook_impls, kwargs):
+        log.info("plugin.hook_call", hook=hook_name, plugins=[impl.plugin_name for impl in hook_impls],
+                 args={k: _short(v) for k, v in kwargs.items()})
+
+    def after(outcome, hook_name, hook_impls, kwargs):
+        exc = outcome.exception
+        log.info("plugin.hook_result", hook=hook_name, plugins=[impl.plugin_name for impl in hook_impls],
+                 error=f"{type(exc).__name__}: {exc}" if exc else None,
+                 result=None if exc else _short(outcome.get_result()))
+
+    pm.add_hookcall_monitoring(before, after)
+
+
+def _short(value: Any, limit: int = 200) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
 class Plugins:
     """The loaded plugins of one process, and their validated configuration."""
 
     def __init__(self, load: list[str] | None, sections: dict[str, Any]):
         self.pm = pluggy.PluginManager(GROUP)
         self.pm.add_hookspecs(hookspecs)
+        if os.environ.get(TRACE_ENV):
+            trace_hook_calls(self.pm)
         for module_name in DEFAULT_PLUGINS:
             self.pm.register(importlib.import_module(module_name), name=module_name)
         available = installed_entry_points()
@@ -186,17 +220,24 @@ class Plugins:
         """The plugins that get a delivery for `hook`: implementing it, and active by their config."""
         return [n for n in self.implementing(hook) if self.configs[n].active()]
 
+    def _caller(self, hook: str, name: str):
+        """Pluggy's hook caller for `hook` with only plugin `name`'s implementations (and its own
+        wrappers): each plugin is called, and so delivered to and retried, alone, while pluggy
+        still checks the arguments, runs the wrappers and traces the call."""
+        if self._impl(hook, name) is None:
+            raise PluginError(f"plugin {name!r} does not implement {hook}")
+        others = [plugin for other, plugin in self.pm.list_name_plugin() if other != name]
+        return self.pm.subset_hook_caller(hook, remove_plugins=others)
+
     async def call_one(self, hook: str, name: str, **kwargs) -> Any:
         """Call plugin `name`'s implementation of `hook`; sync ones run in a thread."""
-        impl = self._impl(hook, name)
-        if impl is None:
-            raise PluginError(f"plugin {name!r} does not implement {hook}")
+        caller = self._caller(hook, name)
         kwargs.setdefault("gateway", self.context)
-        args = {k: kwargs[k] for k in impl.argnames}
-        if inspect.iscoroutinefunction(impl.function):
-            result = await impl.function(**args)
+        if inspect.iscoroutinefunction(self._impl(hook, name).function):
+            results = caller(**kwargs)
         else:
-            result = await asyncio.to_thread(impl.function, **args)
+            results = await asyncio.to_thread(caller, **kwargs)
+        result = results[0] if results else None  # pluggy leaves out a None result
         if inspect.isawaitable(result):
             result = await result
         return result
@@ -209,9 +250,7 @@ class Plugins:
         plugin gets its own section as `config`."""
         out = []
         for name in self.implementing(hook):
-            impl = self._impl(hook, name)
-            args = {"config": self.configs[name], **kwargs}
-            out.append(impl.function(**{k: args[k] for k in impl.argnames}))
+            out.extend(self._caller(hook, name)(**{"config": self.configs[name], **kwargs}))
         return out
 
     def migrations(self, *, installed: bool = False) -> dict[str, Path]:

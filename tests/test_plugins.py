@@ -199,7 +199,7 @@ async def test_a_worker_claims_only_the_deliveries_of_plugins_it_has_loaded(star
     deliveries = await wait_deliveries(api, task_id, others)
     assert {"plugin:srt", "plugin:search", webhook.url} <= set(deliveries)
     await asyncio.sleep(1.0)  # five more polls (jobs.poll_s = 0.2) of its delivery loop
-    deliveries = {d["target"]: d for d in (await api.task(task_id))["deliveries"]}
+    deliveries = {d["target"]: d for d in (await api.status(task_id))["deliveries"]}
     assert deliveries["plugin:recorder"] == {"target": "plugin:recorder", "kind": "plugin", "status": "pending",
                                              "attempts": 0, "last_status_code": None, "last_error": None}
     assert await count_rows(database_url, "SELECT count(*) FROM deliveryattempt a JOIN delivery d "
@@ -288,3 +288,43 @@ async def test_third_party_plugin_is_listed_and_delivered(third_party_plugin, st
         cfg = load_config(None, environ={})
         Plugins(cfg.plugins.load, cfg.plugins.sections())
 
+
+
+class Wrapped:
+    """A plugin with its own hook wrapper around its delivery, and a sync implementation."""
+
+    def __init__(self):
+        self.seen: list[str] = []
+
+    @hookimpl(wrapper=True, specname="transcript_failed")
+    def around_failed(self, task):
+        self.seen.append("wrapper before")
+        result = yield
+        self.seen.append("wrapper after")
+        return result
+
+    @hookimpl
+    def transcript_failed(self, task, error):
+        self.seen.append(f"called: {task}, {error}")
+        return "done"
+
+
+async def test_hooks_go_through_pluggy_one_plugin_at_a_time_and_can_be_traced(monkeypatch):
+    """call_one goes through pluggy's hook caller (a plugin's own wrappers run; another plugin's
+    implementation is not called), and TGW_TRACE_PLUGINS logs every call and its result."""
+    from structlog.testing import capture_logs
+
+    monkeypatch.setenv("TGW_TRACE_PLUGINS", "1")
+    plugins = Plugins([], {})
+    wrapped, other = Wrapped(), Recorder()
+    plugins.register(wrapped, "wrapped")
+    plugins.register(other, "recorder")
+    with capture_logs() as logs:
+        result = await plugins.call_one("transcript_failed", "wrapped", task="t1", error="boom", config=None)
+    assert result == "done"
+    assert wrapped.seen == ["wrapper before", "called: t1, boom", "wrapper after"]
+    assert other.failed == []  # the other plugin's implementation is not called
+    calls = [e for e in logs if e["event"] in ("plugin.hook_call", "plugin.hook_result")]
+    assert [(e["event"], e["hook"]) for e in calls] == [("plugin.hook_call", "transcript_failed"),
+                                                        ("plugin.hook_result", "transcript_failed")]
+    assert calls[0]["args"]["error"] == "'boom'" and calls[1]["result"] == "['done']"

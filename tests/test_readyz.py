@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from conftest import Gateway, daemon_sections, free_port, to_toml
-from gateway.appkeys import ENGINE
+from gateway.appkeys import PROVIDERS
 from netns import PG_SOCKET_DIR
 
 
@@ -154,7 +154,7 @@ async def test_speaker_labels_off_loads_no_encoder_and_refuses_speaker_requests(
     status, body = await ready(gw)
     assert status == 200, body
     assert body["data"]["speakers"] == "disabled (engine.speaker_labels = false)"
-    assert not gw.app[ENGINE].speakers_loaded
+    assert not gw.app[PROVIDERS].get("local").engine.speakers_loaded
     status, body = await gw.call("POST", "/transcriptions/async-generate-audio",
                                  json={"asset_id": await gw.upload(speech_wav), "speaker": True})
     assert status == 400 and body["msg"] == ("speaker: the provider behind 'whisper-1' (local) cannot label "
