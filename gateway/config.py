@@ -137,6 +137,7 @@ class JobsConfig(_Section):
     max_attempts: int = Field(3, ge=1)
     poll_s: float = Field(1.0, gt=0)
     retry_backoff_s: float = Field(5.0, ge=0)
+    retry_backoff_max_s: float = Field(600, gt=0)
 
 
 class WebhooksConfig(_Section):
