@@ -15,6 +15,8 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gateway.validation import describe_error
+
 ENV_PREFIX = "TGW_"
 
 
@@ -265,8 +267,7 @@ def _describe(err: ValidationError, env_keys: dict[tuple[str, ...], str]) -> str
     for e in err.errors():
         loc = tuple(str(p) for p in e["loc"])
         source = next((name for n in range(len(loc), 0, -1) if (name := env_keys.get(loc[:n]))), None)
-        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
-        lines.append(f"{'.'.join(loc)}: {msg}" + (f" (from {source})" if source else ""))
+        lines.append(describe_error(e) + (f" (from {source})" if source else ""))
     return "; ".join(lines)
 
 

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gateway import hookspecs
 from gateway.payloads import Segment
+from gateway.validation import describe_validation_error
 
 log = structlog.get_logger(__name__)
 
@@ -152,10 +153,7 @@ class Plugins:
         try:
             return model.model_validate(section)
         except ValidationError as exc:
-            e = exc.errors()[0]
-            key = ".".join(str(p) for p in e["loc"])
-            msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
-            raise PluginError(f"plugins.{name}.{key}: {msg}") from None
+            raise PluginError(describe_validation_error(exc, root=("plugins", name))) from None
 
     def _impl(self, hook: str, name: str):
         for impl in getattr(self.pm.hook, hook).get_hookimpls():
