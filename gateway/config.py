@@ -15,6 +15,8 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gateway.validation import describe_error
+
 ENV_PREFIX = "TGW_"
 
 
@@ -137,6 +139,7 @@ class JobsConfig(_Section):
     max_attempts: int = Field(3, ge=1)
     poll_s: float = Field(1.0, gt=0)
     retry_backoff_s: float = Field(5.0, ge=0)
+    retry_backoff_max_s: float = Field(600, gt=0)
 
 
 class WebhooksConfig(_Section):
@@ -264,8 +267,7 @@ def _describe(err: ValidationError, env_keys: dict[tuple[str, ...], str]) -> str
     for e in err.errors():
         loc = tuple(str(p) for p in e["loc"])
         source = next((name for n in range(len(loc), 0, -1) if (name := env_keys.get(loc[:n]))), None)
-        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
-        lines.append(f"{'.'.join(loc)}: {msg}" + (f" (from {source})" if source else ""))
+        lines.append(describe_error(e) + (f" (from {source})" if source else ""))
     return "; ".join(lines)
 
 

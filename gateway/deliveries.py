@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -30,6 +29,7 @@ from gateway.leases import Claimed
 from gateway.models import Delivery, DeliveryAttempt, DeliveryStatus, Task, utcnow
 from gateway.notify import DELIVERIES, publish
 from gateway.plugins import Plugins, RetryAfter, TaskInfo, transcript_from_payload
+from gateway.retry import Backoff, retry_after_s
 from gateway.urls import UrlError, UrlPolicy, redact
 
 log = structlog.get_logger(__name__)
@@ -37,10 +37,9 @@ log = structlog.get_logger(__name__)
 PLUGIN_PREFIX = "plugin:"
 
 
-def backoff_s(attempt: int, cfg: WebhooksConfig, rng: random.Random = random.Random()) -> float:
-    """Delay before retry number `attempt` (1-based): exponential, capped, with equal jitter."""
-    ceiling = min(cfg.backoff_max_s, cfg.backoff_base_s * 2 ** (attempt - 1))
-    return ceiling / 2 + rng.random() * ceiling / 2
+def backoff(cfg: WebhooksConfig) -> Backoff:
+    """The backoff of webhook and plugin deliveries: exponential, capped, with equal jitter."""
+    return Backoff(cfg.backoff_base_s, cfg.backoff_max_s)
 
 
 def webhook_id(delivery_id: str) -> str:
@@ -96,14 +95,6 @@ def lease_s(target: str, config: Config, plugins: Plugins | None) -> float:
     return timeout_s * 1.5 + 5
 
 
-def retry_after_s(value: str | None, cfg: WebhooksConfig) -> float | None:
-    """A receiver's Retry-After in seconds (capped at backoff_max_s); None if absent or a date."""
-    try:
-        return min(max(float(value), 0.0), cfg.backoff_max_s) if value is not None else None
-    except ValueError:
-        return None
-
-
 async def send_webhook(http: aiohttp.ClientSession, d: Delivery, body: str, cfg: WebhooksConfig,
                        attempt: Attempt) -> None:
     """POST the signed body and note the outcome on `attempt` (error None on 2xx)."""
@@ -117,7 +108,8 @@ async def send_webhook(http: aiohttp.ClientSession, d: Delivery, body: str, cfg:
             if not 200 <= resp.status < 300:
                 attempt.error = f"HTTP {resp.status}"
                 if resp.status in (429, 503):
-                    attempt.retry_after_s = retry_after_s(resp.headers.get("Retry-After"), cfg)
+                    if (asked := retry_after_s(resp.headers.get("Retry-After"))) is not None:
+                        attempt.retry_after_s = min(asked, cfg.backoff_max_s)
     except asyncio.TimeoutError:
         attempt.error = f"timed out after {cfg.timeout_s:g}s"
     except aiohttp.ClientError as exc:
@@ -157,7 +149,7 @@ async def record_attempt(db: Database, d: Delivery, owner: str, attempt: Attempt
         elif row.attempts >= max_attempts or attempt.final:
             row.status = DeliveryStatus.DEAD
         else:
-            delay = attempt.retry_after_s if attempt.retry_after_s is not None else backoff_s(row.attempts, cfg)
+            delay = attempt.retry_after_s if attempt.retry_after_s is not None else backoff(cfg).delay(row.attempts)
             row.next_attempt_at = now + timedelta(seconds=delay)
         s.add(row)
         return row.status

@@ -18,6 +18,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from gateway.errors import BadRequest
+from gateway.validation import describe_validation_error, location
 
 SUCCESS_CODE = "0000"
 COMPLETED_MSG = "transcription completed"
@@ -204,14 +205,14 @@ class CallbackPayload(_Strict):
 
 
 def _loc(loc: tuple) -> str:
-    out = ""
-    for p in loc:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
-    return out or "body"
+    return location(loc, brackets=True, empty="body")
+
+
+PAYLOAD_ERROR = "invalid callback payload: "
 
 
 def _invalid(where: str, msg: str) -> BadRequest:
-    return BadRequest(f"invalid callback payload: {where}: {msg}")
+    return BadRequest(f"{PAYLOAD_ERROR}{where}: {msg}")
 
 
 def parse_callback(body: Any) -> tuple[str, Outcome]:
@@ -221,8 +222,8 @@ def parse_callback(body: Any) -> tuple[str, Outcome]:
     try:
         p = CallbackPayload.model_validate(body)
     except ValidationError as exc:
-        e = exc.errors()[0]
-        raise _invalid(_loc(e["loc"]), "is required" if e["type"] == "missing" else e["msg"]) from None
+        raise BadRequest(describe_validation_error(exc, PAYLOAD_ERROR, brackets=True, empty="body",
+                                                   messages={"missing": "is required"})) from None
     if (where := _nul_at(p.model_dump(), ())) is not None:
         raise _invalid(_loc(where), NUL_MESSAGE)
     return _outcome(p)

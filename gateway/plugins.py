@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gateway import hookspecs
 from gateway.payloads import Segment
+from gateway.validation import describe_validation_error
 
 if TYPE_CHECKING:  # gateway.config and gateway.db import this module's PluginConfig / plugins
     from aiohttp import web
@@ -200,10 +201,7 @@ class Plugins:
         try:
             return model.model_validate(section)
         except ValidationError as exc:
-            e = exc.errors()[0]
-            key = ".".join(str(p) for p in e["loc"])
-            msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
-            raise PluginError(f"plugins.{name}.{key}: {msg}") from None
+            raise PluginError(describe_validation_error(exc, root=("plugins", name))) from None
 
     def _impl(self, hook: str, name: str):
         for impl in getattr(self.pm.hook, hook).get_hookimpls():

@@ -15,6 +15,7 @@ from gateway.notify import publish, task_channel
 from gateway.providers import LOCAL, Provider, Providers
 from gateway.payloads import no_nul
 from gateway.urls import UrlError, UrlPolicy
+from gateway.validation import describe_validation_error
 
 
 StrictText = Annotated[StrictStr, AfterValidator(no_nul)]
@@ -42,10 +43,8 @@ def parse_generate_request(body: Any) -> GenerateRequest:
     try:
         return GenerateRequest.model_validate(body)
     except ValidationError as exc:
-        e = exc.errors()[0]
-        field = ".".join(str(p) for p in e["loc"]) or "body"
-        msg = "unknown field" if e["type"] == "extra_forbidden" else e["msg"]
-        raise BadRequest(f"{field}: {msg}") from None
+        raise BadRequest(describe_validation_error(exc, empty="body",
+                                                   messages={"extra_forbidden": "unknown field"})) from None
 
 
 # The language codes Whisper knows (faster-whisper's WhisperModel.supported_languages of a

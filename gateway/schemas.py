@@ -9,6 +9,7 @@ from typing import Any, Literal, Optional, get_args
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer
 
 from gateway.errors import BadRequest
+from gateway.validation import describe_validation_error
 
 TaskStatusName = Literal["queued", "processing", "completed", "failed"]
 
@@ -168,7 +169,5 @@ def parse_query(model: type[BaseModel], query) -> Any:
     try:
         return model.model_validate(values)
     except ValidationError as exc:
-        e = exc.errors()[0]
-        name = ".".join(str(p) for p in e["loc"]) or "query"
-        msg = "unknown parameter" if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, ")
-        raise BadRequest(f"{name}: {msg}") from None
+        raise BadRequest(describe_validation_error(exc, empty="query", strip_value_error=True,
+                                                   messages={"extra_forbidden": "unknown parameter"})) from None

@@ -11,6 +11,7 @@ from pydantic import Field
 
 from gateway.hookspecs import hookimpl
 from gateway.plugins import PluginConfig, RetryAfter
+from gateway.retry import retry_after_s
 from gateway.urls import redact
 
 SECTION_MAX = 3000
@@ -128,10 +129,8 @@ async def post(cfg: SlackConfig, text: str, blocks: list[dict]) -> None:
 
 
 def _retry_after(value) -> float:
-    try:
-        return max(0.0, float(value))
-    except (TypeError, ValueError):
-        return 30.0  # absent or an HTTP date: wait a reasonable while
+    seconds = retry_after_s(value)  # delta-seconds or an HTTP date
+    return 30.0 if seconds is None else seconds  # absent or unreadable: wait a reasonable while
 
 
 @hookimpl

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import random
-from datetime import datetime, timezone
+import time
+from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
 
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from standardwebhooks.webhooks import Webhook
 
 from conftest import ECHO, WEBHOOK_SECRET, count_rows, wait_delivery
 from gateway.config import WebhooksConfig
-from gateway.deliveries import backoff_s, signed_headers
+from gateway.deliveries import backoff, signed_headers
 
 
 async def test_failing_receiver_is_retried_then_dead(start_gateway, webhook, speech_wav, database_url):
@@ -54,7 +58,31 @@ async def test_retry_after_from_the_receiver_is_honoured(start_gateway, webhook,
     assert d["attempts"] == 3
     first, second, third = (c.at for c in webhook.received)
     assert second - first >= 1.0  # waited as asked, not the 0.1 s backoff of the test config
-    assert third - second < 1.0  # an HTTP date is not read: the ordinary backoff applies
+    assert third - second < 1.0  # an HTTP date in the past: at once
+
+
+async def test_retry_after_as_an_http_date_is_honoured(start_gateway, speech_wav):
+    times = []
+
+    async def handle(request: web.Request) -> web.Response:
+        times.append(time.monotonic())
+        if len(times) > 1:
+            return web.Response(text="ok")
+        ahead = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=3), usegmt=True)
+        return web.Response(status=429, headers={"Retry-After": ahead})  # 2-3 s ahead (whole seconds)
+
+    app = web.Application()
+    app.router.add_post("/hook", handle)
+    receiver = TestServer(app, host="127.0.0.1")
+    await receiver.start_server()
+    try:
+        gw = await start_gateway(webhooks={"backoff_max_s": 10})
+        task_id = await gw.submit(asset_id=await gw.upload(speech_wav), callback_url=str(receiver.make_url("/hook")))
+        [d] = await wait_delivery(gw, task_id, "delivered")
+    finally:
+        await receiver.close()
+    assert d["attempts"] == 2
+    assert times[1] - times[0] >= 1.9  # waited until that date, not the 0.1 s backoff of the test config
 
 
 async def test_recovering_receiver_gets_it_delivered(start_gateway, webhook, speech_wav):
@@ -69,7 +97,7 @@ def test_backoff_grows_exponentially_with_equal_jitter_and_a_cap():
     cfg = WebhooksConfig(backoff_base_s=2, backoff_max_s=60)
     rng = random.Random(7)
     for attempt, ceiling in [(1, 2), (2, 4), (3, 8), (5, 32), (6, 60), (12, 60)]:
-        delays = [backoff_s(attempt, cfg, rng) for _ in range(200)]
+        delays = [backoff(cfg).delay(attempt, rng) for _ in range(200)]
         assert min(delays) >= ceiling / 2 and max(delays) <= ceiling
         assert max(delays) - min(delays) > ceiling / 4  # jittered, not constant
 

@@ -229,6 +229,31 @@ def test_plugin_sections_are_validated():
     assert not plugins().configs["slack"].active()  # no webhook_url: no Slack deliveries
 
 
+def test_a_plugin_config_error_about_the_whole_table_names_the_table():
+    from pydantic import model_validator
+
+    from gateway.plugins import PluginConfig
+
+    class PairConfig(PluginConfig):
+        a: str = ""
+        b: str = ""
+
+        @model_validator(mode="after")
+        def _one(self):
+            if bool(self.a) == bool(self.b):
+                raise ValueError("set exactly one of a and b")
+            return self
+
+    class Pair:
+        @hookimpl
+        def plugin_config(self):
+            return PairConfig
+
+    with pytest.raises(PluginError) as err:
+        Plugins([], {}).register(Pair(), "pair", {})
+    assert str(err.value) == "plugins.pair: Value error, set exactly one of a and b"  # not "plugins.pair.: …"
+
+
 async def test_plugins_command_lists_first_party_plugins(tmp_path):
     code, out, err = await cli("plugins", "--json")
     assert code == 0, err

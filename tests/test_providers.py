@@ -6,6 +6,7 @@ model aliases to providers in one deployment."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 from standardwebhooks.webhooks import Webhook
@@ -254,6 +255,16 @@ async def test_openai_errors_fail_or_retry_as_the_status_warrants(
     assert (done["status"], done["attempts"]) == (status, attempts), done
     if error:
         assert done["error"].startswith(error)
+
+
+async def test_task_retry_delays_are_capped(start_gateway, openai_server, speech_wav):
+    openai_server.responses = [(500, {"error": {"message": "overloaded"}})] * 3
+    gw = await start_gateway(providers={"openai": {"base_url": openai_server.url, "api_key": openai_server.api_key}},
+                             jobs={"max_attempts": 4, "retry_backoff_s": 8, "retry_backoff_max_s": 0.3})
+    t0 = time.monotonic()
+    done = await gw.wait_task(await submit_remote(gw, speech_wav, model="openai-whisper"), timeout=60)
+    assert (done["status"], done["attempts"]) == ("completed", 4), done
+    assert time.monotonic() - t0 < 12  # 3 retries of at most 0.3 s, not 4 + 8 + 16 s (the uncapped minimum)
 
 
 # --- routing and configuration -----------------------------------------------------------

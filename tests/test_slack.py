@@ -8,6 +8,9 @@ import asyncio
 import json
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
+from typing import Callable
 
 import pytest
 from aiohttp import web
@@ -49,12 +52,13 @@ class FakeSlack:
     messages: list[dict] = field(default_factory=list)
     times: list[float] = field(default_factory=list)
     rate_limit_first: int = 0
+    retry_after: Callable[[], str] = lambda: "1"  # the Retry-After of a 429, made when it is sent
 
     async def handle(self, request: web.Request) -> web.Response:
         self.times.append(time.monotonic())
         if self.rate_limit_first:
             self.rate_limit_first -= 1
-            return web.Response(status=429, text="rate_limited", headers={"Retry-After": "1"})
+            return web.Response(status=429, text="rate_limited", headers={"Retry-After": self.retry_after()})
         payload = await request.json()
         problems = slack_problems(payload)
         if problems:
@@ -122,6 +126,16 @@ async def test_rate_limit_is_retried_after_retry_after(start_gateway, slack, spe
     d = await slack_delivery(gw, task_id)
     assert d["attempts"] == 2 and len(slack.messages) == 1
     assert slack.times[1] - slack.times[0] >= 0.95  # Retry-After: 1, not the fast test backoff
+
+
+async def test_rate_limit_is_retried_after_a_retry_after_date(start_gateway, slack, speech_wav):
+    slack.rate_limit_first = 1
+    slack.retry_after = lambda: format_datetime(datetime.now(timezone.utc) + timedelta(seconds=3), usegmt=True)
+    gw = await start_gateway(plugins={"slack": {"webhook_url": slack.url}})
+    task_id = await gw.submit(asset_id=await gw.upload(speech_wav))
+    d = await slack_delivery(gw, task_id)
+    assert d["attempts"] == 2 and len(slack.messages) == 1
+    assert 1.9 <= slack.times[1] - slack.times[0] < 10  # until that date (2-3 s ahead), not 30 s
 
 
 async def test_failure_notice(start_gateway, slack, tmp_path):

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from gateway.config import Config, validate_whsec
 from gateway.models import Task
 from gateway.payloads import Outcome
+from gateway.validation import MESSAGES, describe_validation_error
 
 LOCAL = "local"
 
@@ -135,10 +136,8 @@ class Provider:
 
 
 def _key_error(name: str, exc: ValidationError) -> ProviderError:
-    e = exc.errors()[0]
-    key = ".".join(str(p) for p in e["loc"])
-    msg = "unknown key" if e["type"] == "extra_forbidden" else ("is required" if e["type"] == "missing" else e["msg"])
-    return ProviderError(f"providers.{name}.{key}: {msg}" if key else f"providers.{name}: {msg}")
+    return ProviderError(describe_validation_error(exc, root=("providers", name),
+                                                   messages={**MESSAGES, "missing": "is required"}))
 
 
 class Providers:
