@@ -93,11 +93,11 @@ async def test_a_task_url_is_downloaded_off_the_event_loop(daemon, daemon_factor
     worker = daemon_factory(to_toml(sections), command=("worker",))
     worker.start()
     warm = await gw.submit(asset_id=await gw.upload(speech_wav))  # once it is done, the worker's model is loaded
-    assert (await gw.wait_task(warm, timeout=180))["status"] == "completed"
+    assert (await gw.wait(warm, timeout=180))["status"] == "completed"
 
     async def download():
         task_id = await gw.submit(url=media_server("/speech.wav"))
-        assert (await gw.wait_task(task_id, timeout=120))["status"] == "completed"
+        assert (await gw.wait(task_id, timeout=120))["status"] == "completed"
 
     calls = await traced_syscalls(worker.proc.pid, tmp_path / "strace.txt", download)
     temp_dir = str(Path(sections["storage"]["dir"]) / "tmp") + "/"

@@ -262,7 +262,7 @@ async def test_task_retry_delays_are_capped(start_gateway, openai_server, speech
     gw = await start_gateway(providers={"openai": {"base_url": openai_server.url, "api_key": openai_server.api_key}},
                              jobs={"max_attempts": 4, "retry_backoff_s": 8, "retry_backoff_max_s": 0.3})
     t0 = time.monotonic()
-    done = await gw.wait_task(await submit_remote(gw, speech_wav, model="openai-whisper"), timeout=60)
+    done = await gw.wait(await submit_remote(gw, speech_wav, model="openai-whisper"), timeout=60)
     assert (done["status"], done["attempts"]) == ("completed", 4), done
     assert time.monotonic() - t0 < 12  # 3 retries of at most 0.3 s, not 4 + 8 + 16 s (the uncapped minimum)
 
