@@ -15,6 +15,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gateway.retry import Backoff
 from gateway.validation import describe_error
 
 ENV_PREFIX = "TGW_"
@@ -141,6 +142,11 @@ class JobsConfig(_Section):
     retry_backoff_s: float = Field(5.0, ge=0)
     retry_backoff_max_s: float = Field(600, gt=0)
 
+    @property
+    def backoff(self) -> Backoff:
+        """When a failed task is tried again."""
+        return Backoff(self.retry_backoff_s, self.retry_backoff_max_s)
+
 
 class WebhooksConfig(_Section):
     urls: list[str] = []
@@ -149,6 +155,11 @@ class WebhooksConfig(_Section):
     timeout_s: float = Field(10, gt=0)
     backoff_base_s: float = Field(2.0, gt=0)
     backoff_max_s: float = Field(600, gt=0)
+
+    @property
+    def backoff(self) -> Backoff:
+        """When a failed webhook or plugin delivery is tried again."""
+        return Backoff(self.backoff_base_s, self.backoff_max_s)
 
     @field_validator("secret")
     @classmethod

@@ -29,17 +29,12 @@ from gateway.leases import Claimed
 from gateway.models import Delivery, DeliveryAttempt, DeliveryStatus, Task, utcnow
 from gateway.notify import DELIVERIES, publish
 from gateway.plugins import Plugins, RetryAfter, TaskInfo, transcript_from_payload
-from gateway.retry import Backoff, retry_after_s
+from gateway.retry import retry_after_s
 from gateway.urls import UrlError, UrlPolicy, redact
 
 log = structlog.get_logger(__name__)
 
 PLUGIN_PREFIX = "plugin:"
-
-
-def backoff(cfg: WebhooksConfig) -> Backoff:
-    """The backoff of webhook and plugin deliveries: exponential, capped, with equal jitter."""
-    return Backoff(cfg.backoff_base_s, cfg.backoff_max_s)
 
 
 def webhook_id(delivery_id: str) -> str:
@@ -149,7 +144,7 @@ async def record_attempt(db: Database, d: Delivery, owner: str, attempt: Attempt
         elif row.attempts >= max_attempts or attempt.final:
             row.status = DeliveryStatus.DEAD
         else:
-            delay = attempt.retry_after_s if attempt.retry_after_s is not None else backoff(cfg).delay(row.attempts)
+            delay = attempt.retry_after_s if attempt.retry_after_s is not None else cfg.backoff.delay(row.attempts)
             row.next_attempt_at = now + timedelta(seconds=delay)
         s.add(row)
         return row.status

@@ -28,7 +28,6 @@ from gateway.notify import DELIVERIES, Notifier, task_channel, task_done_channel
 from gateway.payloads import Outcome
 from gateway.plugins import Plugins
 from gateway.providers import Job, PermanentError, Pending, Provider, Providers, RetryableError
-from gateway.retry import Backoff
 from gateway.urls import UrlPolicy
 
 log = structlog.get_logger(__name__)
@@ -133,7 +132,7 @@ class Loops:
                 reason = f"{type(exc).__name__}: {exc}"
                 log.exception("task.error", attempt=task.attempts)
             if task.attempts < self.config.jobs.max_attempts:
-                delay = Backoff(self.config.jobs.retry_backoff_s, self.config.jobs.retry_backoff_max_s).delay(task.attempts)
+                delay = self.config.jobs.backoff.delay(task.attempts)
                 log.warning("task.retry", attempt=task.attempts, retry_in_s=delay, error=reason)
                 await leases.release_task(self.db, task.id, self.owner, error=reason, delay_s=delay)
                 return

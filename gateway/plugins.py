@@ -219,19 +219,20 @@ class Plugins:
         return [n for n in self.implementing(hook) if self.configs[n].active()]
 
     def _caller(self, hook: str, name: str):
-        """Pluggy's hook caller for `hook` with only plugin `name`'s implementations (and its own
-        wrappers): each plugin is called, and so delivered to and retried, alone, while pluggy
-        still checks the arguments, runs the wrappers and traces the call."""
-        if self._impl(hook, name) is None:
+        """(pluggy's hook caller for `hook` with only plugin `name`'s implementations and its own
+        wrappers, that implementation): each plugin is called, and so delivered to and retried,
+        alone, while pluggy still checks the arguments, runs the wrappers and traces the call."""
+        impl = self._impl(hook, name)
+        if impl is None:
             raise PluginError(f"plugin {name!r} does not implement {hook}")
         others = [plugin for other, plugin in self.pm.list_name_plugin() if other != name]
-        return self.pm.subset_hook_caller(hook, remove_plugins=others)
+        return self.pm.subset_hook_caller(hook, remove_plugins=others), impl
 
     async def call_one(self, hook: str, name: str, **kwargs) -> Any:
         """Call plugin `name`'s implementation of `hook`; sync ones run in a thread."""
-        caller = self._caller(hook, name)
+        caller, impl = self._caller(hook, name)
         kwargs.setdefault("gateway", self.context)
-        if inspect.iscoroutinefunction(self._impl(hook, name).function):
+        if inspect.iscoroutinefunction(impl.function):
             results = caller(**kwargs)
         else:
             results = await asyncio.to_thread(caller, **kwargs)
@@ -248,7 +249,8 @@ class Plugins:
         plugin gets its own section as `config`."""
         out = []
         for name in self.implementing(hook):
-            out.extend(self._caller(hook, name)(**{"config": self.configs[name], **kwargs}))
+            caller, _ = self._caller(hook, name)
+            out.extend(caller(**{"config": self.configs[name], **kwargs}))
         return out
 
     def migrations(self, *, installed: bool = False) -> dict[str, Path]:

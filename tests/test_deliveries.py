@@ -15,7 +15,7 @@ from standardwebhooks.webhooks import Webhook
 
 from conftest import ECHO, WEBHOOK_SECRET, count_rows, wait_delivery
 from gateway.config import WebhooksConfig
-from gateway.deliveries import backoff, signed_headers
+from gateway.deliveries import signed_headers
 
 
 async def test_failing_receiver_is_retried_then_dead(start_gateway, webhook, speech_wav, database_url):
@@ -97,7 +97,7 @@ def test_backoff_grows_exponentially_with_equal_jitter_and_a_cap():
     cfg = WebhooksConfig(backoff_base_s=2, backoff_max_s=60)
     rng = random.Random(7)
     for attempt, ceiling in [(1, 2), (2, 4), (3, 8), (5, 32), (6, 60), (12, 60)]:
-        delays = [backoff(cfg).delay(attempt, rng) for _ in range(200)]
+        delays = [cfg.backoff.delay(attempt, rng) for _ in range(200)]
         assert min(delays) >= ceiling / 2 and max(delays) <= ceiling
         assert max(delays) - min(delays) > ceiling / 4  # jittered, not constant
 
