@@ -71,6 +71,8 @@ class Task(SQLModel, table=True):
     speaker_note: Optional[str] = Field(default=None, sa_column=Column(Text))
     # What the engine could not do (speech it could not transcribe); also in the stored result.
     note: Optional[str] = Field(default=None, sa_column=Column(Text))
+    # The engine options asked for beyond these columns (gateway/options.py), JSON; NULL = none.
+    options: Optional[str] = Field(default=None, sa_column=Column(Text))
     provider: str = Field(max_length=64)
     upstream_task_id: Optional[str] = Field(default=None, max_length=255)
     # When the request creating its upstream job was sent, until the upstream id is stored: a

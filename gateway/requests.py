@@ -12,6 +12,7 @@ from gateway.db import Database
 from gateway.errors import BadRequest
 from gateway.models import Asset, Task, time_ordered_id
 from gateway.notify import publish, task_channel
+from gateway.options import DEFAULT, TaskOptions
 from gateway.providers import LOCAL, Provider, Providers
 from gateway.payloads import no_nul
 from gateway.urls import UrlError, UrlPolicy
@@ -113,8 +114,9 @@ async def validate_request(db: Database, config: Config, providers: Providers, r
     return provider
 
 
-async def create_task(db: Database, req: GenerateRequest, provider: str) -> Task:
-    task = Task(id=time_ordered_id(), asset_id=req.asset_id, url=req.url, model=req.model,
+async def create_task(db: Database, req: GenerateRequest, provider: str,
+                      options: TaskOptions = DEFAULT) -> Task:
+    task = Task(options=options.dump(), id=time_ordered_id(), asset_id=req.asset_id, url=req.url, model=req.model,
                 speaker=req.speaker, language=req.language.lower() if req.language else None,
                 num_speakers=req.num_speakers, min_speakers=req.min_speakers,
                 max_speakers=req.max_speakers, provider=provider, callback_url=req.callback_url)

@@ -44,6 +44,11 @@ def table_names(url: str) -> set[str]:
         engine.dispose()
 
 
+def core_head() -> str:
+    """The newest core revision (their ids are their files' 4-digit prefixes)."""
+    return max(p.name[:4] for p in (MIGRATIONS_DIR / "versions").glob("0*.py"))
+
+
 def legacy_database(url: str, tmp_path: Path) -> None:
     """A database as the migrations made it before plugins had branches: the core's versions of
     today with the old 0002, which created the search index, up to 0008."""
@@ -73,7 +78,7 @@ async def test_a_database_made_by_the_old_migrations_adopts_the_search_branch(da
 
     search = Plugins(["search"], {})
     upgrade(database_url, plugins=search)
-    assert versions(database_url) == {"0008", "search_0001"}
+    assert versions(database_url) == {core_head(), "search_0001"}
     db = Database(database_url)
     try:
         page = await index.search(db, "budget", index.Filters(), 20, 0)
@@ -83,7 +88,7 @@ async def test_a_database_made_by_the_old_migrations_adopts_the_search_branch(da
 
     # From here on it is a database like any other: the branch goes and comes back.
     downgrade(database_url, "search@base", search)
-    assert versions(database_url) == {"0008"}
+    assert versions(database_url) == {core_head()}
     assert not {t for t in table_names(database_url) if t.startswith("segment_index")}
     upgrade(database_url, plugins=search)
     db = Database(database_url)

@@ -1,0 +1,45 @@
+"""A task's engine options beyond the columns every task has (model, language, speaker hints):
+what the memories API's `word_timestamps`, `prompt`, `hotwords` and the OpenAI API's
+`prompt`, `temperature`, translation and segment details ask of the provider.
+
+Stored as JSON in `task.options`, NULL when every option is at its default, so a task that asks
+for nothing new is stored, run and delivered exactly as before.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Optional
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictStr
+
+from gateway.models import Task
+from gateway.payloads import no_nul
+
+Text = Annotated[StrictStr, AfterValidator(no_nul)]
+
+
+class TaskOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    word_timestamps: StrictBool = False  # each segment of the result gets its `words`
+    prompt: Optional[Text] = Field(default=None, max_length=4000)  # the decoder's initial prompt
+    hotwords: Optional[Text] = Field(default=None, max_length=1000)  # words to favour
+    temperature: Optional[float] = Field(default=None, ge=0, le=1, allow_inf_nan=False)
+    translate: StrictBool = False  # into English (the OpenAI API's /v1/audio/translations)
+    details: StrictBool = False  # each segment keeps the decoder's figures (OpenAI verbose_json)
+    known_speaker_names: tuple[Text, ...] = ()  # stored until known speakers are matched
+    known_speaker_references: tuple[Text, ...] = ()
+
+    def dump(self) -> str | None:
+        """The JSON stored in task.options: None when every option is at its default."""
+        fields = self.model_dump(exclude_defaults=True, mode="json")
+        return json.dumps(fields, sort_keys=True, separators=(",", ":")) if fields else None
+
+
+DEFAULT = TaskOptions()
+
+
+def options_of(task: Task) -> TaskOptions:
+    """A task's options (the defaults for a task stored without any)."""
+    return TaskOptions.model_validate_json(task.options) if task.options else DEFAULT
