@@ -210,12 +210,13 @@ SCENARIOS = {"idle": ("idle", idle), "uploads": (f"{CLIENTS} concurrent 1 MB upl
 # --- the daemon and the report -----------------------------------------------------------
 
 
-def start_daemon(workdir: Path) -> tuple[subprocess.Popen, str]:
+def start_daemon(workdir: Path, uploads_at_once: int | None) -> tuple[subprocess.Popen, str]:
     port = free_port()
     config = workdir / "gateway.toml"
+    turns = "" if uploads_at_once is None else f"max_concurrent_uploads = {uploads_at_once}\n"
     config.write_text(f"""[server]
 max_json_kb = 32768
-[database]
+{turns}[database]
 url = "sqlite:///{workdir}/gateway.db"
 [storage]
 dir = "{workdir}/assets"
@@ -262,7 +263,7 @@ def start_bare(workdir: Path) -> tuple[subprocess.Popen, str]:
 
 
 async def run(args, workdir: Path) -> dict:
-    proc, url = start_bare(workdir) if args.ceiling else start_daemon(workdir)
+    proc, url = start_bare(workdir) if args.ceiling else start_daemon(workdir, args.max_concurrent_uploads)
     try:
         async with aiohttp.ClientSession() as http:
             await GatewayClient(url, http=http).wait_ready(timeout=60)
@@ -309,6 +310,8 @@ def main() -> None:
     ap.add_argument("--ceiling", action="store_true",
                     help="measure a bare aiohttp server (reads uploads, drops them) instead of the gateway; "
                          "use with --label ceiling --scenarios idle,uploads")
+    ap.add_argument("--max-concurrent-uploads", type=int,
+                    help="the daemon's server.max_concurrent_uploads (default: the config's default; 0 = no limit)")
     ap.add_argument("--bare", type=int, help=argparse.SUPPRESS)  # internal: run the bare server on this port
     ap.add_argument("--probe", help=argparse.SUPPRESS)  # internal: probe this URL until stdin closes
     ap.add_argument("--out", help=argparse.SUPPRESS)

@@ -16,7 +16,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from sqlalchemy.exc import SQLAlchemyError
 
 from gateway import API_BASE, callbacks, decisions, deliveries, metrics, openapi, requests, schemas, streams, subtitles, views
-from gateway.appkeys import CALLBACK_BODIES, CONFIG, DB, INGESTOR, LOOPS, NOTIFIER, PROVIDERS, STORE
+from gateway.appkeys import CALLBACK_BODIES, CONFIG, DB, INGESTOR, LOOPS, NOTIFIER, PROVIDERS, STORE, UPLOAD_TURNS
 from gateway.envelope import ok
 from gateway.errors import ApiError, BadRequest, NotFound, PayloadTooLarge, Unauthorized, Unavailable
 from gateway.models import Asset, Task, TaskStatus
@@ -126,39 +126,41 @@ async def upload(request: web.Request) -> web.Response:
 
 
 async def _store_upload(request: web.Request, max_bytes: int) -> web.Response:
-    try:
-        reader = await request.multipart()
-        async for part in reader:
-            if isinstance(part, MultipartReader):  # a part that is itself multipart (multipart/mixed)
-                raise BadRequest("malformed multipart/form-data body: a part is itself multipart; "
-                                 "send the file as one part named 'file'")
-            if part.name != "file":
-                await part.release()
-                continue
-            if part.filename is None:
-                raise BadRequest("multipart field 'file' must be a file upload (with a filename)")
+    async with request.app[UPLOAD_TURNS].turn(request) as turn:  # every read of the body takes its turn
+        try:
+            reader = await request.multipart()
+            while (part := await turn.read(reader.next())) is not None:
+                if isinstance(part, MultipartReader):  # a part that is itself multipart (multipart/mixed)
+                    raise BadRequest("malformed multipart/form-data body: a part is itself multipart; "
+                                     "send the file as one part named 'file'")
+                if part.name != "file":
+                    await turn.read(part.release())
+                    continue
+                if part.filename is None:
+                    raise BadRequest("multipart field 'file' must be a file upload (with a filename)")
 
-            async def chunks():
-                while chunk := await part.read_chunk(streams.CHUNK):
-                    yield chunk
+                async def chunks():
+                    while chunk := await turn.read(part.read_chunk(streams.CHUNK)):
+                        yield chunk
 
-            stored = await streams.save_stream(request.app[STORE], chunks(), max_bytes)
-            asset = Asset(id=stored.asset_id, filename=safe_filename(part.filename),
-                          content_type=(part.headers.get("Content-Type") or "application/octet-stream")[:255],
-                          size=stored.size, sha256=stored.sha256, path=str(stored.path))
-            try:
-                async with request.app[DB].session() as s:
-                    s.add(asset)
-            except BaseException:
-                request.app[STORE].discard(stored.path)
-                raise
-            log.info("asset.uploaded", asset_id=asset.id, size=asset.size)
-            return ok(schemas.UploadData(asset_id=asset.id))
-    except ValueError as exc:  # aiohttp's multipart parser on a malformed body
-        raise BadRequest(f"malformed multipart/form-data body: {exc}") from None
-    except HttpProcessingError as exc:  # a part's headers are not valid HTTP headers
-        raise BadRequest(f"malformed multipart/form-data body: {exc.message}") from None
-    raise BadRequest("multipart field 'file' is required")
+                stored = await streams.save_stream(request.app[STORE], chunks(), max_bytes)
+                turn.give_up()  # the body is read: the next one's turn while this one is stored
+                asset = Asset(id=stored.asset_id, filename=safe_filename(part.filename),
+                              content_type=(part.headers.get("Content-Type") or "application/octet-stream")[:255],
+                              size=stored.size, sha256=stored.sha256, path=str(stored.path))
+                try:
+                    async with request.app[DB].session() as s:
+                        s.add(asset)
+                except BaseException:
+                    request.app[STORE].discard(stored.path)
+                    raise
+                log.info("asset.uploaded", asset_id=asset.id, size=asset.size)
+                return ok(schemas.UploadData(asset_id=asset.id))
+        except ValueError as exc:  # aiohttp's multipart parser on a malformed body
+            raise BadRequest(f"malformed multipart/form-data body: {exc}") from None
+        except HttpProcessingError as exc:  # a part's headers are not valid HTTP headers
+            raise BadRequest(f"malformed multipart/form-data body: {exc.message}") from None
+        raise BadRequest("multipart field 'file' is required")
 
 
 @routes.get(API_BASE + "/{asset_id}/download")

@@ -15,7 +15,8 @@ from sqlalchemy.exc import DBAPIError
 
 from gateway import API_BASE, metrics
 from gateway import api as api_routes
-from gateway.appkeys import CALLBACK_BODIES, CONFIG, DB, HTTP, INGESTOR, LOOPS, NOTIFIER, PLUGINS, PROVIDERS, STORE
+from gateway.appkeys import CALLBACK_BODIES, CONFIG, DB, HTTP, INGESTOR, LOOPS, NOTIFIER, PLUGINS, PROVIDERS, STORE, \
+    UPLOAD_TURNS
 from gateway.callbacks import BodyGate
 from gateway.config import Config
 from gateway.db import Database, unavailable, upgrade_async
@@ -26,6 +27,7 @@ from gateway.loops import Loops
 from gateway.notify import Notifier, PgListener
 from gateway.plugins import GatewayContext, Plugins
 from gateway.storage import AssetStore, sweep_temp
+from gateway.turns import Turns
 from gateway.providers import LOCAL, Providers
 
 log = structlog.get_logger(__name__)
@@ -227,6 +229,7 @@ def create_app(config: Config, *, worker: bool = True, api: bool = True,
     app[NOTIFIER] = Notifier()
     app[CALLBACK_BODIES] = BodyGate(config.server.max_unauthenticated_bodies)
     app[STORE] = AssetStore(config.storage.dir)
+    app[UPLOAD_TURNS] = Turns(config.server.max_concurrent_uploads)
     app[PLUGINS] = plugins or Plugins(config.plugins.load, config.plugins.sections())
     app[PROVIDERS] = Providers(config, app[PLUGINS])
     app.cleanup_ctx.extend([_storage, _database, _listener, _providers_context(load_model=worker), _http,

@@ -14,6 +14,7 @@ from gateway.notify import Notifier
 from gateway.plugins import Plugins
 from gateway.providers import Providers
 from gateway.storage import AssetStore
+from gateway.turns import Turns
 
 CONFIG = web.AppKey("config", Config)
 DB = web.AppKey("db", Database)
@@ -25,3 +26,4 @@ LOOPS = web.AppKey("loops", Loops)  # only where a worker runs
 INGESTOR = web.AppKey("ingestor", Ingestor)
 PLUGINS = web.AppKey("plugins", Plugins)
 CALLBACK_BODIES = web.AppKey("callback_bodies", BodyGate)
+UPLOAD_TURNS = web.AppKey("upload_turns", Turns)  # server.max_concurrent_uploads
