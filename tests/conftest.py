@@ -54,6 +54,8 @@ def pytest_configure(config):
     global NOT_ISOLATED
     config.addinivalue_line("markers", "needs_netns: submits generated or non-loopback URLs; "
                                        "runs only inside the suite's own network namespace")
+    config.addinivalue_line("markers", "any_database: what it checks (the engine, the event loop, a log) does "
+                                       "not depend on the database; runs on the first --db backend only")
     try:
         netns.isolate()
     except netns.NotIsolated as exc:
@@ -155,6 +157,8 @@ def pytest_generate_tests(metafunc):
         unknown = set(chosen) - set(BACKENDS)
         if unknown:
             raise pytest.UsageError(f"--db: unknown backend(s) {', '.join(sorted(unknown))}")
+        if metafunc.definition.get_closest_marker("any_database"):
+            chosen = chosen[:1]  # what it checks is the same on every backend: once is enough
         metafunc.parametrize("db_backend", chosen)
 
 

@@ -74,6 +74,7 @@ def rss_mb(pid: int) -> float:
     raise AssertionError(f"no VmRSS for process {pid}")
 
 
+@pytest.mark.any_database
 @pytest.mark.slow
 async def test_hours_of_audio_fail_at_the_limit_and_the_daemon_stays_small_and_answering(
         daemon_factory, tmp_path, database_url, bombs):

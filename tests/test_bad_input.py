@@ -445,6 +445,7 @@ def media_files(speech_wav, tmp_path_factory) -> dict[str, Path]:
     return files
 
 
+@pytest.mark.any_database
 async def test_common_media_formats_transcribe(gateway, media_files):
     submitted = {ext: await gateway.submit(asset_id=await gateway.upload(path)) for ext, path in media_files.items()}
     finished = await asyncio.gather(*(gateway.wait(t, timeout=180) for t in submitted.values()))

@@ -84,6 +84,7 @@ async def test_an_upload_is_written_and_synced_off_the_event_loop(daemon, tmp_pa
     assert on_loop == [], f"{len(on_loop)} of {len(on_file)} calls on the upload's file ran on the event loop"
 
 
+@pytest.mark.any_database
 async def test_a_task_url_is_downloaded_off_the_event_loop(daemon, daemon_factory, media_server, speech_wav,
                                                            tmp_path, database_url):
     """A worker writes a task's `url` as an upload is written: every call on the downloaded file
@@ -115,6 +116,7 @@ def long_result(task_id: str) -> bytes:
     return json.dumps(build_payload(task_id, outcome, model="whisper-1", speaker=False)).encode()
 
 
+@pytest.mark.any_database
 async def test_healthz_answers_while_a_large_srt_is_rendered(daemon, tmp_path):
     d, gw = daemon
     (tmp_path / "x.wav").write_bytes(b"RIFF" + b"\0" * 64)

@@ -44,6 +44,7 @@ def english_then_german(tmp_path_factory):
     return out, seconds(en), seconds(out)
 
 
+@pytest.mark.any_database
 async def test_english_then_german_keeps_the_english_and_notes_the_german(start_gateway, webhook,
                                                                             english_then_german):
     path, german_at, length = english_then_german
@@ -66,6 +67,7 @@ async def test_english_then_german_keeps_the_english_and_notes_the_german(start_
     assert sent["data"]["data"]["note"] == note
 
 
+@pytest.mark.any_database
 async def test_german_only_audio_is_said_not_to_be_english(start_gateway, tmp_path):
     path = espeak(" ".join(GERMAN_SENTENCES[:2]), tmp_path / "de.wav", voice="de")  # about 10 s
     gw = await start_gateway()
@@ -76,6 +78,7 @@ async def test_german_only_audio_is_said_not_to_be_english(start_gateway, tmp_pa
     assert task["result"]["note"] == task["note"]
 
 
+@pytest.mark.any_database
 async def test_english_audio_has_no_note_and_the_payload_no_note_key(start_gateway, webhook, speech_wav):
     gw = await start_gateway(webhooks={"urls": [webhook.url]})
     task = await gw.wait(await gw.submit(asset_id=await gw.upload(speech_wav)), timeout=300)

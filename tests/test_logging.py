@@ -10,6 +10,7 @@ import logging
 from datetime import datetime, timezone
 
 import aiohttp
+import pytest
 import structlog
 from standardwebhooks.webhooks import Webhook
 
@@ -20,6 +21,7 @@ from gateway.logs import configure_logging
 JOB_EVENTS = {"task.queued", "task.claimed", "engine.done", "ingest", "task.finished", "delivery.attempt"}
 
 
+@pytest.mark.any_database
 async def test_every_line_of_a_job_is_json_with_its_task_id(tmp_path, database_url, daemon_factory,
                                                             webhook, speech_wav):
     sections = daemon_sections(tmp_path, database_url, log={"format": "auto"})  # stdout is a file

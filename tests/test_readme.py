@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import click
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -34,6 +35,7 @@ async def run_example(tmp_path: Path, gateway_url: str, audio: Path) -> tuple[in
     return proc.returncode, out.decode(), err.decode()
 
 
+@pytest.mark.any_database
 async def test_readme_python_example_runs_against_the_gateway(gateway, speech_wav, tmp_path):
     code, out, err = await run_example(tmp_path, gateway.url, speech_wav)
     assert code == 0, err

@@ -128,6 +128,7 @@ async def test_readyz_reports_the_speaker_encoder_loaded_before_any_speaker_task
     assert speakers._encoder is not None  # no speaker=true task has asked for it
 
 
+@pytest.mark.any_database
 async def test_a_fresh_daemon_loads_the_speaker_encoder_before_the_first_speaker_task(
         tmp_path, database_url, daemon_factory, speech_wav):
     """In a process of its own (nothing loaded before): the encoder is loaded by the time /readyz

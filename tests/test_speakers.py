@@ -222,12 +222,13 @@ async def test_one_long_monologue_is_one_speaker(engine, tmp_path):
     assert {s.speaker for s in outcome.segments} == {"SPEAKER_00"}
 
 
-async def test_labelling_reports_progress_per_batch_and_stops_there_when_the_engine_closes(long_speech_wav):
+async def test_labelling_reports_progress_per_batch_and_stops_there_when_the_engine_closes(tmp_path):
     """Embedding the windows is most of labelling's time: progress moves after each batch, and a
     closing engine (SIGTERM) stops the job at the next batch instead of finishing it."""
     from gateway.engine import TRANSCRIBED, EngineStopped
 
-    stopping = LocalEngine(EngineConfig(speaker_step_s=0.1))  # 2 minutes of speech: ~10 batches of windows
+    wav, _ = conversation(tmp_path, "monologue", [(VOICE_A, " ".join(LINES + MORE_LINES))], gaps=[])
+    stopping = LocalEngine(EngineConfig(speaker_step_s=0.1))  # 35 s of speech: 3 batches of windows
     seen: list[float] = []
 
     def on_progress(fraction: float) -> None:
@@ -237,7 +238,7 @@ async def test_labelling_reports_progress_per_batch_and_stops_there_when_the_eng
 
     try:
         with pytest.raises(EngineStopped):
-            await stopping.transcribe(TranscribeRequest(path=str(long_speech_wav), speaker=True), on_progress)
+            await stopping.transcribe(TranscribeRequest(path=str(wav), speaker=True), on_progress)
     finally:
         stopping.close()
     labelling = [f for f in seen if f > TRANSCRIBED]
@@ -282,6 +283,7 @@ async def test_voices_that_sound_alike_still_get_valid_labels(engine, tmp_path):
 # --- through the API ---------------------------------------------------------------------
 
 
+@pytest.mark.any_database
 async def test_speaker_true_labels_segments_through_the_api(gateway, webhook, tmp_path):
     turns = [(VOICE_A, LINES[0]), (VOICE_B, LINES[1]), (VOICE_A, LINES[2])]
     wav, _ = conversation(tmp_path, "api", turns, gaps=[0.6, 0.6])
@@ -298,6 +300,7 @@ async def test_speaker_true_labels_segments_through_the_api(gateway, webhook, tm
     assert all(set(s) == {"start_time", "end_time", "text", "speaker"} for s in segments)
 
 
+@pytest.mark.any_database
 async def test_when_labelling_cannot_be_done_the_status_says_why(gateway, tmp_path):
     wav = espeak("Yes, thanks.", tmp_path / "short.wav")
     status, body = await gateway.call("POST", "/transcriptions/sync-generate-audio",

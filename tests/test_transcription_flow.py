@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
+import pytest
 from standardwebhooks.webhooks import Webhook
 
 from conftest import ECHO, ECHO_SEGMENTS, WEBHOOK_SECRET
@@ -123,6 +124,7 @@ async def test_list_pages_newest_first(gateway, speech_wav):
     assert status == 400 and "cursor" in body["msg"]
 
 
+@pytest.mark.any_database
 async def test_healthz_answers_while_a_job_runs(gateway, long_speech_wav):
     """The engine runs off the event loop: while the task is processing, /healthz keeps answering
     and the task's progress moves between the answers. (How fast it answers is a figure, not a

@@ -7,10 +7,7 @@ from __future__ import annotations
 import asyncio
 import re
 
-import aiohttp
-
 from conftest import Gateway
-from gateway import API_BASE
 
 BOUNDARY = "turns-test"
 HEAD = (f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n'
