@@ -15,7 +15,7 @@ from operator import itemgetter
 from typing import Annotated, Any, Optional
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from gateway.errors import BadRequest
 from gateway.validation import describe_validation_error, location
@@ -208,6 +208,12 @@ def no_nul(value: str) -> str:
     if "\x00" in value:  # PostgreSQL cannot store it; SQLite would: refused on both alike
         raise ValueError(NUL_MESSAGE)
     return value
+
+
+def strict_text(max_length: int | None = None):
+    """The type of a strict string field (no number for a string) without NUL characters, of at
+    most `max_length` characters (checked before the NUL, so its error says "characters")."""
+    return Annotated[str, StringConstraints(strict=True, max_length=max_length), AfterValidator(no_nul)]
 
 
 class CallbackWord(_Strict):

@@ -3,9 +3,9 @@ providers and the URL policy, and queued as a task."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Optional
+from typing import Any, Optional
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
 from gateway.config import Config
 from gateway.db import Database
@@ -15,12 +15,12 @@ from gateway.models import Asset, Task, time_ordered_id
 from gateway.notify import publish, task_channel
 from gateway.options import DEFAULT, TaskOptions
 from gateway.providers import LOCAL, Provider, Providers
-from gateway.payloads import no_nul
+from gateway.payloads import strict_text
 from gateway.urls import UrlError, UrlPolicy
 from gateway.validation import describe_validation_error
 
 
-StrictText = Annotated[StrictStr, AfterValidator(no_nul)]
+StrictText = strict_text()
 
 
 class GenerateRequest(BaseModel):
@@ -38,9 +38,8 @@ class GenerateRequest(BaseModel):
     min_speakers: Optional[int] = Field(default=None, ge=1, le=32, strict=True)
     max_speakers: Optional[int] = Field(default=None, ge=1, le=32, strict=True)
     word_timestamps: StrictBool = Field(False, description="each segment of the result gets its `words`")
-    prompt: Optional[StrictText] = Field(default=None, max_length=4000,
-                                         description="text the decoder starts from (names, spellings, style)")
-    hotwords: Optional[StrictText] = Field(default=None, max_length=1000, description="words to favour")
+    prompt: Optional[strict_text(4000)] = Field(None, description="text the decoder starts from (names, spellings, style)")
+    hotwords: Optional[strict_text(1000)] = Field(None, description="words to favour")
 
     def options(self) -> TaskOptions:
         """The engine options this request asks for (the defaults when it names none)."""
