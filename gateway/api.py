@@ -211,7 +211,7 @@ async def _submit(request: web.Request) -> Task:
     app = request.app
     req = requests.parse_generate_request(await read_json(request))
     provider = await requests.validate_request(app[DB], app[CONFIG], app[PROVIDERS], req)
-    task = await requests.create_task(app[DB], req, provider)
+    task = await requests.create_task(app[DB], req, provider, req.options())
     app[NOTIFIER].wake(task_channel(provider))
     log.info("task.queued", task_id=task.id, model=task.model, provider=provider)
     return task
@@ -235,7 +235,7 @@ async def sync_generate(request: web.Request) -> web.Response:
     if task.status == TaskStatus.COMPLETED:
         result = views.task_view(task)["result"]
         items = [{"text": x["text"], "start_time": x["start_time"], "end_time": x["end_time"],
-                  "speaker": x["speaker"]} for x in result["data"]]
+                  "speaker": x["speaker"], "words": x.get("words")} for x in result["data"]]
         return ok(schemas.SyncData(model=task.model, items=items, task_id=task.id, note=task.note))
     if task.status == TaskStatus.FAILED:
         code = json.loads(task.result_json)["code"]

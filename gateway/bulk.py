@@ -62,6 +62,16 @@ class Writes:
         else:
             self.conn.exec_driver_sql(_sqlite_update(table.name, columns), list(zip(*values[1:], values[0])))
 
+    def delete_in(self, table: Table, column: str, keys: Sequence[Any]) -> None:
+        """Delete the rows of `table` whose `column` is one of `keys`."""
+        if not keys:
+            return
+        values = _processed(self.conn, table, (column,), [(k,) for k in keys], ())
+        if self.postgresql:
+            self._add(_pg_delete(table, column, self.conn.dialect), values)
+        else:
+            self.conn.exec_driver_sql(_sqlite_delete(table.name, column), list(zip(*values)))
+
     def then(self, sql: str, params: Sequence[Any]) -> None:
         """PostgreSQL: a SELECT (driver SQL, `%s` parameters) run after the writes, in the same
         statement (e.g. the NOTIFY of what they stored)."""
@@ -154,6 +164,11 @@ def _pg_update(table: Table, columns: tuple[str, ...], dialect) -> str:
             f"WHERE {table.name}.{key} = v.{key}")
 
 
+@functools.lru_cache(maxsize=256)
+def _pg_delete(table: Table, column: str, dialect) -> str:
+    return f"DELETE FROM {table.name} WHERE {column} = ANY({_arrays(table, (column,), dialect)})"
+
+
 def _arrays(table: Table, columns: Sequence[str], dialect) -> str:
     """unnest's arguments: one typed array parameter per column, `%b::VARCHAR(32)[], …`, sent in
     binary (text arrays would have every element escaped, each quote of a JSON text by a regex)."""
@@ -192,6 +207,11 @@ def _sqlite_insert(table: str, columns: tuple[str, ...]) -> str:
 @functools.lru_cache(maxsize=256)
 def _sqlite_update(table: str, columns: tuple[str, ...]) -> str:
     return f"UPDATE {table} SET {', '.join(f'{c} = ?' for c in columns[1:])} WHERE {columns[0]} = ?"
+
+
+@functools.lru_cache(maxsize=256)
+def _sqlite_delete(table: str, column: str) -> str:
+    return f"DELETE FROM {table} WHERE {column} = ?"
 
 
 def _getter(columns: Sequence[str]) -> Callable[[dict], tuple]:

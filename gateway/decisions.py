@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from gateway.config import Config
 from gateway.deliveries import PLUGIN_PREFIX
 from gateway.models import Task, TaskStatus, time_ordered_id, utcnow
+from gateway.options import options_of
 from gateway.payloads import Outcome, build_payload, serialise_result
 from gateway.plugins import Plugins
 
@@ -72,7 +73,9 @@ def plan_batch(items: list[_Item], tasks: dict, config: Config, plugins: Plugins
         elif task is None:
             result = IngestResult(UNKNOWN_TASK, None)
         else:
-            payload = build_payload(task.id, item.outcome, model=task.model, speaker=task.speaker)
+            options = options_of(task)
+            payload = build_payload(task.id, item.outcome, model=task.model, speaker=task.speaker,
+                                    words=options.word_timestamps, details=options.details)
             text, digest = serialise_result(payload)
             if digests[task.id] is None:
                 digests[task.id] = digest

@@ -15,16 +15,19 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import structlog
 
 from gateway import audio, speakers, untranscribed
 from gateway.audio import SAMPLE_RATE
 from gateway.config import EngineConfig, ServerConfig
-from gateway.payloads import Outcome, Segment
+from gateway.options import DEFAULT, TaskOptions
+from gateway.payloads import Outcome
 
 log = structlog.get_logger(__name__)
+
+Partial = Callable[[float, float, str], None]  # (start, end, text) of a segment as it is decoded
 
 _models: dict[tuple, object] = {}
 _models_lock = threading.Lock()
@@ -70,6 +73,16 @@ class TranscribeRequest:
     speaker: bool = False
     hints: speakers.Hints = speakers.Hints()
     max_audio_s: float = ServerConfig.model_fields["max_audio_s"].default
+    options: TaskOptions = DEFAULT
+
+    def decoding(self) -> dict[str, Any]:
+        """What the task's options ask of faster-whisper's transcribe, beyond the engine's settings:
+        only the options that are set (an empty dict for a task that asks none: its defaults, the
+        fallback temperatures 0.0-1.0 among them)."""
+        o = self.options
+        asked = {"task": "translate" if o.translate else None, "initial_prompt": o.prompt, "hotwords": o.hotwords,
+                 "temperature": o.temperature, "word_timestamps": o.word_timestamps or None}
+        return {k: v for k, v in asked.items() if v is not None}
 
 
 TRANSCRIBED = 0.9  # the share of progress that transcription stands for when speakers are labelled
@@ -116,8 +129,11 @@ class LocalEngine:
             await self.load()
         return bool(self._model.model.is_multilingual)
 
-    async def transcribe(self, req: TranscribeRequest, on_progress: Callable[[float], None]) -> Outcome:
-        """Run one transcription in the pool; `on_progress(fraction)` is called on the event loop."""
+    async def transcribe(self, req: TranscribeRequest, on_progress: Callable[[float], None],
+                         on_partial: Partial = lambda start, end, text: None) -> Outcome:
+        """Run one transcription in the pool; `on_progress(fraction)` and, for each segment kept
+        as it is decoded, `on_partial(start, end, text)` (the file's times, text stripped) are
+        called on the event loop."""
         loop = asyncio.get_running_loop()
         if self._model is None:
             await self.load()
@@ -125,10 +141,13 @@ class LocalEngine:
         def report(fraction: float) -> None:
             loop.call_soon_threadsafe(on_progress, fraction)
 
-        ctx = contextvars.copy_context()  # keeps task_id bound in log lines from the thread
-        return await loop.run_in_executor(self._executor, ctx.run, self._run, req, report)
+        def partial(start: float, end: float, text: str) -> None:
+            loop.call_soon_threadsafe(on_partial, start, end, text)
 
-    def _run(self, req: TranscribeRequest, on_progress: Callable[[float], None]) -> Outcome:
+        ctx = contextvars.copy_context()  # keeps task_id bound in log lines from the thread
+        return await loop.run_in_executor(self._executor, ctx.run, self._run, req, report, partial)
+
+    def _run(self, req: TranscribeRequest, on_progress: Callable[[float], None], partial: Partial) -> Outcome:
         def report(fraction: float) -> None:  # every step of the job reports: there it stops if asked
             if self._stopping.is_set():
                 raise EngineStopped("the engine is shutting down")
@@ -143,7 +162,9 @@ class LocalEngine:
                 report(min(1.0, (block.offset + f * block.duration) / measured))
 
             duration = block.offset + block.duration
-            found, language = self.timed_segments(block.samples, req, lambda f: within(share * f))
+            found, language = self.timed_segments(
+                block.samples, req, lambda f: within(share * f),
+                lambda a, b, text, at=block.offset: partial(a + at, b + at, text))
             timed += speakers.shifted(found, block.offset)
             regions = speakers.speech_regions(block.samples)  # for the note, and the speakers' windows
             speech += [(a + block.offset, b + block.offset) for a, b in regions]
@@ -157,11 +178,12 @@ class LocalEngine:
             labelled = speakers.label_speakers(timed, parts, duration, threshold=self.cfg.speaker_threshold,
                                                hints=req.hints)
         else:
-            labelled = speakers.Labelled(tuple(Segment(s.start, s.end, s.text) for s in timed))
+            labelled = speakers.Labelled(tuple(speakers.piece(s) for s in timed))
         log.info("engine.done", duration=round(duration, 3), segments=len(labelled.segments),
-                 language=",".join(dict.fromkeys(languages)), speaker_note=labelled.note)
+                 language=",".join(dict.fromkeys(languages)), speaker_note=labelled.note,
+                 **({"decoding": decoding} if (decoding := req.decoding()) else {}))
         return Outcome(success=True, segments=labelled.segments, duration=duration, speaker_note=labelled.note,
-                       note=note)
+                       note=note, language=languages[0] if languages else None)
 
     def untranscribed_note(self, speech, timed) -> str | None:
         """What speech no segment covers, said in a note (and logged as a warning), or None."""
@@ -172,21 +194,27 @@ class LocalEngine:
                         seconds=round(sum(s[2] for s in spans), 1))
         return note
 
-    def timed_segments(self, audio, req: TranscribeRequest, report: Callable[[float], None]):
-        """faster-whisper's segments (with their words when speakers are wanted) and the language,
-        without those of windows whose decoding failed (untranscribed.failed: their text is not
-        what was said); runs in the calling thread (the pool's, from `transcribe`)."""
+    def timed_segments(self, audio, req: TranscribeRequest, report: Callable[[float], None],
+                       partial: Partial = lambda start, end, text: None):
+        """faster-whisper's segments (with their words when speakers or word timestamps are wanted,
+        and the decoder's figures) and the language, without those of windows whose decoding
+        failed (untranscribed.failed: their text is not what was said), each kept one told to
+        `partial` as it comes; runs in the calling thread (the pool's, from `transcribe`)."""
         duration = len(audio) / SAMPLE_RATE
+        decoding = {**req.decoding(), "word_timestamps": req.speaker or req.options.word_timestamps}
         segments_iter, info = self._model.transcribe(
-            audio, language=req.language, beam_size=self.cfg.beam_size, vad_filter=self.cfg.vad_filter,
-            word_timestamps=req.speaker)
+            audio, language=req.language, beam_size=self.cfg.beam_size, vad_filter=self.cfg.vad_filter, **decoding)
         timed = []
         for s in segments_iter:  # decoding happens lazily, one window per iteration
             report(min(1.0, s.end / duration))
             if untranscribed.failed(s.avg_logprob, s.compression_ratio):
                 continue
             words = tuple(speakers.Word(float(w.start), float(w.end), w.word) for w in s.words or ())
-            timed.append(speakers.TimedSegment(float(s.start), float(s.end), s.text, words))
+            figures = speakers.Figures(float(s.avg_logprob), float(s.compression_ratio), float(s.no_speech_prob),
+                                       float(s.temperature), tuple(s.tokens), int(s.seek))
+            timed.append(speakers.TimedSegment(float(s.start), float(s.end), s.text, words, figures))
+            if text := s.text.strip():
+                partial(float(s.start), float(s.end), text)
         return timed, info.language
 
     def _speaker_encoder(self, report: Callable[[float], None]):

@@ -28,7 +28,7 @@ from gateway import bulk, metrics
 from gateway.config import Config
 from gateway.db import Database, unavailable
 from gateway.decisions import ACCEPTED, DUPLICATE, IngestResult, Plan, plan_batch
-from gateway.models import CallbackReceipt, Delivery, Task, Transcript
+from gateway.models import CallbackReceipt, Delivery, PartialSegment, Task, Transcript
 from gateway.notify import DELIVERIES, NOTIFY_SQL, notify_params, task_done_channel
 from gateway.payloads import Outcome
 from gateway.plugins import Plugins
@@ -184,7 +184,8 @@ def store_batch(conn, items: list[_Item], config: Config, plugins: Plugins | Non
     return plan, tasks
 
 
-_TASK_COLUMNS = ("id", "provider", "model", "speaker", "callback_url", "progress", "result_sha256", "started_at")
+_TASK_COLUMNS = ("id", "provider", "model", "speaker", "callback_url", "progress", "result_sha256", "started_at",
+                 "options")
 
 
 @dataclass
@@ -223,12 +224,14 @@ def _answer(item: _Item, result) -> None:
 
 def _write(conn, plan: Plan) -> None:
     """The task updates, then each new table's rows (parents first, so foreign keys hold), each
-    table at once; on PostgreSQL with the wake-ups' NOTIFY, all of it one statement."""
+    table at once, and the finished tasks' partial texts removed; on PostgreSQL with the
+    wake-ups' NOTIFY, all of it one statement."""
     updates = [u for u in plan.stored if u is not None]
     with bulk.writes(conn) as w:
         w.update_dicts(Task.__table__, "id", updates)
         w.insert_dicts(Transcript.__table__, plan.transcripts)
         w.insert_dicts(Delivery.__table__, plan.deliveries)
         w.insert_dicts(CallbackReceipt.__table__, plan.receipts)
+        w.delete_in(PartialSegment.__table__, "task_id", [u["id"] for u in updates])  # the texts streamed so far
         if updates:
             w.then(NOTIFY_SQL, notify_params(DELIVERIES, *(task_done_channel(u["id"]) for u in updates)))

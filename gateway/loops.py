@@ -15,22 +15,39 @@ import os
 import socket
 import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
 import structlog
 
-from gateway import deliveries, ingest, leases, streams
+from gateway import deliveries, ingest, leases, partials, streams
 from gateway.config import Config
 from gateway.db import Database
 from gateway.models import Asset, Task
-from gateway.notify import DELIVERIES, Notifier, task_channel, task_done_channel
+from gateway.notify import DELIVERIES, Notifier, partial_channel, task_channel, task_done_channel
 from gateway.payloads import Outcome
 from gateway.plugins import Plugins
 from gateway.providers import Job, PermanentError, Pending, Provider, Providers, RetryableError
 from gateway.urls import UrlPolicy
 
 log = structlog.get_logger(__name__)
+
+
+@dataclass
+class _Running:
+    """What a running task's provider reported and the task loop has yet to store."""
+
+    progress: float = 0.0
+    stored: float = 0.0  # the progress last stored
+    texts: list[tuple[float, float, str]] = field(default_factory=list)  # decoded, not stored yet
+    seq: int = 0  # the number of the next text stored
+
+    def report(self, fraction: float) -> None:
+        self.progress = fraction
+
+    def decoded(self, start: float, end: float, text: str) -> None:
+        self.texts.append((start, end, text))
 
 
 def worker_id() -> str:
@@ -170,10 +187,12 @@ class Loops:
 
     async def _run_with_lease(self, provider: Provider, task: Task) -> Outcome | Pending:
         """Run the task on its provider while renewing the lease; a PermanentError fails it."""
-        progress = {"value": 0.0, "stored": 0.0}
-        renewer = asyncio.create_task(self._renew(task.id, progress))
+        if task.attempts > 1:
+            await partials.clear(self.db, task.id)  # an earlier attempt's texts
+        running = _Running()
+        renewer = asyncio.create_task(self._renew(task.id, running))
         job = Job(task=task, config=self.config, http=self.http, audio=lambda: self._audio(task),
-                  progress=lambda f: progress.__setitem__("value", f),
+                  progress=running.report, partial=running.decoded,
                   submitting=lambda: leases.mark_submitting(self.db, task.id, self.owner))
         try:
             if provider.third_party_callbacks and not provider.marks_submission:
@@ -186,26 +205,40 @@ class Loops:
             with contextlib.suppress(asyncio.CancelledError):
                 await renewer
 
-    async def _renew(self, task_id: str, progress: dict) -> None:
-        """Renew the lease every lease_s/3 and store progress at most every second."""
+    async def _renew(self, task_id: str, running: _Running) -> None:
+        """Renew the lease every lease_s/3, store progress at most every second, and the texts
+        decoded since the last time (one batch a second, each waking its followers)."""
         lease_s = self.config.jobs.lease_s
         last_renew = time.monotonic()
         while True:
             await asyncio.sleep(min(1.0, lease_s / 3))
+            if running.texts:
+                await self._store_texts(task_id, running)
             due = time.monotonic() - last_renew >= lease_s / 3
-            changed = progress["value"] != progress["stored"]
+            changed = running.progress != running.stored
             if not (due or changed):
                 continue
             try:
-                still_ours = await leases.renew_lease(self.db, task_id, self.owner, lease_s, progress["value"])
+                still_ours = await leases.renew_lease(self.db, task_id, self.owner, lease_s, running.progress)
             except Exception:
                 log.exception("task.renew_failed")
                 continue
-            progress["stored"] = progress["value"]
+            running.stored = running.progress
             last_renew = time.monotonic()
             if not still_ours:
                 log.warning("task.lease_lost")
                 return
+
+    async def _store_texts(self, task_id: str, running: _Running) -> None:
+        batch, running.texts = running.texts, []
+        try:
+            await partials.store(self.db, task_id, running.seq, batch)
+        except Exception:
+            log.exception("task.partial_store_failed")
+            running.texts = batch + running.texts  # tried again next time
+            return
+        running.seq += len(batch)
+        self.notifier.wake(partial_channel(task_id))
 
     @contextlib.asynccontextmanager
     async def _audio(self, task: Task):

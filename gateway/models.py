@@ -105,6 +105,20 @@ class Transcript(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
 
 
+class PartialSegment(SQLModel, table=True):
+    """A segment's text as the engine decoded it, while its task runs (gateway/partials.py):
+    stored about once a second by the task loop, gone once the result is stored, and when the
+    task is run again."""
+
+    __tablename__ = "partial_segment"
+
+    task_id: str = Field(primary_key=True, foreign_key="task.id", max_length=32)
+    seq: int = Field(primary_key=True)  # 0, 1, … in the order decoded
+    start_time: float
+    end_time: float
+    text: str = Field(sa_column=Column(Text, nullable=False))
+
+
 class Delivery(SQLModel, table=True):
     """One per (task, target); target is a webhook URL or `plugin:<name>`."""
 

@@ -31,6 +31,11 @@ def task_done_channel(task_id: str) -> str:
     return f"task:{task_id}"
 
 
+def partial_channel(task_id: str) -> str:
+    """The wake-up name of a task's newly stored partial texts (gateway/partials.py)."""
+    return f"partial:{task_id}"
+
+
 class Notifier:
     """Named wake-ups in one process. A name exists while something listens for it: a claim loop
     from its start (`listen`) to the end of the process, a request waiting for one task only
@@ -66,13 +71,20 @@ class Notifier:
         for event in self._events.values():
             event.set()
 
-    async def wait(self, name: str, timeout: float) -> None:
-        """Return when `name` is woken (or was woken since the last wait) or after `timeout`
-        seconds, whichever is first. Call it while listening for `name`."""
-        event = self._events[name]
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(event.wait(), timeout)
-        event.clear()
+    async def wait(self, name: str, timeout: float, *more: str) -> None:
+        """Return when `name` (or any of `more`) is woken (or was woken since the last wait) or
+        after `timeout` seconds, whichever is first. Call it while listening for them."""
+        events = [self._events[n] for n in (name, *more)]
+        if not more:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(events[0].wait(), timeout)
+        elif not any(e.is_set() for e in events):
+            waits = [asyncio.ensure_future(e.wait()) for e in events]
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            for w in waits:
+                w.cancel()
+        for e in events:
+            e.clear()
 
     def names(self) -> int:
         """How many names are listened for (a finished task leaves none behind)."""

@@ -9,22 +9,22 @@ for nothing new is stored, run and delivered exactly as before.
 from __future__ import annotations
 
 import json
-from typing import Annotated, Optional
+from typing import Optional
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from gateway.models import Task
-from gateway.payloads import no_nul
+from gateway.payloads import strict_text
 
-Text = Annotated[StrictStr, AfterValidator(no_nul)]
+Text = strict_text()
 
 
 class TaskOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     word_timestamps: StrictBool = False  # each segment of the result gets its `words`
-    prompt: Optional[Text] = Field(default=None, max_length=4000)  # the decoder's initial prompt
-    hotwords: Optional[Text] = Field(default=None, max_length=1000)  # words to favour
+    prompt: Optional[strict_text(4000)] = None  # the decoder's initial prompt
+    hotwords: Optional[strict_text(1000)] = None  # words to favour
     temperature: Optional[float] = Field(default=None, ge=0, le=1, allow_inf_nan=False)
     translate: StrictBool = False  # into English (the OpenAI API's /v1/audio/translations)
     details: StrictBool = False  # each segment keeps the decoder's figures (OpenAI verbose_json)

@@ -12,10 +12,10 @@ import hashlib
 import json
 from dataclasses import dataclass
 from operator import itemgetter
-from typing import Any, Optional
+from typing import Annotated, Any, Optional
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from gateway.errors import BadRequest
 from gateway.validation import describe_validation_error, location
@@ -25,11 +25,26 @@ COMPLETED_MSG = "transcription completed"
 
 
 @dataclass(frozen=True)
+class Word:
+    word: str           # as the engine gives it (faster-whisper's has a leading blank, stripped when sent)
+    start_time: float
+    end_time: float
+
+
+@dataclass(frozen=True)
 class Segment:
     start_time: float
     end_time: float
     text: str
     speaker: Optional[str] = None
+    words: tuple[Word, ...] = ()  # sent only to a task that asked for word timestamps
+    # the decoder's figures (DETAILS), sent only to a task that asked for details; None: unknown
+    avg_logprob: Optional[float] = None
+    compression_ratio: Optional[float] = None
+    no_speech_prob: Optional[float] = None
+    temperature: Optional[float] = None
+    tokens: Optional[tuple[int, ...]] = None
+    seek: Optional[int] = None
 
     def as_dict(self) -> dict[str, Any]:
         return {"start_time": self.start_time, "end_time": self.end_time,
@@ -49,18 +64,25 @@ class Outcome:
     code: str = SUCCESS_CODE
     speaker_note: str | None = None   # why speakers could not be labelled; stored on the task, not sent
     note: str | None = None           # what the engine could not do (speech it could not transcribe); sent
+    language: str | None = None       # the detected language's code; sent to a task that asked for details
 
     @classmethod
     def failure(cls, reason: str, code: str = "5000") -> "Outcome":
         return cls(success=False, error=reason, code=code)
 
 
-def normalise_segments(raw, duration: float, speaker: bool) -> list[dict[str, Any]]:
+DETAILS = ("avg_logprob", "compression_ratio", "no_speech_prob", "temperature", "tokens", "seek")
+
+
+def normalise_segments(raw, duration: float, speaker: bool, words: bool = False,
+                       details: bool = False) -> list[dict[str, Any]]:
     """The segments as sent: times clamped into [0, duration] and rounded to ms (-0.0 as 0.0),
     ordered by time, text stripped, empty ones dropped, speakers only if asked; dicts in the
-    payload's shape."""
+    payload's shape. With `words`, each has its `words` (segment_words); with `details`, the
+    decoder's figures it has (DETAILS)."""
     if duration <= 0.0:  # -0.0 too
         duration = 0.0
+    extra = words or details
     out = []
     append = out.append
     for s in raw:  # min() and max() spelt out: this loop runs for every segment of every result
@@ -78,30 +100,59 @@ def normalise_segments(raw, duration: float, speaker: bool) -> list[dict[str, An
             end = start
         if end > duration:
             end = duration
-        append({"start_time": start, "end_time": round(end, 3), "text": text,
-                "speaker": s.speaker if speaker else None})
+        seg = {"start_time": start, "end_time": round(end, 3), "text": text,
+               "speaker": s.speaker if speaker else None}
+        if extra:  # one test per segment on the path without options
+            _add_extras(seg, s, words, details)
+        append(seg)
     out.sort(key=_BY_TIME)
+    return out
+
+
+def _add_extras(seg: dict[str, Any], s, words: bool, details: bool) -> None:
+    if words:
+        seg["words"] = segment_words(s.words or (), seg["start_time"], seg["end_time"])
+    if details:
+        for key in DETAILS:
+            if (value := getattr(s, key)) is not None:
+                seg[key] = list(value) if key == "tokens" else value
+
+
+def segment_words(words, start: float, end: float) -> list[dict[str, Any]]:
+    """A segment's words as sent: text stripped, empty ones dropped, times clamped into the
+    segment's [start, end] (already normalised) and rounded to ms."""
+    out = []
+    for w in words:
+        text = w.word.strip()
+        if not text:
+            continue
+        a = min(max(w.start_time, start), end)
+        out.append({"word": text, "start_time": round(a, 3), "end_time": round(min(max(w.end_time, a), end), 3)})
     return out
 
 
 _BY_TIME = itemgetter("start_time", "end_time")
 
 
-def build_payload(task_id: str, outcome: Outcome, *, model: str, speaker: bool) -> dict[str, Any]:
+def build_payload(task_id: str, outcome: Outcome, *, model: str, speaker: bool, words: bool = False,
+                  details: bool = False) -> dict[str, Any]:
     """The callback payload for `outcome`, as stored and sent: a success's segments normalised
-    (speakers kept only for a task that asked), its model the task's `model` alias."""
+    (speakers kept only for a task that asked, words and the decoder's figures and language only
+    for one that asked for them), its model the task's `model` alias."""
     if not outcome.success:
         return {"code": outcome.code, "message": "FAILED",
                 "data": {"data": None, "msg": outcome.error or "transcription failed", "success": False},
                 "task_id": task_id}
     duration = outcome.duration if outcome.duration > 0.0 else 0.0  # max() would keep -0.0
     result = {
-        "data": normalise_segments(outcome.segments, duration, speaker),
+        "data": normalise_segments(outcome.segments, duration, speaker, words, details),
         "usage_metadata": {"duration": round(duration, 3), "model": model,
                            "output_tokens": outcome.output_tokens, "prompt_tokens": outcome.prompt_tokens},
     }
     if outcome.note:  # absent when there is nothing to note: the payload as it always was
         result["note"] = outcome.note
+    if details and outcome.language:
+        result["language"] = outcome.language
     return {
         "code": SUCCESS_CODE,
         "message": "SUCCESS",
@@ -159,11 +210,31 @@ def no_nul(value: str) -> str:
     return value
 
 
+def strict_text(max_length: int | None = None):
+    """The type of a strict string field (no number for a string) without NUL characters, of at
+    most `max_length` characters (checked before the NUL, so its error says "characters")."""
+    return Annotated[str, StringConstraints(strict=True, max_length=max_length), AfterValidator(no_nul)]
+
+
+class CallbackWord(_Strict):
+    word: str = Field(max_length=500)
+    start_time: float = Field(allow_inf_nan=False, ge=0)
+    end_time: float = Field(allow_inf_nan=False, ge=0, description="not before start_time")
+
+
 class CallbackSegment(_Strict):
     start_time: float = Field(allow_inf_nan=False, ge=0)
     end_time: float = Field(allow_inf_nan=False, ge=0, description="not before start_time")
     text: str
     speaker: Optional[str] = Field(default=None, max_length=32)
+    # kept for a task that asked for word timestamps, and for one that asked for details
+    words: Optional[list[CallbackWord]] = Field(default=None, max_length=10000)
+    avg_logprob: Optional[float] = Field(default=None, allow_inf_nan=False, le=0)
+    compression_ratio: Optional[float] = Field(default=None, allow_inf_nan=False, ge=0)
+    no_speech_prob: Optional[float] = Field(default=None, allow_inf_nan=False, ge=0, le=1)
+    temperature: Optional[float] = Field(default=None, allow_inf_nan=False, ge=0, le=1)
+    tokens: Optional[list[Annotated[int, Field(ge=0, le=MAX_INT)]]] = Field(default=None, max_length=10000)
+    seek: Optional[int] = Field(default=None, ge=0, le=MAX_INT)
 
 
 class CallbackUsage(_Strict):
@@ -178,6 +249,7 @@ class CallbackResult(_Strict):
     usage_metadata: CallbackUsage
     note: Optional[str] = Field(default=None, max_length=4000,
                                 description="what the engine could not do, e.g. speech it could not transcribe")
+    language: Optional[str] = Field(default=None, max_length=16, description="the detected language's code")
 
 
 class CallbackData(_Strict):
@@ -249,17 +321,24 @@ def parse_valid_callback(raw: bytes) -> tuple[str, Outcome] | None:
     return _outcome(p)
 
 
+BACKWARDS = "Value error, end_time is before start_time"
+
+
 def _outcome(p: CallbackPayload) -> tuple[str, Outcome]:
     if not p.data.success:
         return p.task_id, Outcome.failure(p.data.msg or p.message or "transcription failed", code=p.code)
     inner = p.data.data
     for i, s in enumerate(inner.data):
         if s.end_time < s.start_time:
-            raise _invalid(f"data.data.data[{i}]", "Value error, end_time is before start_time")
+            raise _invalid(f"data.data.data[{i}]", BACKWARDS)
+        if s.words:
+            for j, w in enumerate(s.words):
+                if w.end_time < w.start_time:
+                    raise _invalid(f"data.data.data[{i}].words[{j}]", BACKWARDS)
     return p.task_id, Outcome(  # the validated segments as they are: ingest normalises them into dicts
         success=True, segments=tuple(inner.data), duration=inner.usage_metadata.duration,
         output_tokens=inner.usage_metadata.output_tokens, prompt_tokens=inner.usage_metadata.prompt_tokens,
-        note=inner.note or None,
+        note=inner.note or None, language=inner.language or None,
     )
 
 

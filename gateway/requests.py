@@ -3,23 +3,24 @@ providers and the URL policy, and queued as a task."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Optional
+from typing import Any, Optional
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
 from gateway.config import Config
 from gateway.db import Database
 from gateway.errors import BadRequest
+from gateway.languages import WHISPER_LANGUAGES
 from gateway.models import Asset, Task, time_ordered_id
 from gateway.notify import publish, task_channel
 from gateway.options import DEFAULT, TaskOptions
 from gateway.providers import LOCAL, Provider, Providers
-from gateway.payloads import no_nul
+from gateway.payloads import strict_text
 from gateway.urls import UrlError, UrlPolicy
 from gateway.validation import describe_validation_error
 
 
-StrictText = Annotated[StrictStr, AfterValidator(no_nul)]
+StrictText = strict_text()
 
 
 class GenerateRequest(BaseModel):
@@ -36,6 +37,13 @@ class GenerateRequest(BaseModel):
     num_speakers: Optional[int] = Field(default=None, ge=1, le=32, strict=True)
     min_speakers: Optional[int] = Field(default=None, ge=1, le=32, strict=True)
     max_speakers: Optional[int] = Field(default=None, ge=1, le=32, strict=True)
+    word_timestamps: StrictBool = Field(False, description="each segment of the result gets its `words`")
+    prompt: Optional[strict_text(4000)] = Field(None, description="text the decoder starts from (names, spellings, style)")
+    hotwords: Optional[strict_text(1000)] = Field(None, description="words to favour")
+
+    def options(self) -> TaskOptions:
+        """The engine options this request asks for (the defaults when it names none)."""
+        return TaskOptions(word_timestamps=self.word_timestamps, prompt=self.prompt, hotwords=self.hotwords)
 
 
 def parse_generate_request(body: Any) -> GenerateRequest:
@@ -46,15 +54,6 @@ def parse_generate_request(body: Any) -> GenerateRequest:
     except ValidationError as exc:
         raise BadRequest(describe_validation_error(exc, empty="body",
                                                    messages={"extra_forbidden": "unknown field"})) from None
-
-
-# The language codes Whisper knows (faster-whisper's WhisperModel.supported_languages of a
-# multilingual model; tests/test_bad_input.py checks that the two agree).
-WHISPER_LANGUAGES = frozenset(
-    "af am ar as az ba be bg bn bo br bs ca cs cy da de el en es et eu fa fi fo fr gl gu ha haw he hi hr "
-    "ht hu hy id is it ja jw ka kk km kn ko la lb ln lo lt lv mg mi mk ml mn mr ms mt my ne nl nn no oc "
-    "pa pl ps pt ro ru sa sd si sk sl sn so sq sr su sv sw ta te tg th tk tl tr tt uk ur uz vi yi yo zh "
-    "yue".split())
 
 
 def route(providers: Providers, model: str) -> Provider:
@@ -93,6 +92,7 @@ async def validate_request(db: Database, config: Config, providers: Providers, r
         why = "; engine.speaker_labels is false" if provider == LOCAL else ""
         raise BadRequest(f"speaker: the provider behind {req.model!r} ({provider}) cannot label speakers{why}")
     check_speaker_hints(req)
+    await check_options(chosen, req.model, req.options())
     if req.language is not None:
         lang = req.language.lower()
         if lang not in WHISPER_LANGUAGES:
@@ -112,6 +112,18 @@ async def validate_request(db: Database, config: Config, providers: Providers, r
             if await s.get(Asset, req.asset_id) is None:
                 raise BadRequest(f"asset_id: no asset {req.asset_id!r}; upload the file first")
     return provider
+
+
+async def check_options(provider: Provider, model: str, options: TaskOptions) -> None:
+    """BadRequest naming the first option `provider` cannot honour (Provider.honours), or a
+    translation asked of an English-only local model; nothing when it can do all of them."""
+    asked = options.model_dump(exclude_defaults=True)
+    if provider.honours is not None:
+        for name in asked:
+            if name not in provider.honours:
+                raise BadRequest(f"{name}: the provider behind {model!r} ({provider.name}) does not support it")
+    if options.translate and provider.name == LOCAL and not await provider.engine.multilingual():
+        raise BadRequest(f"translate: the model behind {model!r} is English-only; it cannot translate")
 
 
 async def create_task(db: Database, req: GenerateRequest, provider: str,

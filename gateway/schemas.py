@@ -4,11 +4,12 @@ API from them, so the description and the answers are one thing."""
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional, get_args
+from typing import Any, ClassVar, Literal, Optional, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer
 
 from gateway.errors import BadRequest
+from gateway.payloads import DETAILS
 from gateway.validation import describe_validation_error
 
 TaskStatusName = Literal["queued", "processing", "completed", "failed"]
@@ -26,11 +27,45 @@ class TaskIdData(_Model):
     task_id: str = Field(pattern=r"^[0-9a-f]{32}$", examples=["ec2449885ba84c4f943a80ff0633158e"])
 
 
-class Segment(_Model):
+class _Sparse(_Model):
+    """An answer whose optional keys in `ABSENT` are left out (not null) when they hold nothing, so
+    an answer that has none of them is exactly as it always was."""
+
+    ABSENT: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _absent_keys(self, handler) -> dict[str, Any]:
+        out = handler(self)
+        for key in self.ABSENT:
+            if out.get(key) is None:
+                out.pop(key, None)
+        return out
+
+
+class Word(_Model):
+    word: str
+    start_time: float = Field(ge=0)
+    end_time: float = Field(ge=0)
+
+
+ASKED = "; only for a task that asked for it"
+
+
+class Segment(_Sparse):
+    ABSENT = ("words",) + DETAILS
+
     start_time: float = Field(ge=0)
     end_time: float = Field(ge=0)
     text: str
     speaker: Optional[str] = Field(description="SPEAKER_00, SPEAKER_01, … when the task asked speaker=true")
+    words: Optional[list[Word]] = Field(None, description="the segment's words, within its times, with "
+                                                          "word_timestamps=true; absent otherwise")
+    avg_logprob: Optional[float] = Field(None, description="the decoder's average log-probability" + ASKED)
+    compression_ratio: Optional[float] = Field(None, description="the text's gzip compression ratio" + ASKED)
+    no_speech_prob: Optional[float] = Field(None, description="the probability of no speech" + ASKED)
+    temperature: Optional[float] = Field(None, description="the decoding temperature" + ASKED)
+    tokens: Optional[list[int]] = Field(None, description="the decoder's token ids" + ASKED)
+    seek: Optional[int] = Field(None, description="the decoder's window offset, in frames" + ASKED)
 
 
 class UsageMetadata(_Model):
@@ -43,24 +78,22 @@ class UsageMetadata(_Model):
 NOTE = "what the engine could not do, e.g. speech it could not transcribe, with its time span"
 
 
-class _Noted(_Model):
+class _Noted(_Sparse):
     """An answer with an optional `note`: absent (not null) when there is nothing to note."""
 
-    note: Optional[str] = Field(None, description=NOTE + "; absent when there is nothing to note")
+    ABSENT = ("note",)
 
-    @model_serializer(mode="wrap")
-    def _absent_note(self, handler) -> dict[str, Any]:
-        out = handler(self)
-        if out.get("note") is None:
-            out.pop("note", None)
-        return out
+    note: Optional[str] = Field(None, description=NOTE + "; absent when there is nothing to note")
 
 
 class TranscriptResult(_Noted):
     """The callback payload's data.data."""
 
+    ABSENT = ("note", "language")
+
     data: list[Segment]
     usage_metadata: UsageMetadata
+    language: Optional[str] = Field(None, description="the detected language's code" + ASKED)
 
 
 class SyncData(_Noted):

@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import threading
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Callable, Sequence
 
 import numpy as np
 
-from gateway.payloads import Segment
+from gateway.payloads import Segment, Word as PayloadWord
 
 SAMPLE_RATE = 16000
 FRAME_S = 0.01                  # resemblyzer's mel frame step
@@ -53,13 +53,26 @@ class Word:
 
 
 @dataclass(frozen=True)
+class Figures:
+    """The decoder's figures of a segment (payloads.DETAILS), for a task that asks for details."""
+
+    avg_logprob: float
+    compression_ratio: float
+    no_speech_prob: float
+    temperature: float
+    tokens: tuple[int, ...]
+    seek: int
+
+
+@dataclass(frozen=True)
 class TimedSegment:
-    """A transcribed segment with its words (word_timestamps=True)."""
+    """A transcribed segment with its words (word_timestamps=True) and the decoder's figures."""
 
     start: float
     end: float
     text: str
     words: tuple[Word, ...]
+    figures: Figures | None = None
 
 
 @dataclass(frozen=True)
@@ -345,7 +358,7 @@ def split_at_changes(segments: Sequence[TimedSegment], labels: Sequence[int]) ->
         seg_labels = labels[at:at + len(seg.words)]
         at += len(seg.words)
         if not seg.words:
-            out.append((Segment(seg.start, seg.end, seg.text), out[-1][1] if out else 0))
+            out.append((piece(seg), out[-1][1] if out else 0))
             continue
         first = 0
         for i in range(1, len(seg.words) + 1):
@@ -355,7 +368,7 @@ def split_at_changes(segments: Sequence[TimedSegment], labels: Sequence[int]) ->
                 start = seg.start if first == 0 else words[0].start
                 end = seg.end if i == len(seg.words) else words[-1].end
                 text = seg.text if whole else "".join(w.text for w in words)
-                out.append((Segment(start, end, text.strip()), seg_labels[first]))
+                out.append((piece(seg, words, start, end, text.strip()), seg_labels[first]))
                 first = i
     return out
 
@@ -373,7 +386,7 @@ def trim_to_speech(pieces: Sequence[tuple[Segment, int]],
         last = int(np.searchsorted(begins, seg.end_time, side="left")) - 1   # last stretch beginning before the end
         if first <= last:
             start, end = max(seg.start_time, begins[first]), min(seg.end_time, ends[last])
-            seg = Segment(float(start), float(end), seg.text)
+            seg = replace(seg, start_time=float(start), end_time=float(end))
         out.append((seg, label))
     return out
 
@@ -384,12 +397,24 @@ def name_by_first_appearance(pieces: Sequence[tuple[Segment, int]]) -> tuple[Seg
     out = []
     for seg, label in pieces:
         name = names.setdefault(label, f"SPEAKER_{len(names):02d}")
-        out.append(Segment(seg.start_time, seg.end_time, seg.text, name))
+        out.append(replace(seg, speaker=name))
     return tuple(out)
 
 
 def all_one_speaker(segments: Sequence[TimedSegment], note: str | None = None) -> Labelled:
-    return Labelled(tuple(Segment(s.start, s.end, s.text, SINGLE) for s in segments), note)
+    return Labelled(tuple(piece(s, speaker=SINGLE) for s in segments), note)
+
+
+def piece(seg: TimedSegment, words: Sequence[Word] | None = None, start: float | None = None,
+          end: float | None = None, text: str | None = None, speaker: str | None = None) -> Segment:
+    """`seg` as a result's segment (or the piece of it with `words`, from `start` to `end`,
+    saying `text`), with its words and the decoder's figures, which the payload sends to the
+    tasks that ask for them."""
+    figures = {} if seg.figures is None else asdict(seg.figures)
+    return Segment(seg.start if start is None else start, seg.end if end is None else end,
+                   seg.text if text is None else text, speaker,
+                   tuple(PayloadWord(w.text, w.start, w.end) for w in (seg.words if words is None else words)),
+                   **figures)
 
 
 # --- the whole pipeline --------------------------------------------------------------------
@@ -436,7 +461,8 @@ def shifted(segments: Sequence[TimedSegment], offset: float) -> list[TimedSegmen
     if not offset:
         return list(segments)
     return [TimedSegment(s.start + offset, s.end + offset, s.text,
-                         tuple(Word(w.start + offset, w.end + offset, w.text) for w in s.words)) for s in segments]
+                         tuple(Word(w.start + offset, w.end + offset, w.text) for w in s.words), s.figures)
+            for s in segments]
 
 
 def label_with_windows(segments: Sequence[TimedSegment], windows: Windows, threshold: float,

@@ -142,7 +142,10 @@ class FakeOpenAI:
         fields: dict = {"authorization": request.headers.get("Authorization")}
         reader = await request.multipart()
         async for part in reader:
-            fields[part.name] = len(await part.read()) if part.filename else (await part.text())
+            value = len(await part.read()) if part.filename else (await part.text())
+            if part.name in fields:  # a field sent more than once (timestamp_granularities[]): its values
+                value = [*(fields[part.name] if isinstance(fields[part.name], list) else [fields[part.name]]), value]
+            fields[part.name] = value
         self.requests.append(fields)
         if self.responses:
             status, body = self.responses.pop(0)
@@ -153,13 +156,24 @@ class FakeOpenAI:
         if "file" not in fields or fields.get("response_format") != "verbose_json":
             return web.json_response({"error": {"message": "file and response_format=verbose_json expected",
                                                 "type": "invalid_request_error"}}, status=400)
-        return web.json_response({
+        answer = {
             "task": "transcribe", "language": "english", "duration": 4.0,
             "text": "Hello from the hosted service. This came back by callback.",
             "segments": [{"id": i, "seek": 0, "start": s["start_time"], "end": s["end_time"], "text": " " + s["text"],
                           "tokens": [], "temperature": 0.0, "avg_logprob": -0.2, "compression_ratio": 1.0,
                           "no_speech_prob": 0.01} for i, s in enumerate(SEGMENTS)],
-        })
+        }
+        if "word" in fields.get("timestamp_granularities[]", ()):  # as OpenAI: all words, apart from the segments
+            answer["words"] = [w for s in SEGMENTS for w in words_of(s)]
+        return web.json_response(answer)
+
+
+def words_of(segment: dict) -> list[dict]:
+    """A segment's words as verbose_json gives them, sharing its time equally."""
+    words = segment["text"].split()
+    step = (segment["end_time"] - segment["start_time"]) / len(words)
+    return [{"word": w, "start": round(segment["start_time"] + i * step, 3),
+             "end": round(segment["start_time"] + (i + 1) * step, 3)} for i, w in enumerate(words)]
 
 
 async def start_fake(app: web.Application, prefix: str) -> tuple[TestServer, str]:

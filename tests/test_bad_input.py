@@ -142,10 +142,17 @@ async def test_every_bad_generate_request_is_refused_and_nothing_is_queued(gatew
         ({"asset_id": asset, "callback_url": ""}, "callback_url: must be a non-empty http(s) URL"),
         ({"asset_id": asset, "callback_url": "http://"}, "callback_url: has no host"),
         ({"url": "file:///etc/passwd"}, "url: must use http or https, not 'file'"),
+        ({"asset_id": asset, "word_timestamps": "yes"}, "word_timestamps: Input should be a valid boolean"),
+        ({"asset_id": asset, "word_timestamps": 1}, "word_timestamps: Input should be a valid boolean"),
+        ({"asset_id": asset, "prompt": 5}, "prompt: Input should be a valid string"),
+        ({"asset_id": asset, "prompt": "x" * 4001}, "prompt: String should have at most 4000 characters"),
+        ({"asset_id": asset, "hotwords": ["Zorblatt"]}, "hotwords: Input should be a valid string"),
+        ({"asset_id": asset, "hotwords": "x" * 1001}, "hotwords: String should have at most 1000 characters"),
+        ({"asset_id": asset, "temperature": 0.2}, "temperature: unknown field"),  # the OpenAI API's, not this one's
     ] + [  # PostgreSQL cannot store a NUL character: refused up front on every backend
         ({"asset_id": asset, field: value}, f"{field}: Value error, must not contain the NUL character (\\u0000)")
         for field, value in (("callback_url", "https://example.com/\x00hook"), ("model", "whisper-1\x00"),
-                             ("language", "e\x00n"))
+                             ("language", "e\x00n"), ("prompt", "a\x00b"), ("hotwords", "\x00"))
     ] + [({"asset_id": "re_\x00"}, "asset_id: Value error, must not contain the NUL character (\\u0000)"),
          ({"url": "https://example.com/\x00.wav"}, "url: Value error, must not contain the NUL character (\\u0000)")]
     for body, msg in cases:
@@ -156,6 +163,26 @@ async def test_every_bad_generate_request_is_refused_and_nothing_is_queued(gatew
     # The same asset with valid options is accepted: the refusals above were about the options.
     assert await gateway.submit(asset_id=asset, language="EN", callback_url=webhook.url)
     assert await gateway.submit(asset_id=asset, speaker=True, num_speakers=2, min_speakers=1, max_speakers=2)
+    assert await gateway.submit(asset_id=asset, word_timestamps=False, prompt="x" * 4000, hotwords="Zorblatt")
+
+
+@pytest.mark.parametrize("options, msg", [
+    ({"temperature": 1.5}, "temperature: Input should be less than or equal to 1"),
+    ({"temperature": -0.1}, "temperature: Input should be greater than or equal to 0"),
+    ({"temperature": float("nan")}, "temperature: Input should be a finite number"),
+    ({"translate": "yes"}, "translate: Input should be a valid boolean"),
+])
+def test_engine_options_the_openai_api_sets_are_checked_and_named(options, msg):
+    """The options no memories field sets (the OpenAI API's temperature, translation) are
+    refused by TaskOptions itself, the field named, before a task is made of them."""
+    from pydantic import ValidationError
+
+    from gateway.options import TaskOptions
+    from gateway.validation import describe_validation_error
+
+    with pytest.raises(ValidationError) as err:
+        TaskOptions(**options)
+    assert describe_validation_error(err.value) == msg
 
 
 async def test_json_body_limit_is_enforced_while_reading(gateway):

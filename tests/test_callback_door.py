@@ -121,6 +121,10 @@ async def test_unknown_task_and_unknown_provider_are_404(api_only, database_url)
     assert status == 404 and body["msg"] == "unknown provider 'nope'"
 
 
+def _first(payload: dict) -> dict:
+    return payload["data"]["data"]["data"][0]
+
+
 def _drop(path: list, payload: dict) -> dict:
     node = payload
     for key in path[:-1]:
@@ -143,6 +147,21 @@ def _drop(path: list, payload: dict) -> dict:
     (lambda p: p["data"].update(success=False) or p, "Value error, code and data.success disagree"),
     (lambda p: p["data"].update(data=None) or p, "data.data is required when the task succeeded"),
     (lambda p: [], "body must be a JSON object"),
+    (lambda p: _first(p).update(words=[{"word": "Hello", "start_time": 0.0, "end_time": 0.5},
+                                       {"word": "there.", "start_time": 0.9, "end_time": 0.6}]) or p,
+     "data.data.data[0].words[1]: Value error, end_time is before start_time"),
+    (lambda p: _first(p).update(words=[{"word": 7, "start_time": 0.0, "end_time": 0.5}]) or p,
+     "data.data.data[0].words[0].word: Input should be a valid string"),
+    (lambda p: _first(p).update(words=[{"word": "Hello", "start_time": "0"}]) or p,
+     "data.data.data[0].words[0].start_time: Input should be a valid number"),
+    (lambda p: _first(p).update(words="Hello there.") or p, "data.data.data[0].words: Input should be a valid list"),
+    (lambda p: _first(p).update(tokens=[50364, -1]) or p,
+     "data.data.data[0].tokens[1]: Input should be greater than or equal to 0"),
+    (lambda p: _first(p).update(no_speech_prob=2) or p,
+     "data.data.data[0].no_speech_prob: Input should be less than or equal to 1"),
+    (lambda p: _first(p).update(seek=1.5) or p, "data.data.data[0].seek: Input should be a valid integer"),
+    (lambda p: p["data"]["data"].update(language="x" * 17) or p,
+     "data.data.language: String should have at most 16 characters"),
 ])
 async def test_malformed_callback_is_400_naming_the_field(api_only, mutate, field, database_url):
     task_id = await new_task(api_only)
@@ -170,6 +189,37 @@ async def test_inbound_segments_are_normalised(api_only):
         {"start_time": 0.0, "end_time": 2.0, "text": "first", "speaker": None},
         {"start_time": 2.0, "end_time": 4.0, "text": "second", "speaker": None},
     ]
+
+
+async def test_words_and_details_from_a_remote_are_kept_for_a_task_that_asked(api_only):
+    """A remote worker's (or a provider's) words and decoder figures reach a task that asked for
+    them, normalised as the engine's are; a task that did not ask gets the payload as before."""
+    from gateway import requests
+    from gateway.appkeys import DB
+    from gateway.options import TaskOptions
+
+    asked = await requests.create_task(api_only.app[DB], requests.GenerateRequest(asset_id=api_only.asset_id),
+                                       "local", TaskOptions(word_timestamps=True, details=True))
+    plain = await new_task(api_only)
+    figures = {"avg_logprob": -0.25, "compression_ratio": 1.2, "no_speech_prob": 0.01, "temperature": 0.0,
+               "tokens": [50364, 2425, 456], "seek": 0}
+    words = [{"word": " Hello", "start_time": 0.0, "end_time": 0.6}, {"word": " ", "start_time": 0.6, "end_time": 0.7},
+             {"word": " there.", "start_time": 0.7, "end_time": 1.9}]  # the last ends after its segment
+    payload = success("", (0.0, 1.5, "Hello there."), (1.5, 3.0, "General Kenobi."))
+    _first(payload).update(words=words, **figures)
+    payload["data"]["data"]["language"] = "en"
+    for task_id in (asked.id, plain):
+        status, body = await post(api_only, for_task(payload, task_id))
+        assert status == 200 and body["data"]["outcome"] == "accepted", body
+
+    result = (await api_only.status(asked.id))["result"]
+    assert result["language"] == "en"
+    assert result["data"][0] == {"start_time": 0.0, "end_time": 1.5, "text": "Hello there.", "speaker": None,
+                                 "words": [{"word": "Hello", "start_time": 0.0, "end_time": 0.6},
+                                           {"word": "there.", "start_time": 0.7, "end_time": 1.5}], **figures}
+    assert result["data"][1] == {"start_time": 1.5, "end_time": 3.0, "text": "General Kenobi.", "speaker": None,
+                                 "words": []}  # a segment without words or figures: none
+    assert (await api_only.status(plain))["result"] == for_task(HELLO, plain)["data"]["data"]
 
 
 def test_normalised_segments_keep_the_payload_contract():

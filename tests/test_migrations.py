@@ -114,3 +114,20 @@ def test_an_empty_database_shows_the_whole_schema_as_missing(database_url):
 
     ensure_sqlite_dir(database_url)
     assert len(schema_diff(database_url)) >= len(SQLModel.metadata.tables)
+
+
+def test_0010_adds_partial_segment_and_its_downgrade_removes_it(database_url):
+    """0010 adds the table of a running task's texts (gateway/partials.py); down to 0009 drops it
+    and leaves the rest as 0009 made it; up again, the models match."""
+    upgrade(database_url)
+    engine = create_engine(sync_url(database_url))
+    try:
+        assert inspect(engine).get_pk_constraint("partial_segment")["constrained_columns"] == ["task_id", "seq"]
+        [fk] = inspect(engine).get_foreign_keys("partial_segment")
+        assert (fk["constrained_columns"], fk["referred_table"]) == (["task_id"], "task")
+    finally:
+        engine.dispose()
+    downgrade(database_url, "0009")
+    assert tables(database_url) == set(SQLModel.metadata.tables) - {"partial_segment"} | {"alembic_version"}
+    upgrade(database_url)
+    assert schema_diff(database_url) == []

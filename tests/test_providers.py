@@ -240,6 +240,60 @@ async def test_openai_compatible_server_runs_as_a_job(start_gateway, openai_serv
     assert Webhook(WEBHOOK_SECRET).verify(call.body, call.headers)["task_id"] == task_id
 
 
+async def test_openai_gets_the_prompt_temperature_and_word_granularity_and_its_words_come_back(
+        start_gateway, openai_server, speech_wav):
+    from gateway import requests
+    from gateway.appkeys import DB, NOTIFIER
+    from gateway.notify import task_channel
+    from gateway.options import TaskOptions
+
+    gw = await openai_gateway(start_gateway, openai_server)
+    task_id = await submit_remote(gw, speech_wav, model="openai-whisper", word_timestamps=True, prompt="Kenobi")
+    done = await gw.wait(task_id)
+    assert done["status"] == "completed", done
+    req = openai_server.requests[-1]
+    assert req["prompt"] == "Kenobi" and "temperature" not in req
+    assert req["timestamp_granularities[]"] == ["segment", "word"]
+    for segment, sent in zip(done["result"]["data"], SEGMENTS, strict=True):
+        assert [w["word"] for w in segment["words"]] == sent["text"].split()  # each word in its segment
+        assert all(sent["start_time"] <= w["start_time"] <= w["end_time"] <= sent["end_time"]
+                   for w in segment["words"])
+        assert "avg_logprob" not in segment  # details not asked for
+
+    # the OpenAI API's options (no memories field sets them), as its requests queue them
+    task = await requests.create_task(gw.app[DB], requests.GenerateRequest(asset_id=done["asset_id"],
+                                                                           model="openai-whisper"),
+                                      "openai", TaskOptions(temperature=0.3, details=True))
+    gw.app[NOTIFIER].wake(task_channel("openai"))
+    detailed = (await gw.wait(task.id))["result"]
+    req = openai_server.requests[-1]
+    assert req["temperature"] == "0.3" and req["timestamp_granularities[]"] == "segment" and "prompt" not in req
+    assert [{k: s[k] for k in ("avg_logprob", "compression_ratio", "no_speech_prob", "temperature", "seek")}
+            for s in detailed["data"]] == [{"avg_logprob": -0.2, "compression_ratio": 1.0, "no_speech_prob": 0.01,
+                                            "temperature": 0.0, "seek": 0}] * 2
+    assert "language" not in detailed  # the server names it ("english"); a code is not guessed
+    assert all("words" not in s for s in detailed["data"])
+
+
+async def test_options_a_provider_cannot_honour_are_refused_naming_them(start_gateway, memories, openai_server,
+                                                                         speech_wav):
+    port = free_port()
+    gw = await start_gateway(port=port, server={"public_url": f"http://127.0.0.1:{port}"}, providers={
+        "memories": {"base_url": memories.url, "api_key": memories.api_key},
+        "openai": {"base_url": openai_server.url, "api_key": openai_server.api_key}})
+    asset_id = await gw.upload(speech_wav)
+    for model, provider, field, value in (("memories-whisper", "memories", "word_timestamps", True),
+                                          ("memories-whisper", "memories", "prompt", "Kenobi"),
+                                          ("memories-whisper", "memories", "hotwords", "Kenobi"),
+                                          ("openai-whisper", "openai", "hotwords", "Kenobi")):
+        status, body = await gw.call("POST", "/transcriptions/async-generate-audio",
+                                     json={"asset_id": asset_id, "model": model, field: value})
+        assert (status, body["msg"]) == (400, f"{field}: the provider behind {model!r} ({provider}) does not "
+                                              f"support it")
+    assert await count_rows(gw.config.database.url, "SELECT count(*) FROM task") == 0
+    assert not memories.tasks and not openai_server.requests
+
+
 @pytest.mark.parametrize("responses, status, attempts, error", [
     ([(401, {"error": {"message": "Incorrect API key provided", "type": "invalid_request_error"}})],
      "failed", 1, "openai transcription: HTTP 401: Incorrect API key provided"),

@@ -14,7 +14,7 @@ from gateway import speakers
 from gateway.audio import SAMPLE_RATE, decode
 from gateway.config import EngineConfig
 from gateway.engine import LocalEngine, TranscribeRequest
-from gateway.payloads import Segment
+from gateway.payloads import Segment, Word as PayloadWord
 from gateway.speakers import Hints, TimedSegment, Turn, Word
 
 from conftest import espeak
@@ -64,11 +64,15 @@ def test_segments_are_split_where_the_words_change_speaker():
     pieces = speakers.split_at_changes([first, second], [0, 0, 1, 1, 1, 0])
     assert [(s.start_time, s.end_time, s.text, label) for s, label in pieces] == [
         (0.0, 1.0, "Hello there.", 0), (2.0, 4.0, "How are you?", 1), (4.5, 5.5, "Fine.", 0)]
+    assert [[w.word.strip() for w in s.words] for s, _ in pieces] == [["Hello", "there."], ["How", "are", "you?"],
+                                                                      ["Fine."]]  # each piece its own words
 
 
 def test_a_segment_without_a_change_keeps_whispers_text_and_times():
     seg = TimedSegment(0.2, 2.0, " One, two.", words_of((0.3, 0.9, "One,"), (1.0, 1.8, "two.")))
-    assert speakers.split_at_changes([seg], [1, 1]) == [(Segment(0.2, 2.0, "One, two."), 1)]
+    [(piece, label)] = speakers.split_at_changes([seg], [1, 1])
+    assert (piece.start_time, piece.end_time, piece.text, piece.speaker, label) == (0.2, 2.0, "One, two.", None, 1)
+    assert piece.words == (PayloadWord(" One,", 0.3, 0.9), PayloadWord(" two.", 1.0, 1.8))  # for word timestamps
 
 
 def test_words_take_the_turn_they_fall_in_or_the_nearest():

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from gateway.config import Config, validate_whsec
 from gateway.models import Task
+from gateway.options import TaskOptions, options_of
 from gateway.payloads import Outcome
 from gateway.validation import MESSAGES, describe_validation_error
 
@@ -91,9 +92,17 @@ class Job:
     http: Any  # aiohttp.ClientSession
     audio: Callable[[], AsyncContextManager[Path]]  # `async with job.audio() as path`: the input file
     progress: Callable[[float], None]
+    # `job.partial(start, end, text)`, on the event loop: a segment decoded while the task runs,
+    # for followers of its text (gateway/partials.py); stored by the task loop about once a second
+    partial: Callable[[float, float, str], None] = lambda start, end, text: None
     # `await job.submitting()` right before the request that creates the upstream job (a provider
     # with third_party_callbacks): a callback overtaking the stored upstream id then waits for it
     submitting: Callable[[], Awaitable[None]] = _nothing
+
+    @property
+    def options(self) -> TaskOptions:
+        """The task's engine options (gateway/options.py)."""
+        return options_of(self.task)
 
 
 class Provider:
@@ -101,6 +110,10 @@ class Provider:
 
     Settings: ClassVar[type[ProviderSettings]] = ProviderSettings
     supports_speaker: ClassVar[bool] = False
+    # The engine options (gateway/options.py TaskOptions fields) it honours: a request asking
+    # another of them is refused, naming it. None: not declared; the provider reads what it can
+    # of job.options and the rest is not checked (third-party providers written before options).
+    honours: ClassVar[frozenset[str] | None] = None
     # Callbacks come from the service itself, which cannot send our API key: without a secret
     # they are accepted without one, and only find a task by an upstream id we were given.
     third_party_callbacks: ClassVar[bool] = False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from gateway.audio import AudioError
 from gateway.engine import LocalEngine, TranscribeRequest
+from gateway.options import TaskOptions
 from gateway.payloads import Outcome
 from gateway.providers import Job, PermanentError, Provider
 from gateway.speakers import Hints
@@ -12,6 +13,8 @@ from gateway.speakers import Hints
 class LocalProvider(Provider):
     """Serves `engine.model_alias`; [providers.local] holds only `secret` (for workers on
     other machines reporting over POST /callbacks/local)."""
+
+    honours = frozenset(TaskOptions.model_fields)  # known speakers: stored until they are matched
 
     def __init__(self, name, settings, config):
         super().__init__(name, settings, config)
@@ -30,9 +33,9 @@ class LocalProvider(Provider):
         async with job.audio() as path:
             req = TranscribeRequest(path=str(path), language=task.language, speaker=task.speaker,
                                     hints=Hints(task.num_speakers, task.min_speakers, task.max_speakers),
-                                    max_audio_s=self.config.server.max_audio_s)
+                                    max_audio_s=self.config.server.max_audio_s, options=job.options)
             try:
-                return await self.engine.transcribe(req, job.progress)
+                return await self.engine.transcribe(req, job.progress, job.partial)
             except AudioError as exc:
                 raise PermanentError(str(exc)) from None
 

@@ -30,6 +30,7 @@ class MemoriesSettings(RemoteSettings):
 class MemoriesProvider(Provider):
     Settings = MemoriesSettings
     supports_speaker = True
+    honours = frozenset()  # its API has no word timestamps, prompt or hotwords
     third_party_callbacks = True
     marks_submission = True
 

@@ -14,11 +14,13 @@ RETRYABLE_4XX = {408, 409, 425, 429}
 
 
 def file_form(file: BinaryIO, filename: str, **fields: Any) -> aiohttp.FormData:
-    """A multipart body with the audio file (an open file, streamed) and plain fields."""
+    """A multipart body with the audio file (an open file, streamed) and plain fields (a list: the
+    field once per value, e.g. `timestamp_granularities[]`; None: left out)."""
     form = aiohttp.FormData(quote_fields=False)
     for key, value in fields.items():
-        if value is not None:
-            form.add_field(key, str(value))
+        for one in value if isinstance(value, list) else [value]:
+            if one is not None:
+                form.add_field(key, str(one))
     form.add_field("file", file, filename=filename)
     return form
 
