@@ -28,6 +28,7 @@ def name_wav(audio_dir):
     return espeak(f"Please call {NAME} tomorrow about the invoice.", audio_dir / "name.wav", speed=150)
 
 
+@pytest.mark.any_database
 async def test_word_timestamps_give_every_segment_its_words(start_gateway, speech_wav):
     gw = await start_gateway(engine=NO_SPEAKERS)
     asset_id = await gw.upload(speech_wav)
@@ -52,6 +53,7 @@ async def test_word_timestamps_give_every_segment_its_words(start_gateway, speec
     assert [item["words"] for item in body["data"]["items"]] == [s["words"] for s in worded["data"]]
 
 
+@pytest.mark.any_database
 async def test_prompt_and_hotwords_reach_the_decoder_and_its_log_line(tmp_path, database_url, daemon_factory,
                                                                        name_wav):
     daemon = daemon_factory(to_toml(daemon_sections(tmp_path, database_url)))
@@ -83,6 +85,7 @@ async def run_with_options(gw: Gateway, asset_id: str, options: TaskOptions) -> 
     return await gw.wait(task.id)
 
 
+@pytest.mark.any_database
 async def test_details_and_temperature(start_gateway, speech_wav):
     gw = await start_gateway(engine=NO_SPEAKERS)
     asset_id = await gw.upload(speech_wav)
