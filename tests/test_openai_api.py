@@ -64,6 +64,7 @@ async def test_json_and_text(gateway, speech, database_url, client):
     raw = await oai.audio.transcriptions.with_raw_response.create(file=speech, model="echo", response_format="text")
     assert raw.headers["content-type"].startswith("text/plain")
     assert raw.parse() == TEXT + "\n"
+    assert (await oai.audio.transcriptions.create(file=speech, model="echo", chunking_strategy="auto")).text == TEXT
     task = await gateway.status(raw.headers["x-task-id"])
     assert task["status"] == "completed" and task["model"] == "echo"
     assert await task_options(database_url, task["task_id"]) == {}  # json and text ask the engine for nothing more
@@ -84,7 +85,7 @@ async def test_verbose_json_segments_and_options(gateway, speech, database_url, 
     oai = client(gateway)
     raw = await oai.audio.transcriptions.with_raw_response.create(
         file=speech, model="echo", response_format="verbose_json", language="en", prompt="Testing, gateway.",
-        temperature=0.2)
+        temperature=0.2, chunking_strategy={"type": "server_vad", "threshold": 0.5})
     answer = raw.parse()
     assert isinstance(answer, openai.types.audio.TranscriptionVerbose)
     assert (answer.task, answer.language, answer.duration, answer.text) == ("transcribe", "english", 4.0, TEXT)
@@ -261,6 +262,8 @@ async def test_bad_requests_answer_openai_errors_and_store_nothing(start_gateway
         assert resp.status == 400 and (await resp.json())["error"]["param"] == "file"  # not multipart
     async with gw.http.get(gw.url + "/v1/nope") as resp:
         assert resp.status == 404 and (await resp.json())["error"]["message"] == "no such endpoint: GET /v1/nope"
+    async with gw.http.get(gw.url + "/v1/models", headers={"Expect": "tea"}) as resp:  # refused by aiohttp itself
+        assert resp.status == 417 and (await resp.json())["error"]["type"] == "invalid_request_error"
     assert await gw.tasks() == []
     assert await count_rows(gw.config.database.url, "SELECT count(*) FROM asset") == 0
     assert not [p for p in (tmp_path / "assets").rglob("re_*")]
