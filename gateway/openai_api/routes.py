@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway import subtitles, views
-from gateway.appkeys import CONFIG, DB, PROVIDERS
+from gateway import subtitles
+from gateway.appkeys import PROVIDERS
 from gateway.envelope import dumps
-from gateway.openai_api import V1, answers, catalogue, forms, sse, submit
+from gateway.openai_api import V1, answers, catalogue, forms, submit
 from gateway.openapi import endpoint
 
 routes = web.RouteTableDef()
@@ -29,14 +29,10 @@ def _json(model) -> web.Response:
                    "text/event-stream": TEXT},
           error_model=answers.ErrorBody, errors=ERRORS)
 async def transcriptions(request: web.Request) -> web.StreamResponse:
-    app = request.app
     req = await forms.read_request(request, forms.TranscriptionForm)
-    if not req.form.stream:
-        return await submit.transcribe(app, req)
-    task = await submit.queue(app, req)
-    return await sse.write_events(request, sse.deltas(app, task), app[CONFIG].server.sync_timeout_s,
-                                  final=lambda: views.get_task(app[DB], task.id),
-                                  unfinished=lambda t: submit.unfinished(app, t), headers={submit.TASK_HEADER: task.id})
+    if req.form.stream:
+        return await submit.stream(request, req)
+    return await submit.transcribe(request.app, req)
 
 
 @routes.post(V1 + "/audio/translations")

@@ -15,7 +15,7 @@ from gateway import API_BASE, api, audio, requests, uploads, views
 from gateway.appkeys import CONFIG, DB, NOTIFIER, PROVIDERS, STORE
 from gateway.errors import ApiError, BadRequest
 from gateway.models import Task, TaskStatus
-from gateway.openai_api import formats
+from gateway.openai_api import formats, sse
 from gateway.openai_api.forms import Request, TranscriptionForm
 from gateway.options import TaskOptions
 from gateway.providers import LOCAL, Provider, Providers
@@ -103,8 +103,9 @@ def shape(req: Request, translate: bool) -> formats.Shape:
 
 def unfinished(app: web.Application, task: Task) -> ApiError:
     """The answer for a task that failed, or is still running after server.sync_timeout_s."""
+    status_url = f"{app[CONFIG].server.public_url.rstrip('/')}{API_BASE}/transcriptions/{task.id}"
     return views.unfinished_error(task, app[CONFIG].server.sync_timeout_s,
-                                  f"task {task.id} goes on: GET {API_BASE}/transcriptions/{task.id} shows it")
+                                  f"task {task.id} goes on: GET {status_url} shows it")
 
 
 async def transcribe(app: web.Application, req: Request, *, translate: bool = False) -> web.Response:
@@ -118,3 +119,13 @@ async def transcribe(app: web.Application, req: Request, *, translate: bool = Fa
         body, media_type = await asyncio.to_thread(formats.render, views.task_view(task)["result"],
                                                    shape(req, translate))  # seconds for 100,000 segments
         return web.Response(body=body, content_type=media_type, charset="utf-8", headers={TASK_HEADER: task.id})
+
+
+async def stream(request: web.Request, req: Request) -> web.StreamResponse:
+    """stream=true: queue the task, then its text as server-sent events (`sse`)."""
+    app = request.app
+    task = await queue(app, req)
+    with structlog.contextvars.bound_contextvars(task_id=task.id):
+        return await sse.write_events(request, sse.deltas(app, task), app[CONFIG].server.sync_timeout_s,
+                                      final=lambda: views.get_task(app[DB], task.id),
+                                      unfinished=lambda t: unfinished(app, t), headers={TASK_HEADER: task.id})
