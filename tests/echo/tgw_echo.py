@@ -97,10 +97,16 @@ DETAILS = {"seek": 0, "tokens": [50364, 2425, 50464], "temperature": 0.0, "avg_l
 
 @dataclass(frozen=True)
 class EchoSegment(Segment):
-    """A segment with what the task's options ask for beyond the four fields."""
+    """A segment with what the task's options ask for beyond the four fields, named as the
+    stored result's keys (None: not asked for)."""
 
     words: tuple[dict, ...] | None = None
-    details: dict | None = None
+    seek: int | None = None
+    tokens: list[int] | None = None
+    temperature: float | None = None
+    avg_logprob: float | None = None
+    compression_ratio: float | None = None
+    no_speech_prob: float | None = None
 
 
 def spread_words(text: str, start: float, end: float) -> tuple[dict, ...]:
@@ -123,9 +129,10 @@ def transcript(data: bytes, speaker: bool, options: TaskOptions = TaskOptions(),
         text = line[match.end():] if match else line
         label = (match.group(1) if match else "SPEAKER_00") if speaker else None
         start, end = i * SEGMENT_S, (i + 1) * SEGMENT_S
+        details = dict(DETAILS, seek=int(start * 100)) if options.details else {}
         segments.append(EchoSegment(start, end, text, label,
                                     words=spread_words(text, start, end) if options.word_timestamps else None,
-                                    details=dict(DETAILS, seek=int(start * 100)) if options.details else None))
+                                    **details))
     return tuple(segments), len(segments) * SEGMENT_S
 
 
