@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import re
@@ -11,21 +10,21 @@ from typing import Any
 
 import orjson
 import structlog
-from aiohttp import MultipartReader, web
-from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp import web
 from sqlalchemy.exc import SQLAlchemyError
 
-from gateway import API_BASE, callbacks, decisions, deliveries, metrics, openapi, requests, schemas, streams, subtitles, views
+from gateway import API_BASE, callbacks, decisions, deliveries, metrics, openapi, requests, schemas, subtitles, uploads, views
 from gateway.appkeys import CALLBACK_BODIES, CONFIG, DB, INGESTOR, LOOPS, NOTIFIER, PROVIDERS, STORE, UPLOAD_TURNS
 from gateway.envelope import ok
 from gateway.errors import ApiError, BadRequest, NotFound, PayloadTooLarge, Unauthorized, Unavailable
 from gateway.models import Asset, Task, TaskStatus
 from gateway.notify import DELIVERIES, task_channel, task_done_channel
 from gateway.openapi import endpoint
+from gateway.options import DEFAULT as DEFAULT_OPTIONS, TaskOptions
 from gateway.payloads import CallbackPayload, parse_callback, parse_valid_callback, result_of
 from gateway.plugins import transcript_from_payload
 from gateway.providers import LOCAL
-from gateway.storage import download_type, safe_filename
+from gateway.storage import download_type
 
 log = structlog.get_logger(__name__)
 routes = web.RouteTableDef()
@@ -36,17 +35,6 @@ UPLOAD_FORM = {"multipart/form-data": {"schema": {
     "properties": {"file": {"type": "string", "format": "binary", "description": "the audio or video file"}}}}}
 
 
-@contextlib.asynccontextmanager
-async def body_deadline(request: web.Request):
-    """Receiving the request body may take at most server.body_timeout_s: then 408."""
-    limit = request.app[CONFIG].server.body_timeout_s
-    try:
-        async with asyncio.timeout(limit):
-            yield
-    except TimeoutError:
-        raise ApiError(f"request body not received within server.body_timeout_s ({limit:g} s)", 408) from None
-
-
 async def read_body(request: web.Request) -> bytes:
     """The whole request body, or PayloadTooLarge past server.max_json_kb (read at most one byte more)."""
     limit = request.app[CONFIG].server.max_json_kb * 1024
@@ -55,7 +43,7 @@ async def read_body(request: web.Request) -> bytes:
     if request.content.is_eof():  # a small body usually arrives with its headers: nothing to wait for
         raw = request.content.read_nowait(limit + 1)
     else:
-        async with body_deadline(request):
+        async with uploads.body_deadline(request):
             raw = await _read_rest(request, limit)
     if len(raw) > limit:
         raise _too_large(limit)
@@ -115,52 +103,25 @@ def _parse_json(raw: bytes) -> Any:
 @endpoint("Upload an audio or video file; answers its asset_id", data=schemas.UploadData, errors=(400, 408, 413, 507),
           request_content=UPLOAD_FORM)
 async def upload(request: web.Request) -> web.Response:
-    cfg = request.app[CONFIG]
-    max_bytes = int(cfg.server.max_upload_mb * 1048576)
-    if request.content_length is not None and request.content_length > max_bytes + 65536:
-        raise PayloadTooLarge(f"file is larger than server.max_upload_mb ({cfg.server.max_upload_mb:g} MB)")
-    if not request.content_type.startswith("multipart/"):
-        raise BadRequest("send the file as multipart/form-data in a field named 'file'")
-    async with body_deadline(request):
+    max_bytes = uploads.upload_limit(request)
+    async with uploads.body_deadline(request):
         return await _store_upload(request, max_bytes)
 
 
 async def _store_upload(request: web.Request, max_bytes: int) -> web.Response:
+    store = request.app[STORE]
     async with request.app[UPLOAD_TURNS].turn(request) as turn:  # every read of the body takes its turn
-        try:
-            reader = await request.multipart()
-            while (part := await turn.read(reader.next())) is not None:
-                if isinstance(part, MultipartReader):  # a part that is itself multipart (multipart/mixed)
-                    raise BadRequest("malformed multipart/form-data body: a part is itself multipart; "
-                                     "send the file as one part named 'file'")
+        with uploads.multipart_errors():
+            async for part in uploads.parts(request, turn):
                 if part.name != "file":
                     await turn.read(part.release())
                     continue
-                if part.filename is None:
-                    raise BadRequest("multipart field 'file' must be a file upload (with a filename)")
-
-                async def chunks():
-                    while chunk := await turn.read(part.read_chunk(streams.CHUNK)):
-                        yield chunk
-
-                stored = await streams.save_stream(request.app[STORE], chunks(), max_bytes)
+                asset = await uploads.store_file_part(store, part, max_bytes, turn)
                 turn.give_up()  # the body is read: the next one's turn while this one is stored
-                asset = Asset(id=stored.asset_id, filename=safe_filename(part.filename),
-                              content_type=(part.headers.get("Content-Type") or "application/octet-stream")[:255],
-                              size=stored.size, sha256=stored.sha256, path=str(stored.path))
-                try:
-                    async with request.app[DB].session() as s:
-                        s.add(asset)
-                except BaseException:
-                    request.app[STORE].discard(stored.path)
-                    raise
+                await uploads.add_asset(request.app[DB], store, asset)
                 log.info("asset.uploaded", asset_id=asset.id, size=asset.size)
                 return ok(schemas.UploadData(asset_id=asset.id))
-        except ValueError as exc:  # aiohttp's multipart parser on a malformed body
-            raise BadRequest(f"malformed multipart/form-data body: {exc}") from None
-        except HttpProcessingError as exc:  # a part's headers are not valid HTTP headers
-            raise BadRequest(f"malformed multipart/form-data body: {exc.message}") from None
-        raise BadRequest("multipart field 'file' is required")
+    raise BadRequest("multipart field 'file' is required")
 
 
 @routes.get(API_BASE + "/{asset_id}/download")
@@ -211,7 +172,13 @@ async def _submit(request: web.Request) -> Task:
     app = request.app
     req = requests.parse_generate_request(await read_json(request))
     provider = await requests.validate_request(app[DB], app[CONFIG], app[PROVIDERS], req)
-    task = await requests.create_task(app[DB], req, provider, req.options())
+    return await queue_task(app, req, provider, req.options())
+
+
+async def queue_task(app: web.Application, req: requests.GenerateRequest, provider: str,
+                     options: TaskOptions = DEFAULT_OPTIONS) -> Task:
+    """A validated request stored as a queued task, and its provider's loop woken."""
+    task = await requests.create_task(app[DB], req, provider, options=options)
     app[NOTIFIER].wake(task_channel(provider))
     log.info("task.queued", task_id=task.id, model=task.model, provider=provider)
     return task
@@ -237,11 +204,8 @@ async def sync_generate(request: web.Request) -> web.Response:
         items = [{"text": x["text"], "start_time": x["start_time"], "end_time": x["end_time"],
                   "speaker": x["speaker"], "words": x.get("words")} for x in result["data"]]
         return ok(schemas.SyncData(model=task.model, items=items, task_id=task.id, note=task.note))
-    if task.status == TaskStatus.FAILED:
-        code = json.loads(task.result_json)["code"]
-        raise ApiError(f"transcription failed: {task.error}", 400 if code.startswith("4") else 500)
-    raise ApiError(f"transcription still running after {app[CONFIG].server.sync_timeout_s:g}s; "
-                   f"poll GET {API_BASE}/transcriptions/{task.id}", 504)
+    raise views.unfinished_error(task, app[CONFIG].server.sync_timeout_s,
+                                 f"poll GET {API_BASE}/transcriptions/{task.id}")
 
 
 @routes.get(API_BASE + "/transcriptions/{task_id}")

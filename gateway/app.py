@@ -20,11 +20,13 @@ from gateway.appkeys import CALLBACK_BODIES, CONFIG, DB, HTTP, INGESTOR, LOOPS, 
 from gateway.callbacks import BodyGate
 from gateway.config import Config
 from gateway.db import Database, unavailable, upgrade_async
-from gateway.envelope import error
+from gateway.envelope import error_for
 from gateway.errors import ApiError
 from gateway.ingest import Ingestor
 from gateway.loops import Loops
 from gateway.notify import Notifier, PgListener
+from gateway.openai_api import V1
+from gateway.openai_api import routes as openai_routes
 from gateway.plugins import GatewayContext, Plugins
 from gateway.storage import AssetStore, sweep_temp
 from gateway.turns import Turns
@@ -69,32 +71,33 @@ async def metrics_middleware(request: web.Request, handler):
 
 @web.middleware
 async def envelope_middleware(request: web.Request, handler):
-    """Every answer is the JSON envelope: ApiError and HTTP errors mapped, never a stack trace."""
+    """Every error is answered in one shape, chosen by path (`envelope.error_for`: the envelope, or
+    OpenAI's error body under /v1): ApiError and HTTP errors mapped, never a stack trace."""
     try:
         return await handler(request)
     except ApiError as exc:
-        return error(exc.status, exc.message)
+        return error_for(request.path, exc.status, exc.message, param=exc.param, code=exc.code)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None  # required on a 405
-        return error(exc.status, _http_message(exc, request), headers=allow)
+        return error_for(request.path, exc.status, _http_message(exc, request), headers=allow)
     except web.RequestPayloadError as exc:  # the body's chunking or Content-Encoding is broken
         msg = _payload_message(exc, request)
         log.warning("http.malformed_body", method=request.method, path=request.path, error=msg)
-        return error(400, msg)
+        return error_for(request.path, 400, msg)
     except asyncio.CancelledError:
         raise
     except DBAPIError as exc:
         if not unavailable(exc):
             log.exception("http.unhandled", method=request.method, path=request.path)
-            return error(500, "internal error; see the gateway's log")
+            return error_for(request.path, 500, "internal error; see the gateway's log")
         log.warning("http.database_unavailable", method=request.method, path=request.path,
                     error=type(exc.orig).__name__)
-        return error(503, "database unavailable; try again later")
+        return error_for(request.path, 503, "database unavailable; try again later")
     except Exception:
         log.exception("http.unhandled", method=request.method, path=request.path)
-        return error(500, "internal error; see the gateway's log")
+        return error_for(request.path, 500, "internal error; see the gateway's log")
 
 
 def _presented_key(header: str) -> str:
@@ -118,11 +121,15 @@ def key_ok(presented: str, keys: list[str]) -> bool:
     return found
 
 
+KEYED_PREFIXES = (API_BASE, V1)  # the memories API and the OpenAI-compatible one
+
+
 @web.middleware
 async def auth_middleware(request: web.Request, handler):
+    """`Authorization: <key>` or `Bearer <key>` against server.api_keys, under both APIs."""
     cfg = request.app[CONFIG]
     keys = cfg.server.api_keys
-    if not keys or request.path in api_routes.PUBLIC_PATHS or not request.path.startswith(API_BASE):
+    if not keys or request.path in api_routes.PUBLIC_PATHS or not request.path.startswith(KEYED_PREFIXES):
         return await handler(request)
     if request.path.startswith(API_BASE + "/callbacks/"):
         provider = request.app[PROVIDERS].active.get(request.path.rsplit("/", 1)[-1])
@@ -130,11 +137,12 @@ async def auth_middleware(request: web.Request, handler):
             return await handler(request)  # authenticated by its signature, or by the upstream id
     header = request.headers.get("Authorization", "")
     if not header:
-        return error(401, "missing Authorization header; send 'Authorization: <api key>' or 'Bearer <api key>'")
+        return error_for(request.path, 401,
+                         "missing Authorization header; send 'Authorization: <api key>' or 'Bearer <api key>'")
     if not header.isascii() and not _utf8(header):
-        return error(400, "Authorization header is not valid UTF-8")
+        return error_for(request.path, 400, "Authorization header is not valid UTF-8")
     if not key_ok(_presented_key(header), keys):
-        return error(401, "invalid API key")
+        return error_for(request.path, 401, "invalid API key")
     return await handler(request)
 
 
@@ -238,5 +246,6 @@ def create_app(config: Config, *, worker: bool = True, api: bool = True,
         app.cleanup_ctx.append(_worker_context(app))
     if api:
         app.add_routes(api_routes.routes)
+        app.add_routes(openai_routes.routes)
         app[PLUGINS].call_all_sync("register_routes", app=app)
     return app

@@ -67,6 +67,13 @@ def declared_duration(container) -> float | None:
     return max(found, default=None)
 
 
+def check_audio(path: str) -> None:
+    """AudioError unless the file opens as a container with an audio stream (its header only,
+    nothing decoded): what a request that names its file as audio is checked with at once."""
+    with _opened(path):
+        pass
+
+
 def measure(path: str, max_s: float, tick: Callable[[], None] = lambda: None) -> float:
     """The audio's duration in seconds, checked against `max_s` (AudioTooLong) from the
     metadata, then while decoding; AudioError when it is not audio or holds no samples.

@@ -33,6 +33,18 @@ def error(status: int, msg: str, headers: dict[str, str] | None = None) -> web.R
     return _json({"code": str(status), "msg": msg, "data": None, "success": False, "failed": True}, status, headers)
 
 
+def error_for(path: str, status: int, msg: str, *, headers: dict[str, str] | None = None,
+              param: str | None = None, code: str | None = None) -> web.Response:
+    """The error answer for a request to `path`: OpenAI's error body under /v1, else the envelope.
+    The one place every error answer is made (handlers' ApiErrors, the auth middleware, the HTTP
+    server's own refusals)."""
+    from gateway.openai_api import V1, errors
+
+    if path == V1 or path.startswith(V1 + "/"):
+        return errors.error(status, msg, param=param, code=code, headers=headers)
+    return error(status, msg, headers)
+
+
 def _json(body: dict, status: int, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(body=dumps(body), status=status, headers=headers, content_type="application/json",
                         charset="utf-8")

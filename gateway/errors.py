@@ -8,11 +8,14 @@ class ApiError(Exception):
 
     status = 400
 
-    def __init__(self, message: str, status: int | None = None):
+    def __init__(self, message: str, status: int | None = None, *, param: str | None = None,
+                 code: str | None = None):
         super().__init__(message)
         self.message = message
         if status is not None:
             self.status = status
+        self.param = param  # the request field at fault (OpenAI's error `param`; the envelope says it in `msg`)
+        self.code = code  # a machine-readable reason (OpenAI's error `code`), e.g. "model_not_found"
 
 
 class BadRequest(ApiError):

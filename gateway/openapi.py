@@ -51,6 +51,8 @@ class Endpoint:
     path_params: dict[str, dict[str, Any]] = field(default_factory=dict)  # extra schema for a path parameter
     auth: bool = True  # under server.api_keys
     undeclared: bool = False  # a plugin route without @endpoint
+    answers: tuple[type[BaseModel], ...] = ()  # models of a JSON answer without the envelope (one of them)
+    error_model: Optional[type[BaseModel]] = None  # the errors' body, when not the envelope (/v1)
 
 
 def endpoint(summary: str, **kw) -> Callable:
@@ -100,7 +102,11 @@ def _operation(method: str, path: str, ep: Endpoint, refs: dict[type, dict]) -> 
     if ep.undeclared:
         op["responses"] = {"default": {"description": "not described by the plugin that added this route"}}
         return op
-    ok_content = ep.content or {"application/json": {"schema": _envelope(refs.get(ep.data))}}
+    if ep.answers:
+        one = [refs[m] for m in ep.answers]
+        ok_content = {"application/json": {"schema": one[0] if len(one) == 1 else {"oneOf": one}}, **(ep.content or {})}
+    else:
+        ok_content = ep.content or {"application/json": {"schema": _envelope(refs.get(ep.data))}}
     responses: dict[str, Any] = {"200": {"description": "success", "content": ok_content}}
     codes = set(ep.errors) | {500}
     if ep.auth:
@@ -111,7 +117,7 @@ def _operation(method: str, path: str, ep: Endpoint, refs: dict[type, dict]) -> 
         codes.add(400)
     for code in sorted(codes):
         responses[str(code)] = {"description": ERROR_TEXT.get(code, "error"),
-                                "content": {"application/json": {"schema": refs[ErrorEnvelope]}}}
+                                "content": {"application/json": {"schema": refs[ep.error_model or ErrorEnvelope]}}}
     op["responses"] = responses
     if not ep.auth:
         op["security"] = []
@@ -136,7 +142,7 @@ def spec(app: web.Application) -> dict[str, Any]:
         routes.append((route.method.lower(), route.resource.canonical, ep))
     models = {ErrorEnvelope}
     for _, _, ep in routes:
-        models |= {m for m in (ep.data, ep.body, ep.query) if m is not None}
+        models |= {m for m in (ep.data, ep.body, ep.query, ep.error_model, *ep.answers) if m is not None}
     ordered = sorted(models, key=lambda m: m.__name__)
     keyed, top = models_json_schema([(m, "validation") for m in ordered], ref_template=REF)
     refs = {m: keyed[(m, "validation")] for m in ordered}
@@ -147,8 +153,9 @@ def spec(app: web.Application) -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "transcribe-gateway", "version": __version__,
                  "description": "Asynchronous transcription, compatible with the memories.ai transcription API "
-                                f"(base path {API_BASE}). Every JSON answer is the envelope "
-                                "{code, msg, data, success, failed}."},
+                                f"(base path {API_BASE}), where every JSON answer is the envelope "
+                                "{code, msg, data, success, failed}, and with OpenAI's transcription API "
+                                "(base path /v1), whose errors are {error: {message, type, param, code}}."},
         "paths": paths,
         "components": {"schemas": top.get("$defs", {}),
                        "securitySchemes": {"apiKey": {"type": "apiKey", "in": "header", "name": "Authorization",

@@ -29,7 +29,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from gateway import metrics
 from gateway.appkeys import CONFIG
-from gateway.envelope import error
+from gateway.envelope import error, error_for
 
 log = structlog.get_logger(__name__)
 
@@ -82,7 +82,7 @@ class _Handler(RequestHandler):
 
     async def finish_response(self, request, resp, start_time):
         if isinstance(resp, web.HTTPException) and resp.status >= 400:  # raised before the middlewares
-            resp = error(resp.status, resp.text or resp.reason)  # (aiohttp's Expect handling: 417)
+            resp = error_for(request.path, resp.status, resp.text or resp.reason)  # (aiohttp's Expect handling: 417)
         return await super().finish_response(request, resp, start_time)
 
     def handle_error(self, request, status: int = 500, exc: BaseException | None = None,
@@ -94,7 +94,7 @@ class _Handler(RequestHandler):
             log.warning("http.malformed_request", status=status, error=msg, peer=request.remote)
         if request.writer.output_size > 0:  # as aiohttp: an answer was already started
             raise ConnectionError("the answer was already started; cannot send the error")
-        response = error(status, msg)
+        response = error_for(request.path, status, msg)
         response.force_close()
         return response
 

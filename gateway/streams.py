@@ -95,8 +95,9 @@ async def save_stream(store: AssetStore, chunks: AsyncIterator[bytes], max_bytes
         tmp, f = await on_disk(create_temp, store.root / "tmp", ".part")  # locked until moved into place
         size = await write_stream(
             chunks, f, max_bytes, digest=digest, finish=functools.partial(_into_place, tmp=tmp, final=final),
-            too_large=PayloadTooLarge(f"file is larger than server.max_upload_mb ({max_bytes / 1048576:.4g} MB)"),
-            empty=BadRequest("file is empty"))
+            too_large=PayloadTooLarge(f"file is larger than server.max_upload_mb ({max_bytes / 1048576:.4g} MB)",
+                                      param="file"),
+            empty=BadRequest("file is empty", param="file"))
     except BaseException as exc:
         await on_disk(_discard, f, *filter(None, (tmp, final)))
         if isinstance(exc, OSError) and exc.errno in DISK_FULL:

@@ -13,7 +13,7 @@ from sqlalchemy import and_, or_
 from sqlmodel import col, select
 
 from gateway.db import Database
-from gateway.errors import BadRequest, NotFound
+from gateway.errors import ApiError, BadRequest, NotFound
 from gateway.models import Task, TaskStatus
 from gateway.notify import task_done_channel
 from gateway.payloads import result_of
@@ -100,3 +100,13 @@ async def wait_for_task(db: Database, notifier, task_id: str, timeout_s: float) 
             if task.status in TaskStatus.TERMINAL or remaining <= 0:
                 return task
             await notifier.wait(task_done_channel(task_id), min(0.5, remaining))
+
+
+def unfinished_error(task: Task, waited_s: float, follow_up: str) -> ApiError:
+    """What a request that waited for `task` answers when it did not complete: its failure (400
+    when the input was at fault, code 4xxx, else 500), or 504 once `waited_s` passed, naming
+    `follow_up` (where to poll)."""
+    if task.status == TaskStatus.FAILED:
+        code = json.loads(task.result_json)["code"]
+        return ApiError(f"transcription failed: {task.error}", 400 if code.startswith("4") else 500)
+    return ApiError(f"transcription still running after {waited_s:g}s; {follow_up}", 504)

@@ -1,5 +1,6 @@
-"""GET /openapi.json describes every route, and schemathesis, fuzzing the live daemon from that
-description, finds no server error and no answer that differs from the description."""
+"""GET /openapi.json describes every route (the memories API's and the OpenAI-compatible /v1),
+and schemathesis, fuzzing the live daemon from that description, finds no server error and no
+answer that differs from the description."""
 
 from __future__ import annotations
 
@@ -33,6 +34,10 @@ async def test_every_route_is_described(gateway):
             assert op["summary"] and "200" in op["responses"], (method, path)
             for code, answer in op["responses"].items():
                 assert answer["content"], (method, path, code)
+            if path.startswith("/v1/"):  # the OpenAI-compatible API: OpenAI's error body, not the envelope
+                errors = [a for code, a in op["responses"].items() if code.startswith(("4", "5"))]
+                assert errors and all(a["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
+                                      for a in errors), (method, path)
 
 
 def schemathesis_cli() -> str:

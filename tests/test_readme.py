@@ -1,6 +1,7 @@
-"""The README is real: its Python example runs unchanged but for the base URL and the file (and
-says what is wrong on an error answer), and every `transcribe-gateway` command in it names a
-command, options and files that exist in a fresh clone."""
+"""The README is real: its Python examples run unchanged but for the base URL and the file (the
+memories API's says what is wrong on an error answer; the `openai` client's gets segments), and
+every `transcribe-gateway` command in it names a command, options and files that exist in a
+fresh clone."""
 
 from __future__ import annotations
 
@@ -18,14 +19,18 @@ README = ROOT / "README.md"
 USER_FILES = ("meeting.mp3", "meeting.wav")  # the reader's own recordings
 
 
-def python_example() -> str:
-    [block] = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+def python_example(marker: str = 'BASE_URL = "http://127.0.0.1:8000/serve/api/v2"') -> str:
+    """The README's Python block holding `marker`."""
+    [block] = [b for b in re.findall(r"```python\n(.*?)```", README.read_text(), re.S) if marker in b]
     return block
 
 
-async def run_example(tmp_path: Path, gateway_url: str, audio: Path) -> tuple[int, str, str]:
-    code = python_example()
-    assert 'BASE_URL = "http://127.0.0.1:8000/serve/api/v2"' in code and '"meeting.wav"' in code
+OPENAI_EXAMPLE = 'base_url="http://127.0.0.1:8000/v1"'
+
+
+async def run_example(tmp_path: Path, gateway_url: str, audio: Path, marker: str | None = None) -> tuple[int, str, str]:
+    code = python_example(*filter(None, [marker]))
+    assert '"meeting.wav"' in code
     code = code.replace("http://127.0.0.1:8000", gateway_url).replace('"meeting.wav"', repr(str(audio)))
     script = tmp_path / "example.py"
     script.write_text(code)
@@ -40,6 +45,12 @@ async def test_readme_python_example_runs_against_the_gateway(gateway, speech_wa
     code, out, err = await run_example(tmp_path, gateway.url, speech_wav)
     assert code == 0, err
     assert "gateway" in out.lower() and "0.00" in out
+
+
+async def test_readme_openai_example_runs_against_the_gateway(gateway, speech_wav, tmp_path):
+    code, out, err = await run_example(tmp_path, gateway.url, speech_wav, marker=OPENAI_EXAMPLE)
+    assert code == 0, err
+    assert "gateway" in out.lower() and out.startswith("   0.00")
 
 
 async def test_readme_python_example_says_what_is_wrong_on_an_error_answer(start_gateway, tmp_path):

@@ -10,10 +10,17 @@ load it too); like every provider it is active only where the configuration has 
 
 What it "hears" (`transcript`): a UTF-8 text file is a script, one segment per non-empty line,
 2 s each; a line may start with a label (`SPEAKER_01: Fine, thanks.`), which is its speaker when
-the task asks speaker=true (otherwise SPEAKER_00) and is never part of the text. Any other file
-(real audio) is one 2 s segment naming its size and the start of its sha256. The settings make
-it slow (`delay_s`, reporting progress as it goes) or failing (`fail`: every attempt, for good;
-`failing_attempts`: the first n attempts, to be retried).
+the task asks speaker=true (otherwise SPEAKER_00) and is never part of the text. An audio file
+whose metadata has a `comment` (`script_wav` writes one: a real WAV, for requests that must send
+audio, as the OpenAI API's do) is the script in that comment. Any other file (real audio) is one
+2 s segment naming its size and the start of its sha256. The settings make it slow (`delay_s`,
+reporting progress as it goes) or failing (`fail`: every attempt, for good; `failing_attempts`:
+the first n attempts, to be retried).
+
+It honours the task's options (`gateway.options`): with `word_timestamps` each segment carries
+its words, spread evenly over its 2 s; with `details` the decoder's figures (`DETAILS`). These
+travel as attributes of its segments (`EchoSegment`), for the payload to carry once it carries
+words and details (and then the language too: the one asked for, else "en").
 """
 
 from __future__ import annotations
@@ -21,11 +28,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import Field
 
 from gateway.hookspecs import hookimpl
+from gateway.options import TaskOptions, options_of
 from gateway.payloads import Outcome, Segment
 from gateway.providers import Job, PermanentError, Provider, ProviderSettings, RetryableError
 
@@ -55,15 +64,75 @@ def script_lines(data: bytes) -> list[str] | None:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def transcript(data: bytes, speaker: bool) -> tuple[tuple[Segment, ...], float]:
-    """The segments and duration the echo provider gives for a file's bytes."""
+def audio_comment(path: Path) -> str | None:
+    """The `comment` in an audio file's metadata (None for anything else)."""
+    import av
+
+    try:
+        with av.open(str(path), metadata_errors="ignore") as container:
+            return container.metadata.get("comment") if container.streams.audio else None
+    except Exception:  # not a container PyAV reads
+        return None
+
+
+def script_wav(path: Path, script: str, seconds: float = 0.5) -> Path:
+    """A short silent WAV (16 kHz mono) carrying `script` as its `comment`: audio for any check,
+    the script for the echo provider."""
+    import av
+    import numpy as np
+
+    with av.open(str(path), "w", format="wav") as out:
+        out.metadata["comment"] = script
+        stream = out.add_stream("pcm_s16le", rate=16000, layout="mono")
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, int(16000 * seconds)), np.int16), format="s16", layout="mono")
+        frame.rate = 16000
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            out.mux(packet)
+    return path
+
+
+DETAILS = {"seek": 0, "tokens": [50364, 2425, 50464], "temperature": 0.0, "avg_logprob": -0.25,
+           "compression_ratio": 1.1, "no_speech_prob": 0.01}
+
+
+@dataclass(frozen=True)
+class EchoSegment(Segment):
+    """A segment with what the task's options ask for beyond the four fields, named as the
+    stored result's keys (None: not asked for)."""
+
+    words: tuple[dict, ...] | None = None
+    seek: int | None = None
+    tokens: list[int] | None = None
+    temperature: float | None = None
+    avg_logprob: float | None = None
+    compression_ratio: float | None = None
+    no_speech_prob: float | None = None
+
+
+def spread_words(text: str, start: float, end: float) -> tuple[dict, ...]:
+    """The words of `text`, each an equal share of [start, end]."""
+    words = text.split()
+    step = (end - start) / max(len(words), 1)
+    return tuple({"word": w, "start_time": round(start + i * step, 3), "end_time": round(start + (i + 1) * step, 3)}
+                 for i, w in enumerate(words))
+
+
+def transcript(data: bytes, speaker: bool, options: TaskOptions = TaskOptions(),
+               comment: str | None = None) -> tuple[tuple[Segment, ...], float]:
+    """The segments and duration the echo provider gives for a file's bytes (and its audio `comment`)."""
     lines = script_lines(data)
+    if lines is None and comment:
+        lines = script_lines(comment.encode())
     segments = []
     for i, line in enumerate([binary_text(data)] if lines is None else lines):
         match = LABEL.match(line)
         text = line[match.end():] if match else line
         label = (match.group(1) if match else "SPEAKER_00") if speaker else None
-        segments.append(Segment(i * SEGMENT_S, (i + 1) * SEGMENT_S, text, label))
+        start, end = i * SEGMENT_S, (i + 1) * SEGMENT_S
+        details = dict(DETAILS, seek=int(start * 100)) if options.details else {}
+        segments.append(EchoSegment(start, end, text, label,
+                                    words=spread_words(text, start, end) if options.word_timestamps else None,
+                                    **details))
     return tuple(segments), len(segments) * SEGMENT_S
 
 
@@ -79,11 +148,13 @@ class EchoProvider(Provider):
             raise PermanentError(settings.fail)
         async with job.audio() as path:
             data = Path(path).read_bytes()
+            comment = audio_comment(path) if script_lines(data) is None else None
         steps = 10
         for step in range(steps):
             job.progress(step / steps)
             await asyncio.sleep(settings.delay_s / steps)
-        segments, duration = transcript(data, job.task.speaker)
+        segments, duration = transcript(data, job.task.speaker, options_of(job.task), comment)
+        # the language (job.task.language or "en") goes into the outcome once Outcome carries one
         return Outcome(success=True, segments=segments, duration=duration)
 
 

@@ -1,0 +1,131 @@
+"""An OpenAI API request turned into an ordinary task and waited for: the model routed to its
+provider (which must label speakers for diarized_json, and translate for translations), the file
+checked to be audio and kept as an asset, the task queued with its `TaskOptions` through the same
+`requests` functions as the memories API's, then answered in the asked format once it is done."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import structlog
+from aiohttp import web
+
+from gateway import API_BASE, api, audio, requests, uploads, views
+from gateway.appkeys import CONFIG, DB, NOTIFIER, PROVIDERS, STORE
+from gateway.errors import ApiError, BadRequest
+from gateway.models import Task, TaskStatus
+from gateway.openai_api import formats, sse
+from gateway.openai_api.forms import Request, TranscriptionForm
+from gateway.options import TaskOptions
+from gateway.providers import LOCAL, Provider, Providers
+from gateway.storage import on_disk
+
+log = structlog.get_logger(__name__)
+
+FORM_FIELDS = set(TranscriptionForm.model_fields)
+TASK_HEADER = "X-Task-Id"  # every answer names its task, to follow it up on the memories API
+
+
+def openai_error(exc: BadRequest) -> BadRequest:
+    """A refusal of the shared request checks (`<field>: <reason>`) with that field as OpenAI's `param`."""
+    field = exc.message.split(":", 1)[0]
+    exc.param = exc.param or (field if field in FORM_FIELDS else None)
+    if exc.param == "model":
+        exc.code = "model_not_found"
+    return exc
+
+
+async def check_translation(provider: Provider, providers: Providers, model: str) -> None:
+    """The local engine translates only with a multilingual model; remote providers are asked."""
+    if provider.name != LOCAL or await provider.engine.multilingual():
+        return
+    elsewhere = sorted(alias for alias, name in providers.routes.items() if name != LOCAL)
+    hint = f", or use a model alias of a remote provider that translates ({', '.join(elsewhere)})" if elsewhere else ""
+    raise BadRequest(f"model: {model!r} cannot translate: its Whisper model is English-only (the bundled tiny.en "
+                     "unless engine.model_path says otherwise); set engine.model_path to a multilingual CTranslate2 "
+                     f"Whisper model folder (e.g. faster-whisper's small or medium){hint}",
+                     param="model", code="model_not_translating")
+
+
+async def _check(app: web.Application, req: Request, translate: bool) -> None:
+    """What can be refused before the file becomes an asset."""
+    form = req.form
+    providers = app[PROVIDERS]
+    try:
+        provider = requests.route(providers, form.model)
+    except BadRequest as exc:
+        raise openai_error(exc) from None
+    if form.speaker and not provider.supports_speaker:
+        raise BadRequest(f"response_format: diarized_json needs speaker labels, which the provider behind "
+                         f"{form.model!r} ({provider.name}) cannot give", param="response_format")
+    if translate:
+        await check_translation(provider, providers, form.model)
+    try:
+        await on_disk(audio.check_audio, req.asset.path)
+    except audio.AudioError as exc:
+        raise BadRequest(f"file: is not audio: {exc}; send flac, m4a, mp3, mp4, mpeg, mpga, oga, ogg, wav or webm",
+                         param="file", code="invalid_file_format") from None
+
+
+def task_options(req: Request, translate: bool) -> TaskOptions:
+    form = req.form
+    return TaskOptions(word_timestamps=form.words, prompt=form.prompt, temperature=form.temperature,
+                       translate=translate, details=form.response_format == "verbose_json",
+                       known_speaker_names=form.known_speaker_names,
+                       known_speaker_references=form.known_speaker_references)
+
+
+async def queue(app: web.Application, req: Request, *, translate: bool = False) -> Task:
+    """The request as a queued task (its file an asset); on refusal nothing is kept."""
+    db, store = app[DB], app[STORE]
+    try:
+        await _check(app, req, translate)
+        await uploads.add_asset(db, store, req.asset)
+    except BaseException:
+        store.discard(Path(req.asset.path))
+        raise
+    generate = requests.GenerateRequest(asset_id=req.asset.id, model=req.form.model, speaker=req.form.speaker,
+                                        language=req.form.language)
+    try:
+        provider = await requests.validate_request(db, app[CONFIG], app[PROVIDERS], generate)
+    except BadRequest as exc:
+        await uploads.remove_asset(db, store, req.asset)
+        raise openai_error(exc) from None
+    return await api.queue_task(app, generate, provider, task_options(req, translate))
+
+
+def shape(req: Request, translate: bool) -> formats.Shape:
+    form = req.form
+    return formats.Shape(response_format=form.response_format, task=formats.TRANSLATE if translate else formats.TRANSCRIBE,
+                         language=form.language, words=form.words, segments=form.segments)
+
+
+def unfinished(app: web.Application, task: Task) -> ApiError:
+    """The answer for a task that failed, or is still running after server.sync_timeout_s."""
+    status_url = f"{app[CONFIG].server.public_url.rstrip('/')}{API_BASE}/transcriptions/{task.id}"
+    return views.unfinished_error(task, app[CONFIG].server.sync_timeout_s,
+                                  f"task {task.id} goes on: GET {status_url} shows it")
+
+
+async def transcribe(app: web.Application, req: Request, *, translate: bool = False) -> web.Response:
+    """Queue the request's task, wait for it (server.sync_timeout_s), answer in its format. A client
+    that goes away does not stop the task."""
+    task = await queue(app, req, translate=translate)
+    with structlog.contextvars.bound_contextvars(task_id=task.id):
+        task = await views.wait_for_task(app[DB], app[NOTIFIER], task.id, app[CONFIG].server.sync_timeout_s)
+        if task.status != TaskStatus.COMPLETED:
+            raise unfinished(app, task)
+        body, media_type = await asyncio.to_thread(formats.render, views.task_view(task)["result"],
+                                                   shape(req, translate))  # seconds for 100,000 segments
+        return web.Response(body=body, content_type=media_type, charset="utf-8", headers={TASK_HEADER: task.id})
+
+
+async def stream(request: web.Request, req: Request) -> web.StreamResponse:
+    """stream=true: queue the task, then its text as server-sent events (`sse`)."""
+    app = request.app
+    task = await queue(app, req)
+    with structlog.contextvars.bound_contextvars(task_id=task.id):
+        return await sse.write_events(request, sse.deltas(app, task), app[CONFIG].server.sync_timeout_s,
+                                      final=lambda: views.get_task(app[DB], task.id),
+                                      unfinished=lambda t: unfinished(app, t), headers={TASK_HEADER: task.id})
