@@ -92,7 +92,7 @@ async def validate_request(db: Database, config: Config, providers: Providers, r
         why = "; engine.speaker_labels is false" if provider == LOCAL else ""
         raise BadRequest(f"speaker: the provider behind {req.model!r} ({provider}) cannot label speakers{why}")
     check_speaker_hints(req)
-    await check_options(chosen, req.model, req.options())
+    await check_options(providers, chosen, req.model, req.options())
     if req.language is not None:
         lang = req.language.lower()
         if lang not in WHISPER_LANGUAGES:
@@ -114,16 +114,25 @@ async def validate_request(db: Database, config: Config, providers: Providers, r
     return provider
 
 
-async def check_options(provider: Provider, model: str, options: TaskOptions) -> None:
-    """BadRequest naming the first option `provider` cannot honour (Provider.honours), or a
-    translation asked of an English-only local model; nothing when it can do all of them."""
+BEST_EFFORT = frozenset({"details"})  # a provider without the decoder's figures leaves them out
+
+
+async def check_options(providers: Providers, provider: Provider, model: str, options: TaskOptions) -> None:
+    """BadRequest naming the first option `provider` cannot honour (Provider.honours; `details`
+    are given where a provider has them), or a translation asked of an English-only local model;
+    nothing when it can do all of them."""
     asked = options.model_dump(exclude_defaults=True)
     if provider.honours is not None:
         for name in asked:
-            if name not in provider.honours:
+            if name not in provider.honours and name not in BEST_EFFORT:
                 raise BadRequest(f"{name}: the provider behind {model!r} ({provider.name}) does not support it")
     if options.translate and provider.name == LOCAL and not await provider.engine.multilingual():
-        raise BadRequest(f"translate: the model behind {model!r} is English-only; it cannot translate")
+        elsewhere = sorted(alias for alias, name in providers.routes.items() if name != LOCAL)
+        hint = (f", or use a model alias of a remote provider that translates ({', '.join(elsewhere)})"
+                if elsewhere else "")
+        raise BadRequest(f"translate: the model behind {model!r} is English-only, so it cannot translate (the "
+                         "bundled tiny.en unless engine.model_path says otherwise); set engine.model_path to a "
+                         f"multilingual CTranslate2 Whisper model folder (e.g. faster-whisper's small){hint}")
 
 
 async def create_task(db: Database, req: GenerateRequest, provider: str,

@@ -107,9 +107,11 @@ async def test_details_and_temperature(start_gateway, speech_wav):
 async def test_an_english_only_model_refuses_translation_before_anything_is_queued(start_gateway):
     gw = await start_gateway(engine=NO_SPEAKERS)
     local = gw.app[PROVIDERS].get("local")
-    with pytest.raises(BadRequest, match=r"^translate: the model behind 'whisper-1' is English-only; it cannot "):
-        await requests.check_options(local, "whisper-1", TaskOptions(translate=True))
-    await requests.check_options(local, "whisper-1", TaskOptions(word_timestamps=True, temperature=0.5))
+    providers = gw.app[PROVIDERS]
+    with pytest.raises(BadRequest, match=r"^translate: the model behind 'whisper-1' is English-only, so it cannot "
+                                         r"translate .*set engine.model_path to a multilingual"):
+        await requests.check_options(providers, local, "whisper-1", TaskOptions(translate=True))
+    await requests.check_options(providers, local, "whisper-1", TaskOptions(word_timestamps=True, temperature=0.5))
     assert await count_rows(gw.config.database.url, "SELECT count(*) FROM task") == 0
 
 

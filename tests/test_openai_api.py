@@ -110,7 +110,6 @@ async def test_word_granularity_alone_gives_words_without_segments(gateway, spee
     assert len(both.segments) == 2 and both.words is not None
 
 
-@pytest.mark.xfail(strict=True, reason="needs engine branch: the stored result carries words and details")
 async def test_verbose_json_words_and_details_from_the_provider(gateway, speech, client):
     answer = await client(gateway).audio.transcriptions.create(
         file=speech, model="echo", response_format="verbose_json", timestamp_granularities=["word", "segment"])
@@ -152,6 +151,23 @@ async def test_stream_sends_deltas_then_done(gateway, speech, client):
     assert deltas and all(e.type == "transcript.text.delta" for e in deltas)
     assert "".join(e.delta for e in deltas) == TEXT
     assert done.type == "transcript.text.done" and done.text == TEXT and done.usage.type == "tokens"
+
+
+async def test_stream_sends_the_first_text_while_the_task_still_runs(start_gateway, tmp_path, client):
+    """Each segment's text goes out as it is decoded (the echo provider tells one segment per
+    step of its delay_s, as the engine tells each decoded window), not once the task is done."""
+    gw = await start_gateway(providers={"echo": {"delay_s": 8}})
+    lines = ["One.", "Two.", "Three.", "Four."]
+    stream = await client(gw).audio.transcriptions.with_raw_response.create(
+        file=script_wav(tmp_path / "four.wav", "\n".join(lines)), model="echo", stream=True)
+    task_id = stream.headers["x-task-id"]
+    events = aiter(stream.parse())
+    first = await anext(events)
+    assert first.type == "transcript.text.delta" and first.delta == "One."
+    assert (await gw.status(task_id))["status"] == "processing"  # the rest is still being "decoded"
+    *deltas, done = [first] + [event async for event in events]
+    assert "".join(e.delta for e in deltas) == " ".join(lines) == done.text
+    assert (await gw.status(task_id))["status"] == "completed"
 
 
 async def test_stream_of_a_failing_task_raises(start_gateway, speech, client):

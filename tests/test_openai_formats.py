@@ -11,7 +11,7 @@ import pytest
 from openai.types.audio import TranscriptionDiarized, TranscriptionVerbose
 
 from gateway.openai_api import forms, formats
-from gateway.openai_api.languages import NAMES, name_of
+from gateway.languages import NAMES, name_of
 from gateway.requests import WHISPER_LANGUAGES
 
 PLAIN = {"data": [{"start_time": 0.0, "end_time": 1.5, "text": "Hello there.", "speaker": None},

@@ -16,7 +16,7 @@ from typing import Any, Iterable
 
 from gateway import subtitles
 from gateway.openai_api import answers
-from gateway.openai_api.languages import name_of
+from gateway.languages import name_of
 from gateway.payloads import Segment
 
 JSON = "application/json"

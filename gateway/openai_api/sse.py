@@ -3,10 +3,9 @@
 then `transcript.text.done` with the whole text, or, if the task fails or outlasts
 server.sync_timeout_s, one event with OpenAI's error body (the client raises it as an APIError).
 
-`write_events` takes any async iterator of text deltas. Until the engine reports partial
-segments (`gateway.partials.follow(db, notifier, task_id, poll_s)`, the engine branch's), they
-come from `final_segment_texts`, which waits for the task and yields its segments at the end:
-swapping one for the other is the one line in `deltas()`.
+`write_events` takes any async iterator of text deltas; `deltas` gives a task's: each segment's
+text as the engine decodes it (`gateway.partials.follow`, from whichever process runs the task),
+then what its result adds.
 """
 
 from __future__ import annotations
@@ -18,9 +17,8 @@ import orjson
 import structlog
 from aiohttp import web
 
-from gateway import views
+from gateway import partials, views
 from gateway.appkeys import CONFIG, DB, NOTIFIER
-from gateway.db import Database
 from gateway.errors import ApiError
 from gateway.models import Task, TaskStatus
 from gateway.openai_api import answers, errors, formats
@@ -30,19 +28,13 @@ log = structlog.get_logger(__name__)
 NO_TOKENS = answers.TokensUsage(type="tokens", input_tokens=0, output_tokens=0, total_tokens=0)
 
 
-async def final_segment_texts(db: Database, notifier, task_id: str, poll_s: float) -> AsyncIterator[str]:
-    """Stand-in for partials.follow, same signature: once the task is finished, each of its
-    segments' text, a blank before every one but the first (the deltas join into the whole text)."""
-    while (task := await views.wait_for_task(db, notifier, task_id, 3600)).status not in TaskStatus.TERMINAL:
-        await asyncio.sleep(poll_s)
-    if task.status == TaskStatus.COMPLETED:
-        for i, segment in enumerate(views.task_view(task)["result"]["data"]):
-            yield segment["text"] if i == 0 else " " + segment["text"]
-
-
-def deltas(app: web.Application, task: Task) -> AsyncIterator[str]:
-    """The text deltas of the task, as they are decoded."""
-    return final_segment_texts(app[DB], app[NOTIFIER], task.id, app[CONFIG].jobs.poll_s)
+async def deltas(app: web.Application, task: Task) -> AsyncIterator[str]:
+    """The text deltas of the task as it is decoded, a blank before every one but the first, so
+    that they join into the whole text."""
+    first = True
+    async for text in partials.follow(app[DB], app[NOTIFIER], task.id, app[CONFIG].jobs.poll_s):
+        yield text if first else " " + text
+        first = False
 
 
 def event(data: dict) -> bytes:

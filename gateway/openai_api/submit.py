@@ -18,7 +18,6 @@ from gateway.models import Task, TaskStatus
 from gateway.openai_api import formats, sse
 from gateway.openai_api.forms import Request, TranscriptionForm
 from gateway.options import TaskOptions
-from gateway.providers import LOCAL, Provider, Providers
 from gateway.storage import on_disk
 
 log = structlog.get_logger(__name__)
@@ -27,25 +26,18 @@ FORM_FIELDS = set(TranscriptionForm.model_fields)
 TASK_HEADER = "X-Task-Id"  # every answer names its task, to follow it up on the memories API
 
 
+# The request's fields behind each TaskOptions field, for OpenAI's `param`.
+OPTION_FIELDS = {"translate": "model", "word_timestamps": "timestamp_granularities", "details": "response_format"}
+
+
 def openai_error(exc: BadRequest) -> BadRequest:
     """A refusal of the shared request checks (`<field>: <reason>`) with that field as OpenAI's `param`."""
     field = exc.message.split(":", 1)[0]
+    field = OPTION_FIELDS.get(field, field)
     exc.param = exc.param or (field if field in FORM_FIELDS else None)
     if exc.param == "model":
-        exc.code = "model_not_found"
+        exc.code = "model_not_translating" if exc.message.startswith("translate:") else "model_not_found"
     return exc
-
-
-async def check_translation(provider: Provider, providers: Providers, model: str) -> None:
-    """The local engine translates only with a multilingual model; remote providers are asked."""
-    if provider.name != LOCAL or await provider.engine.multilingual():
-        return
-    elsewhere = sorted(alias for alias, name in providers.routes.items() if name != LOCAL)
-    hint = f", or use a model alias of a remote provider that translates ({', '.join(elsewhere)})" if elsewhere else ""
-    raise BadRequest(f"model: {model!r} cannot translate: its Whisper model is English-only (the bundled tiny.en "
-                     "unless engine.model_path says otherwise); set engine.model_path to a multilingual CTranslate2 "
-                     f"Whisper model folder (e.g. faster-whisper's small or medium){hint}",
-                     param="model", code="model_not_translating")
 
 
 async def _check(app: web.Application, req: Request, translate: bool) -> None:
@@ -59,8 +51,10 @@ async def _check(app: web.Application, req: Request, translate: bool) -> None:
     if form.speaker and not provider.supports_speaker:
         raise BadRequest(f"response_format: diarized_json needs speaker labels, which the provider behind "
                          f"{form.model!r} ({provider.name}) cannot give", param="response_format")
-    if translate:
-        await check_translation(provider, providers, form.model)
+    try:
+        await requests.check_options(providers, provider, form.model, task_options(req, translate))
+    except BadRequest as exc:
+        raise openai_error(exc) from None
     try:
         await on_disk(audio.check_audio, req.asset.path)
     except audio.AudioError as exc:

@@ -18,9 +18,9 @@ reporting progress as it goes) or failing (`fail`: every attempt, for good; `fai
 the first n attempts, to be retried).
 
 It honours the task's options (`gateway.options`): with `word_timestamps` each segment carries
-its words, spread evenly over its 2 s; with `details` the decoder's figures (`DETAILS`). These
-travel as attributes of its segments (`EchoSegment`), for the payload to carry once it carries
-words and details (and then the language too: the one asked for, else "en").
+its words, spread evenly over its 2 s; with `details` the decoder's figures (`DETAILS`); the
+language it reports is the one asked for, else "en". As the engine does, it tells each
+segment's text while the task runs (`job.partial`), one segment per step of its `delay_s`.
 """
 
 from __future__ import annotations
@@ -28,14 +28,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import Field
 
 from gateway.hookspecs import hookimpl
 from gateway.options import TaskOptions, options_of
-from gateway.payloads import Outcome, Segment
+from gateway.payloads import Outcome, Segment, Word
 from gateway.providers import Job, PermanentError, Provider, ProviderSettings, RetryableError
 
 SEGMENT_S = 2.0
@@ -91,30 +90,15 @@ def script_wav(path: Path, script: str, seconds: float = 0.5) -> Path:
     return path
 
 
-DETAILS = {"seek": 0, "tokens": [50364, 2425, 50464], "temperature": 0.0, "avg_logprob": -0.25,
+DETAILS = {"seek": 0, "tokens": (50364, 2425, 50464), "temperature": 0.0, "avg_logprob": -0.25,
            "compression_ratio": 1.1, "no_speech_prob": 0.01}
 
 
-@dataclass(frozen=True)
-class EchoSegment(Segment):
-    """A segment with what the task's options ask for beyond the four fields, named as the
-    stored result's keys (None: not asked for)."""
-
-    words: tuple[dict, ...] | None = None
-    seek: int | None = None
-    tokens: list[int] | None = None
-    temperature: float | None = None
-    avg_logprob: float | None = None
-    compression_ratio: float | None = None
-    no_speech_prob: float | None = None
-
-
-def spread_words(text: str, start: float, end: float) -> tuple[dict, ...]:
+def spread_words(text: str, start: float, end: float) -> tuple[Word, ...]:
     """The words of `text`, each an equal share of [start, end]."""
     words = text.split()
     step = (end - start) / max(len(words), 1)
-    return tuple({"word": w, "start_time": round(start + i * step, 3), "end_time": round(start + (i + 1) * step, 3)}
-                 for i, w in enumerate(words))
+    return tuple(Word(w, round(start + i * step, 3), round(start + (i + 1) * step, 3)) for i, w in enumerate(words))
 
 
 def transcript(data: bytes, speaker: bool, options: TaskOptions = TaskOptions(),
@@ -130,9 +114,9 @@ def transcript(data: bytes, speaker: bool, options: TaskOptions = TaskOptions(),
         label = (match.group(1) if match else "SPEAKER_00") if speaker else None
         start, end = i * SEGMENT_S, (i + 1) * SEGMENT_S
         details = dict(DETAILS, seek=int(start * 100)) if options.details else {}
-        segments.append(EchoSegment(start, end, text, label,
-                                    words=spread_words(text, start, end) if options.word_timestamps else None,
-                                    **details))
+        segments.append(Segment(start, end, text, label,
+                                words=spread_words(text, start, end) if options.word_timestamps else (),
+                                **details))
     return tuple(segments), len(segments) * SEGMENT_S
 
 
@@ -149,13 +133,12 @@ class EchoProvider(Provider):
         async with job.audio() as path:
             data = Path(path).read_bytes()
             comment = audio_comment(path) if script_lines(data) is None else None
-        steps = 10
-        for step in range(steps):
-            job.progress(step / steps)
-            await asyncio.sleep(settings.delay_s / steps)
         segments, duration = transcript(data, job.task.speaker, options_of(job.task), comment)
-        # the language (job.task.language or "en") goes into the outcome once Outcome carries one
-        return Outcome(success=True, segments=segments, duration=duration)
+        for i, segment in enumerate(segments):  # "decoded" one after the other, over delay_s
+            await asyncio.sleep(settings.delay_s / len(segments))
+            job.partial(segment.start_time, segment.end_time, segment.text)
+            job.progress((i + 1) / len(segments))
+        return Outcome(success=True, segments=segments, duration=duration, language=job.task.language or "en")
 
 
 @hookimpl
