@@ -144,6 +144,7 @@ class Gateway:
         self.url = f"http://127.0.0.1:{free_port()}"
         config = workdir / "gateway.toml"
         config.write_text("\n".join([
+            "[server]", 'allow_private_hosts = ["127.0.0.1"]',  # the callback receiver below, on loopback
             "[database]", f"url = {json.dumps(f'sqlite:///{workdir}/gateway.db')}",
             "[storage]", f"dir = {json.dumps(str(workdir / 'assets'))}",
             "[log]", 'format = "json"', 'level = "info"', ""]))

@@ -294,7 +294,8 @@ def commit(given: str | None) -> str:
     if given:
         return given
     out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--", "gateway"], capture_output=True, text=True, cwd=HERE)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "gateway"], capture_output=True, text=True,
+                           cwd=HERE.parent)
     return out.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
 
 

@@ -92,7 +92,7 @@ class ServerConfig(_Section):
     sync_timeout_s: float = Field(600, gt=0)
     url_fetch_timeout_s: float = Field(300, gt=0)
     body_timeout_s: float = Field(600, gt=0)
-    max_concurrent_uploads: int = Field(4, ge=0)  # upload bodies read at once; 0 = no limit
+    max_concurrent_uploads: int = Field(8, ge=0)  # upload bodies read at once; 0 = no limit
     max_unauthenticated_bodies: int = Field(32, gt=0)
     header_timeout_s: float = Field(30, gt=0, le=3600)
     max_connections: int = Field(512, ge=1)
