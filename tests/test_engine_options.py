@@ -148,7 +148,7 @@ async def test_a_new_attempt_starts_without_the_texts_of_the_last(start_gateway,
     while running["progress"] == 0.0:  # progress stored: the attempt has begun (the texts go before)
         running = await worker.wait(task_id, until=("processing", "completed"))
     assert running["attempts"] == 2 and running["status"] == "processing"
-    assert await count_rows(database_url, "SELECT count(*) FROM partial_segment") == 0
+    assert await count_rows(database_url, "SELECT count(*) FROM partial_segment WHERE text = 'from attempt one'") == 0
     assert (await worker.wait(task_id))["status"] == "completed"
     assert await count_rows(database_url, "SELECT count(*) FROM partial_segment") == 0
 

@@ -6,6 +6,7 @@ with a table of its own is treated exactly as search is."""
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import subprocess
 import sys
@@ -226,7 +227,7 @@ def notes_site(tmp_path_factory) -> Path:
 @pytest.fixture
 def notes_installed(notes_site, monkeypatch):
     monkeypatch.syspath_prepend(str(notes_site))
-    monkeypatch.setenv("PYTHONPATH", str(notes_site))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(notes_site), os.environ.get("PYTHONPATH", "")]))
     yield
     for name in [m for m in sys.modules if m == "tgw_notes" or m.startswith("tgw_notes.")]:
         del sys.modules[name]

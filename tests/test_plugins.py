@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import subprocess
 import sys
@@ -279,17 +280,26 @@ def first_plugin_files() -> tuple[str, str]:
 
 
 @pytest.fixture(scope="module")
-def third_party_plugin(tmp_path_factory):
+def hello_site(tmp_path_factory) -> Path:
     """docs/PLUGINS.md's first plugin: a real package with its own pyproject and entry point,
-    pip-installed for this module (and uninstalled after it)."""
-    root = tmp_path_factory.mktemp("tgw-hello")
+    pip-installed into a folder of its own (never into the suite's environment, where every
+    gateway that other tests start at the same time would load it)."""
+    root, site = tmp_path_factory.mktemp("tgw-hello"), tmp_path_factory.mktemp("hello-site")
     module, pyproject = first_plugin_files()
     (root / "tgw_hello.py").write_text(module)
     (root / "pyproject.toml").write_text(pyproject)
-    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "install", "--no-deps", str(root)], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check", "-q", "install", "--no-deps",
+                    "-t", str(site), str(root)], check=True)
+    return site
+
+
+@pytest.fixture
+def third_party_plugin(hello_site, monkeypatch):
+    """The plugin installed for this test: on sys.path, and on PYTHONPATH for the processes it starts."""
+    monkeypatch.syspath_prepend(str(hello_site))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(hello_site), os.environ.get("PYTHONPATH", "")]))
     yield
-    subprocess.run([*pip, "uninstall", "-y", "tgw-hello"], check=True)
+    sys.modules.pop("tgw_hello", None)
 
 
 async def test_third_party_plugin_is_listed_and_delivered(third_party_plugin, start_gateway, speech_script, tmp_path):

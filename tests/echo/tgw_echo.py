@@ -20,7 +20,7 @@ the first n attempts, to be retried).
 It honours the task's options (`gateway.options`): with `word_timestamps` each segment carries
 its words, spread evenly over its 2 s; with `details` the decoder's figures (`DETAILS`); the
 language it reports is the one asked for, else "en". As the engine does, it tells each
-segment's text while the task runs (`job.partial`), one segment per step of its `delay_s`.
+segment's text while the task runs (`job.partial`), spread over its `delay_s` as its progress is.
 """
 
 from __future__ import annotations
@@ -134,10 +134,13 @@ class EchoProvider(Provider):
             data = Path(path).read_bytes()
             comment = audio_comment(path) if script_lines(data) is None else None
         segments, duration = transcript(data, job.task.speaker, options_of(job.task), comment)
-        for i, segment in enumerate(segments):  # "decoded" one after the other, over delay_s
-            await asyncio.sleep(settings.delay_s / len(segments))
-            job.partial(segment.start_time, segment.end_time, segment.text)
-            job.progress((i + 1) / len(segments))
+        told, steps = 0, 10
+        for step in range(steps):  # the segments "decoded" one after the other over delay_s
+            job.progress(step / steps)
+            await asyncio.sleep(settings.delay_s / steps)
+            while told < len(segments) and (told + 1) * steps <= (step + 1) * len(segments):
+                job.partial(segments[told].start_time, segments[told].end_time, segments[told].text)
+                told += 1
         return Outcome(success=True, segments=segments, duration=duration, language=job.task.language or "en")
 
 
