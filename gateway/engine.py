@@ -97,6 +97,8 @@ class LocalEngine:
         self.speakers_loaded = False
         self.speakers_error: str | None = None
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="speakers-load")
+        # Silero VAD for the notes and the speakers' windows runs on one thread, beside the decoder
+        self._vad = ThreadPoolExecutor(max_workers=cfg.concurrency, thread_name_prefix="vad")
         self._stopping = threading.Event()
 
     @property
@@ -162,11 +164,14 @@ class LocalEngine:
                 report(min(1.0, (block.offset + f * block.duration) / measured))
 
             duration = block.offset + block.duration
+            # the speech regions (for the note, and the speakers' windows) are found meanwhile, on
+            # what CPU the decoder leaves idle: it rarely keeps every core busy (bench/e2e.py)
+            finding = self._vad.submit(speakers.speech_regions, block.samples)
             found, language = self.timed_segments(
                 block.samples, req, lambda f: within(share * f),
                 lambda a, b, text, at=block.offset: partial(a + at, b + at, text))
             timed += speakers.shifted(found, block.offset)
-            regions = speakers.speech_regions(block.samples)  # for the note, and the speakers' windows
+            regions = finding.result()
             speech += [(a + block.offset, b + block.offset) for a, b in regions]
             languages.append(language)
             if encoder is not None:
@@ -229,3 +234,4 @@ class LocalEngine:
         self._stopping.set()
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._loader.shutdown(wait=False, cancel_futures=True)
+        self._vad.shutdown(wait=False, cancel_futures=True)
