@@ -33,7 +33,6 @@ T = TypeVar("T")
 
 class Turns:
     def __init__(self, limit: int):
-        self.limit = limit
         self._places = asyncio.Semaphore(limit) if limit else None
 
     @contextlib.asynccontextmanager

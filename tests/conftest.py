@@ -133,6 +133,28 @@ def long_speech_wav(audio_dir) -> Path:
     return espeak(text, audio_dir / "long.wav")
 
 
+# --- third-party plugins built in a test --------------------------------------------------
+
+
+def install_plugin(source: Path, site: Path) -> Path:
+    """Build and install the package in `source` into the folder `site` (never into the suite's
+    environment, where every gateway other tests start meanwhile would load it)."""
+    subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check", "-q", "install", "--no-deps",
+                    "-t", str(site), str(source)], check=True)
+    return site
+
+
+def plugin_site_in_use(site: Path, package: str, monkeypatch):
+    """For one test (`yield from` it in a fixture): `site` on sys.path, and on PYTHONPATH for the
+    processes it starts, where importlib.metadata finds the plugin's entry point; its modules
+    forgotten after."""
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
+    yield
+    for name in [m for m in sys.modules if m == package or m.startswith(package + ".")]:
+        del sys.modules[name]
+
+
 @pytest.fixture(scope="session")
 def multilingual_model(tmp_path_factory) -> Path:
     """A multilingual Whisper model folder (faster-whisper's `base`) for `engine.model_path`: the

@@ -6,10 +6,7 @@ with a table of its own is treated exactly as search is."""
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
-import subprocess
-import sys
 import textwrap
 import time
 from datetime import datetime, timezone
@@ -18,7 +15,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, inspect, text
 
-from conftest import ECHO, to_toml
+from conftest import ECHO, install_plugin, plugin_site_in_use, to_toml
 from gateway.db import MIGRATIONS_DIR, alembic_config, downgrade, sync_url, upgrade
 from gateway.payloads import Segment
 from gateway.plugins import Plugins
@@ -218,19 +215,14 @@ def notes_site(tmp_path_factory) -> Path:
     for name, content in NOTES_PLUGIN.items():
         (src / name).parent.mkdir(parents=True, exist_ok=True)
         (src / name).write_text(textwrap.dedent(content).lstrip())
-    subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check", "-q", "install", "--no-deps",
-                    "-t", str(site), str(src)], check=True)
+    install_plugin(src, site)
     assert (site / "tgw_notes" / "migrations" / "notes_0001_note.py").exists()
     return site
 
 
 @pytest.fixture
 def notes_installed(notes_site, monkeypatch):
-    monkeypatch.syspath_prepend(str(notes_site))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(notes_site), os.environ.get("PYTHONPATH", "")]))
-    yield
-    for name in [m for m in sys.modules if m == "tgw_notes" or m.startswith("tgw_notes.")]:
-        del sys.modules[name]
+    yield from plugin_site_in_use(notes_site, "tgw_notes", monkeypatch)
 
 
 async def test_a_third_party_plugin_with_its_own_table_is_treated_as_search_is(

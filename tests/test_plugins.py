@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import ECHO, count_rows, free_port, test_config
+from conftest import ECHO, count_rows, free_port, install_plugin, plugin_site_in_use, test_config
 from gateway.config import load_config
 from gateway.hookspecs import hookimpl
 from gateway.plugins import PluginError, Plugins, RetryAfter
@@ -288,18 +285,13 @@ def hello_site(tmp_path_factory) -> Path:
     module, pyproject = first_plugin_files()
     (root / "tgw_hello.py").write_text(module)
     (root / "pyproject.toml").write_text(pyproject)
-    subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check", "-q", "install", "--no-deps",
-                    "-t", str(site), str(root)], check=True)
-    return site
+    return install_plugin(root, site)
 
 
 @pytest.fixture
 def third_party_plugin(hello_site, monkeypatch):
     """The plugin installed for this test: on sys.path, and on PYTHONPATH for the processes it starts."""
-    monkeypatch.syspath_prepend(str(hello_site))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(hello_site), os.environ.get("PYTHONPATH", "")]))
-    yield
-    sys.modules.pop("tgw_hello", None)
+    yield from plugin_site_in_use(hello_site, "tgw_hello", monkeypatch)
 
 
 async def test_third_party_plugin_is_listed_and_delivered(third_party_plugin, start_gateway, speech_script, tmp_path):
