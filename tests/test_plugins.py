@@ -294,7 +294,11 @@ def third_party_plugin(hello_site, monkeypatch):
     yield from plugin_site_in_use(hello_site, "tgw_hello", monkeypatch)
 
 
-async def test_third_party_plugin_is_listed_and_delivered(third_party_plugin, start_gateway, speech_script, tmp_path):
+async def test_third_party_plugin_is_listed_and_delivered(third_party_plugin, hello_site, start_gateway, speech_script,
+                                                          tmp_path):
+    import tgw_hello
+
+    assert Path(tgw_hello.__file__).is_relative_to(hello_site)  # not in the environment other tests share
     out_file = tmp_path / "hello.jsonl"
     config = tmp_path / "g.toml"
     config.write_text(f'[plugins.hello]\nout = "{out_file}"\n')
