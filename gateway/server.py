@@ -8,6 +8,10 @@ middleware runs brought under the gateway's rules.
   connections after that time); else it is closed. The body has `server.body_timeout_s`.
 - At most `server.max_connections` connections are served at once; one more is answered 503
   in the envelope at once and closed (what it sends is dropped unread), never served.
+- A connection stops being read once READ_BUFSIZE * 2 bytes of its body wait unread (aiohttp's
+  default: 128 KiB), so a crowd of uploads waiting for their turn (`turns`) costs the event loop
+  a read each, not a quarter megabyte each: with 200 uploads opened at once, /healthz p99 went
+  from 60-70 ms to 10 (bench/loop.py: docs/ARCHITECTURE.md).
 
 `GatewayRunner` is what `transcribe-gateway serve` runs and what the tests' in-process
 gateways run; `run()` serves until SIGTERM or SIGINT.
@@ -130,11 +134,15 @@ class _Server(web.Server):
         return False
 
 
+READ_BUFSIZE = 1 << 14  # a request body's buffer; its reading pauses at twice this
+
+
 class GatewayRunner(web.AppRunner):
     """AppRunner with the rules above, read from the app's server config."""
 
     def __init__(self, app: web.Application, **kwargs):
-        super().__init__(app, keepalive_timeout=app[CONFIG].server.header_timeout_s, **kwargs)
+        super().__init__(app, keepalive_timeout=app[CONFIG].server.header_timeout_s, read_bufsize=READ_BUFSIZE,
+                         **kwargs)
 
     async def _make_server(self) -> web.Server:
         made = await super()._make_server()  # starts the app and builds aiohttp's own Server

@@ -6,6 +6,8 @@ then reads a few fast streams at a time instead of hundreds, and short requests 
 status) are not kept waiting behind hundreds of uploads, while the uploads go as fast as before
 (bench/loop.py: docs/ARCHITECTURE.md).
 
+A body takes its turn before its first read (its first bytes have usually come with its
+headers: reading them without a turn let 200 bodies opened at once be parsed all together).
 A turn is for a body that is arriving fast. A body that brings less than `MIN_BYTES` in a window
 of `WINDOW_S` while it has a turn gives the turn to the next one; its next read waits without a
 turn (a slow sender costs the loop little) and then it queues again. So slow senders cannot hold
@@ -37,10 +39,12 @@ class Turns:
 
     @contextlib.asynccontextmanager
     async def turn(self, request: web.Request) -> AsyncIterator["Turn"]:
-        """A body's reading, every read through `Turn.read`, its turn given back however it ends;
-        a body that is already in memory (it came with its headers) needs no turn."""
+        """A body's reading, every read through `Turn.read`, its turn taken first and given back
+        however it ends; a body that is already in memory (it came with its headers) needs no turn."""
         turn = Turn(None if request.content.is_eof() else self._places)
         try:
+            if turn.places is not None:
+                await turn.take()
             yield turn
         finally:
             turn.give_up()
@@ -58,7 +62,7 @@ class Turn:
             return await reading
         if not self.held:
             result = await reading  # waits for the sender without a turn
-            await self._take()
+            await self.take()
             return result
         pending = asyncio.ensure_future(reading)
         try:
@@ -66,7 +70,7 @@ class Turn:
             if not done:  # nothing arrived for a whole window
                 self.give_up()
                 result = await pending
-                await self._take()
+                await self.take()
                 return result
         finally:
             if not pending.done():
@@ -84,7 +88,7 @@ class Turn:
             else:
                 self.window_start, self.window_bytes = time.monotonic(), 0
 
-    async def _take(self) -> None:
+    async def take(self) -> None:
         WAITING.inc()
         try:
             await self.places.acquire()
