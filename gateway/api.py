@@ -341,7 +341,7 @@ async def readyz(request: web.Request) -> web.Response:
         raise Unavailable(f"database unreachable: {type(exc).__name__}") from None
     if request.app.get(LOOPS) is None:
         unused = "not used (no worker in this process)"
-        return ok(schemas.Ready(database="ok", engine=unused, speakers=unused))
+        return ok(schemas.Ready(database="ok", engine=unused, speakers=unused, models={}))
     engine = request.app[PROVIDERS].get(LOCAL).engine
     for what, failure in (("engine", engine.load_error), ("speaker encoder", engine.speakers_error)):
         if failure:
@@ -351,7 +351,8 @@ async def readyz(request: web.Request) -> web.Response:
                 else "loaded" if engine.speakers_loaded else NOT_YET)
     if NOT_YET in (model, speakers):
         raise Unavailable(f"engine {model}; speaker encoder {speakers}")
-    return ok(schemas.Ready(database="ok", engine="loaded", speakers=speakers))
+    models = {alias: "loaded" if engine.models.loaded(alias) else "not loaded" for alias in engine.models.sources}
+    return ok(schemas.Ready(database="ok", engine="loaded", speakers=speakers, models=models))
 
 
 @routes.get("/metrics")

@@ -13,7 +13,8 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from gateway.retry import Backoff
 from gateway.validation import describe_error
@@ -114,10 +115,52 @@ class StorageConfig(_Section):
     dir: str = "./data/assets"
 
 
+Device = Literal["cpu", "cuda", "auto"]
+
+
+def is_model_folder(source: str) -> bool:
+    """An [engine.models] source that names a folder (a path: absolute, ./ ../ ~, or an existing
+    directory) rather than a faster-whisper model name or Hugging Face repo id."""
+    return source.startswith(("/", "./", "../", "~")) or os.path.isdir(source)
+
+
+def check_model_folder(path: str) -> str:
+    if not (Path(path).expanduser() / "model.bin").is_file():
+        raise ValueError(f"{path!r} is not a CTranslate2 Whisper model folder (no model.bin)")
+    return path
+
+
+class ModelEntry(_Section):
+    """One [engine.models] entry: a folder or a model name, and (optionally) where it runs."""
+
+    source: str = Field(min_length=1)
+    device: Optional[Device] = None  # None: engine.device
+    compute_type: Optional[str] = None  # None: engine.compute_type
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plain_source(cls, v: Any) -> Any:
+        return {"source": v} if isinstance(v, str) else v  # alias = "large-v3" is {source = "large-v3"}
+
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, v: str) -> str:
+        if is_model_folder(v):
+            return check_model_folder(v)
+        if "/" in v.strip("/") and v.count("/") == 1:
+            return v  # a Hugging Face repo id of a CTranslate2 model, e.g. Systran/faster-whisper-small
+        from faster_whisper.utils import available_models
+
+        if v not in available_models():
+            raise ValueError(f"{v!r} is neither a model folder (a path) nor a faster-whisper model name "
+                             f"({', '.join(available_models())}) nor a Hugging Face repo id (owner/name)")
+        return v
+
+
 class EngineConfig(_Section):
     model_alias: str = "whisper-1"
     model_path: str = ""
-    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    device: Device = "cpu"
     compute_type: str = "int8"
     cpu_threads: int = Field(0, ge=0)
     concurrency: int = Field(1, ge=1)
@@ -127,12 +170,21 @@ class EngineConfig(_Section):
     speaker_labels: bool = True
     speaker_threshold: float = Field(0.28, gt=0, lt=2)
     speaker_step_s: float = Field(0.5, ge=0.1, le=1.6)
+    models: dict[str, ModelEntry] = {}  # alias -> more local models, besides model_alias (gateway/local_models.py)
+    model_idle_s: float = Field(300, ge=0)  # an [engine.models] model unused this long unloads; 0 = never
+    download_dir: str = "./data/models"  # models given by name: a Hugging Face cache (models pull fills it)
 
     @field_validator("model_path")
     @classmethod
     def _model_dir(cls, v: str) -> str:
-        if v and not (Path(v) / "model.bin").is_file():
-            raise ValueError(f"{v!r} is not a CTranslate2 Whisper model folder (no model.bin)")
+        return check_model_folder(v) if v else v
+
+    @field_validator("models")
+    @classmethod
+    def _aliases(cls, v: dict[str, ModelEntry], info: ValidationInfo) -> dict[str, ModelEntry]:
+        if (default := info.data.get("model_alias")) in v:
+            raise ValueError(f"{default!r} is engine.model_alias already (the default model: "
+                             "engine.model_path chooses its folder)")
         return v
 
 

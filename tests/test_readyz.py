@@ -124,7 +124,7 @@ async def test_readyz_reports_the_speaker_encoder_loaded_before_any_speaker_task
     gw = await start_gateway()  # waits for /readyz 200
     status, body = await ready(gw)
     assert status == 200, body
-    assert body["data"] == {"database": "ok", "engine": "loaded", "speakers": "loaded"}
+    assert body["data"] == {"database": "ok", "engine": "loaded", "speakers": "loaded", "models": {"whisper-1": "loaded"}}
     assert speakers._encoder is not None  # no speaker=true task has asked for it
 
 

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from gateway.audio import AudioError
 from gateway.engine import LocalEngine, TranscribeRequest
+from gateway.local_models import ModelUnavailable
 from gateway.options import TaskOptions
 from gateway.payloads import Outcome
-from gateway.providers import Job, PermanentError, Provider
+from gateway.providers import Job, PermanentError, Provider, ProviderError
 from gateway.speakers import Hints
 
 
 class LocalProvider(Provider):
-    """Serves `engine.model_alias`; [providers.local] holds only `secret` (for workers on
-    other machines reporting over POST /callbacks/local)."""
+    """Serves `engine.model_alias` and the aliases of [engine.models]; [providers.local] holds only
+    `secret` (for workers on other machines reporting over POST /callbacks/local). Start-up stops,
+    in one line, when a model given by name is not downloaded."""
 
     honours = frozenset(TaskOptions.model_fields)  # known speakers: stored until they are matched
 
@@ -20,9 +22,14 @@ class LocalProvider(Provider):
         super().__init__(name, settings, config)
         self.engine = LocalEngine(config.engine)
         self.supports_speaker = config.engine.speaker_labels
+        try:
+            self.engine.models.check()
+        except ModelUnavailable as exc:
+            self.engine.close()
+            raise ProviderError(str(exc)) from None
 
     def models(self) -> dict[str, str]:
-        return {self.config.engine.model_alias: self.config.engine.model_path or "bundled"}
+        return {alias: src.source for alias, src in self.engine.models.sources.items()}
 
     @property
     def concurrency(self) -> int:
@@ -33,10 +40,11 @@ class LocalProvider(Provider):
         async with job.audio() as path:
             req = TranscribeRequest(path=str(path), language=task.language, speaker=task.speaker,
                                     hints=Hints(task.num_speakers, task.min_speakers, task.max_speakers),
-                                    max_audio_s=self.config.server.max_audio_s, options=job.options)
+                                    max_audio_s=self.config.server.max_audio_s, options=job.options,
+                                    model=task.model)
             try:
                 return await self.engine.transcribe(req, job.progress, job.partial)
-            except AudioError as exc:
+            except (AudioError, ModelUnavailable) as exc:
                 raise PermanentError(str(exc)) from None
 
     def close(self) -> None:

