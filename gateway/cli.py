@@ -367,6 +367,70 @@ def list_plugins(config_path: str | None, as_json: bool) -> None:
         click.echo(f"{row['name']:<12} {row['package'] or '-'} {row['version'] or ''}  hooks: {', '.join(row['hooks'])}")
 
 
+@main.group("models", invoke_without_command=True)
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of the models.")
+@url_option
+@click.pass_context
+def models(ctx, config_path: str | None, as_json: bool, base_url: str) -> None:
+    """List the local engine's models (engine.model_alias and [engine.models]): alias, source,
+    whether the gateway at --url has it loaded (from its /readyz), about how much memory it takes
+    (model.bin's size), and its folder or why it has none."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from gateway.local_models import LocalModels
+
+    rows = LocalModels(_config(config_path).engine).describe()
+    loaded = _loaded_models(base_url)
+    for row in rows:
+        row["loaded"] = loaded.get(row["alias"]) == "loaded" if loaded is not None else None
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo(f"{'ALIAS':<16} {'SOURCE':<24} {'LOADED':<7} {'MEMORY':>8}  FOLDER")
+    for row in rows:
+        memory = f"{row['memory_mb']} MB" if row["memory_mb"] is not None else "-"
+        where = row["path"] or row["error"]
+        flag = {True: "yes", False: "no", None: "?"}[row["loaded"]]
+        click.echo(f"{row['alias']:<16} {row['source']:<24} {flag:<7} {memory:>8}  {where}")
+
+
+def _loaded_models(base_url: str) -> dict[str, str] | None:
+    """alias -> "loaded" / "not loaded", as the gateway's /readyz says; None (said on stderr) when it cannot."""
+    from gateway.client import ClientError, GatewayClient
+
+    async def go():
+        async with GatewayClient(base_url) as client:
+            return await client.get("/readyz")
+
+    try:
+        return asyncio.run(go()).get("models", {})
+    except ClientError as exc:
+        click.echo(f"loaded: unknown ({exc})", err=True)
+        return None
+
+
+@models.command("pull")
+@config_option
+@click.argument("name")
+def models_pull(config_path: str | None, name: str) -> None:
+    """Download model NAME into engine.download_dir (a Hugging Face cache), with progress bars,
+    unless it is there already: a faster-whisper name (e.g. large-v3, distil-large-v3, turbo), a
+    Hugging Face repo id (owner/name), or an alias of [engine.models]. Needs internet access; the
+    gateway never downloads by itself."""
+    from gateway.local_models import ModelUnavailable, pull
+
+    cfg = _config(config_path).engine
+    entry = cfg.models.get(name)
+    name = entry.source if entry is not None else name
+    click.echo(f"pulling {name!r} into {cfg.download_dir} ...", err=True)
+    try:
+        folder, fetched = pull(name, cfg.download_dir)
+    except ModelUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{'downloaded' if fetched else 'already there'}: {folder}")
+
+
 def _add_plugin_commands() -> None:
     """Commands from plugins (register_commands), chosen by the environment's plugins.load."""
     try:

@@ -6,7 +6,7 @@ A model loads on first use (from the engine's worker threads: thread-safe), and 
 [engine.models] unloads once unused for `engine.model_idle_s`; one in use never does (a running
 transcription holds it through `use`). The default model stays loaded: /readyz stands for it.
 Nothing here downloads: a name not in the cache is a ModelUnavailable saying how to get it
-(`transcribe-gateway models pull NAME`, gateway/model_pull.py).
+(`transcribe-gateway models pull NAME`: `pull`, the one place that downloads).
 """
 
 from __future__ import annotations
@@ -69,6 +69,25 @@ def how_to_get(name: str, download_dir: str) -> str:
             "that folder here: the gateway never downloads")
 
 
+def pull(name: str, download_dir: str) -> tuple[str, bool]:
+    """Download model `name` (a faster-whisper name or a Hugging Face repo id) into the cache
+    `download_dir`, with huggingface_hub's progress bars on stderr, unless it is there already:
+    (its folder, whether it was downloaded now). ModelUnavailable in one line when it cannot be."""
+    if found := cached_folder(name, download_dir):
+        return found, False
+    from faster_whisper.utils import available_models, download_model
+
+    if "/" not in name and name not in available_models():
+        raise ModelUnavailable(f"unknown model name {name!r}: give a faster-whisper name "
+                               f"({', '.join(available_models())}) or a Hugging Face repo id (owner/name)")
+    try:
+        return download_model(name, cache_dir=str(Path(download_dir).expanduser())), True
+    except Exception as exc:  # offline, refused, not found: huggingface_hub's and requests' errors alike
+        why = " ".join(str(exc).split()).rstrip(".") or type(exc).__name__
+        raise ModelUnavailable(f"cannot download {name!r} ({repo_of(name)}) from Hugging Face: {why}; pull it on a "
+                               f"machine with internet access and copy {download_dir} here") from None
+
+
 def load_model(path: str, device: str, compute_type: str, cpu_threads: int, workers: int, keep: bool = False):
     """A WhisperModel of the folder `path`; with `keep`, loaded at most once per process and kept."""
     from faster_whisper import WhisperModel
@@ -115,7 +134,9 @@ class _Slot:
 class LocalModels:
     """The registry of one engine: alias -> source -> a loaded WhisperModel, on demand."""
 
-    def __init__(self, cfg: EngineConfig, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, cfg: EngineConfig, clock: Callable[[], float] = time.monotonic, background: bool = True):
+        """`background`: a thread sweeps idle models (once one of [engine.models] has loaded);
+        without it, only calls of `sweep` do."""
         self.cfg = cfg
         self.default = cfg.model_alias
         self.sources = {self.default: Source(self.default, cfg.model_path or BUNDLED, cfg.device,
@@ -128,6 +149,7 @@ class LocalModels:
         self._clock = clock
         self._stop = threading.Event()
         self._sweeper: threading.Thread | None = None
+        self._background = background
 
     def path(self, alias: str | None = None) -> str:
         """The model folder of `alias` (None: the default); ModelUnavailable if it is not downloaded."""
@@ -203,15 +225,16 @@ class LocalModels:
         return gone
 
     def _start_sweeper(self) -> None:
-        if self._sweeper is None and self.cfg.model_idle_s:
-            every = min(60.0, max(1.0, self.cfg.model_idle_s / 4))  # unloaded within idle_s + every
+        every = min(60.0, max(1.0, self.cfg.model_idle_s / 4))  # unloaded within idle_s + every
 
-            def run() -> None:
-                while not self._stop.wait(every):
-                    self.sweep()
+        def run() -> None:
+            while not self._stop.wait(every):
+                self.sweep()
 
-            self._sweeper = threading.Thread(target=run, name="models-idle", daemon=True)
-            self._sweeper.start()
+        with self._lock:
+            if self._background and self._sweeper is None and self.cfg.model_idle_s:
+                self._sweeper = threading.Thread(target=run, name="models-idle", daemon=True)
+                self._sweeper.start()
 
     def describe(self) -> list[dict[str, Any]]:
         """Each alias: its source, folder (None while not downloaded, with `error` saying how to get
