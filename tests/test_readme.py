@@ -81,6 +81,8 @@ def command_of(args: list[str]) -> tuple[click.Command, list[str]]:
 
     command, path = main, []
     while isinstance(command, click.Group):
+        if command.invoke_without_command and (not args or args[0].startswith("-")):
+            break  # a group that is a command of its own too (`transcribe-gateway models --json`)
         name, *args = args
         path.append(name)
         command = command.get_command(click.Context(main), name)
