@@ -420,9 +420,13 @@ def models_pull(config_path: str | None, name: str) -> None:
     gateway never downloads by itself."""
     from gateway.local_models import ModelUnavailable, pull
 
+    from gateway.config import is_model_folder
+
     cfg = _config(config_path).engine
     entry = cfg.models.get(name)
     name = entry.source if entry is not None else name
+    if is_model_folder(name):
+        raise click.ClickException(f"{name!r} is a folder: nothing to pull (give a model name, e.g. large-v3)")
     click.echo(f"pulling {name!r} into {cfg.download_dir} ...", err=True)
     try:
         folder, fetched = pull(name, cfg.download_dir)

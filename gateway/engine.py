@@ -101,7 +101,8 @@ class LocalEngine:
         """Whether model alias `model` (None: the default) transcribes other languages than English
         (loading it the first time it is asked)."""
         if self.models.multilingual(model) is None:
-            await asyncio.get_running_loop().run_in_executor(self._executor, self.models.load, model)
+            # not in the transcriptions' pool: a request's question need not wait for a free slot
+            await asyncio.get_running_loop().run_in_executor(None, self.models.load, model)
         return bool(self.models.multilingual(model))
 
     async def transcribe(self, req: TranscribeRequest, on_progress: Callable[[float], None],

@@ -151,9 +151,19 @@ class LocalModels:
         self._sweeper: threading.Thread | None = None
         self._background = background
 
+    def _alias(self, alias: str | None) -> str:
+        """`alias`, or the default for None; ModelUnavailable for one not configured (any more: a task
+        queued before a restart without it)."""
+        if alias is None:
+            return self.default
+        if alias not in self.sources:
+            raise ModelUnavailable(f"model {alias!r} is not configured (engine.model_alias or [engine.models]: "
+                                   f"{', '.join(self.sources)})")
+        return alias
+
     def path(self, alias: str | None = None) -> str:
         """The model folder of `alias` (None: the default); ModelUnavailable if it is not downloaded."""
-        src = self.sources[alias or self.default]
+        src = self.sources[self._alias(alias)]
         if src.source == BUNDLED:
             return bundled_model_path()
         if not src.by_name:
@@ -171,11 +181,12 @@ class LocalModels:
     @contextlib.contextmanager
     def use(self, alias: str | None = None) -> Iterator[Any]:
         """The loaded model of `alias` (loading it first if need be), not unloaded while in use."""
-        slot = self._slots[alias or self.default]
+        alias = self._alias(alias)
+        slot = self._slots[alias]
         with self._lock:
             slot.users += 1
         try:
-            yield self._loaded(alias or self.default)
+            yield self._loaded(alias)
         finally:
             with self._lock:
                 slot.users -= 1
@@ -202,11 +213,11 @@ class LocalModels:
             return slot.model
 
     def loaded(self, alias: str | None = None) -> bool:
-        return self._slots[alias or self.default].model is not None
+        return self._slots[self._alias(alias)].model is not None
 
     def multilingual(self, alias: str | None = None) -> bool | None:
         """Whether the model of `alias` transcribes other languages than English; None until it has loaded."""
-        return self._slots[alias or self.default].multilingual
+        return self._slots[self._alias(alias)].multilingual
 
     def sweep(self) -> list[str]:
         """Unload the [engine.models] models unused for engine.model_idle_s (not the default, not one in

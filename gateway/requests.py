@@ -140,9 +140,11 @@ async def check_options(providers: Providers, provider: Provider, model: str, op
         elsewhere = sorted(alias for alias, name in providers.routes.items() if name != LOCAL)
         hint = (f", or use a model alias of a remote provider that translates ({', '.join(elsewhere)})"
                 if elsewhere else "")
-        raise BadRequest(f"translate: the model behind {model!r} is English-only, so it cannot translate (the "
-                         "bundled tiny.en unless engine.model_path says otherwise); set engine.model_path to a "
-                         f"multilingual CTranslate2 Whisper model folder (e.g. faster-whisper's small){hint}")
+        fix = ("(the bundled tiny.en unless engine.model_path says otherwise); set engine.model_path to a multilingual "
+               "CTranslate2 Whisper model folder" if model == provider.config.engine.model_alias else
+               f"(engine.models.{model}); give that alias a multilingual model")
+        raise BadRequest(f"translate: the model behind {model!r} is English-only, so it cannot translate {fix} "
+                         f"(e.g. faster-whisper's small){hint}")
 
 
 async def create_task(db: Database, req: GenerateRequest, provider: str,

@@ -14,9 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import test_config
+from gateway import requests
+from gateway.appkeys import PROVIDERS
 from gateway.config import ConfigError, load_config
+from gateway.errors import BadRequest
 from gateway.local_models import LocalModels, ModelUnavailable, bundled_model_path
+from gateway.options import TaskOptions
 from test_cli import cli
 
 REVISION = "0123456789abcdef0123456789abcdef01234567"
@@ -63,6 +66,9 @@ def test_a_name_is_found_in_the_cache_and_one_missing_says_how_to_get_it(hf_cach
         f"engine.models.small: model 'small' is not in engine.download_dir ({hf_cache}); run `transcribe-gateway "
         "models pull small` on a machine with internet access (with the same engine.download_dir), or copy that "
         "folder here: the gateway never downloads")
+    with pytest.raises(ModelUnavailable, match=r"^model 'gone' is not configured"):  # a task queued before a restart
+        with models.use("gone"):
+            pass
 
 
 @pytest.mark.parametrize("entry, message", [
@@ -129,6 +135,10 @@ async def test_tasks_run_on_the_model_they_name_which_loads_on_first_use(start_g
     status, body = await gw.call("POST", "/transcriptions/async-generate-audio",
                                  json={"asset_id": asset, "model": "tiny", "language": "de"})
     assert status == 400 and "the model behind 'tiny' is English-only" in body["msg"], body  # its own flag
+    providers = gw.app[PROVIDERS]
+    with pytest.raises(BadRequest, match=r"cannot translate \(engine.models.tiny\); give that alias a multilingual"):
+        await requests.check_options(providers, providers.get("local"), "tiny", TaskOptions(translate=True))
+    await requests.check_options(providers, providers.get("local"), "base", TaskOptions(translate=True))
     done = await gw.wait(await gw.submit(asset_id=asset, model="base", language="de"), timeout=120)
     assert done["status"] == "completed", done
     assert done["result"]["usage_metadata"]["model"] == "base"
