@@ -107,7 +107,7 @@ def audio_seconds(path: Path) -> float:
 
 
 class Direct:
-    """faster-whisper in this process, set up like gateway.engine.load_model and LocalEngine._run."""
+    """faster-whisper in this process, set up like gateway.local_models.load_model and LocalEngine._run."""
 
     name = "direct"
 
