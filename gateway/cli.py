@@ -416,8 +416,8 @@ def _loaded_models(base_url: str) -> dict[str, str] | None:
 def models_pull(config_path: str | None, name: str) -> None:
     """Download model NAME into engine.download_dir (a Hugging Face cache), with progress bars,
     unless it is there already: a faster-whisper name (e.g. large-v3, distil-large-v3, turbo), a
-    Hugging Face repo id (owner/name), or an alias of [engine.models]. Needs internet access; the
-    gateway never downloads by itself."""
+    Hugging Face repo id (owner/name), or an alias of [engine.models]. Needs internet access
+    (serve and worker also download a missing one at start-up)."""
     from gateway.local_models import ModelUnavailable, pull
 
     from gateway.config import is_model_folder

@@ -5,8 +5,9 @@ model name / Hugging Face repo id found in `engine.download_dir`, a Hugging Face
 A model loads on first use (from the engine's worker threads: thread-safe), and one of
 [engine.models] unloads once unused for `engine.model_idle_s`; one in use never does (a running
 transcription holds it through `use`). The default model stays loaded: /readyz stands for it.
-Nothing here downloads: a name not in the cache is a ModelUnavailable saying how to get it
-(`transcribe-gateway models pull NAME`: `pull`, the one place that downloads).
+A name not in the cache is fetched once, at start-up (`check(fetch=True)`, through `pull`, as
+`transcribe-gateway models pull NAME` does ahead of time); where that cannot be (no internet,
+HF_HUB_OFFLINE=1), start-up stops with one line saying how to get it. Lookups read files only.
 """
 
 from __future__ import annotations
@@ -32,6 +33,15 @@ _kept_lock = threading.Lock()
 
 class ModelUnavailable(Exception):
     """A model cannot be had (not downloaded, or it fails to load); one line saying why and what to do."""
+
+
+class DownloadFailed(ModelUnavailable):
+    """Hugging Face did not give the model (`why`: offline, refused, not found)."""
+
+    def __init__(self, name: str, download_dir: str, why: str):
+        self.why = why
+        super().__init__(f"cannot download {name!r} ({repo_of(name)}) from Hugging Face: {why}; pull it on a "
+                         f"machine with internet access and copy {download_dir} here")
 
 
 def bundled_model_path() -> str:
@@ -63,10 +73,12 @@ def cached_folder(name: str, download_dir: str) -> str | None:
     return os.path.dirname(found) if isinstance(found, str) else None
 
 
-def how_to_get(name: str, download_dir: str) -> str:
-    return (f"model {name!r} is not in engine.download_dir ({download_dir}); run `transcribe-gateway models "
-            f"pull {name}` on a machine with internet access (with the same engine.download_dir), or copy "
-            "that folder here: the gateway never downloads")
+def how_to_get(name: str, download_dir: str, why: str = "") -> str:
+    """What to do about model `name` missing from the cache (`why` the download failed, if it was tried)."""
+    failed = f" and could not be downloaded ({why})" if why else ""
+    return (f"model {name!r} is not in engine.download_dir ({download_dir}){failed}; run `transcribe-gateway "
+            f"models pull {name}` on a machine with internet access (with the same engine.download_dir), or copy "
+            "that folder here")
 
 
 def pull(name: str, download_dir: str) -> tuple[str, bool]:
@@ -83,9 +95,19 @@ def pull(name: str, download_dir: str) -> tuple[str, bool]:
     try:
         return download_model(name, cache_dir=str(Path(download_dir).expanduser())), True
     except Exception as exc:  # offline, refused, not found: huggingface_hub's and requests' errors alike
-        why = " ".join(str(exc).split()).rstrip(".") or type(exc).__name__
-        raise ModelUnavailable(f"cannot download {name!r} ({repo_of(name)}) from Hugging Face: {why}; pull it on a "
-                               f"machine with internet access and copy {download_dir} here") from None
+        raise DownloadFailed(name, download_dir, " ".join(str(exc).split()).rstrip(".") or type(exc).__name__) from None
+
+
+def fetch_model(name: str, download_dir: str) -> str:
+    """Model `name`'s folder, downloaded into the cache first if it is not there (`pull`); a
+    ModelUnavailable saying how to get it when that fails."""
+    log.info("engine.model_download", name=name, download_dir=download_dir)
+    try:
+        found, _ = pull(name, download_dir)
+    except DownloadFailed as exc:
+        raise ModelUnavailable(how_to_get(name, download_dir, why=exc.why)) from None
+    log.info("engine.model_downloaded", name=name, path=found)
+    return found
 
 
 def load_model(path: str, device: str, compute_type: str, cpu_threads: int, workers: int, keep: bool = False):
@@ -161,22 +183,29 @@ class LocalModels:
                                    f"{', '.join(self.sources)})")
         return alias
 
-    def path(self, alias: str | None = None) -> str:
-        """The model folder of `alias` (None: the default); ModelUnavailable if it is not downloaded."""
+    def path(self, alias: str | None = None, fetch: bool = False) -> str:
+        """The model folder of `alias` (None: the default); ModelUnavailable if it is not downloaded
+        (with `fetch`: if it could not be downloaded now)."""
         src = self.sources[self._alias(alias)]
         if src.source == BUNDLED:
             return bundled_model_path()
         if not src.by_name:
             return str(Path(src.source).expanduser())
         found = cached_folder(src.source, self.cfg.download_dir)
-        if found is None:
-            raise ModelUnavailable(f"engine.models.{src.alias}: {how_to_get(src.source, self.cfg.download_dir)}")
-        return found
+        if found is not None:
+            return found
+        try:
+            if not fetch:
+                raise ModelUnavailable(how_to_get(src.source, self.cfg.download_dir))
+            return fetch_model(src.source, self.cfg.download_dir)
+        except ModelUnavailable as exc:
+            raise ModelUnavailable(f"engine.models.{src.alias}: {exc}") from None
 
     def check(self) -> None:
-        """Every alias has its model on disk (start-up); ModelUnavailable for the first that has not."""
+        """Every alias has its model on disk (start-up), a name not yet downloaded fetched first;
+        ModelUnavailable for the first that cannot be had."""
         for alias in self.sources:
-            self.path(alias)
+            self.path(alias, fetch=True)
 
     @contextlib.contextmanager
     def use(self, alias: str | None = None) -> Iterator[Any]:

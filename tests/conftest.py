@@ -46,6 +46,9 @@ NOT_ISOLATED: str | None = None  # why this run has the machine's network, when 
 # process it starts (daemons, the CLI). Every test gateway serves its model alias, ECHO.
 ECHO_PLUGIN_DIR = Path(__file__).resolve().parent / "echo"
 ECHO = "echo"
+# A model given by name and not in engine.download_dir is downloaded at start-up; in the suite
+# (and every daemon it starts) huggingface_hub refuses at once, without a look-up.
+os.environ["HF_HUB_OFFLINE"] = "1"
 sys.path.insert(0, str(ECHO_PLUGIN_DIR))
 os.environ["PYTHONPATH"] = os.pathsep.join([str(ECHO_PLUGIN_DIR), *filter(None, [os.environ.get("PYTHONPATH")])])
 

@@ -13,8 +13,9 @@ from gateway.speakers import Hints
 
 class LocalProvider(Provider):
     """Serves `engine.model_alias` and the aliases of [engine.models]; [providers.local] holds only
-    `secret` (for workers on other machines reporting over POST /callbacks/local). Start-up stops,
-    in one line, when a model given by name is not downloaded."""
+    `secret` (for workers on other machines reporting over POST /callbacks/local). A model given by
+    name and not downloaded yet is downloaded here, at start-up; where it cannot be, start-up
+    stops in one line."""
 
     honours = frozenset(TaskOptions.model_fields)  # known speakers: stored until they are matched
 
