@@ -387,6 +387,20 @@ async def media_server(speech_wav):
     await server.close()
 
 
+# --- a real browser (tests/test_dashboard.py) ---------------------------------------------
+
+# Debian's chromium (`playwright install` cannot download browsers here; .ci/run installs it),
+# making no name look-ups at all (it would look up Google's update hosts at start).
+NO_DNS = "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args):
+    """pytest-playwright's launch arguments: each xdist worker launches its own chromium."""
+    return {**browser_type_launch_args, "executable_path": shutil.which("chromium") or "/usr/bin/chromium",
+            "args": [NO_DNS]}
+
+
 # --- third-party services (tests/fakes.py) -----------------------------------------------
 
 

@@ -19,12 +19,12 @@ from gateway_plugins.dashboard.view import clock, when
 HERE = Path(__file__).resolve().parent
 SESSIONS = web.AppKey("dashboard_sessions", S.Sessions)
 TEMPLATES = web.AppKey("dashboard_templates", jinja2.Environment)
-SESSION = "dashboard_session"  # the request's Session, once a guard has found or made it
+SESSION = web.RequestKey("dashboard_session", S.Session)  # the request's Session, found or made by a guard
 
 # No inline script or style, nothing from another origin, no framing.
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; media-src 'self'; "
        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'")
-HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
+HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin",
            "X-Frame-Options": "DENY", "Cache-Control": "no-store"}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
