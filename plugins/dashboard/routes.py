@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from gateway import openapi
 from gateway_plugins.dashboard import pages, sessions, web as dw
 
 TASK = "/tasks/{task_id}"
@@ -19,6 +20,7 @@ def add(app: web.Application, config) -> None:
     app[dw.SESSIONS] = sessions.Sessions(config.session_secret, int(config.session_hours * 3600))
     app[dw.TEMPLATES] = dw.environment()
     r = app.router
+    before = set(r.resources())
     r.add_get("/", pages.home)
     r.add_post("/sign-in", pages.sign_in)
     r.add_post("/sign-out", pages.sign_out)
@@ -35,3 +37,4 @@ def add(app: web.Application, config) -> None:
     r.add_get(UI_TASK + "/transcript.{fmt}", pages.task_transcript)
     r.add_get("/favicon.ico", favicon)
     r.add_static("/ui/static/", dw.HERE / "static", append_version=False)
+    openapi.not_api(app).update(res.canonical for res in r.resources() if res not in before)
