@@ -401,6 +401,38 @@ def browser_type_launch_args(browser_type_launch_args):
             "args": [NO_DNS]}
 
 
+# pytest-playwright keeps Playwright (and its browser) for the whole session; its sync API holds
+# an event loop in the main thread meanwhile, and every async test after it would fail
+# ("cannot be called from a running event loop"). Here they last one module: Playwright stops
+# before the next module's tests run (on each xdist worker alike).
+@pytest.fixture(scope="module")
+def playwright(_pw_api_request_contexts):
+    from playwright.sync_api import sync_playwright
+
+    pw = sync_playwright().start()
+    if _pw_api_request_contexts:
+        _pw_api_request_contexts.instrument(pw)
+    yield pw
+    pw.stop()
+
+
+@pytest.fixture(scope="module")
+def browser_context_args(playwright, device, base_url):
+    return {**(playwright.devices[device] if device else {}), **({"base_url": base_url} if base_url else {})}
+
+
+@pytest.fixture(scope="module")
+def browser_type(playwright, browser_name):
+    return getattr(playwright, browser_name)
+
+
+@pytest.fixture(scope="module")
+def browser(browser_type, browser_type_launch_args):
+    launched = browser_type.launch(**browser_type_launch_args)
+    yield launched
+    launched.close()
+
+
 # --- third-party services (tests/fakes.py) -----------------------------------------------
 
 

@@ -58,62 +58,62 @@ async def keyed(start_gateway):
 
 
 @pytest.fixture
-async def browser(keyed):
+async def visitor(keyed):
     b = Browserish(keyed.url)
     yield b
     await b.close()
 
 
-async def test_sign_in_makes_a_strict_httponly_session_that_the_api_never_takes(browser, keyed):
-    status, _, resp = await browser.page("/tasks")
+async def test_sign_in_makes_a_strict_httponly_session_that_the_api_never_takes(visitor, keyed):
+    status, _, resp = await visitor.page("/tasks")
     assert (status, unquote(resp.headers["Location"])) == (303, "/?next=/tasks")
-    wrong = await browser.sign_in("not-it")
+    wrong = await visitor.sign_in("not-it")
     assert wrong.status == 401
-    resp = await browser.sign_in(next_="/tasks")
+    resp = await visitor.sign_in(next_="/tasks")
     assert (resp.status, resp.headers["Location"]) == (303, "/tasks")
     set_cookie = resp.headers["Set-Cookie"]
     assert "HttpOnly" in set_cookie and "SameSite=Strict" in set_cookie and "Path=/" in set_cookie
     assert KEY not in set_cookie
-    assert (await browser.page("/tasks"))[0] == 200
+    assert (await visitor.page("/tasks"))[0] == 200
     # the JSON API: the cookie alone is refused, the Authorization header still works
-    async with browser.http.get(keyed.url + API_BASE + "/transcriptions") as api:
+    async with visitor.http.get(keyed.url + API_BASE + "/transcriptions") as api:
         assert api.status == 401 and (await api.json())["msg"].startswith("missing Authorization header")
-    async with browser.http.get(keyed.url + API_BASE + "/transcriptions", headers={"Authorization": KEY}) as api:
+    async with visitor.http.get(keyed.url + API_BASE + "/transcriptions", headers={"Authorization": KEY}) as api:
         assert api.status == 200
     # signing out ends it
-    status, _, resp = await browser.post("/sign-out", {"csrf_token": await browser.csrf("/tasks")})
+    status, _, resp = await visitor.post("/sign-out", {"csrf_token": await visitor.csrf("/tasks")})
     assert status == 303
-    assert (await browser.page("/tasks"))[0] == 303
+    assert (await visitor.page("/tasks"))[0] == 303
 
 
-async def test_forms_refuse_other_origins_and_missing_or_wrong_tokens(browser, keyed):
-    await browser.sign_in()
-    token = await browser.csrf("/tasks")
+async def test_forms_refuse_other_origins_and_missing_or_wrong_tokens(visitor, keyed):
+    await visitor.sign_in()
+    token = await visitor.csrf("/tasks")
     for origin, fields in [("https://evil.example", {"csrf_token": token}), ("null", {"csrf_token": token}),
                            ("same", {}), ("same", {"csrf_token": "0" * 64})]:
-        status, html, _ = await browser.post("/sign-out", fields, origin=origin)
+        status, html, _ = await visitor.post("/sign-out", fields, origin=origin)
         assert status == 403, (origin, fields)
         assert "refused" in html
-    assert (await browser.page("/tasks"))[0] == 200  # still signed in: none of them went through
+    assert (await visitor.page("/tasks"))[0] == 200  # still signed in: none of them went through
     # an upload with a wrong token keeps nothing
     form = aiohttp.FormData()
     form.add_field("csrf_token", "bad")
     form.add_field("file", b"RIFF....", filename="a.wav", content_type="audio/wav")
-    assert (await browser.post("/ui/upload", form))[0] == 403
+    assert (await visitor.post("/ui/upload", form))[0] == 403
     stored = [p for p in (keyed.config.storage.dir and __import__("pathlib").Path(keyed.config.storage.dir)).rglob("*")
               if p.is_file()]
     assert stored == []
 
 
-async def test_pages_forbid_inline_script_style_and_other_origins(browser, keyed, tmp_path):
-    await browser.sign_in()
+async def test_pages_forbid_inline_script_style_and_other_origins(visitor, keyed, tmp_path):
+    await visitor.sign_in()
     path = script_wav(tmp_path / "a.wav", "SPEAKER_00: Hello there.\nSPEAKER_01: Hi.", seconds=4)
     async with aiohttp.ClientSession(headers={"Authorization": KEY}) as api:
         keyed_client = type(keyed)(keyed.url, http=api)
         task_id = await keyed_client.submit(asset_id=await keyed_client.upload(path), model=ECHO, speaker=True)
         await keyed_client.wait(task_id)
     for page in ("/", "/tasks", f"/tasks/{task_id}", "/search?q=hello", "/status"):
-        status, html, resp = await browser.page(page)
+        status, html, resp = await visitor.page(page)
         assert status == 200, page
         csp = resp.headers["Content-Security-Policy"]
         assert "default-src 'self'" in csp and "script-src 'self'" in csp and "style-src 'self'" in csp, page
@@ -137,12 +137,12 @@ async def test_a_transcript_from_a_callback_is_shown_as_text(start_gateway, tmp_
         payload["data"]["data"]["data"][0]["speaker"] = '<b>SPEAKER_00</b>'
         async with api.post(gw.url + API_BASE + "/callbacks/local", json=payload) as resp:
             assert resp.status == 200, await resp.text()
-    browser = Browserish(gw.url)
+    viewer = Browserish(gw.url)
     try:
-        await browser.sign_in()
-        status, html, _ = await browser.page(f"/tasks/{task_id}")
+        await viewer.sign_in()
+        status, html, _ = await viewer.page(f"/tasks/{task_id}")
     finally:
-        await browser.close()
+        await viewer.close()
     assert status == 200
     assert "&lt;script&gt;alert(&#34;owned&#34;)&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt;" in html
     assert "&lt;b&gt;SPEAKER_00&lt;/b&gt;" in html
@@ -182,27 +182,27 @@ async def test_upload_errors_are_the_gateways_message(start_gateway, tmp_path):
         await browser.close()
 
 
-async def test_sign_in_only_sends_the_browser_within_the_site(browser):
+async def test_sign_in_only_sends_the_browser_within_the_site(visitor):
     for target, expected in [("/tasks?status=failed", "/tasks?status=failed"), ("//evil.example/x", "/"),
                              ("https://evil.example/", "/"), ("/\\evil.example", "/"), ("", "/")]:
-        browser.http.cookie_jar.clear()
-        resp = await browser.sign_in(next_=target)
+        visitor.http.cookie_jar.clear()
+        resp = await visitor.sign_in(next_=target)
         assert resp.headers["Location"] == expected, target
 
 
-async def test_the_dashboards_data_needs_the_session_and_its_token(browser, keyed):
+async def test_the_dashboards_data_needs_the_session_and_its_token(visitor, keyed):
     for path in ("/ui/fragments/tasks", f"/ui/tasks/{'0' * 32}/audio", f"/ui/tasks/{'0' * 32}/transcript.srt"):
-        assert (await browser.page(path))[0] == 401, path
-    await browser.sign_in()
-    assert (await browser.page("/ui/fragments/tasks"))[0] == 403  # no X-CSRF-Token
-    token = await browser.csrf("/tasks")
-    status, html, _ = await browser.page("/ui/fragments/tasks", headers={"X-CSRF-Token": token})
+        assert (await visitor.page(path))[0] == 401, path
+    await visitor.sign_in()
+    assert (await visitor.page("/ui/fragments/tasks"))[0] == 403  # no X-CSRF-Token
+    token = await visitor.csrf("/tasks")
+    status, html, _ = await visitor.page("/ui/fragments/tasks", headers={"X-CSRF-Token": token})
     assert status == 200 and html.startswith('<div id="task-rows"')
     # a forged or altered cookie is no session
-    nonce, expires, kid, sig = browser.session_cookie().split(".")
-    browser.http.cookie_jar.update_cookies({COOKIE: f"{nonce}.{int(expires) + 9999}.{kid}.{sig}"},
-                                           aiohttp.client.URL(browser.url))
-    assert (await browser.page("/tasks"))[0] == 303
+    nonce, expires, kid, sig = visitor.session_cookie().split(".")
+    visitor.http.cookie_jar.update_cookies({COOKIE: f"{nonce}.{int(expires) + 9999}.{kid}.{sig}"},
+                                           aiohttp.client.URL(visitor.url))
+    assert (await visitor.page("/tasks"))[0] == 303
 
 
 def test_sessions_end_when_expired_or_their_key_is_removed():
