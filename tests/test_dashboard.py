@@ -92,9 +92,9 @@ def signed_in(browser_page, gw):
     return browser_page
 
 
-def finished_task(gw, script: str = SCRIPT, speaker: bool = True) -> str:
-    """A completed echo task made through the API (not the page): its task_id."""
-    path = script_wav(gw.tmp / f"task-{time.monotonic_ns()}.wav", script, seconds=8)
+def finished_task(gw, script: str = SCRIPT, speaker: bool = True, seconds: float = 8) -> str:
+    """A completed echo task made through the API (not the page), its audio `seconds` long: its task_id."""
+    path = script_wav(gw.tmp / f"task-{time.monotonic_ns()}.wav", script, seconds=seconds)
 
     async def make(client):
         task_id = await client.submit(asset_id=await client.upload(path), model=ECHO, speaker=speaker)
@@ -148,7 +148,10 @@ def test_upload_live_transcript_speakers_and_seek(signed_in, gw):
     assert segments.nth(0).evaluate(colour) == segments.nth(2).evaluate(colour) != segments.nth(1).evaluate(colour)
     expect(segments.nth(1).locator(".who")).to_have_text("SPEAKER_01")
 
-    # click-to-seek, and the segment being played is highlighted
+    # click-to-seek, and the segment being played is highlighted; the player does not play
+    # meanwhile (its play() does nothing), so only a seek can move its time
+    page.evaluate("() => { const p = document.getElementById('player'); p.realPlay = p.play; "
+                  "p.play = () => Promise.resolve(); }")
     segments.nth(1).locator(".text").click()
     page.wait_for_function("() => Math.abs(document.getElementById('player').currentTime - 2.0) < 0.3")
     expect(segments.nth(1)).to_have_class(re.compile(r"\bplaying\b"))
@@ -156,6 +159,10 @@ def test_upload_live_transcript_speakers_and_seek(signed_in, gw):
     segments.nth(2).locator("button.at").press("Enter")  # by keyboard too
     page.wait_for_function("() => Math.abs(document.getElementById('player').currentTime - 4.0) < 0.3")
     expect(segments.nth(2)).to_have_class(re.compile(r"\bplaying\b"))
+    # as the audio plays, the highlight follows it
+    page.evaluate("() => { const p = document.getElementById('player'); p.currentTime = 1.5; p.realPlay(); }")
+    expect(segments.nth(0)).to_have_class(re.compile(r"\bplaying\b"))
+    expect(segments.nth(1)).to_have_class(re.compile(r"\bplaying\b"), timeout=WAIT_MS)
 
 
 def test_downloads(signed_in, gw):
@@ -241,11 +248,15 @@ def test_transcript_is_shown_as_text(signed_in, gw):
     expect(page.locator("#bold")).to_have_count(0)
 
 
-def test_wrong_file_type_shows_the_gateways_message(signed_in, gw):
+def test_a_dropped_file_of_the_wrong_type_shows_the_gateways_message(signed_in, gw):
     signed_in.allow(400)
     page = signed_in.page
-    (gw.tmp / "notes.txt").write_text("not audio at all")
-    page.set_input_files("input[type=file][name=file]", gw.tmp / "notes.txt")
+    page.evaluate("""() => {  // dropped on the form, as a file dragged from the desktop is
+        const files = new DataTransfer();
+        files.items.add(new File(["not audio at all"], "notes.txt", {type: "text/plain"}));
+        document.querySelector(".drop").dispatchEvent(new DragEvent("drop", {dataTransfer: files, bubbles: true}));
+    }""")
+    expect(page.locator("#file-name")).to_have_text("notes.txt")
     page.click("button[type=submit]")
     expect(page.get_by_role("alert")).to_contain_text("file: is not audio")
     expect(page.locator("input[type=file][name=file]")).to_be_visible()  # the form again, to try another
@@ -262,7 +273,7 @@ def test_status_page(signed_in, gw):
 PAGES = ("/", "/tasks", "/search?q=numbers", "/status")
 
 
-def test_every_control_is_labelled_and_fits_360px(signed_in, gw):
+def test_every_control_is_labelled_fits_360px_and_prints(signed_in, gw):
     task_id = finished_task(gw)
     page = signed_in.page
     page.set_viewport_size({"width": 360, "height": 740})
@@ -273,3 +284,23 @@ def test_every_control_is_labelled_and_fits_360px(signed_in, gw):
         page.goto(gw.url + path)
         assert page.evaluate(unlabelled) == [], path
         assert page.evaluate("document.documentElement.scrollWidth") <= 360, path
+    page.emulate_media(media="print")  # printed: the transcript, without navigation, player or deliveries
+    expect(page.locator("#segments li.seg")).to_have_count(3)
+    for hidden in ("header.top", "#deliveries", "#player"):
+        expect(page.locator(hidden)).to_be_hidden()
+
+
+def test_a_long_transcript_renders_whole_and_follows_the_player(signed_in, gw):
+    """1,500 segments (a two-hour file's worth; the audio here is one minute): all rendered,
+    seeking and highlighting work anywhere in it (a binary search, not a scan per tick)."""
+    script = "\n".join(f"SPEAKER_0{i % 3}: segment {i} of a long meeting" for i in range(1500))
+    task_id = finished_task(gw, script, seconds=60)
+    page = signed_in.page
+    page.goto(f"{gw.url}/tasks/{task_id}")
+    expect(page.locator("#segments li.seg")).to_have_count(1500)
+    expect(page.locator("#seg-1499 .text")).to_have_text("segment 1499 of a long meeting")
+    page.locator("#seg-20 .text").click()
+    expect(page.locator("#seg-20")).to_have_class(re.compile(r"\bplaying\b"))
+    page.evaluate("() => { document.getElementById('player').currentTime = 45.5; }")
+    expect(page.locator("#seg-22")).to_have_class(re.compile(r"\bplaying\b"))
+    expect(page.locator("li.seg.playing")).to_have_count(1)

@@ -176,6 +176,8 @@ async def test_upload_errors_are_the_gateways_message(start_gateway, tmp_path):
         assert status == 400 and "num_speakers: must be a whole number" in html
         status, _, resp = await upload(model=ECHO, speaker="on", language="en", num_speakers="2")
         assert status == 303 and re.fullmatch(r"/tasks/[0-9a-f]{32}", resp.headers["Location"])
+        task = await gw.wait(resp.headers["Location"].rsplit("/", 1)[1])  # finished before the gateway stops
+        assert (task["status"], task["speaker"], task["model"]) == ("completed", True, ECHO)
         status, html, _ = await browser.page("/tasks/" + "0" * 32)
         assert status == 404 and f"task &#39;{'0' * 32}&#39; not found" in html
     finally:
@@ -219,3 +221,48 @@ def test_sessions_end_when_expired_or_their_key_is_removed():
     other, _ = sessions.make(key_id("k1"))
     assert not sessions.csrf_ok(other, sessions.csrf(session)) and not sessions.csrf_ok(session, None)
     assert int(time.time()) < session.expires
+
+
+async def test_a_failed_task_shows_its_reason(start_gateway, tmp_path):
+    gw = await start_gateway(worker=False)  # auth off; the callback fails the task
+    async with aiohttp.ClientSession() as api:
+        client = type(gw)(gw.url, http=api)
+        task_id = await client.submit(asset_id=await client.upload(script_wav(tmp_path / "a.wav", "x")),
+                                      model="whisper-1")
+        async with api.post(gw.url + API_BASE + "/callbacks/local",
+                            json=callback_payload(task_id, "whisper-1", speaker=False, success=False)) as resp:
+            assert resp.status == 200, await resp.text()
+    viewer = Browserish(gw.url)
+    try:
+        status, html, _ = await viewer.page(f"/tasks/{task_id}")
+        rows_status, rows, _ = await viewer.page("/tasks?status=failed")
+    finally:
+        await viewer.close()
+    assert status == 200 and 'id="task-error">Failed: upstream engine crashed</p>' in html
+    assert 'data-live="0"' in html and 'id="segments"' not in html  # finished: nothing polls, no transcript
+    assert rows_status == 200 and f'data-task="{task_id}"' in rows
+
+
+async def test_the_task_list_pages_and_filters(start_gateway, tmp_path, monkeypatch):
+    from gateway_plugins.dashboard import pages
+
+    monkeypatch.setattr(pages, "PAGE_SIZE", 2)
+    gw = await start_gateway()
+    async with aiohttp.ClientSession() as api:
+        client = type(gw)(gw.url, http=api)
+        asset = await client.upload(script_wav(tmp_path / "a.wav", "hello"))
+        ids = [await client.submit(asset_id=asset, model=ECHO) for _ in range(3)]
+        for task_id in ids:
+            await client.wait(task_id)
+    viewer = Browserish(gw.url)
+    try:
+        _, first, _ = await viewer.page("/tasks")
+        older = re.search(r'href="(/tasks\?status=&amp;cursor=[^"]+)" rel="next"', first).group(1)
+        _, second, _ = await viewer.page(older.replace("&amp;", "&"))
+        status, bad, _ = await viewer.page("/tasks?status=lost")
+    finally:
+        await viewer.close()
+    shown = lambda html: re.findall(r'data-task="([0-9a-f]{32})"', html)  # noqa: E731
+    assert shown(first) == ids[:0:-1] and shown(second) == ids[:1]  # newest first
+    assert 'rel="next"' not in second
+    assert status == 400 and "status: must be one of queued, processing, completed, failed" in bad
