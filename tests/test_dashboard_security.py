@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import time
+from pathlib import Path
 from urllib.parse import unquote
 
 import aiohttp
@@ -100,8 +101,7 @@ async def test_forms_refuse_other_origins_and_missing_or_wrong_tokens(visitor, k
     form.add_field("csrf_token", "bad")
     form.add_field("file", b"RIFF....", filename="a.wav", content_type="audio/wav")
     assert (await visitor.post("/ui/upload", form))[0] == 403
-    stored = [p for p in (keyed.config.storage.dir and __import__("pathlib").Path(keyed.config.storage.dir)).rglob("*")
-              if p.is_file()]
+    stored = [p for p in Path(keyed.config.storage.dir).rglob("*") if p.is_file()]
     assert stored == []
 
 

@@ -22,6 +22,7 @@ function setUpDrop() {
   if (!input || !zone) return;
   const show = () => { if (name) name.textContent = input.files.length ? input.files[0].name : ""; };
   input.addEventListener("change", show);
+  show(); // a file chosen before this script ran
   zone.addEventListener("dragover", (e) => { e.preventDefault(); zone.classList.add("over"); });
   zone.addEventListener("dragleave", () => zone.classList.remove("over"));
   zone.addEventListener("drop", (e) => {
