@@ -242,6 +242,10 @@ async def task_deliveries(db: Database, task_id: str) -> list[Delivery]:
 
 
 async def delivery_summary(db: Database, task_id: str) -> list[dict]:
-    rows = await task_deliveries(db, task_id)
+    return summarise(await task_deliveries(db, task_id))
+
+
+def summarise(rows: list[Delivery]) -> list[dict]:
+    """Deliveries as the API's task view shows them (targets' credentials redacted)."""
     return [{"target": redact(d.target), "kind": d.kind, "status": d.status, "attempts": d.attempts,
              "last_status_code": d.last_status_code, "last_error": d.last_error} for d in rows]

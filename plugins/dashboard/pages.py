@@ -12,8 +12,8 @@ from sqlmodel import col, select
 from gateway import API_BASE, api, audio, deliveries, requests, uploads, views
 from gateway.appkeys import CONFIG, DB, LOOPS, NOTIFIER, PLUGINS, PROVIDERS, STORE
 from gateway.app import key_ok
-from gateway.errors import ApiError, BadRequest, NotFound
-from gateway.models import Task, TaskStatus, Transcript
+from gateway.errors import BadRequest, NotFound
+from gateway.models import DeliveryStatus, Task, TaskStatus, Transcript
 from gateway.notify import DELIVERIES
 from gateway.openai_api.forms import read_form
 from gateway.providers import LOCAL
@@ -163,11 +163,9 @@ async def _task_data(request: web.Request) -> dict:
 async def _deliveries_data(request: web.Request) -> dict:
     task = await views.get_task(request.app[DB], request.match_info["task_id"])
     rows = await deliveries.task_deliveries(request.app[DB], task.id)
-    shown = [{"target": d["target"], "status": d["status"], "attempts": d["attempts"],
-              "last_status_code": d["last_status_code"], "last_error": d["last_error"],
-              "next_attempt_at": row.next_attempt_at if row.status == "pending" else None}
-             for d, row in zip(await deliveries.delivery_summary(request.app[DB], task.id), rows)]
-    live = task.status not in TaskStatus.TERMINAL or any(d["status"] == "pending" for d in shown)
+    shown = [dict(d, next_attempt_at=row.next_attempt_at if row.status == DeliveryStatus.PENDING else None)
+             for d, row in zip(deliveries.summarise(rows), rows)]
+    live = task.status not in TaskStatus.TERMINAL or any(d["status"] == DeliveryStatus.PENDING for d in shown)
     return {"task_id": task.id, "deliveries": shown, "deliveries_live": live}
 
 
