@@ -128,7 +128,11 @@ async def _store_upload(request: web.Request, max_bytes: int) -> web.Response:
 @endpoint("Download an uploaded file (its audio or video type, else application/octet-stream)", errors=(404,),
           content={"*/*": {"schema": {"type": "string", "format": "binary"}}})
 async def download(request: web.Request) -> web.StreamResponse:
-    asset_id = request.match_info["asset_id"]
+    return await asset_response(request, request.match_info["asset_id"])
+
+
+async def asset_response(request: web.Request, asset_id: str) -> web.StreamResponse:
+    """An asset's file (Range honoured), for the API's download and the dashboard's player."""
     async with request.app[DB].session() as s:
         asset = await s.get(Asset, asset_id)
     if asset is None:
@@ -225,10 +229,15 @@ async def get_transcription(request: web.Request) -> web.Response:
           path_params={"fmt": {"type": "string", "enum": list(subtitles.FORMATS)}})
 async def transcript(request: web.Request) -> web.Response:
     """The completed transcript as SRT, WebVTT, plain text or JSON (the same renderings as the srt plugin)."""
-    fmt = request.match_info["fmt"]
+    return await transcript_response(request.app[DB], request.match_info["task_id"], request.match_info["fmt"])
+
+
+async def transcript_response(db, task_id: str, fmt: str) -> web.Response:
+    """A completed task's transcript in `fmt` (404 unknown format or task, 409 not completed);
+    the API's and the dashboard's downloads alike."""
     if fmt not in subtitles.FORMATS:
         raise NotFound(f"no transcript format {fmt!r}; use one of {', '.join(subtitles.FORMATS)}")
-    task = await views.get_task(request.app[DB], request.match_info["task_id"])
+    task = await views.get_task(db, task_id)
     if task.status != TaskStatus.COMPLETED:
         raise ApiError(f"task {task.id} is {task.status}; a transcript exists once it is completed", 409)
     body = await asyncio.to_thread(_render, fmt, task.result_json)  # seconds for 100,000 segments

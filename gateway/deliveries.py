@@ -233,10 +233,19 @@ async def redeliver(db: Database, task_id: str, target: str | None = None) -> in
         return res.rowcount
 
 
-async def delivery_summary(db: Database, task_id: str) -> list[dict]:
+async def task_deliveries(db: Database, task_id: str) -> list[Delivery]:
+    """A task's deliveries, oldest first (webhooks before plugins of the same moment)."""
     async with db.session() as s:
-        rows = (await s.exec(select(Delivery).where(Delivery.task_id == task_id)
-                             .order_by(col(Delivery.created_at), col(Delivery.kind).desc(),
-                                       col(Delivery.target)))).all()
+        return list((await s.exec(select(Delivery).where(Delivery.task_id == task_id)
+                                  .order_by(col(Delivery.created_at), col(Delivery.kind).desc(),
+                                            col(Delivery.target)))).all())
+
+
+async def delivery_summary(db: Database, task_id: str) -> list[dict]:
+    return summarise(await task_deliveries(db, task_id))
+
+
+def summarise(rows: list[Delivery]) -> list[dict]:
+    """Deliveries as the API's task view shows them (targets' credentials redacted)."""
     return [{"target": redact(d.target), "kind": d.kind, "status": d.status, "attempts": d.attempts,
              "last_status_code": d.last_status_code, "last_error": d.last_error} for d in rows]

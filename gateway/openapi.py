@@ -132,11 +132,21 @@ def _openapi_path(path: str) -> str:
     return re.sub(r"\{(\w+):[^}]*\}", r"{\1}", path)
 
 
+NOT_API = web.AppKey("openapi_not_api", set)
+
+
+def not_api(app: web.Application) -> set[str]:
+    """The paths (resources' canonical forms) of routes that are not the API, left out of the
+    document: pages for people (the dashboard plugin). A plugin adds its own to this set."""
+    return app.setdefault(NOT_API, set())
+
+
 def spec(app: web.Application) -> dict[str, Any]:
     """The OpenAPI document of every route of `app` that declares an @endpoint."""
     routes = []
+    hidden = app.get(NOT_API, set())
     for route in app.router.routes():
-        if route.method == "HEAD" or route.resource is None:
+        if route.method == "HEAD" or route.resource is None or route.resource.canonical in hidden:
             continue
         ep = getattr(route.handler, "__endpoint__", None) or _undeclared(route.handler)
         routes.append((route.method.lower(), route.resource.canonical, ep))

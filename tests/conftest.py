@@ -390,6 +390,52 @@ async def media_server(speech_wav):
     await server.close()
 
 
+# --- a real browser (tests/test_dashboard.py) ---------------------------------------------
+
+# Debian's chromium (`playwright install` cannot download browsers here; .ci/run installs it),
+# making no name look-ups at all (it would look up Google's update hosts at start).
+NO_DNS = "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args):
+    """pytest-playwright's launch arguments: each xdist worker launches its own chromium."""
+    return {**browser_type_launch_args, "executable_path": shutil.which("chromium") or "/usr/bin/chromium",
+            "args": [NO_DNS]}
+
+
+# pytest-playwright keeps Playwright (and its browser) for the whole session; its sync API holds
+# an event loop in the main thread meanwhile, and every async test after it would fail
+# ("cannot be called from a running event loop"). Here they last one module: Playwright stops
+# before the next module's tests run (on each xdist worker alike).
+@pytest.fixture(scope="module")
+def playwright(_pw_api_request_contexts):
+    from playwright.sync_api import sync_playwright
+
+    pw = sync_playwright().start()
+    if _pw_api_request_contexts:
+        _pw_api_request_contexts.instrument(pw)
+    yield pw
+    pw.stop()
+
+
+@pytest.fixture(scope="module")
+def browser_context_args(playwright, device, base_url):
+    return {**(playwright.devices[device] if device else {}), **({"base_url": base_url} if base_url else {})}
+
+
+@pytest.fixture(scope="module")
+def browser_type(playwright, browser_name):
+    return getattr(playwright, browser_name)
+
+
+@pytest.fixture(scope="module")
+def browser(browser_type, browser_type_launch_args):
+    launched = browser_type.launch(**browser_type_launch_args)
+    yield launched
+    launched.close()
+
+
 # --- third-party services (tests/fakes.py) -----------------------------------------------
 
 

@@ -154,6 +154,18 @@ class Request:
 async def read_request(request: web.Request, model: type[Form]) -> Request:
     """The multipart body read (the file into storage, within server.max_upload_mb and
     server.body_timeout_s) and its fields validated; on any error nothing is kept."""
+    fields, asset = await read_form(request)
+    try:
+        return Request(validate(model, fields), asset)
+    except BaseException:
+        request.app[STORE].discard(Path(asset.path))
+        raise
+
+
+async def read_form(request: web.Request) -> tuple[dict[str, Any], Asset]:
+    """A multipart form's text fields and its file part `file` (stored, not yet an asset row),
+    within server.max_upload_mb and server.body_timeout_s; on any error nothing is kept. Also
+    the dashboard's upload form."""
     max_bytes = uploads.upload_limit(request, room=MAX_FIELDS_BYTES)
     store = request.app[STORE]
     fields: dict[str, Any] = {}
@@ -162,7 +174,7 @@ async def read_request(request: web.Request, model: type[Form]) -> Request:
         async with uploads.body_deadline(request), request.app[UPLOAD_TURNS].turn(request) as turn:
             with uploads.multipart_errors():
                 asset = await _read_parts(request, turn, fields, max_bytes)
-        return Request(validate(model, fields), asset)
+        return fields, asset
     except BaseException:
         if asset is not None:
             store.discard(Path(asset.path))
