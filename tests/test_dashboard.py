@@ -277,6 +277,7 @@ def test_status_page(signed_in, gw):
     expect(page.locator("#status-database")).to_have_text("ok")
     expect(page.locator("tr", has_text="dashboard")).to_contain_text("transcribe-gateway")
     expect(page.get_by_text(f"echo: {ECHO}")).to_be_visible()
+    expect(page.locator("#status-models")).to_contain_text("whisper-1 (bundled): ")  # loaded, or not yet
 
 
 PAGES = ("/", "/tasks", "/search?q=numbers", "/status")

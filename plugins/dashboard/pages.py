@@ -247,6 +247,14 @@ async def _engine_state(app: web.Application) -> str:
     return "loaded" if engine.loaded else "loading"
 
 
+def _local_models(app: web.Application) -> list[dict]:
+    """The local engine's models (engine.model_alias and [engine.models]): source, loaded or not."""
+    if app.get(LOOPS) is None:
+        return []
+    models = app[PROVIDERS].get(LOCAL).engine.models
+    return [{"alias": alias, "source": src.source, "loaded": models.loaded(alias)} for alias, src in models.sources.items()]
+
+
 @page
 async def status_page(request: web.Request) -> web.Response:
     app = request.app
@@ -261,5 +269,6 @@ async def status_page(request: web.Request) -> web.Response:
             counts = dict((await s.exec(select(Task.status, func.count()).group_by(Task.status))).all())
     providers = [{"name": name, "models": sorted(p.models())} for name, p in sorted(app[PROVIDERS].active.items())]
     return render(request, "status.html", database=database, engine=await _engine_state(app),
+                  local_models=_local_models(app),
                   counts={s: counts.get(s, 0) for s in TaskStatus.ALL}, providers=providers,
                   plugins=app[PLUGINS].describe(), api_base=API_BASE)
