@@ -13,7 +13,8 @@ What it keeps of sequential decoding, and how:
   segment per window); word timestamps when asked.
 - Progress and stopping: the pipeline is called once per batch, so each batch's segments come
   as soon as it is decoded (and a stopping engine stops at the next one), and only one
-  batch's features are in memory.
+  batch's features are in memory. The first batch is small and the next ones grow
+  (batch_edges), so the first texts come early, as they did.
 - The temperature fallback: the pipeline decodes at one temperature. A window whose result
   fails Whisper's quality checks (untranscribed.failed) is decoded again on its own by the
   sequential decoder with the fallback temperatures, as sequential decoding would have done.
@@ -36,6 +37,7 @@ CLIP_S = 30.0               # Whisper's window
 VAD = {"max_speech_duration_s": CLIP_S, "min_silence_duration_ms": 160}  # the batched pipeline's own
 
 MIN_TAIL_S = 1.0            # a window's end left undecoded (_tail) this long or longer is decoded again
+FIRST_BATCH = 2             # windows in the first batch (batch_edges)
 TAIL_ROUNDS = 2             # times a batch's leftovers are decoded again
 Clip = tuple[float, float]  # start, end in seconds of the audio
 
@@ -62,19 +64,31 @@ def joined(regions: Sequence[Clip], limit: float = CLIP_S) -> list[Clip]:
 
 def batched(model, audio: np.ndarray, windows: Sequence[Clip], batch_size: int,
             settings: dict[str, Any]) -> tuple[Iterator, str]:
-    """`model`'s segments of `windows` of `audio`, decoded `batch_size` windows at a time (lazily,
-    a batch per step), and the language: the one asked, else the one the first batch detects.
+    """`model`'s segments of `windows` of `audio`, decoded up to `batch_size` windows at a time
+    (batch_edges; lazily, a batch per step), and the language: the one asked, else the one the first batch detects.
     `settings` are the sequential decoder's keyword arguments (language, beam_size, task,
     initial_prompt, hotwords, temperature, word_timestamps)."""
-    first, language = _batch(model, audio, windows[:batch_size], settings)
+    cuts = batch_edges(len(windows), batch_size)
+    first, language = _batch(model, audio, windows[:cuts[1]], settings)
     settings = {**settings, "language": language}  # every batch in the language of the first
 
     def rest() -> Iterator:
         yield from first
-        for i in range(batch_size, len(windows), batch_size):
-            yield from _batch(model, audio, windows[i:i + batch_size], settings)[0]
+        for a, b in zip(cuts[1:], cuts[2:]):
+            yield from _batch(model, audio, windows[a:b], settings)[0]
 
     return rest(), language
+
+
+def batch_edges(n: int, batch_size: int) -> list[int]:
+    """Where the batches of `n` windows begin, and n: the first batch FIRST_BATCH windows, each
+    next one twice as many, up to batch_size; so the first texts and progress come about as
+    soon as sequential decoding gives them, and a long file soon goes batch_size at a time."""
+    edges, size = [0], min(FIRST_BATCH, batch_size)
+    while edges[-1] < n:
+        edges.append(min(n, edges[-1] + size))
+        size = min(2 * size, batch_size)
+    return edges
 
 
 def _batch(model, audio: np.ndarray, windows: Sequence[Clip], settings: dict[str, Any]) -> tuple[list, str]:
@@ -112,8 +126,19 @@ def _decoded(model, audio: np.ndarray, windows: Sequence[Clip], settings: dict[s
                                                         for s in got)):
             out.append((window, alone(model, audio, window, {**settings, "language": info.language}), None))
         else:
+            got = [inside(s, window) for s in got]
             out.append((window, got, _tail(window, got)))
     return out, info.language
+
+
+def inside(segment, window: Clip):
+    """`segment` with its times (and its words') kept within `window`: the pipeline's can run
+    past the window's end (to the next whole second after it), into the next window's."""
+    start, end = window
+    words = None if segment.words is None else [
+        replace(w, start=min(max(w.start, start), end), end=min(max(w.end, start), end)) for w in segment.words]
+    return replace(segment, start=min(max(segment.start, start), end), end=min(max(segment.end, start), end),
+                   words=words)
 
 
 def _tail(window: Clip, segments: Sequence) -> Clip | None:

@@ -79,9 +79,9 @@ def test_the_end_of_a_window_the_pipeline_leaves_undecoded_is_decoded_again(monk
     last timestamp): the sequential decoder would have decoded it in its next window."""
     script = Script({(0.0, 25.0): [(0.0, 6.0, "one", -0.2), (6.0, 12.0, "two", -0.2)],
                      (12.0, 25.0): [(12.0, 24.5, "three", -0.2)],
-                     (30.0, 40.0): [(30.0, 39.5, "four", -0.2)]})
+                     (30.0, 40.0): [(30.0, 41.0, "four", -0.2)]})  # past its window's end
     got, _ = decode(monkeypatch, script, [(0.0, 25.0), (30.0, 40.0)])
-    assert got == [(0.0, 6.0, "one"), (6.0, 12.0, "two"), (12.0, 24.5, "three"), (30.0, 39.5, "four")]
+    assert got == [(0.0, 6.0, "one"), (6.0, 12.0, "two"), (12.0, 24.5, "three"), (30.0, 40.0, "four")]
     assert script.calls == [[(0.0, 25.0), (30.0, 40.0)], [(12.0, 25.0)]]
 
 
@@ -95,6 +95,12 @@ def test_a_window_failing_the_quality_checks_is_decoded_alone_with_the_fallback_
     asked = Script(answers, alone=[(0.5, 18.0, "clear")])  # a task's own temperature: as sequential, no fallback
     got, _ = decode(monkeypatch, asked, [(0.0, 20.0), (30.0, 50.0)], temperature=0.4)
     assert got == [(0.0, 19.0, "fine"), (30.0, 49.0, "garbled")] and not asked.alone_calls
+
+
+def test_batches_start_small_and_grow_to_the_batch_size():
+    assert batching.batch_edges(20, 8) == [0, 2, 6, 14, 20]
+    assert batching.batch_edges(3, 1) == [0, 1, 2, 3]
+    assert batching.batch_edges(1, 8) == [0, 1]
 
 
 def test_windows_go_in_batches_in_the_language_of_the_first(monkeypatch):
