@@ -5,10 +5,14 @@ far busier than decoding one window after another (docs/ARCHITECTURE.md, "Batche
 What it keeps of sequential decoding, and how:
 
 - Windows: the stretches of speech Silero VAD finds (as the pipeline itself finds them), joined
-  while the window from the first one's start to the last one's end lasts at most CLIP_S, and
-  given to the pipeline as `clip_timestamps`. So each window is audio as it was (its pauses in
-  it), no segment can be longer than a window, and times need no mapping back from speech
-  glued together (the pipeline's own VAD glues up to 30 s of speech across any silence).
+  while the window from the first one's start to the last one's end lasts at most CLIP_S. So
+  each window is audio as it was (its pauses in it), no segment can be longer than a window,
+  and times need no mapping back from speech glued together (the pipeline's own VAD glues up
+  to 30 s of speech across any silence).
+- What the model hears: 30 s from each window's start, as the sequential decoder hears its
+  windows (`padded`: the pipeline pads the log-mel of a shorter clip with zeros, and tiny.en
+  transcribes a window cut short worse); segments that begin after the window's end are the
+  next window's and are left out, the others kept within the window (`inside`).
 - Segment timestamps: `without_timestamps=False` (the pipeline's default, True, gives one
   segment per window); word timestamps when asked.
 - Progress and stopping: the pipeline is called once per batch, so each batch's segments come
@@ -113,15 +117,17 @@ def _decoded(model, audio: np.ndarray, windows: Sequence[Clip], settings: dict[s
 
     # a pipeline per call: it is a thin wrapper, and keeps a run's state (last_speech_timestamp)
     segments, info = BatchedInferencePipeline(model).transcribe(
-        audio, clip_timestamps=[{"start": a, "end": b} for a, b in windows], batch_size=len(windows),
-        without_timestamps=False, **settings)
+        padded(audio, windows), clip_timestamps=[{"start": i * CLIP_S, "end": (i + 1) * CLIP_S}
+                                                 for i in range(len(windows))],
+        batch_size=len(windows), without_timestamps=False, **settings)
     by_seek: dict[int, list] = {}
     for s in segments:
         by_seek.setdefault(s.seek, []).append(s)
     fallback = "temperature" not in settings  # the task asked no temperature of its own
     out = []
-    for window in windows:
-        got = by_seek.get(_seek(model, window[0]), [])
+    for i, window in enumerate(windows):
+        got = [s for s in (shifted(s, window[0] - i * CLIP_S) for s in by_seek.get(_seek(model, i * CLIP_S), []))
+               if s.start < window[1]]
         if (not got and not again) or (fallback and any(untranscribed.failed(s.avg_logprob, s.compression_ratio)
                                                         for s in got)):
             out.append((window, alone(model, audio, window, {**settings, "language": info.language}), None))
@@ -129,6 +135,25 @@ def _decoded(model, audio: np.ndarray, windows: Sequence[Clip], settings: dict[s
             got = [inside(s, window) for s in got]
             out.append((window, got, _tail(window, got)))
     return out, info.language
+
+
+def padded(audio: np.ndarray, windows: Sequence[Clip]) -> np.ndarray:
+    """Each window's audio followed by silence up to CLIP_S, one after the other: Whisper's input
+    as it was trained on it (the pipeline pads the log-mel of a shorter window with zeros, which
+    is not silence but a steady sound, on every window)."""
+    size = int(CLIP_S * SAMPLE_RATE)
+    out = np.zeros(len(windows) * size, np.float32)
+    for i, (start, end) in enumerate(windows):
+        piece = audio[int(start * SAMPLE_RATE):int(start * SAMPLE_RATE) + size]
+        out[i * size:i * size + len(piece)] = piece
+    return out
+
+
+def shifted(segment, by: float):
+    """`segment` (and its words) `by` seconds later."""
+    words = None if segment.words is None else [replace(w, start=w.start + by, end=w.end + by)
+                                                for w in segment.words]
+    return replace(segment, start=segment.start + by, end=segment.end + by, words=words)
 
 
 def inside(segment, window: Clip):
@@ -161,7 +186,4 @@ def alone(model, audio: np.ndarray, window: Clip, settings: dict[str, Any]) -> l
     start, end = window
     segments, _ = model.transcribe(audio[int(start * SAMPLE_RATE):int(end * SAMPLE_RATE)], vad_filter=False,
                                    **settings)
-    return [replace(s, start=s.start + start, end=s.end + start,
-                    words=None if s.words is None else [replace(w, start=w.start + start, end=w.end + start)
-                                                        for w in s.words])
-            for s in segments]
+    return [shifted(s, start) for s in segments]

@@ -25,6 +25,17 @@ def test_pauses_join_stretches_of_speech_into_windows_of_at_most_30_s():
     assert batching.joined(regions) == [(0.5, 29.9), (31.0, 40.0), (40.5, 70.5), (80.0, 81.0)]
 
 
+def test_each_window_is_heard_for_30_s_as_the_sequential_decoder_hears_it():
+    """tiny.en transcribes a window cut short (the pipeline pads its log-mel) worse than one whose
+    sound goes on: 'that leaves us very' became 'at least must marry' (docs/ARCHITECTURE.md)."""
+    audio = np.arange(70 * 16000, dtype=np.float32)
+    out = batching.padded(audio, [(0.0, 20.0), (50.0, 60.0)])
+    assert len(out) == 60 * 16000
+    assert np.array_equal(out[:30 * 16000], audio[:30 * 16000])
+    assert np.array_equal(out[30 * 16000:50 * 16000], audio[50 * 16000:])  # the file's end, then silence
+    assert not out[50 * 16000:].any()
+
+
 def segment(start: float, end: float, text: str, seek: int, avg_logprob: float = -0.2) -> Segment:
     return Segment(id=0, seek=seek, start=start, end=end, text=text, tokens=[1], avg_logprob=avg_logprob,
                    compression_ratio=1.2, no_speech_prob=0.01, temperature=0.0,
@@ -53,21 +64,30 @@ class FakeModel:
 
 
 def scripted_pipeline(script: Script):
+    """The pipeline, answering the script's segments of the windows batching.padded was given last
+    (each 30 s of the padded audio is one window)."""
     class Pipeline:
         def __init__(self, model):
             self.model = model
 
         def transcribe(self, audio, clip_timestamps, batch_size, without_timestamps, language=None, **settings):
-            assert without_timestamps is False and batch_size == len(clip_timestamps)
-            windows = [(c["start"], c["end"]) for c in clip_timestamps]
-            script.calls.append(windows)
-            out = [segment(a, b, text, batching._seek(self.model, w[0]), lp)
-                   for w in windows for a, b, text, lp in script.answers.get(w, [])]
+            windows = script.calls[-1]
+            assert without_timestamps is False and batch_size == len(windows) == len(audio) // (30 * 16000)
+            assert clip_timestamps == [{"start": 30.0 * i, "end": 30.0 * (i + 1)} for i in range(len(windows))]
+            out = [segment(a - w[0] + 30 * i, b - w[0] + 30 * i, text, batching._seek(self.model, 30 * i), lp)
+                   for i, w in enumerate(windows) for a, b, text, lp in script.answers.get(w, [])]
             return iter(out), type("Info", (), {"language": language or "en"})()
     return Pipeline
 
 
 def decode(monkeypatch, script: Script, windows, batch_size=8, **settings):
+    padded = batching.padded
+
+    def recorded(audio, windows):
+        script.calls.append(list(windows))
+        return padded(audio, windows)
+
+    monkeypatch.setattr(batching, "padded", recorded)
     monkeypatch.setattr(faster_whisper, "BatchedInferencePipeline", scripted_pipeline(script))
     segments, language = batching.batched(FakeModel(script), np.zeros(100 * 16000, np.float32), windows,
                                           batch_size, {"language": None, "beam_size": 5, **settings})
@@ -76,10 +96,13 @@ def decode(monkeypatch, script: Script, windows, batch_size=8, **settings):
 
 def test_the_end_of_a_window_the_pipeline_leaves_undecoded_is_decoded_again(monkeypatch):
     """faster-whisper's batched pipeline drops a window's unfinished last segment (text after the
-    last timestamp): the sequential decoder would have decoded it in its next window."""
+    last timestamp): the sequential decoder would have decoded it in its next window. What the
+    model heard beyond a window's end (it hears 30 s, as the sequential decoder does) is left
+    to the next window."""
     script = Script({(0.0, 25.0): [(0.0, 6.0, "one", -0.2), (6.0, 12.0, "two", -0.2)],
                      (12.0, 25.0): [(12.0, 24.5, "three", -0.2)],
-                     (30.0, 40.0): [(30.0, 41.0, "four", -0.2)]})  # past its window's end
+                     (30.0, 40.0): [(30.0, 41.0, "four", -0.2),  # past its window's end
+                                    (41.0, 45.0, "five", -0.2)]})  # beyond it: the next window's
     got, _ = decode(monkeypatch, script, [(0.0, 25.0), (30.0, 40.0)])
     assert got == [(0.0, 6.0, "one"), (6.0, 12.0, "two"), (12.0, 24.5, "three"), (30.0, 40.0, "four")]
     assert script.calls == [[(0.0, 25.0), (30.0, 40.0)], [(12.0, 25.0)]]
