@@ -87,10 +87,13 @@ def batched(model, audio: np.ndarray, windows: Sequence[Clip], batch_size: int,
 def batch_edges(n: int, batch_size: int) -> list[int]:
     """Where the batches of `n` windows begin, and n: the first batch FIRST_BATCH windows, each
     next one twice as many, up to batch_size; so the first texts and progress come about as
-    soon as sequential decoding gives them, and a long file soon goes batch_size at a time."""
+    soon as sequential decoding gives them, and a long file soon goes batch_size at a time.
+    A batch takes the windows left after it too when they are fewer than itself and it stays
+    within batch_size (a last small batch costs about what a full one does)."""
     edges, size = [0], min(FIRST_BATCH, batch_size)
     while edges[-1] < n:
-        edges.append(min(n, edges[-1] + size))
+        left = n - edges[-1] - size
+        edges.append(n if left < size and size + left <= batch_size else min(n, edges[-1] + size))
         size = min(2 * size, batch_size)
     return edges
 

@@ -124,6 +124,7 @@ def test_batches_start_small_and_grow_to_the_batch_size():
     assert batching.batch_edges(20, 8) == [0, 2, 6, 14, 20]
     assert batching.batch_edges(3, 1) == [0, 1, 2, 3]
     assert batching.batch_edges(1, 8) == [0, 1]
+    assert batching.batch_edges(7, 8) == [0, 2, 7]  # no last batch of one
 
 
 def test_windows_go_in_batches_in_the_language_of_the_first(monkeypatch):
