@@ -9,10 +9,11 @@ What it keeps of sequential decoding, and how:
   each window is audio as it was (its pauses in it), no segment can be longer than a window,
   and times need no mapping back from speech glued together (the pipeline's own VAD glues up
   to 30 s of speech across any silence).
-- What the model hears: 30 s from each window's start, as the sequential decoder hears its
-  windows (`padded`: the pipeline pads the log-mel of a shorter clip with zeros, and tiny.en
-  transcribes a window cut short worse); segments that begin after the window's end are the
-  next window's and are left out, the others kept within the window (`inside`).
+- What the model hears: each window followed by true silence up to 30 s (`padded`: the
+  pipeline pads the log-mel of a shorter clip with zeros, which is not silence, and tiny.en
+  transcribed such windows worse); segment times are kept within the window (`inside`).
+- Quality checks per segment: the pipeline's log-probability is its window's, so words are
+  always aligned and each segment's own words are checked too (`failed`).
 - Segment timestamps: `without_timestamps=False` (the pipeline's default, True, gives one
   segment per window); word timestamps when asked.
 - Progress and stopping: the pipeline is called once per batch, so each batch's segments come
@@ -122,7 +123,8 @@ def _decoded(model, audio: np.ndarray, windows: Sequence[Clip], settings: dict[s
     segments, info = BatchedInferencePipeline(model).transcribe(
         padded(audio, windows), clip_timestamps=[{"start": i * CLIP_S, "end": (i + 1) * CLIP_S}
                                                  for i in range(len(windows))],
-        batch_size=len(windows), without_timestamps=False, **settings)
+        batch_size=len(windows), without_timestamps=False, **{**settings, "word_timestamps": True})
+    words = settings.get("word_timestamps", False)
     by_seek: dict[int, list] = {}
     for s in segments:
         by_seek.setdefault(s.seek, []).append(s)
@@ -131,23 +133,30 @@ def _decoded(model, audio: np.ndarray, windows: Sequence[Clip], settings: dict[s
     for i, window in enumerate(windows):
         got = [s for s in (shifted(s, window[0] - i * CLIP_S) for s in by_seek.get(_seek(model, i * CLIP_S), []))
                if s.start < window[1]]
-        if (not got and not again) or (fallback and any(untranscribed.failed(s.avg_logprob, s.compression_ratio)
-                                                        for s in got)):
+        if (not got and not again) or (fallback and any(failed(s) for s in got)):
             out.append((window, alone(model, audio, window, {**settings, "language": info.language}), None))
         else:
-            got = [inside(s, window) for s in got]
+            got = [inside(s if words else replace(s, words=None), window) for s in got]
             out.append((window, got, _tail(window, got)))
     return out, info.language
 
 
+def failed(segment) -> bool:
+    """True when `segment` failed Whisper's quality checks: the pipeline's log-probability is its
+    window's, so a window of good speech could carry a segment of guesses (the German half of
+    tests/test_language.py's clip, heard as "I hope you enjoyed this video"); its own words'
+    mean log-probability is checked too."""
+    own = np.mean(np.log(np.maximum([w.probability for w in segment.words or ()] or [1.0], 1e-6)))
+    return untranscribed.failed(min(segment.avg_logprob, float(own)), segment.compression_ratio)
+
+
 def padded(audio: np.ndarray, windows: Sequence[Clip]) -> np.ndarray:
-    """Each window's audio followed by silence up to CLIP_S, one after the other: Whisper's input
-    as it was trained on it (the pipeline pads the log-mel of a shorter window with zeros, which
-    is not silence but a steady sound, on every window)."""
+    """Each window's audio followed by silence up to CLIP_S, one after the other (the pipeline
+    pads the log-mel of a shorter window with zeros, which is not silence but a steady sound)."""
     size = int(CLIP_S * SAMPLE_RATE)
     out = np.zeros(len(windows) * size, np.float32)
     for i, (start, end) in enumerate(windows):
-        piece = audio[int(start * SAMPLE_RATE):int(start * SAMPLE_RATE) + size]
+        piece = audio[int(start * SAMPLE_RATE):int(end * SAMPLE_RATE)][:size]
         out[i * size:i * size + len(piece)] = piece
     return out
 

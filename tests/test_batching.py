@@ -25,15 +25,15 @@ def test_pauses_join_stretches_of_speech_into_windows_of_at_most_30_s():
     assert batching.joined(regions) == [(0.5, 29.9), (31.0, 40.0), (40.5, 70.5), (80.0, 81.0)]
 
 
-def test_each_window_is_heard_for_30_s_as_the_sequential_decoder_hears_it():
-    """tiny.en transcribes a window cut short (the pipeline pads its log-mel) worse than one whose
-    sound goes on: 'that leaves us very' became 'at least must marry' (docs/ARCHITECTURE.md)."""
-    audio = np.arange(70 * 16000, dtype=np.float32)
+def test_each_window_is_followed_by_silence_to_30_s():
+    """The pipeline pads the log-mel of a window shorter than 30 s with zeros, which is not
+    silence: tiny.en transcribed such windows worse ('that leaves us very' became 'at least must
+    marry'). Each window is given as its audio followed by true silence (docs/ARCHITECTURE.md)."""
+    audio = np.arange(70 * 16000, dtype=np.float32) + 1
     out = batching.padded(audio, [(0.0, 20.0), (50.0, 60.0)])
     assert len(out) == 60 * 16000
-    assert np.array_equal(out[:30 * 16000], audio[:30 * 16000])
-    assert np.array_equal(out[30 * 16000:50 * 16000], audio[50 * 16000:])  # the file's end, then silence
-    assert not out[50 * 16000:].any()
+    assert np.array_equal(out[:20 * 16000], audio[:20 * 16000]) and not out[20 * 16000:30 * 16000].any()
+    assert np.array_equal(out[30 * 16000:40 * 16000], audio[50 * 16000:60 * 16000]) and not out[40 * 16000:].any()
 
 
 def segment(start: float, end: float, text: str, seek: int, avg_logprob: float = -0.2) -> Segment:
@@ -96,9 +96,8 @@ def decode(monkeypatch, script: Script, windows, batch_size=8, **settings):
 
 def test_the_end_of_a_window_the_pipeline_leaves_undecoded_is_decoded_again(monkeypatch):
     """faster-whisper's batched pipeline drops a window's unfinished last segment (text after the
-    last timestamp): the sequential decoder would have decoded it in its next window. What the
-    model heard beyond a window's end (it hears 30 s, as the sequential decoder does) is left
-    to the next window."""
+    last timestamp): the sequential decoder would have decoded it in its next window. A segment
+    beginning beyond a window's end is left to the next window."""
     script = Script({(0.0, 25.0): [(0.0, 6.0, "one", -0.2), (6.0, 12.0, "two", -0.2)],
                      (12.0, 25.0): [(12.0, 24.5, "three", -0.2)],
                      (30.0, 40.0): [(30.0, 41.0, "four", -0.2),  # past its window's end
