@@ -37,9 +37,12 @@ def test_each_window_is_followed_by_silence_to_30_s():
 
 
 def segment(start: float, end: float, text: str, seek: int, avg_logprob: float = -0.2) -> Segment:
+    """A segment of one word, as likely as the segment's log-probability says, unless its text
+    says "guess" (a word of probability 0.1 in a window whose log-probability is fine)."""
+    probability = 0.1 if text == "guess" else float(np.exp(avg_logprob))
     return Segment(id=0, seek=seek, start=start, end=end, text=text, tokens=[1], avg_logprob=avg_logprob,
                    compression_ratio=1.2, no_speech_prob=0.01, temperature=0.0,
-                   words=[Word(start, end, text, 0.9)])
+                   words=[Word(start, end, text, probability)])
 
 
 @dataclass
@@ -113,6 +116,10 @@ def test_a_window_failing_the_quality_checks_is_decoded_alone_with_the_fallback_
     got, _ = decode(monkeypatch, script, [(0.0, 20.0), (30.0, 50.0)])
     assert got == [(0.0, 19.0, "fine"), (30.5, 48.0, "clear")]  # in the file's times
     assert script.alone_calls == [{"seconds": 20.0, "language": "en", "beam_size": 5}]  # no temperature: the fallback
+
+    guessed = Script({(0.0, 20.0): [(0.0, 9.0, "fine", -0.2), (9.0, 19.0, "guess", -0.2)]}, alone=[(0.5, 9.0, "clear")])
+    got, _ = decode(monkeypatch, guessed, [(0.0, 20.0), (30.0, 50.0)])  # the window's figure passes, a segment's words not
+    assert got[0] == (0.5, 9.0, "clear") and len(guessed.alone_calls) == 2
 
     asked = Script(answers, alone=[(0.5, 18.0, "clear")])  # a task's own temperature: as sequential, no fallback
     got, _ = decode(monkeypatch, asked, [(0.0, 20.0), (30.0, 50.0)], temperature=0.4)
