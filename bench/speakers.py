@@ -312,7 +312,8 @@ def sweep(all_clips: list[Clip], cfg: EngineConfig) -> tuple[str, dict]:
     prepared = []
     for clip in all_clips:
         audio = decode(str(clip.wav))
-        timed, _ = engine.timed_segments(audio, TranscribeRequest(path=str(clip.wav), speaker=True), lambda f: None)
+        timed, _ = engine.timed_segments(engine._model, audio, TranscribeRequest(path=str(clip.wav), speaker=True),
+                                         lambda f: None)
         prepared.append((clip, timed, speakers.find_windows(encoder, audio, cfg.speaker_step_s)))
     table = {}
     for threshold in THRESHOLDS:
