@@ -183,14 +183,15 @@ class Gateway:
             raise RuntimeError(f"{method} {path}: HTTP {r.status}: {body}")
         return body["data"]
 
-    async def run(self, path: Path) -> list[str]:
+    async def run(self, path: Path, **fields) -> list[str]:
+        """The transcript's texts of `path`, submitted with `fields` (e.g. speaker=True) besides the asset."""
         start = time.time()
         form = aiohttp.FormData()
         form.add_field("file", path.read_bytes(), filename=path.name, content_type="audio/wav")
         asset_id = (await self._call("POST", "/upload", data=form))["asset_id"]
         uploaded = time.time()
         submitted = await self._call("POST", "/transcriptions/async-generate-audio",
-                                     json={"asset_id": asset_id, "callback_url": self.callback_url})
+                                     json={"asset_id": asset_id, "callback_url": self.callback_url, **fields})
         task_id = submitted["task_id"]
         received, payload = await asyncio.wait_for(self._future(task_id), timeout=600)
         self.marks[task_id] = {"start": start, "uploaded": uploaded, "seen": received}

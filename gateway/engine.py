@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import structlog
 
-from gateway import audio, speakers, untranscribed
+from gateway import audio, batching, speakers, untranscribed
 from gateway.audio import SAMPLE_RATE
 from gateway.config import EngineConfig, ServerConfig
 from gateway.local_models import LocalModels, ModelUnavailable, bundled_model_path, resolve_cpu_threads  # noqa: F401
@@ -179,16 +179,23 @@ class LocalEngine:
 
     def timed_segments(self, model, audio, req: TranscribeRequest, report: Callable[[float], None],
                        partial: Partial = lambda start, end, text: None):
-        """faster-whisper's segments (with their words when speakers or word timestamps are wanted,
-        and the decoder's figures) and the language, without those of windows whose decoding
-        failed (untranscribed.failed: their text is not what was said), each kept one told to
-        `partial` as it comes; runs in the calling thread (the pool's, from `transcribe`)."""
+        """`model`'s segments (with their words when speakers or word timestamps are wanted, and the
+        decoder's figures) and the language, without those of windows whose decoding failed
+        (untranscribed.failed: their text is not what was said), each kept one told to `partial`
+        as it comes; runs in the calling thread (the pool's, from `transcribe`). Decoded in
+        batches of engine.batch_size windows when that is set and the audio has more than one
+        (`batched`), else window after window."""
         duration = len(audio) / SAMPLE_RATE
         decoding = {**req.decoding(), "word_timestamps": req.speaker or req.options.word_timestamps}
-        segments_iter, info = model.transcribe(
-            audio, language=req.language, beam_size=self.cfg.beam_size, vad_filter=self.cfg.vad_filter, **decoding)
+        settings = {"language": req.language, "beam_size": self.cfg.beam_size, **decoding}
+        clips = batching.clips(audio) if self.cfg.batch_size and self.cfg.vad_filter else []
+        if len(clips) > 1:
+            segments_iter, language = batching.batched(model, audio, clips, self.cfg.batch_size, settings)
+        else:
+            segments_iter, info = model.transcribe(audio, vad_filter=self.cfg.vad_filter, **settings)
+            language = info.language
         timed = []
-        for s in segments_iter:  # decoding happens lazily, one window per iteration
+        for s in segments_iter:  # decoding happens lazily, a window (or a batch of them) per iteration
             report(min(1.0, s.end / duration))
             if untranscribed.failed(s.avg_logprob, s.compression_ratio):
                 continue
@@ -198,7 +205,7 @@ class LocalEngine:
             timed.append(speakers.TimedSegment(float(s.start), float(s.end), s.text, words, figures))
             if text := s.text.strip():
                 partial(float(s.start), float(s.end), text)
-        return timed, info.language
+        return timed, language
 
     def _speaker_encoder(self, report: Callable[[float], None]):
         report(0.0)

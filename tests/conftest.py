@@ -34,6 +34,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 import netns
+from texts import LONG_SPEECH, SENTENCE  # noqa: F401 - SENTENCE is the tests' too
 from fakes import FakeOpenAI, memories_server, one_route_server
 from gateway.client import GatewayClient
 from gateway.config import Config, load_config
@@ -98,9 +99,6 @@ def audio_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("audio")
 
 
-SENTENCE = "Hello, how are you today? We are testing the transcription gateway."
-
-
 @pytest.fixture(scope="session")
 def speech_wav(audio_dir) -> Path:
     """About five seconds of one voice saying SENTENCE."""
@@ -124,16 +122,7 @@ ECHO_SEGMENTS = [{"start_time": 0.0, "end_time": 2.0, "text": "Hello, how are yo
 @pytest.fixture(scope="session")
 def long_speech_wav(audio_dir) -> Path:
     """About two minutes of speech (several seconds of work): long enough to act in the middle of it."""
-    text = " ".join([
-        "The morning meeting started with a review of the quarterly numbers.",
-        "Sales in the northern region grew by twelve percent, while the south stayed flat.",
-        "The team agreed to move the product launch to the second week of March.",
-        "Marketing will prepare a new campaign for the spring season.",
-        "Engineering reported that the migration to the new servers is almost complete.",
-        "Two open issues remain, and both should be fixed by Friday.",
-        "Finally, everyone was reminded to submit their travel expenses before the end of the month.",
-    ] * 4)
-    return espeak(text, audio_dir / "long.wav")
+    return espeak(LONG_SPEECH, audio_dir / "long.wav")
 
 
 # --- third-party plugins built in a test --------------------------------------------------

@@ -1,0 +1,194 @@
+"""Batched decoding (gateway/batching.py, engine.batch_size): the windows it cuts, what it does
+where faster-whisper's batched pipeline falls short of the sequential decoder (a window's
+unfinished end, a window that fails the quality checks), with a scripted pipeline; then the
+real engine on a short conversation: timestamps, words, progress per batch, stopping."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import faster_whisper
+import numpy as np
+import pytest
+from faster_whisper.transcribe import Segment, Word
+
+from gateway import batching
+from gateway.config import EngineConfig
+from gateway.engine import EngineStopped, LocalEngine, TranscribeRequest
+from gateway.options import TaskOptions
+
+from test_speakers import LINES, MORE_LINES, VOICE_A, VOICE_B, conversation
+
+
+def test_pauses_join_stretches_of_speech_into_windows_of_at_most_30_s():
+    regions = [(0.5, 8.0), (9.0, 20.0), (21.0, 29.9), (31.0, 40.0), (40.5, 75.0), (80.0, 81.0)]
+    assert batching.joined(regions) == [(0.5, 29.9), (31.0, 40.0), (40.5, 70.5), (80.0, 81.0)]
+
+
+def test_each_window_is_followed_by_silence_to_30_s():
+    """The pipeline pads the log-mel of a window shorter than 30 s with zeros, which is not
+    silence: tiny.en transcribed such windows worse ('that leaves us very' became 'at least must
+    marry'). Each window is given as its audio followed by true silence (docs/ARCHITECTURE.md)."""
+    audio = np.arange(70 * 16000, dtype=np.float32) + 1
+    out = batching.padded(audio, [(0.0, 20.0), (50.0, 60.0)])
+    assert len(out) == 60 * 16000
+    assert np.array_equal(out[:20 * 16000], audio[:20 * 16000]) and not out[20 * 16000:30 * 16000].any()
+    assert np.array_equal(out[30 * 16000:40 * 16000], audio[50 * 16000:60 * 16000]) and not out[40 * 16000:].any()
+
+
+def segment(start: float, end: float, text: str, seek: int, avg_logprob: float = -0.2) -> Segment:
+    """A segment of one word, as likely as the segment's log-probability says, unless its text
+    says "guess" (a word of probability 0.1 in a window whose log-probability is fine)."""
+    probability = 0.1 if text == "guess" else float(np.exp(avg_logprob))
+    return Segment(id=0, seek=seek, start=start, end=end, text=text, tokens=[1], avg_logprob=avg_logprob,
+                   compression_ratio=1.2, no_speech_prob=0.01, temperature=0.0,
+                   words=[Word(start, end, text, probability)])
+
+
+@dataclass
+class Script:
+    """What a scripted pipeline answers for each window (start, end), and what it was asked."""
+
+    answers: dict[tuple[float, float], list[tuple[float, float, str, float]]]
+    alone: list[tuple[float, float, str]] = field(default_factory=list)  # the sequential decoder's, window-relative
+    calls: list[list[tuple[float, float]]] = field(default_factory=list)
+    alone_calls: list[dict] = field(default_factory=list)
+
+
+class FakeModel:
+    frames_per_second = 100
+
+    def __init__(self, script: Script):
+        self.script = script
+
+    def transcribe(self, audio, vad_filter, **settings):
+        self.script.alone_calls.append({"seconds": len(audio) / 16000, **settings})
+        return [segment(a, b, text, 0) for a, b, text in self.script.alone], None
+
+
+def scripted_pipeline(script: Script):
+    """The pipeline, answering the script's segments of the windows batching.padded was given last
+    (each 30 s of the padded audio is one window)."""
+    class Pipeline:
+        def __init__(self, model):
+            self.model = model
+
+        def transcribe(self, audio, clip_timestamps, batch_size, without_timestamps, language=None, **settings):
+            windows = script.calls[-1]
+            assert without_timestamps is False and batch_size == len(windows) == len(audio) // (30 * 16000)
+            assert clip_timestamps == [{"start": 30.0 * i, "end": 30.0 * (i + 1)} for i in range(len(windows))]
+            out = [segment(a - w[0] + 30 * i, b - w[0] + 30 * i, text, batching._seek(self.model, 30 * i), lp)
+                   for i, w in enumerate(windows) for a, b, text, lp in script.answers.get(w, [])]
+            return iter(out), type("Info", (), {"language": language or "en"})()
+    return Pipeline
+
+
+def decode(monkeypatch, script: Script, windows, batch_size=8, **settings):
+    padded = batching.padded
+
+    def recorded(audio, windows):
+        script.calls.append(list(windows))
+        return padded(audio, windows)
+
+    monkeypatch.setattr(batching, "padded", recorded)
+    monkeypatch.setattr(faster_whisper, "BatchedInferencePipeline", scripted_pipeline(script))
+    segments, language = batching.batched(FakeModel(script), np.zeros(100 * 16000, np.float32), windows,
+                                          batch_size, {"language": None, "beam_size": 5, **settings})
+    return [(s.start, s.end, s.text) for s in segments], language
+
+
+def test_the_end_of_a_window_the_pipeline_leaves_undecoded_is_decoded_again(monkeypatch):
+    """faster-whisper's batched pipeline drops a window's unfinished last segment (text after the
+    last timestamp): the sequential decoder would have decoded it in its next window. A segment
+    beginning beyond a window's end is left to the next window."""
+    script = Script({(0.0, 25.0): [(0.0, 6.0, "one", -0.2), (6.0, 12.0, "two", -0.2)],
+                     (12.0, 25.0): [(12.0, 24.5, "three", -0.2)],
+                     (30.0, 40.0): [(30.0, 41.0, "four", -0.2),  # past its window's end
+                                    (41.0, 45.0, "five", -0.2)]})  # beyond it: the next window's
+    got, _ = decode(monkeypatch, script, [(0.0, 25.0), (30.0, 40.0)])
+    assert got == [(0.0, 6.0, "one"), (6.0, 12.0, "two"), (12.0, 24.5, "three"), (30.0, 40.0, "four")]
+    assert script.calls == [[(0.0, 25.0), (30.0, 40.0)], [(12.0, 25.0)]]
+
+
+def test_a_window_failing_the_quality_checks_is_decoded_alone_with_the_fallback_temperatures(monkeypatch):
+    answers = {(0.0, 20.0): [(0.0, 19.0, "fine", -0.2)], (30.0, 50.0): [(30.0, 49.0, "garbled", -1.6)]}
+    script = Script(answers, alone=[(0.5, 18.0, "clear")])
+    got, _ = decode(monkeypatch, script, [(0.0, 20.0), (30.0, 50.0)])
+    assert got == [(0.0, 19.0, "fine"), (30.5, 48.0, "clear")]  # in the file's times
+    assert script.alone_calls == [{"seconds": 20.0, "language": "en", "beam_size": 5}]  # no temperature: the fallback
+
+    guessed = Script({(0.0, 20.0): [(0.0, 9.0, "fine", -0.2), (9.0, 19.0, "guess", -0.2)]}, alone=[(0.5, 9.0, "clear")])
+    got, _ = decode(monkeypatch, guessed, [(0.0, 20.0), (30.0, 50.0)])  # the window's figure passes, a segment's words not
+    assert got[0] == (0.5, 9.0, "clear") and len(guessed.alone_calls) == 2
+
+    asked = Script(answers, alone=[(0.5, 18.0, "clear")])  # a task's own temperature: as sequential, no fallback
+    got, _ = decode(monkeypatch, asked, [(0.0, 20.0), (30.0, 50.0)], temperature=0.4)
+    assert got == [(0.0, 19.0, "fine"), (30.0, 49.0, "garbled")] and not asked.alone_calls
+
+
+def test_batches_start_small_and_grow_to_the_batch_size():
+    assert batching.batch_edges(20, 8) == [0, 2, 6, 14, 20]
+    assert batching.batch_edges(3, 1) == [0, 1, 2, 3]
+    assert batching.batch_edges(1, 8) == [0, 1]
+    assert batching.batch_edges(7, 8) == [0, 2, 7]  # no last batch of one
+
+
+def test_windows_go_in_batches_in_the_language_of_the_first(monkeypatch):
+    windows = [(float(10 * i), float(10 * i + 9)) for i in range(5)]
+    script = Script({w: [(w[0], w[1] - 0.5, f"w{i}", -0.2)] for i, w in enumerate(windows)})
+    got, language = decode(monkeypatch, script, windows, batch_size=2)
+    assert [text for _, _, text in got] == ["w0", "w1", "w2", "w3", "w4"] and language == "en"
+    assert script.calls == [windows[:2], windows[2:4], windows[4:]]
+
+
+# --- the real engine -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def talk(tmp_path_factory):
+    """About 45 s of two voices taking turns with pauses: two windows or more."""
+    lines = LINES + MORE_LINES
+    turns = [((VOICE_A, VOICE_B)[i % 2], line) for i, line in enumerate(lines)]
+    wav, _ = conversation(tmp_path_factory.mktemp("talk"), "talk", turns, gaps=[0.8] * (len(turns) - 1))
+    return wav
+
+
+async def test_batched_decoding_keeps_timestamps_words_and_progress_per_batch(talk, monkeypatch):
+    batches = []
+    real = faster_whisper.BatchedInferencePipeline.transcribe
+    monkeypatch.setattr(faster_whisper.BatchedInferencePipeline, "transcribe",
+                        lambda self, audio, **kw: batches.append(kw["clip_timestamps"]) or real(self, audio, **kw))
+    engine = LocalEngine(EngineConfig(batch_size=1))
+    seen: list[float] = []
+    try:
+        outcome = await engine.transcribe(TranscribeRequest(path=str(talk), options=TaskOptions(word_timestamps=True)),
+                                          seen.append)
+    finally:
+        engine.close()
+    assert len(batches) >= 2  # one window a batch
+    segments = outcome.segments
+    assert segments and all(0 <= s.start_time < s.end_time <= outcome.duration for s in segments)
+    assert all(s.end_time - s.start_time <= 30 for s in segments)
+    assert [s.start_time for s in segments] == sorted(s.start_time for s in segments)
+    for s in segments:
+        assert s.words and all(s.start_time <= w.start_time <= w.end_time <= s.end_time for w in s.words)
+    text = " ".join(s.text for s in segments).lower()
+    assert all(line.split()[1].lower().strip(",.") in text for line in LINES + MORE_LINES)  # nothing dropped
+    assert seen == sorted(seen) and any(0.1 < f < 0.9 for f in seen), seen  # progress as the batches finish
+
+
+async def test_a_closing_engine_stops_batched_decoding_at_the_next_batch(talk):
+    engine = LocalEngine(EngineConfig(batch_size=1))
+    seen: list[float] = []
+
+    def on_progress(fraction: float) -> None:
+        seen.append(fraction)
+        if fraction > 0:  # the first window is decoded
+            engine.close()
+
+    try:
+        with pytest.raises(EngineStopped):
+            await engine.transcribe(TranscribeRequest(path=str(talk)), on_progress)
+    finally:
+        engine.close()
+    assert 0 < max(seen) < 0.9, seen
