@@ -161,13 +161,17 @@ class Batched(Direct):
 
     name = "batched"
 
+    def __init__(self, batch_size: int) -> None:
+        super().__init__()
+        self.batch_size = batch_size
+
     def _transcribe(self, path: Path) -> list[str]:
         from faster_whisper import BatchedInferencePipeline
         from faster_whisper.audio import decode_audio
 
         audio = decode_audio(str(path), sampling_rate=16000)
         segments, _ = BatchedInferencePipeline(self.model).transcribe(
-            audio, beam_size=self.cfg.beam_size, batch_size=self.cfg.batch_size, without_timestamps=False)
+            audio, beam_size=self.cfg.beam_size, batch_size=self.batch_size, without_timestamps=False)
         return [s.text.strip() for s in segments if s.text.strip()]
 
 
@@ -183,8 +187,8 @@ class Speakers:
         return await self.gateway.run(path, speaker=True)
 
 
-async def measure(audio: Path, runs: int, workdir: Path) -> dict:
-    sequential, batched = Direct(), Batched()
+async def measure(audio: Path, runs: int, workdir: Path, batch_size: int) -> dict:
+    sequential, batched = Direct(), Batched(batch_size)
     sequential.name = "sequential"
     async with aiohttp.ClientSession() as http:
         gateway = Gateway(workdir, http)
@@ -225,11 +229,11 @@ def accuracy(batch_size: int) -> dict:
     from faster_whisper.audio import decode_audio
 
     from gateway.config import EngineConfig
-    from gateway.engine import LocalEngine, TranscribeRequest, load_model
+    from gateway.engine import LocalEngine, TranscribeRequest
 
     engines = {"sequential": LocalEngine(EngineConfig(batch_size=0)),
                "batched": LocalEngine(EngineConfig(batch_size=batch_size))}
-    model = load_model(engines["sequential"].cfg)
+    model = engines["sequential"].models.load()  # the default model, shared by both engines
     out = {}
     for name, wav, text in accuracy_set():
         audio = decode_audio(str(wav), sampling_rate=16000)
@@ -255,14 +259,14 @@ def sweep(minutes: float, rounds: int) -> dict:
     from faster_whisper.audio import decode_audio
 
     from gateway.config import EngineConfig
-    from gateway.engine import LocalEngine, TranscribeRequest, load_model
+    from gateway.engine import LocalEngine, TranscribeRequest
 
     wav, _ = conversation(minutes)
     audio = decode_audio(str(wav), sampling_rate=16000)
     clips = {f"{s} s": audio[:s * 16000] for s in (5, 10, 20, 30)} | {f"{len(audio) / 16000:.0f} s": audio}
     sizes = (0, 4, 8, 16)
     engines = {b: LocalEngine(EngineConfig(batch_size=b)) for b in sizes}
-    model = load_model(engines[0].cfg)
+    model = engines[0].models.load()
     req = TranscribeRequest(path=str(wav))
     out: dict[str, dict[str, dict[str, float]]] = {}
     for clip, samples in clips.items():
@@ -319,7 +323,7 @@ def sweep_markdown(rows: dict) -> str:
 def bench(minutes: float, runs: int, name: str, rows: dict | None, batch_size: int) -> bool:
     audio, text = conversation(minutes)
     with tempfile.TemporaryDirectory(prefix="tgw-bench-engine-") as tmp:
-        summary = summarise(audio_seconds(audio), text, asyncio.run(measure(audio, runs, Path(tmp))))
+        summary = summarise(audio_seconds(audio), text, asyncio.run(measure(audio, runs, Path(tmp), batch_size)))
     summary["runs"] = runs
     table = markdown(summary)
     accuracy_pass = True
@@ -334,8 +338,6 @@ def bench(minutes: float, runs: int, name: str, rows: dict | None, batch_size: i
 
 
 def main() -> None:
-    from gateway.config import EngineConfig
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=3.0, help="length of the conversation (default 3)")
     parser.add_argument("--runs", type=int, default=3, help="measured runs per side (default 3)")
