@@ -115,7 +115,7 @@ class Direct:
         from faster_whisper import WhisperModel
 
         from gateway.config import EngineConfig
-        from gateway.engine import bundled_model_path, resolve_cpu_threads
+        from gateway.local_models import bundled_model_path, resolve_cpu_threads
 
         self.cfg = EngineConfig()
         self.model = WhisperModel(bundled_model_path(), device=self.cfg.device, compute_type=self.cfg.compute_type,

@@ -253,14 +253,22 @@ def _render(fmt: str, result_json: str) -> bytes:
 @endpoint("Run a finished task's deliveries again (all, or one target), with a fresh attempt budget",
           query=schemas.RedeliverQuery, data=schemas.RedeliverData, errors=(404,))
 async def redeliver(request: web.Request) -> web.Response:
-    db = request.app[DB]
-    task = await views.get_task(db, request.match_info["task_id"])
     target = schemas.parse_query(schemas.RedeliverQuery, request.query).target
+    task_id, count = await redeliver_task(request.app, request.match_info["task_id"], target)
+    return ok(schemas.RedeliverData(task_id=task_id, redelivering=count))
+
+
+async def redeliver_task(app: web.Application, task_id: str, target: str | None) -> tuple[str, int]:
+    """A task's deliveries (all, or to `target`) queued again and this process's loop woken: the
+    task's id and how many; 404 for an unknown task, or a target it has no delivery to. The
+    API's redeliver and the dashboard's button alike."""
+    db = app[DB]
+    task = await views.get_task(db, task_id)
     count = await deliveries.redeliver(db, task.id, target)
     if target and count == 0:
         raise NotFound(f"task {task.id} has no delivery to {target!r}")
-    request.app[NOTIFIER].wake(DELIVERIES)
-    return ok(schemas.RedeliverData(task_id=task.id, redelivering=count))
+    app[NOTIFIER].wake(DELIVERIES)
+    return task.id, count
 
 
 @routes.get(API_BASE + "/transcriptions")

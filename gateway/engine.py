@@ -21,7 +21,7 @@ import structlog
 from gateway import audio, batching, speakers, untranscribed
 from gateway.audio import SAMPLE_RATE
 from gateway.config import EngineConfig, ServerConfig
-from gateway.local_models import LocalModels, ModelUnavailable, bundled_model_path, resolve_cpu_threads  # noqa: F401
+from gateway.local_models import LocalModels, ModelUnavailable
 from gateway.options import DEFAULT, TaskOptions
 from gateway.payloads import Outcome
 

@@ -12,12 +12,12 @@ from typing import AsyncIterator
 from aiohttp import BodyPartReader, MultipartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from gateway import streams
+from gateway import audio, streams
 from gateway.appkeys import CONFIG
 from gateway.db import Database
 from gateway.errors import ApiError, BadRequest, PayloadTooLarge
 from gateway.models import Asset
-from gateway.storage import AssetStore, safe_filename
+from gateway.storage import AssetStore, on_disk, safe_filename
 from gateway.turns import Turn
 
 FORM_ROOM = 65536  # bytes of a multipart body beyond its file (boundaries, headers, other fields)
@@ -81,6 +81,18 @@ async def store_file_part(store: AssetStore, part: BodyPartReader, max_bytes: in
     return Asset(id=stored.asset_id, filename=safe_filename(part.filename),
                  content_type=(part.headers.get("Content-Type") or "application/octet-stream")[:255],
                  size=stored.size, sha256=stored.sha256, path=str(stored.path))
+
+
+AUDIO_TYPES = "flac, m4a, mp3, mp4, mpeg, mpga, oga, ogg, wav or webm"  # as OpenAI's API lists them
+
+
+async def ensure_audio(asset: Asset) -> None:
+    """The stored file of `asset` is audio (or video with audio) the engine can decode, else 400."""
+    try:
+        await on_disk(audio.check_audio, asset.path)
+    except audio.AudioError as exc:
+        raise BadRequest(f"file: is not audio: {exc}; send {AUDIO_TYPES}", param="file",
+                         code="invalid_file_format") from None
 
 
 async def add_asset(db: Database, store: AssetStore, asset: Asset) -> None:

@@ -75,6 +75,6 @@ def test_model_path_must_be_a_model_folder(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_config(None, environ={"TGW_ENGINE__MODEL_PATH": str(tmp_path)})
     assert "engine.model_path: Value error" in str(err.value) and "no model.bin" in str(err.value)
-    from gateway.engine import bundled_model_path
+    from gateway.local_models import bundled_model_path
 
     assert load_config(None, environ={"TGW_ENGINE__MODEL_PATH": bundled_model_path()}).engine.model_path

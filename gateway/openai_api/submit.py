@@ -11,14 +11,13 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 
-from gateway import API_BASE, api, audio, requests, uploads, views
+from gateway import API_BASE, api, requests, uploads, views
 from gateway.appkeys import CONFIG, DB, NOTIFIER, PROVIDERS, STORE
 from gateway.errors import ApiError, BadRequest
 from gateway.models import Task, TaskStatus
 from gateway.openai_api import formats, sse
 from gateway.openai_api.forms import Request, TranscriptionForm
 from gateway.options import TaskOptions
-from gateway.storage import on_disk
 
 log = structlog.get_logger(__name__)
 
@@ -55,11 +54,7 @@ async def _check(app: web.Application, req: Request, translate: bool) -> None:
         await requests.check_options(providers, provider, form.model, task_options(req, translate))
     except BadRequest as exc:
         raise openai_error(exc) from None
-    try:
-        await on_disk(audio.check_audio, req.asset.path)
-    except audio.AudioError as exc:
-        raise BadRequest(f"file: is not audio: {exc}; send flac, m4a, mp3, mp4, mpeg, mpga, oga, ogg, wav or webm",
-                         param="file", code="invalid_file_format") from None
+    await uploads.ensure_audio(req.asset)
 
 
 def task_options(req: Request, translate: bool) -> TaskOptions:

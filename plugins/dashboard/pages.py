@@ -9,22 +9,19 @@ from aiohttp import web
 from sqlalchemy import func
 from sqlmodel import col, select
 
-from gateway import API_BASE, api, audio, deliveries, requests, uploads, views
-from gateway.appkeys import CONFIG, DB, LOOPS, NOTIFIER, PLUGINS, PROVIDERS, STORE
+from gateway import API_BASE, api, deliveries, requests, uploads, views
+from gateway.appkeys import CONFIG, DB, LOOPS, PLUGINS, PROVIDERS, STORE
 from gateway.app import key_ok
 from gateway.errors import BadRequest, NotFound
 from gateway.models import DeliveryStatus, Task, TaskStatus, Transcript
-from gateway.notify import DELIVERIES
 from gateway.openai_api.forms import read_form
 from gateway.providers import LOCAL
-from gateway.storage import on_disk
 from gateway_plugins.dashboard import sessions as S
 from gateway_plugins.dashboard import view
 from gateway_plugins.dashboard.web import (action, data, error_page, fragment, local_target, page, render,
                                            session_of, sign_in_page, sign_in_response, sign_out_response)
 
 PAGE_SIZE = 25
-AUDIO_TYPES = "flac, m4a, mp3, mp4, mpeg, mpga, oga, ogg, opus, wav or webm"
 
 
 def model_aliases(app: web.Application) -> list[str]:
@@ -86,10 +83,10 @@ async def _submit(request: web.Request, fields: dict) -> web.StreamResponse:
     app = request.app
     asset = fields.pop("asset")
     try:
-        await on_disk(audio.check_audio, asset.path)
-    except audio.AudioError as exc:
+        await uploads.ensure_audio(asset)
+    except BadRequest as exc:
         app[STORE].discard(Path(asset.path))
-        return _upload_form(request, 400, f"file: is not audio: {exc}; send {AUDIO_TYPES}", fields)
+        return _upload_form(request, 400, exc.message, fields)
     await uploads.add_asset(app[DB], app[STORE], asset)
     try:
         req = requests.parse_generate_request(_generate_body(asset.id, fields))
@@ -150,8 +147,12 @@ async def task_rows(request: web.Request) -> web.Response:
     return render(request, "_task_rows.html", **await _task_page_data(request))
 
 
-async def _task_data(request: web.Request) -> dict:
-    task = await views.get_task(request.app[DB], request.match_info["task_id"])
+async def _task(request: web.Request) -> Task:
+    """The page's task (404 for an unknown one)."""
+    return await views.get_task(request.app[DB], request.match_info["task_id"])
+
+
+def _task_data(task: Task) -> dict:
     shown = views.task_view(task)
     result = shown["result"] or {}
     segments, colours = view.lines(result.get("data") or [])
@@ -160,8 +161,7 @@ async def _task_data(request: web.Request) -> dict:
             "done": task.status in TaskStatus.TERMINAL, "formats": ("srt", "vtt", "txt", "json")}
 
 
-async def _deliveries_data(request: web.Request) -> dict:
-    task = await views.get_task(request.app[DB], request.match_info["task_id"])
+async def _deliveries_data(request: web.Request, task: Task) -> dict:
     rows = await deliveries.task_deliveries(request.app[DB], task.id)
     shown = [dict(d, next_attempt_at=row.next_attempt_at if row.status == DeliveryStatus.PENDING else None)
              for d, row in zip(deliveries.summarise(rows), rows)]
@@ -176,29 +176,23 @@ async def task_page(request: web.Request) -> web.Response:
         start_at = max(float(start), 0.0) if start else 0.0
     except ValueError:
         start_at = 0.0
-    return render(request, "task.html", start_at=start_at, **await _task_data(request),
-                  **await _deliveries_data(request))
+    task = await _task(request)  # one read of the task for the whole page
+    return render(request, "task.html", start_at=start_at, **_task_data(task), **await _deliveries_data(request, task))
 
 
 @fragment
 async def task_live(request: web.Request) -> web.Response:
-    return render(request, "_task_live.html", start_at=0.0, **await _task_data(request))
+    return render(request, "_task_live.html", start_at=0.0, **_task_data(await _task(request)))
 
 
 @fragment
 async def deliveries_fragment(request: web.Request) -> web.Response:
-    return render(request, "_deliveries.html", **await _deliveries_data(request))
+    return render(request, "_deliveries.html", **await _deliveries_data(request, await _task(request)))
 
 
 async def _redeliver(request: web.Request, fields: dict) -> web.StreamResponse:
-    db = request.app[DB]
-    task = await views.get_task(db, request.match_info["task_id"])
-    target = fields.get("target") or None
-    count = await deliveries.redeliver(db, task.id, target)
-    if target and count == 0:
-        raise NotFound(f"task {task.id} has no delivery to {target!r}")
-    request.app[NOTIFIER].wake(DELIVERIES)
-    raise web.HTTPSeeOther(f"/tasks/{task.id}#deliveries")
+    task_id, _ = await api.redeliver_task(request.app, request.match_info["task_id"], fields.get("target") or None)
+    raise web.HTTPSeeOther(f"/tasks/{task_id}#deliveries")
 
 
 redeliver = action(_redeliver)
@@ -206,7 +200,7 @@ redeliver = action(_redeliver)
 
 @data
 async def task_audio(request: web.Request) -> web.StreamResponse:
-    task = await views.get_task(request.app[DB], request.match_info["task_id"])
+    task = await _task(request)
     if task.asset_id is None:
         raise NotFound(f"task {task.id} has no uploaded audio (it names a URL)")
     return await api.asset_response(request, task.asset_id)
