@@ -12,6 +12,7 @@ day. Files go only after the transaction that removed their rows has committed."
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -76,9 +77,10 @@ async def delete_tasks(db: Database, plugins: Plugins | None, task_ids: list[str
     return removed
 
 
-async def remove_tasks(s, task_ids: list[str]) -> Removed:
+async def remove_tasks(s, task_ids: list[str], now: datetime | None = None) -> Removed:
     """Within the session's transaction: the tasks' rows (not deleted yet) locked in id order,
-    made tombstones, every row they left removed, and the assets no other task uses with them."""
+    made tombstones (deleted at `now`), every row they left removed, and the assets no other task
+    uses with them."""
     removed = Removed()
     if not task_ids:
         return removed
@@ -92,7 +94,7 @@ async def remove_tasks(s, task_ids: list[str]) -> Removed:
     await s.exec(delete(DeliveryAttempt).where(col(DeliveryAttempt.delivery_id).in_(deliveries)))
     for table in (Delivery, CallbackReceipt, Transcript, PartialSegment):
         await s.exec(delete(table).where(col(table.task_id).in_(ids)))
-    await s.exec(update(Task).where(col(Task.id).in_(ids)).values(**TOMBSTONE, updated_at=utcnow()))
+    await s.exec(update(Task).where(col(Task.id).in_(ids)).values(**TOMBSTONE, updated_at=now or utcnow()))
     removed.task_ids = ids
     if candidates:
         # the assets locked before their use is counted: two deletes of the tasks sharing one

@@ -46,7 +46,7 @@ async def sweep(db: Database, plugins: Plugins | None, cfg: RetentionConfig, now
                    .order_by(col(Task.id)).limit(batch))
 
         async def expired_tasks(s) -> lifecycle.Removed:
-            return await lifecycle.remove_tasks(s, list((await s.exec(expired)).all()))
+            return await lifecycle.remove_tasks(s, list((await s.exec(expired)).all()), now)
 
         await _in_batches(db, plugins, counts, batch, expired_tasks)
     if cfg.audio_days:
