@@ -160,17 +160,29 @@ async def delete_asset(db: Database, asset_id: str, caller: Caller = ADMIN) -> s
     transcripts, without audio); 409 while a queued or processing task uses it."""
     asset = await views.get_asset(db, asset_id, caller)
     async with db.session() as s:
-        if (await s.exec(select(Asset.id).where(Asset.id == asset.id).with_for_update())).first() is None:
+        present, busy = await lock_assets(s, [asset.id])
+        if not present:
             raise NotFound(f"asset {asset_id!r} not found")
-        busy = (await s.exec(select(func.count()).select_from(Task)
-                             .where(Task.asset_id == asset.id, col(Task.status).in_(BUSY)))).one()
         if busy:
-            raise ApiError(f"asset {asset.id} is used by {busy} queued or processing task(s); cancel them or wait "
-                           "until they finish", 409)
-        _, paths = await drop_assets(s, [asset.id])
+            raise ApiError(f"asset {asset.id} is used by {busy[asset.id]} queued or processing task(s); cancel them "
+                           "or wait until they finish", 409)
+        _, paths = await drop_assets(s, present)
     await finish(None, Removed(paths=paths))
     log.info("asset.deleted", asset_id=asset.id, key=caller.name)
     return asset.id
+
+
+async def lock_assets(s, asset_ids: list[str]) -> tuple[list[str], dict[str, int]]:
+    """Within the session's transaction: the tasks using these assets locked, then the assets
+    (tasks before assets, as a task's delete locks them: never a deadlock); (the ids that exist,
+    how many queued or processing tasks use each of those that such tasks use)."""
+    await s.exec(select(Task.id).where(col(Task.asset_id).in_(asset_ids)).order_by(col(Task.id)).with_for_update())
+    present = list((await s.exec(select(Asset.id).where(col(Asset.id).in_(asset_ids)).order_by(col(Asset.id))
+                                 .with_for_update())).all())
+    busy = (await s.exec(select(Task.asset_id, func.count()).where(col(Task.asset_id).in_(present),
+                                                                    col(Task.status).in_(BUSY))
+                         .group_by(Task.asset_id))).all()
+    return present, dict(busy)
 
 
 async def drop_assets(s, asset_ids: list[str]) -> tuple[list[str], list[str]]:

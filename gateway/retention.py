@@ -52,11 +52,11 @@ async def sweep(db: Database, plugins: Plugins | None, cfg: RetentionConfig, now
     if cfg.audio_days:
         cutoff = now - timedelta(days=cfg.audio_days)
         busy = exists().where(Task.asset_id == Asset.id, col(Task.status).in_(lifecycle.BUSY))
-        old = (select(Asset.id).where(col(Asset.created_at) < cutoff, ~busy).order_by(col(Asset.id))
-               .limit(batch).with_for_update())
+        old = select(Asset.id).where(col(Asset.created_at) < cutoff, ~busy).order_by(col(Asset.id)).limit(batch)
 
         async def old_audio(s) -> lifecycle.Removed:
-            ids, paths = await lifecycle.drop_assets(s, list((await s.exec(old)).all()))
+            present, used = await lifecycle.lock_assets(s, list((await s.exec(old)).all()))
+            ids, paths = await lifecycle.drop_assets(s, [a for a in present if a not in used])
             return lifecycle.Removed(asset_ids=ids, paths=paths)
 
         await _in_batches(db, plugins, counts, batch, old_audio)

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ECHO, WEBHOOK_SECRET, count_rows
+from conftest import ECHO, WEBHOOK_SECRET, count_rows, test_config
 from gateway.appkeys import LOOPS
+from gateway.hookspecs import hookimpl
+from gateway.plugins import Plugins
 from standardwebhooks.webhooks import Webhook
 from test_callback_door import HELLO, for_task, post
 from tgw_echo import script_wav
@@ -255,3 +257,43 @@ async def test_delete_an_asset(api_only, database_url):
     task = await gw.status(task_id)
     assert task["status"] == "cancelled" and task["asset_id"] is None
     assert await count_rows(database_url, "SELECT count(*) FROM asset") == 0
+
+
+class Indexer:
+    """A plugin whose delivery is still running when its task is deleted: it writes its file
+    only once the test lets it, after the DELETE has told it to remove it."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.started, self.go, self.told = folder, asyncio.Event(), asyncio.Event(), 0
+
+    @hookimpl
+    async def transcript_completed(self, task):
+        self.started.set()
+        await self.go.wait()
+        (self.folder / task.task_id).write_text("indexed")
+
+    @hookimpl
+    def transcript_deleted(self, task_id):
+        self.told += 1
+        (self.folder / task_id).unlink(missing_ok=True)
+
+
+async def test_a_plugin_delivery_running_at_the_delete_leaves_nothing(start_gateway, speech_script, tmp_path,
+                                                                      database_url):
+    cfg = test_config(tmp_path, database_url)
+    plugins = Plugins(cfg.plugins.load, cfg.plugins.sections())
+    indexer = Indexer(tmp_path)
+    plugins.register(indexer, "indexer", {})
+    gw = await start_gateway(config=cfg, plugin_manager=plugins)
+    task_id = await gw.submit(asset_id=await gw.upload(speech_script), model=ECHO)
+    await asyncio.wait_for(indexer.started.wait(), 30)
+    assert (await gw.call("DELETE", f"/transcriptions/{task_id}"))[0] == 200
+    assert indexer.told == 1
+    indexer.go.set()  # the delivery goes on and writes after the deletion told the plugin
+
+    async def told_again():
+        return indexer.told == 2
+
+    await until(told_again)
+    assert not (tmp_path / task_id).exists()
+    assert await rows_left(database_url, task_id) == NOTHING
