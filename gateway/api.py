@@ -151,7 +151,7 @@ async def asset_response(request: web.Request, asset_id: str) -> web.StreamRespo
                                                  "Content-Disposition": disposition})
 
 
-@routes.delete(API_BASE + "/{asset_id}")
+@routes.delete(API_BASE + r"/{asset_id:re_\d+}")  # only asset ids: any other path stays 404 (not 405)
 @endpoint("Delete an uploaded file; tasks that used it keep their transcripts", data=schemas.DeletedAsset,
           errors=(404, 409))
 async def delete_asset(request: web.Request) -> web.Response:

@@ -39,7 +39,7 @@ log = structlog.get_logger(__name__)
 
 DELETED_HOOK = "transcript_deleted"
 BUSY = (TaskStatus.QUEUED, TaskStatus.PROCESSING)  # an asset such a task uses cannot be deleted
-# What a tombstone keeps of a task: id, provider, upstream id, model, times, attempts.
+# What a tombstone clears of a task (it keeps its id, provider, upstream id, model, times, attempts).
 TOMBSTONE = {"status": TaskStatus.DELETED, "asset_id": None, "url": None, "callback_url": None, "error": None,
              "note": None, "speaker_note": None, "options": None, "language": None, "result_json": None,
              "result_sha256": None, "lease_owner": None, "lease_expires_at": None, "submitting_at": None,
