@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import time
 from pathlib import Path
 
@@ -201,9 +202,13 @@ async def test_a_processing_task_stops_at_its_next_progress_report(start_gateway
 
 
 @pytest.mark.any_database
-async def test_the_local_engine_stops_a_cancelled_task(start_gateway, long_speech_wav, database_url):
+async def test_the_local_engine_stops_a_cancelled_task(start_gateway, long_speech_wav, database_url, tmp_path):
     gw = await start_gateway(engine={"speaker_labels": False})
-    task_id = await gw.submit(asset_id=await gw.upload(long_speech_wav))
+    # ten minutes of speech: far more work left when it is cancelled than the worker needs to notice
+    longer = tmp_path / "ten-minutes.wav"
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-stream_loop", "4", "-i", str(long_speech_wav), "-c", "copy",
+                    str(longer)], check=True)
+    task_id = await gw.submit(asset_id=await gw.upload(longer))
 
     async def reported():
         task = await gw.status(task_id)
