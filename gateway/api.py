@@ -13,11 +13,13 @@ import structlog
 from aiohttp import web
 from sqlalchemy.exc import SQLAlchemyError
 
-from gateway import API_BASE, callbacks, decisions, deliveries, metrics, openapi, requests, schemas, subtitles, uploads, views
-from gateway.appkeys import CALLBACK_BODIES, CONFIG, DB, INGESTOR, LOOPS, NOTIFIER, PROVIDERS, STORE, UPLOAD_TURNS
+from gateway import API_BASE, callbacks, decisions, deliveries, lifecycle, metrics, openapi, requests, schemas, \
+    subtitles, uploads, views
+from gateway.appkeys import CALLBACK_BODIES, CONFIG, DB, INGESTOR, LOOPS, NOTIFIER, PLUGINS, PROVIDERS, STORE, \
+    UPLOAD_TURNS
 from gateway.envelope import ok
 from gateway.errors import ApiError, BadRequest, NotFound, PayloadTooLarge, Unauthorized, Unavailable
-from gateway.models import Asset, Task, TaskStatus
+from gateway.models import Task, TaskStatus
 from gateway.notify import DELIVERIES, task_channel, task_done_channel
 from gateway.openapi import endpoint
 from gateway.options import DEFAULT as DEFAULT_OPTIONS, TaskOptions
@@ -25,6 +27,7 @@ from gateway.payloads import CallbackPayload, parse_callback, parse_valid_callba
 from gateway.plugins import transcript_from_payload
 from gateway.providers import LOCAL
 from gateway.storage import download_type
+from gateway.tenants import caller_of
 
 log = structlog.get_logger(__name__)
 routes = web.RouteTableDef()
@@ -133,10 +136,7 @@ async def download(request: web.Request) -> web.StreamResponse:
 
 async def asset_response(request: web.Request, asset_id: str) -> web.StreamResponse:
     """An asset's file (Range honoured), for the API's download and the dashboard's player."""
-    async with request.app[DB].session() as s:
-        asset = await s.get(Asset, asset_id)
-    if asset is None:
-        raise NotFound(f"asset {asset_id!r} not found")
+    asset = await views.get_asset(request.app[DB], asset_id, caller_of(request))
     try:
         size = os.stat(asset.path).st_size
     except FileNotFoundError:
@@ -149,6 +149,14 @@ async def asset_response(request: web.Request, asset_id: str) -> web.StreamRespo
     return web.FileResponse(asset.path, headers={"Content-Type": download_type(asset.content_type),
                                                  "X-Content-Type-Options": "nosniff",
                                                  "Content-Disposition": disposition})
+
+
+@routes.delete(API_BASE + r"/{asset_id:re_\d+}")  # only asset ids: any other path stays 404 (not 405)
+@endpoint("Delete an uploaded file; tasks that used it keep their transcripts", data=schemas.DeletedAsset,
+          errors=(404, 409))
+async def delete_asset(request: web.Request) -> web.Response:
+    asset_id = await lifecycle.delete_asset(request.app[DB], request.match_info["asset_id"], caller_of(request))
+    return ok(schemas.DeletedAsset(asset_id=asset_id, deleted=True))
 
 
 def _unservable_range(request: web.Request, size: int) -> bool:
@@ -217,10 +225,33 @@ async def sync_generate(request: web.Request) -> web.Response:
           errors=(404,))
 async def get_transcription(request: web.Request) -> web.Response:
     db = request.app[DB]
-    task = await views.get_task(db, request.match_info["task_id"])
+    task = await views.get_task(db, request.match_info["task_id"], caller_of(request))
+    return ok(await full_view(db, task))
+
+
+async def full_view(db, task: Task) -> schemas.TaskView:
     view = views.task_view(task)
     view["deliveries"] = await deliveries.delivery_summary(db, task.id)
-    return ok(schemas.TaskView(**view))
+    return schemas.TaskView(**view)
+
+
+@routes.delete(API_BASE + "/transcriptions/{task_id}")
+@endpoint("Delete a task: its transcript, search rows, subtitle files, deliveries, and its audio unless another "
+          "task uses it", data=schemas.DeletedTask, errors=(404,))
+async def delete_transcription(request: web.Request) -> web.Response:
+    app = request.app
+    task_id = await lifecycle.delete_task(app[DB], app[PLUGINS], request.match_info["task_id"], caller_of(request))
+    return ok(schemas.DeletedTask(task_id=task_id, deleted=True))
+
+
+@routes.post(API_BASE + "/transcriptions/{task_id}/cancel")
+@endpoint("Cancel a queued or processing task (status cancelled; its callback in the failure shape, data.msg "
+          '"cancelled"); answers the task', data=schemas.TaskView, errors=(404, 409))
+async def cancel_transcription(request: web.Request) -> web.Response:
+    app = request.app
+    task = await lifecycle.cancel_task(app[DB], app[INGESTOR], app[NOTIFIER], request.match_info["task_id"],
+                                       caller_of(request))
+    return ok(await full_view(app[DB], task))
 
 
 @routes.get(API_BASE + "/transcriptions/{task_id}/transcript.{fmt}")

@@ -31,7 +31,7 @@ def api_base(url: str) -> str:
     return url.rstrip("/").removesuffix(API_BASE) + API_BASE
 
 
-FINISHED = ("completed", "failed")
+FINISHED = ("completed", "failed", "cancelled")
 
 
 class GatewayClient:
@@ -125,6 +125,12 @@ class GatewayClient:
             if not (cursor := page["next_cursor"]):
                 break
         return items
+
+    async def delete(self, task_id: str) -> dict[str, Any]:
+        return await self._call("DELETE", f"/transcriptions/{task_id}")
+
+    async def cancel(self, task_id: str) -> dict[str, Any]:
+        return await self._call("POST", f"/transcriptions/{task_id}/cancel")
 
     async def redeliver(self, task_id: str, target: str | None = None) -> dict[str, Any]:
         params = {"target": target} if target else {}

@@ -230,6 +230,14 @@ class WebhooksConfig(_Section):
         return v
 
 
+class RetentionConfig(_Section):
+    """How long data is kept, in days (0 = forever); the workers' sweep deletes what is older."""
+
+    audio_days: int = Field(0, ge=0)  # an uploaded file, counted from its upload
+    transcripts_days: int = Field(0, ge=0)  # a finished task, counted from when it finished
+    sweep_s: float = Field(3600, gt=0)  # how often a worker sweeps
+
+
 class LogConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
@@ -268,6 +276,7 @@ class Config(_Section):
     engine: EngineConfig = EngineConfig()
     jobs: JobsConfig = JobsConfig()
     webhooks: WebhooksConfig = WebhooksConfig()
+    retention: RetentionConfig = RetentionConfig()
     log: LogConfig = LogConfig()
     # Provider sections are free-form tables here; their owners validate them.
     providers: dict[str, dict[str, Any]] = {}

@@ -23,6 +23,7 @@ ACCEPTED = "accepted"
 DUPLICATE = "duplicate"
 CONFLICT = "conflict"
 UNKNOWN_TASK = "unknown_task"
+IGNORED = "ignored"  # the task was cancelled or deleted: acknowledged, nothing stored
 
 
 @dataclass(frozen=True)
@@ -59,16 +60,22 @@ class Plan:
 
 
 def plan_batch(items: list[_Item], tasks: dict, config: Config, plugins: Plugins | None) -> Plan:
-    """Decide each item (accepted, duplicate, conflict, unknown task) and build the rows to write."""
+    """Decide each item (accepted, duplicate, conflict, unknown task; ignored for a cancelled or
+    deleted task) and build the rows to write."""
     plan = Plan(now=utcnow())
     digests = {tid: t.result_sha256 for tid, t in tasks.items()}
+    statuses = {tid: t.status for tid, t in tasks.items()}  # as this batch leaves them
     plugins_for = {success: plugin_targets(plugins, success) for success in (True, False)}
     for item in items:
         task = tasks.get(item.task_id)
         if task is not None and task.provider != item.provider:
             task = None  # a result completes only its provider's task
         stored = None
-        if item.known is not None:
+        # a deleted task (a tombstone, or gone) keeps no trace of what comes for it: no receipt
+        gone = statuses[task.id] == TaskStatus.DELETED if task is not None else item.known is not None
+        if gone or task is not None and statuses[task.id] in TaskStatus.STOPPED:
+            result = IngestResult(IGNORED, item.task_id)
+        elif item.known is not None:
             result = item.known
         elif task is None:
             result = IngestResult(UNKNOWN_TASK, None)
@@ -81,23 +88,30 @@ def plan_batch(items: list[_Item], tasks: dict, config: Config, plugins: Plugins
                 digests[task.id] = digest
                 stored = _plan_result(plan, task, item.outcome, payload, text, digest,
                                       delivery_targets(task, config, plugins_for[item.outcome.success]))
+                statuses[task.id] = stored["status"]
                 result = IngestResult(ACCEPTED, task.id)
             else:
                 result = IngestResult(DUPLICATE if digests[task.id] == digest else CONFLICT, task.id)
         plan.results.append(result)
         plan.stored.append(stored)
-        if result.task_id is not None:
+        if result.task_id is not None and not gone:
             plan.receipts.append({"provider": item.provider, "external_task_id": item.external_task_id,
                                   "task_id": result.task_id, "body_sha256": item.raw_sha256,
                                   "outcome": result.outcome, "received_at": plan.now})
     return plan
 
 
+def _status(outcome: Outcome) -> str:
+    if outcome.success:
+        return TaskStatus.COMPLETED
+    return TaskStatus.CANCELLED if outcome.cancelled else TaskStatus.FAILED
+
+
 def _plan_result(plan: Plan, task, outcome: Outcome, payload: dict, text: str, digest: str,
                  targets: list[tuple[str, str]]) -> dict:
     now = plan.now
     update = {"id": task.id, "result_json": text,
-              "result_sha256": digest, "status": TaskStatus.COMPLETED if outcome.success else TaskStatus.FAILED,
+              "result_sha256": digest, "status": _status(outcome),
               "error": None if outcome.success else payload["data"]["msg"],
               "speaker_note": outcome.speaker_note if outcome.success and task.speaker else None,
               "note": outcome.note if outcome.success else None,

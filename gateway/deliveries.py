@@ -35,6 +35,7 @@ from gateway.urls import UrlError, UrlPolicy, redact
 log = structlog.get_logger(__name__)
 
 PLUGIN_PREFIX = "plugin:"
+GONE = "gone"  # record_attempt's answer for a delivery removed meanwhile (its task was deleted)
 
 
 def webhook_id(delivery_id: str) -> str:
@@ -125,7 +126,7 @@ async def record_attempt(db: Database, d: Delivery, owner: str, attempt: Attempt
     async with db.session() as s:
         row = await s.get(Delivery, d.id, with_for_update=True)
         if row is None or row.lease_owner != owner or row.status != DeliveryStatus.PENDING:
-            return row.status if row else "gone"  # someone else took over; their outcome stands
+            return row.status if row else GONE  # someone else took over, or the task was deleted
         row.attempts += 1
         # numbered over the delivery's whole history (redeliver restarts `attempts`, not the log)
         number = (await s.exec(select(func.count()).select_from(DeliveryAttempt)

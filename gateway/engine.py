@@ -9,6 +9,7 @@ transcribed block by block (gateway/audio.py), so memory does not follow its len
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import threading
 import time
@@ -24,6 +25,7 @@ from gateway.config import EngineConfig, ServerConfig
 from gateway.local_models import LocalModels, ModelUnavailable
 from gateway.options import DEFAULT, TaskOptions
 from gateway.payloads import Outcome
+from gateway.providers import TaskCancelled
 
 log = structlog.get_logger(__name__)
 
@@ -106,14 +108,22 @@ class LocalEngine:
         return bool(self.models.multilingual(model))
 
     async def transcribe(self, req: TranscribeRequest, on_progress: Callable[[float], None],
-                         on_partial: Partial = lambda start, end, text: None) -> Outcome:
+                         on_partial: Partial = lambda start, end, text: None,
+                         cancelled: threading.Event | None = None) -> Outcome:
         """Run one transcription in the pool; `on_progress(fraction)` and, for each segment kept
         as it is decoded, `on_partial(start, end, text)` (the file's times, text stripped) are
-        called on the event loop."""
+        called on the event loop. Once `cancelled` is set, the job stops at its next progress
+        report (TaskCancelled)."""
         loop = asyncio.get_running_loop()
 
+        def on_loop(fraction: float) -> None:
+            with contextlib.suppress(TaskCancelled):  # the thread stops at its own next report
+                on_progress(fraction)
+
         def report(fraction: float) -> None:
-            loop.call_soon_threadsafe(on_progress, fraction)
+            if cancelled is not None and cancelled.is_set():
+                raise TaskCancelled("the task was cancelled")
+            loop.call_soon_threadsafe(on_loop, fraction)
 
         def partial(start: float, end: float, text: str) -> None:
             loop.call_soon_threadsafe(on_partial, start, end, text)

@@ -31,6 +31,11 @@ def transcript_failed(task, error, config, gateway):
 
 
 @hookspec
+def transcript_deleted(task_id, config, gateway):
+    """Remove what this plugin stored for a deleted task; it must not fail when there is nothing."""
+
+
+@hookspec
 def migrations():
     """Return the folder of this plugin's Alembic versions: a branch of its own, labelled with its name."""
 

@@ -177,14 +177,15 @@ class Ingestor:
 def store_batch(conn, items: list[_Item], config: Config, plugins: Plugins | None) -> tuple[Plan, dict]:
     """In one transaction (on a writer thread): lock the items' tasks, decide each item in
     arrival order (a repeat in the same batch is a repeat), write every table at once (bulk)."""
-    ids = sorted({i.task_id for i in items if i.task_id is not None and i.known is None})
+    # known repeats too: a task deleted or cancelled since ignores them
+    ids = sorted({i.task_id for i in items if i.task_id is not None})
     tasks = {row.id: row for row in bulk.locked_rows(conn, Task.__table__, _TASK_COLUMNS, ids)}
     plan = plan_batch(items, tasks, config, plugins)
     _write(conn, plan)
     return plan, tasks
 
 
-_TASK_COLUMNS = ("id", "provider", "model", "speaker", "callback_url", "progress", "result_sha256", "started_at",
+_TASK_COLUMNS = ("id", "status", "provider", "model", "speaker", "callback_url", "progress", "result_sha256", "started_at",
                  "options")
 
 

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -21,14 +22,14 @@ from pathlib import Path
 import aiohttp
 import structlog
 
-from gateway import deliveries, ingest, leases, partials, streams
+from gateway import deliveries, ingest, leases, lifecycle, partials, retention, streams
 from gateway.config import Config
 from gateway.db import Database
 from gateway.models import Asset, Task
 from gateway.notify import DELIVERIES, Notifier, partial_channel, task_channel, task_done_channel
 from gateway.payloads import Outcome
 from gateway.plugins import Plugins
-from gateway.providers import Job, PermanentError, Pending, Provider, Providers, RetryableError
+from gateway.providers import Job, PermanentError, Pending, Provider, Providers, RetryableError, TaskCancelled
 from gateway.urls import UrlPolicy
 
 log = structlog.get_logger(__name__)
@@ -42,8 +43,11 @@ class _Running:
     stored: float = 0.0  # the progress last stored
     texts: list[tuple[float, float, str]] = field(default_factory=list)  # decoded, not stored yet
     seq: int = 0  # the number of the next text stored
+    cancelled: threading.Event = field(default_factory=threading.Event)  # the task was cancelled or deleted
 
     def report(self, fraction: float) -> None:
+        if self.cancelled.is_set():
+            raise TaskCancelled("the task was cancelled")
         self.progress = fraction
 
     def decoded(self, start: float, end: float, text: str) -> None:
@@ -83,8 +87,9 @@ class Loops:
         self._claiming: set[asyncio.Task] = set()  # loops waiting for a claim's answer
 
     def start(self) -> None:
-        """Start every loop of this process: one per provider, and the delivery loop."""
-        coros = [self.task_loop(p) for p in self.providers.active.values()] + [self.delivery_loop()]
+        """Start every loop of this process: one per provider, the delivery loop, the retention sweep."""
+        coros = [self.task_loop(p) for p in self.providers.active.values()] + [self.delivery_loop(),
+                                                                               self.retention_loop()]
         self._loops = [asyncio.create_task(c) for c in coros]
 
     async def _claim_loop(self, name: str, parallel: int, claim, run, idle_s, running: dict) -> None:
@@ -141,6 +146,9 @@ class Loops:
                 outcome = Outcome.failure(f"gave up after {task.attempts - 1} interrupted attempts")
             else:
                 outcome = await self._run_with_lease(provider, task)
+        except TaskCancelled:
+            log.info("task.stopped", attempt=task.attempts, reason="cancelled or deleted while it ran")
+            return
         except Exception as exc:
             if isinstance(exc, RetryableError):
                 reason = str(exc)
@@ -192,7 +200,7 @@ class Loops:
         running = _Running()
         renewer = asyncio.create_task(self._renew(task.id, running))
         job = Job(task=task, config=self.config, http=self.http, audio=lambda: self._audio(task),
-                  progress=running.report, partial=running.decoded,
+                  progress=running.report, partial=running.decoded, cancelled=running.cancelled,
                   submitting=lambda: leases.mark_submitting(self.db, task.id, self.owner))
         try:
             if provider.third_party_callbacks and not provider.marks_submission:
@@ -226,7 +234,11 @@ class Loops:
             running.stored = running.progress
             last_renew = time.monotonic()
             if not still_ours:
-                log.warning("task.lease_lost")
+                if await lifecycle.stopped(self.db, task_id):  # the run stops at its next progress report
+                    log.info("task.stopping", reason="cancelled or deleted")
+                    running.cancelled.set()
+                else:
+                    log.warning("task.lease_lost")
                 return
 
     async def _store_texts(self, task_id: str, running: _Running) -> None:
@@ -281,12 +293,34 @@ class Loops:
 
     async def _deliver(self, claimed: leases.Claimed) -> None:
         structlog.contextvars.bind_contextvars(task_id=claimed.delivery.task_id)
+        d = claimed.delivery
         try:
-            await deliveries.deliver_one(self.db, self.config, deliveries.Clients(self.http, self.client_http,
-                                                                                  self.url_policy),
-                                         self.plugins, self.owner, claimed)
+            outcome = await deliveries.deliver_one(self.db, self.config, deliveries.Clients(
+                self.http, self.client_http, self.url_policy), self.plugins, self.owner, claimed)
+            if outcome == deliveries.GONE and d.kind == "plugin":
+                # the task was deleted while the plugin ran: what it wrote since may have come
+                # after the deletion told it, so it is told again
+                await lifecycle.tell_plugins(self.plugins, d.task_id, [d.target.removeprefix(deliveries.PLUGIN_PREFIX)])
         except Exception:
             log.exception("delivery.error", delivery_id=claimed.delivery.id)
+
+    # --- retention -----------------------------------------------------------------------
+
+    async def retention_loop(self) -> None:
+        """The retention sweep (gateway/retention.py) at start and every retention.sweep_s; stop()
+        lets a sweep in progress finish (its files and plugins' share come after its commits)."""
+        me = asyncio.current_task()
+        while not self.stopping:
+            self._claiming.add(me)
+            try:
+                await retention.sweep(self.db, self.plugins, self.config.retention)
+            except Exception:
+                log.exception("retention.sweep_failed")
+            finally:
+                self._claiming.discard(me)
+            if self.stopping:
+                return
+            await asyncio.sleep(self.config.retention.sweep_s)
 
     async def stop(self) -> None:
         """Stop claiming; cancel the running transcriptions, and let the deliveries being sent

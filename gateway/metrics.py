@@ -36,6 +36,9 @@ CALLBACKS_REFUSED = Counter("tgw_callbacks_refused_total",
                             "unknown_task, busy (too many bodies being received).", ["provider", "reason"])
 DELIVERY_ATTEMPTS = Counter("tgw_delivery_attempts_total", "Delivery attempts, by target kind and outcome.",
                             ["kind", "outcome"])
+RETENTION_DELETED = Counter("tgw_retention_deleted_total",
+                            "What the retention sweep deleted: transcript (a task, as DELETE does), audio (an asset).",
+                            ["kind"])
 HTTP_REQUESTS = Counter("tgw_http_requests_total", "HTTP requests answered, by route and status.",
                         ["method", "route", "status"])
 CONNECTIONS_REFUSED = Counter("tgw_connections_refused_total",

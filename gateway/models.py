@@ -30,8 +30,13 @@ class TaskStatus:
     PROCESSING = "processing"
     COMPLETED = "completed"
     FAILED = "failed"
-    ALL = (QUEUED, PROCESSING, COMPLETED, FAILED)
-    TERMINAL = (COMPLETED, FAILED)
+    CANCELLED = "cancelled"
+    # Internal: a deleted task's tombstone (every field that held data cleared), so a late result
+    # for it is acknowledged and ignored; every endpoint answers 404 for it (gateway/lifecycle.py).
+    DELETED = "deleted"
+    ALL = (QUEUED, PROCESSING, COMPLETED, FAILED, CANCELLED)  # what the API shows and filters by
+    TERMINAL = (COMPLETED, FAILED, CANCELLED, DELETED)  # nothing changes it any more
+    STOPPED = (CANCELLED, DELETED)  # a run of such a task stops; a result for it is ignored
 
 
 class DeliveryStatus:

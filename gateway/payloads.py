@@ -65,10 +65,20 @@ class Outcome:
     speaker_note: str | None = None   # why speakers could not be labelled; stored on the task, not sent
     note: str | None = None           # what the engine could not do (speech it could not transcribe); sent
     language: str | None = None       # the detected language's code; sent to a task that asked for details
+    cancelled: bool = False           # a client cancelled the task (gateway/lifecycle.py); never from a callback
 
     @classmethod
     def failure(cls, reason: str, code: str = "5000") -> "Outcome":
         return cls(success=False, error=reason, code=code)
+
+    @classmethod
+    def cancellation(cls) -> "Outcome":
+        """The result of a cancelled task: the failure shape, `data.msg` "cancelled"."""
+        return cls(success=False, error=CANCELLED_MSG, code=CANCELLED_CODE, cancelled=True)
+
+
+CANCELLED_MSG = "cancelled"
+CANCELLED_CODE = "4090"  # the failure code of a cancelled task's callback (a client's doing: 4xxx)
 
 
 DETAILS = ("avg_logprob", "compression_ratio", "no_speech_prob", "temperature", "tokens", "seek")

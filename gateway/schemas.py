@@ -12,7 +12,7 @@ from gateway.errors import BadRequest
 from gateway.payloads import DETAILS
 from gateway.validation import describe_validation_error
 
-TaskStatusName = Literal["queued", "processing", "completed", "failed"]
+TaskStatusName = Literal["queued", "processing", "completed", "failed", "cancelled"]
 
 
 class _Model(BaseModel):
@@ -140,7 +140,18 @@ class TaskPage(_Model):
 
 class CallbackAck(_Model):
     task_id: str
-    outcome: Literal["accepted", "duplicate"]
+    outcome: Literal["accepted", "duplicate", "ignored"] = Field(
+        description="ignored: the task was cancelled or deleted; nothing was stored")
+
+
+class DeletedTask(_Model):
+    task_id: str
+    deleted: Literal[True]
+
+
+class DeletedAsset(_Model):
+    asset_id: str
+    deleted: Literal[True]
 
 
 class RedeliverData(_Model):

@@ -14,9 +14,10 @@ from sqlmodel import col, select
 
 from gateway.db import Database
 from gateway.errors import ApiError, BadRequest, NotFound
-from gateway.models import Task, TaskStatus
+from gateway.models import Asset, Task, TaskStatus
 from gateway.notify import task_done_channel
 from gateway.payloads import result_of
+from gateway.tenants import ADMIN, Caller
 from gateway.urls import redact
 
 
@@ -46,12 +47,22 @@ def task_view(task: Task, *, with_result: bool = True) -> dict[str, Any]:
     return view
 
 
-async def get_task(db: Database, task_id: str) -> Task:
+async def get_task(db: Database, task_id: str, caller: Caller = ADMIN) -> Task:
+    """The task `caller` may see; 404 for an unknown or deleted one."""
     async with db.session() as s:
         task = await s.get(Task, task_id)
-    if task is None:
+    if task is None or task.status == TaskStatus.DELETED:
         raise NotFound(f"task {task_id!r} not found")
     return task
+
+
+async def get_asset(db: Database, asset_id: str, caller: Caller = ADMIN) -> Asset:
+    """The asset `caller` may see; 404 for an unknown or deleted one."""
+    async with db.session() as s:
+        asset = await s.get(Asset, asset_id)
+    if asset is None:
+        raise NotFound(f"asset {asset_id!r} not found")
+    return asset
 
 
 def _encode_cursor(task: Task) -> str:
@@ -77,8 +88,7 @@ async def list_tasks(db: Database, status: str | None, limit: int, cursor: str |
     if status is not None and status not in TaskStatus.ALL:
         raise BadRequest(f"status: must be one of {', '.join(TaskStatus.ALL)}")
     stmt = select(Task).order_by(col(Task.created_at).desc(), col(Task.id).desc()).limit(limit + 1)
-    if status:
-        stmt = stmt.where(Task.status == status)
+    stmt = stmt.where(Task.status == status) if status else stmt.where(Task.status != TaskStatus.DELETED)
     if cursor:
         created, task_id = _decode_cursor(cursor)
         stmt = stmt.where(or_(col(Task.created_at) < created,
@@ -106,6 +116,8 @@ def unfinished_error(task: Task, waited_s: float, follow_up: str) -> ApiError:
     """What a request that waited for `task` answers when it did not complete: its failure (400
     when the input was at fault, code 4xxx, else 500), or 504 once `waited_s` passed, naming
     `follow_up` (where to poll)."""
+    if task.status == TaskStatus.CANCELLED:
+        return ApiError(f"transcription cancelled: task {task.id} was cancelled before it finished", 409)
     if task.status == TaskStatus.FAILED:
         code = json.loads(task.result_json)["code"]
         return ApiError(f"transcription failed: {task.error}", 400 if code.startswith("4") else 500)

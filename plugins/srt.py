@@ -1,9 +1,10 @@
-"""Subtitles: writes <output_dir>/<task_id>.srt and .vtt for every completed transcript."""
+"""Subtitles: writes <output_dir>/<task_id>.srt and .vtt for every completed transcript, and
+removes them when the task is deleted."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import field_validator
 
@@ -12,9 +13,12 @@ from gateway.plugins import PluginConfig
 from gateway.subtitles import render, write_atomic
 
 
+Format = Literal["srt", "vtt", "txt", "json"]
+
+
 class SrtConfig(PluginConfig):
     output_dir: str = "./data/subtitles"
-    formats: list[Literal["srt", "vtt", "txt", "json"]] = ["srt", "vtt"]
+    formats: list[Format] = ["srt", "vtt"]
 
     @field_validator("formats")
     @classmethod
@@ -36,3 +40,10 @@ def transcript_completed(task, transcript, config: SrtConfig):
               "usage_metadata": {"duration": transcript.duration, "model": transcript.model}}
     for fmt in config.formats:
         write_atomic(Path(config.output_dir) / f"{task.task_id}.{fmt}", render(fmt, transcript.segments, result))
+
+
+@hookimpl
+def transcript_deleted(task_id, config: SrtConfig):
+    # every format it can write: `formats` may have changed since these files were written
+    for fmt in get_args(Format):
+        (Path(config.output_dir) / f"{task_id}.{fmt}").unlink(missing_ok=True)

@@ -314,3 +314,62 @@ def test_a_long_transcript_renders_whole_and_follows_the_player(signed_in, gw):
     page.evaluate("() => { document.getElementById('player').currentTime = 45.5; }")
     expect(page.locator("#seg-22")).to_have_class(re.compile(r"\bplaying\b"))
     expect(page.locator("li.seg.playing")).to_have_count(1)
+
+
+def queued_task(gw) -> str:
+    """A task no process here runs (its provider works elsewhere): queued until it is cancelled."""
+    from gateway.appkeys import DB
+    from gateway.models import Task, time_ordered_id
+
+    async def make() -> str:
+        task = Task(id=time_ordered_id(), model="elsewhere", provider="elsewhere", url="http://127.0.0.1/a.wav")
+        app = next(r.app for r in gw.runners if DB in r.app)  # not the webhook receiver's
+        async with app[DB].session() as s:
+            s.add(task)
+        return task.id
+
+    return gw.run(make())
+
+
+def api_status(gw, task_id: str) -> int:
+    async def status(client):
+        try:
+            await client.status(task_id)
+            return 200
+        except ClientError as exc:  # "GET /transcriptions/<id>: 404 task … not found"
+            return int(str(exc).split(": ", 1)[1].split()[0])
+
+    return gw.run(gw.api(status))
+
+
+def test_delete_asks_first(signed_in, gw):
+    task_id = finished_task(gw)
+    page = signed_in.page
+    page.goto(f"{gw.url}/tasks/{task_id}")
+    asked = []
+    page.once("dialog", lambda d: (asked.append(d.message), d.dismiss()))
+    page.click("#delete-task")
+    expect(page.locator("#task-status")).to_have_text("completed")
+    assert asked and asked[0].startswith("Delete this task")
+    assert api_status(gw, task_id) == 200  # not deleted: the person said no
+    page.once("dialog", lambda d: d.accept())
+    page.click("#delete-task")
+    expect(page).to_have_url(gw.url + "/tasks")
+    expect(page.locator(f"tr[data-task='{task_id}']")).to_have_count(0)
+    assert api_status(gw, task_id) == 404
+
+
+def test_cancel_asks_first(signed_in, gw):
+    task_id = queued_task(gw)
+    page = signed_in.page
+    page.goto(f"{gw.url}/tasks/{task_id}")
+    expect(page.locator("#task-status")).to_have_text("queued")
+    page.once("dialog", lambda d: d.dismiss())
+    page.click("#cancel-task")
+    expect(page.locator("#task-status")).to_have_text("queued")
+    page.once("dialog", lambda d: d.accept())
+    page.click("#cancel-task")
+    expect(page).to_have_url(f"{gw.url}/tasks/{task_id}")
+    expect(page.locator("#task-status")).to_have_text("cancelled")
+    expect(page.locator("#cancel-task")).to_have_count(0)
+    expect(page.locator("#delete-task")).to_be_visible()

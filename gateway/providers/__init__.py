@@ -10,7 +10,8 @@ A provider's `run(job)` returns an `Outcome` (the result, for the one door `inge
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncContextManager, Awaitable, Callable, ClassVar
 
@@ -39,6 +40,11 @@ class PermanentError(Exception):
 
 class RetryableError(Exception):
     """This attempt failed for a reason that may pass (HTTP 5xx, 429, a timeout)."""
+
+
+class TaskCancelled(Exception):
+    """The task was cancelled or deleted while it ran: `job.progress` raises it once the task
+    loop knows; the run stops, with no result and no retry."""
 
 
 class ProviderSettings(BaseModel):
@@ -98,6 +104,9 @@ class Job:
     # `await job.submitting()` right before the request that creates the upstream job (a provider
     # with third_party_callbacks): a callback overtaking the stored upstream id then waits for it
     submitting: Callable[[], Awaitable[None]] = _nothing
+    # set once the task was cancelled or deleted; from then `job.progress` raises TaskCancelled (a
+    # provider whose work runs in a thread checks it there: the local engine at each report)
+    cancelled: threading.Event = field(default_factory=threading.Event)
 
     @property
     def options(self) -> TaskOptions:

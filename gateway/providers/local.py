@@ -44,7 +44,7 @@ class LocalProvider(Provider):
                                     max_audio_s=self.config.server.max_audio_s, options=job.options,
                                     model=task.model)
             try:
-                return await self.engine.transcribe(req, job.progress, job.partial)
+                return await self.engine.transcribe(req, job.progress, job.partial, job.cancelled)
             except (AudioError, ModelUnavailable) as exc:
                 raise PermanentError(str(exc)) from None
 

@@ -9,13 +9,14 @@ from aiohttp import web
 from sqlalchemy import func
 from sqlmodel import col, select
 
-from gateway import API_BASE, api, deliveries, requests, uploads, views
-from gateway.appkeys import CONFIG, DB, LOOPS, PLUGINS, PROVIDERS, STORE
+from gateway import API_BASE, api, deliveries, lifecycle, requests, uploads, views
+from gateway.appkeys import CONFIG, DB, INGESTOR, LOOPS, NOTIFIER, PLUGINS, PROVIDERS, STORE
 from gateway.app import key_ok
 from gateway.errors import BadRequest, NotFound
 from gateway.models import DeliveryStatus, Task, TaskStatus, Transcript
 from gateway.openai_api.forms import read_form
 from gateway.providers import LOCAL
+from gateway.tenants import caller_of
 from gateway_plugins.dashboard import sessions as S
 from gateway_plugins.dashboard import view
 from gateway_plugins.dashboard.web import (action, data, error_page, fragment, local_target, page, render,
@@ -196,6 +197,25 @@ async def _redeliver(request: web.Request, fields: dict) -> web.StreamResponse:
 
 
 redeliver = action(_redeliver)
+
+
+async def _cancel(request: web.Request, fields: dict) -> web.StreamResponse:
+    app = request.app
+    task = await lifecycle.cancel_task(app[DB], app[INGESTOR], app[NOTIFIER], request.match_info["task_id"],
+                                       caller_of(request))
+    raise web.HTTPSeeOther(f"/tasks/{task.id}")
+
+
+cancel = action(_cancel)
+
+
+async def _delete(request: web.Request, fields: dict) -> web.StreamResponse:
+    await lifecycle.delete_task(request.app[DB], request.app[PLUGINS], request.match_info["task_id"],
+                                caller_of(request))
+    raise web.HTTPSeeOther("/tasks")
+
+
+delete = action(_delete)
 
 
 @data

@@ -5,7 +5,7 @@ On SQLite the rows live in `segment_index` and their words in the external-conte
 The plugin's own migrations (migrations/, the Alembic branch `search`) make them.
 
 One query language for both: words (all must match), "quoted phrases", and prefix* terms.
-Indexing a task replaces its rows, so repeating it is harmless.
+Indexing a task replaces its rows, so repeating it is harmless; a deleted task's rows go.
 """
 
 from __future__ import annotations
@@ -90,6 +90,9 @@ def tsquery(terms: list[Term]) -> str:
     return " & ".join(parts)
 
 
+_REMOVE = text("DELETE FROM segment_index WHERE task_id = :task_id")
+
+
 async def index_transcript(db: Database, task_id: str, segments: Iterable[Segment], created_at: datetime) -> int:
     """Replace the task's rows in the index with these segments (an upsert of the whole task)."""
     rows = [{"task_id": task_id, "idx": i, "start_time": s.start_time, "end_time": s.end_time,
@@ -97,12 +100,18 @@ async def index_transcript(db: Database, task_id: str, segments: Iterable[Segmen
             for i, s in enumerate(segments)]
     async with db.session() as s:
         conn = await s.connection()
-        await conn.execute(text("DELETE FROM segment_index WHERE task_id = :task_id"), {"task_id": task_id})
+        await conn.execute(_REMOVE, {"task_id": task_id})
         if rows:
             await conn.execute(text("INSERT INTO segment_index (task_id, idx, start_time, end_time, speaker, text, "
                                     "created_at) VALUES (:task_id, :idx, :start_time, :end_time, :speaker, :text, "
                                     ":created_at)"), rows)
     return len(rows)
+
+
+async def remove_task(db: Database, task_id: str) -> None:
+    """The task's rows gone from the index (none is fine)."""
+    async with db.session() as s:
+        await (await s.connection()).execute(_REMOVE, {"task_id": task_id})
 
 
 def _ts(db: Database, dt: datetime) -> Any:

@@ -114,7 +114,17 @@ function setUpTranscript() {
   }
 }
 
+// forms with data-confirm (delete, cancel) are sent only once the person confirms; on the
+// document, so forms of fragments replaced while polling are covered too
+function setUpConfirm() {
+  document.addEventListener("submit", (e) => {
+    const form = e.target.closest("form[data-confirm]");
+    if (form && !window.confirm(form.dataset.confirm)) e.preventDefault();
+  });
+}
+
 document.addEventListener("DOMContentLoaded", () => {
+  setUpConfirm();
   setUpDrop();
   setUpLive();
   setUpTranscript();
