@@ -316,16 +316,17 @@ def status(task_id: str, as_json: bool, base_url: str, api_key: str) -> None:
 @click.option("--status", "status_", type=click.Choice(TaskStatus.ALL), default=None,
               help="Only tasks with this status.")
 @click.option("--limit", type=click.IntRange(1), default=20, show_default=True, help="At most this many tasks.")
+@click.option("--owner", default=None, help="Only tasks of the key of this name (an admin key's filter).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of the tasks.")
 @url_option
 @key_option
-def list_tasks(status_: str | None, limit: int, as_json: bool, base_url: str, api_key: str) -> None:
-    """List tasks, newest first."""
+def list_tasks(status_: str | None, limit: int, owner: str | None, as_json: bool, base_url: str, api_key: str) -> None:
+    """List the tasks the key may see (an admin key: all), newest first."""
     from gateway.client import GatewayClient
 
     async def go():
         async with GatewayClient(base_url, api_key) as client:
-            return await client.tasks(status_, limit)
+            return await client.tasks(status_, limit, owner)
 
     items = run_client(go())
     if as_json:
@@ -335,7 +336,7 @@ def list_tasks(status_: str | None, limit: int, as_json: bool, base_url: str, ap
         click.echo("no tasks", err=True)
     for t in items:
         click.echo(f"{t['task_id']}  {t['status']:<10} {t['progress'] * 100:3.0f}%  {t['created_at']}  "
-                   f"{t['model']}  {t['asset_id'] or t['url']}")
+                   f"{t['model']}  {t['owner']}  {t['asset_id'] or t['url']}")
 
 
 @main.command()

@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import create_engine, inspect, text
 
 from conftest import ECHO
+from test_cli import cli
 from gateway.db import sync_url
 from gateway.keys import KeyError_, check_name
 
@@ -122,6 +123,10 @@ async def test_server_api_keys_stay_admin_keys_beside_database_keys(start_gatewa
     assert status == 200 and body["data"]["owner"] == "alice"
     status, body = await gw.call("GET", LIST, headers={"Authorization": "cfg-key"}, params={"owner": "alice"})
     assert [t["task_id"] for t in body["data"]["items"]] == [task_id]
+    code, out, err = await cli("list", "--owner", "alice", "--json", "--url", gw.url, "--api-key", "cfg-key")
+    assert code == 0 and [t["task_id"] for t in json.loads(out)] == [task_id], err
+    code, out, err = await cli("list", "--owner", "admin", "--json", "--url", gw.url, "--api-key", "cfg-key")
+    assert code == 0 and json.loads(out) == [], err
 
 
 async def test_the_first_key_turns_authentication_on_and_revoking_it_keeps_it_on(start_gateway, tmp_path,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import structlog
 from aiohttp import web
 from sqlalchemy import func
 from sqlmodel import col, select
@@ -20,6 +21,7 @@ from gateway_plugins.dashboard import view
 from gateway_plugins.dashboard.web import (AUTH_ON, action, data, error_page, fragment, local_target, page, render,
                                            session_of, sign_in_page, sign_in_response, sign_out_response)
 
+log = structlog.get_logger(__name__)
 PAGE_SIZE = 25
 
 
@@ -57,7 +59,9 @@ async def _sign_in(request: web.Request, fields: dict) -> web.StreamResponse:
         raise web.HTTPSeeOther(target)
     found = await keyring.identify(key) if key else None
     if found is None:
+        log.warning("dashboard.sign_in_refused")
         return await sign_in_page(request, 401, "That API key is not valid.", target)
+    log.info("dashboard.signed_in", key_name=found.caller.name, admin=found.caller.admin)
     return sign_in_response(request, found.kid, target)
 
 

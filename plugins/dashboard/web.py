@@ -9,11 +9,12 @@ from typing import Any, Awaitable, Callable
 from urllib.parse import quote, urlsplit
 
 import jinja2
+import structlog
 from aiohttp import web
 
 from gateway.appkeys import KEYS
 from gateway.errors import ApiError
-from gateway.tenants import CALLER
+from gateway.tenants import CALLER, caller_of
 from gateway_plugins.dashboard import sessions as S
 from gateway_plugins.dashboard.view import clock, when
 
@@ -92,6 +93,11 @@ def _finish(request: web.Request, response: web.StreamResponse, new_cookie: str 
     return _secure(response)
 
 
+def logged_as(request: web.Request):
+    """Every log line of the request names its caller's key (`key_name`; never the key itself)."""
+    return structlog.contextvars.bound_contextvars(key_name=caller_of(request).name)
+
+
 def error_page(request: web.Request, status: int, message: str) -> web.Response:
     return render(request, "error.html", http_status=status, status_code=status, message=message)
 
@@ -105,7 +111,8 @@ def page(handler: Handler) -> Handler:
             target = request.path_qs
             raise web.HTTPSeeOther("/" if target == "/" else "/?next=" + quote(target, safe=""))
         try:
-            response = await handler(request)
+            with logged_as(request):
+                response = await handler(request)
         except ApiError as exc:
             response = error_page(request, exc.status, exc.message)
         return _finish(request, response, new_cookie)
@@ -136,7 +143,8 @@ def data(handler: Handler) -> Handler:
             return _secure(web.Response(status=401, text="sign in first"))
         request[SESSION] = session
         try:
-            return _secure(await handler(request))
+            with logged_as(request):
+                return _secure(await handler(request))
         except ApiError as exc:
             return _secure(web.Response(status=exc.status, text=exc.message))
     return wrapped
@@ -172,7 +180,8 @@ def action(handler: Callable[[web.Request, dict], Awaitable[web.StreamResponse]]
                 if discard is not None:
                     discard(request, fields)
                 return refused(request, "refused: the form's CSRF token is missing or stale; reload the page")
-            return _secure(await handler(request, fields))
+            with logged_as(request):
+                return _secure(await handler(request, fields))
         except ApiError as exc:
             return _secure((on_error or _error)(request, exc))
     return wrapped
