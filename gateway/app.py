@@ -14,8 +14,8 @@ from sqlalchemy.exc import DBAPIError
 
 from gateway import API_BASE, metrics
 from gateway import api as api_routes
-from gateway.appkeys import CALLBACK_BODIES, CONFIG, DB, HTTP, INGESTOR, KEYS, LOOPS, NOTIFIER, PLUGINS, PROVIDERS, STORE, \
-    UPLOAD_TURNS
+from gateway.appkeys import CALLBACK_BODIES, CONFIG, DB, HTTP, INGESTOR, KEYS, LOOPS, NOTIFIER, PLUGINS, PROVIDERS, \
+    STORE, UPLOAD_TURNS
 from gateway.callbacks import BodyGate
 from gateway.config import Config
 from gateway.db import Database, unavailable, upgrade_async

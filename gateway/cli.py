@@ -446,9 +446,9 @@ def keys_group() -> None:
 
 def _keys_run(config_path: str | None, work):
     """`work(db, cfg)` on database.url, its schema brought to head first (as serve does); a
-    refusal (keys.KeyError_) is one line and exit code 1."""
+    refusal (keys.KeyRefused) is one line and exit code 1."""
     from gateway.db import Database, upgrade
-    from gateway.keys import KeyError_
+    from gateway.keys import KeyRefused
     from gateway.logs import configure_logging
 
     cfg = _config(config_path)
@@ -466,7 +466,7 @@ def _keys_run(config_path: str | None, work):
             await db.close()
     try:
         return asyncio.run(go())
-    except KeyError_ as exc:
+    except KeyRefused as exc:
         raise click.ClickException(str(exc)) from None
 
 

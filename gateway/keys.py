@@ -21,6 +21,7 @@ from datetime import timedelta
 
 import structlog
 from sqlalchemy import or_, update
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
 from gateway.db import Database
@@ -39,7 +40,7 @@ LAST_USED_EVERY_S = 60  # last_used_at is written at most this often per key: no
 NAME = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9_-]{{0,{OWNER_MAX - 1}}}$")
 
 
-class KeyError_(Exception):
+class KeyRefused(Exception):
     """A key cannot be made or revoked; the message says why."""
 
 
@@ -61,10 +62,10 @@ def config_key_ok(presented: str, keys: list[str]) -> bool:
 
 def check_name(name: str) -> str:
     if not NAME.match(name):
-        raise KeyError_(f"key name {name!r}: use 1-{OWNER_MAX} letters, digits, '-' or '_', starting with a letter "
+        raise KeyRefused(f"key name {name!r}: use 1-{OWNER_MAX} letters, digits, '-' or '_', starting with a letter "
                         "or digit")
     if name == ADMIN_NAME:
-        raise KeyError_(f"key name {name!r} is reserved: it is the owner of what server.api_keys' keys create")
+        raise KeyRefused(f"key name {name!r} is reserved: it is the owner of what server.api_keys' keys create")
     return name
 
 
@@ -72,13 +73,16 @@ async def create(db: Database, secret: str, name: str, admin: bool = False) -> t
     """A new key named `name`: its row (digest only) and the key itself, which nothing keeps."""
     check_name(name)
     key = new_key()
-    async with db.session() as s:
-        existing = (await s.exec(select(ApiKey).where(ApiKey.name == name))).first()
-        if existing is not None:
-            why = " (revoked; a name is never reused, so no new key inherits its data)" if existing.revoked_at else ""
-            raise KeyError_(f"a key named {name!r} exists{why}")
-        row = ApiKey(name=name, digest=digest(secret, key), admin=admin)
-        s.add(row)
+    try:
+        async with db.session() as s:
+            existing = (await s.exec(select(ApiKey).where(ApiKey.name == name))).first()
+            if existing is not None:
+                why = " (revoked; a name is never reused, so no new key inherits its data)"
+                raise KeyRefused(f"a key named {name!r} exists{why if existing.revoked_at else ''}")
+            row = ApiKey(name=name, digest=digest(secret, key), admin=admin)
+            s.add(row)
+    except IntegrityError:  # made by another process meanwhile
+        raise KeyRefused(f"a key named {name!r} exists") from None
     log.info("key.created", key_name=name, admin=admin)
     return row, key
 
@@ -93,9 +97,9 @@ async def revoke(db: Database, name: str) -> ApiKey:
     async with db.session() as s:
         row = (await s.exec(select(ApiKey).where(ApiKey.name == name))).first()
         if row is None:
-            raise KeyError_(f"no key named {name!r}")
+            raise KeyRefused(f"no key named {name!r}")
         if row.revoked_at is not None:
-            raise KeyError_(f"key {name!r} is already revoked (at {row.revoked_at:%Y-%m-%d %H:%M:%S} UTC)")
+            raise KeyRefused(f"key {name!r} is already revoked (at {row.revoked_at:%Y-%m-%d %H:%M:%S} UTC)")
         row.revoked_at = utcnow()
         s.add(row)
     log.info("key.revoked", key_name=name)

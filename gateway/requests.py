@@ -152,8 +152,8 @@ async def check_options(providers: Providers, provider: Provider, model: str, op
 
 async def create_task(db: Database, req: GenerateRequest, provider: str, options: TaskOptions = DEFAULT, *,
                       owner: str = ADMIN_NAME) -> Task:
-    task = Task(options=options.dump(), id=time_ordered_id(), owner=owner, asset_id=req.asset_id, url=req.url, model=req.model,
-                speaker=req.speaker, language=req.language.lower() if req.language else None,
+    task = Task(options=options.dump(), id=time_ordered_id(), owner=owner, asset_id=req.asset_id, url=req.url,
+                model=req.model, speaker=req.speaker, language=req.language.lower() if req.language else None,
                 num_speakers=req.num_speakers, min_speakers=req.min_speakers,
                 max_speakers=req.max_speakers, provider=provider, callback_url=req.callback_url)
     async with db.session() as s:

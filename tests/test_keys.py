@@ -15,7 +15,7 @@ from sqlalchemy import create_engine, inspect, text
 from conftest import ECHO
 from test_cli import cli
 from gateway.db import sync_url
-from gateway.keys import KeyError_, check_name
+from gateway.keys import KeyRefused, check_name
 
 LIST = "/transcriptions"
 
@@ -151,6 +151,6 @@ async def test_refused_names_and_unknown_keys(tmp_path, database_url):
 
 @pytest.mark.parametrize("name", ["a b", "_x", "-x", "a.b", "x" * 65, "", "ä"])
 def test_a_key_name_is_letters_digits_dashes_and_underscores(name):
-    with pytest.raises(KeyError_, match="use 1-64 letters"):
+    with pytest.raises(KeyRefused, match="use 1-64 letters"):
         check_name(name)
     assert check_name("team-7_eu") == "team-7_eu"
