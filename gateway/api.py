@@ -27,7 +27,7 @@ from gateway.payloads import CallbackPayload, parse_callback, parse_valid_callba
 from gateway.plugins import transcript_from_payload
 from gateway.providers import LOCAL
 from gateway.storage import download_type
-from gateway.tenants import caller_of
+from gateway.tenants import CALLER, Caller, caller_of
 
 log = structlog.get_logger(__name__)
 routes = web.RouteTableDef()
@@ -119,7 +119,7 @@ async def _store_upload(request: web.Request, max_bytes: int) -> web.Response:
                 if part.name != "file":
                     await turn.read(part.release())
                     continue
-                asset = await uploads.store_file_part(store, part, max_bytes, turn)
+                asset = await uploads.store_file_part(store, part, max_bytes, turn, caller_of(request))
                 turn.give_up()  # the body is read: the next one's turn while this one is stored
                 await uploads.add_asset(request.app[DB], store, asset)
                 log.info("asset.uploaded", asset_id=asset.id, size=asset.size)
@@ -183,16 +183,17 @@ def _quote(name: str) -> str:
 async def _submit(request: web.Request) -> Task:
     app = request.app
     req = requests.parse_generate_request(await read_json(request))
-    provider = await requests.validate_request(app[DB], app[CONFIG], app[PROVIDERS], req)
-    return await queue_task(app, req, provider, req.options())
+    caller = caller_of(request)
+    provider = await requests.validate_request(app[DB], app[CONFIG], app[PROVIDERS], req, caller)
+    return await queue_task(app, req, provider, req.options(), caller=caller)
 
 
 async def queue_task(app: web.Application, req: requests.GenerateRequest, provider: str,
-                     options: TaskOptions = DEFAULT_OPTIONS) -> Task:
-    """A validated request stored as a queued task, and its provider's loop woken."""
-    task = await requests.create_task(app[DB], req, provider, options=options)
+                     options: TaskOptions = DEFAULT_OPTIONS, *, caller: Caller) -> Task:
+    """A validated request stored as a queued task of `caller`'s, and its provider's loop woken."""
+    task = await requests.create_task(app[DB], req, provider, options, owner=caller.name)
     app[NOTIFIER].wake(task_channel(provider))
-    log.info("task.queued", task_id=task.id, model=task.model, provider=provider)
+    log.info("task.queued", task_id=task.id, model=task.model, provider=provider, owner=task.owner)
     return task
 
 
@@ -260,15 +261,16 @@ async def cancel_transcription(request: web.Request) -> web.Response:
           path_params={"fmt": {"type": "string", "enum": list(subtitles.FORMATS)}})
 async def transcript(request: web.Request) -> web.Response:
     """The completed transcript as SRT, WebVTT, plain text or JSON (the same renderings as the srt plugin)."""
-    return await transcript_response(request.app[DB], request.match_info["task_id"], request.match_info["fmt"])
+    return await transcript_response(request.app[DB], request.match_info["task_id"], request.match_info["fmt"],
+                                     caller_of(request))
 
 
-async def transcript_response(db, task_id: str, fmt: str) -> web.Response:
+async def transcript_response(db, task_id: str, fmt: str, caller: Caller) -> web.Response:
     """A completed task's transcript in `fmt` (404 unknown format or task, 409 not completed);
     the API's and the dashboard's downloads alike."""
     if fmt not in subtitles.FORMATS:
         raise NotFound(f"no transcript format {fmt!r}; use one of {', '.join(subtitles.FORMATS)}")
-    task = await views.get_task(db, task_id)
+    task = await views.get_task(db, task_id, caller)
     if task.status != TaskStatus.COMPLETED:
         raise ApiError(f"task {task.id} is {task.status}; a transcript exists once it is completed", 409)
     body = await asyncio.to_thread(_render, fmt, task.result_json)  # seconds for 100,000 segments
@@ -285,16 +287,16 @@ def _render(fmt: str, result_json: str) -> bytes:
           query=schemas.RedeliverQuery, data=schemas.RedeliverData, errors=(404,))
 async def redeliver(request: web.Request) -> web.Response:
     target = schemas.parse_query(schemas.RedeliverQuery, request.query).target
-    task_id, count = await redeliver_task(request.app, request.match_info["task_id"], target)
+    task_id, count = await redeliver_task(request.app, request.match_info["task_id"], target, caller_of(request))
     return ok(schemas.RedeliverData(task_id=task_id, redelivering=count))
 
 
-async def redeliver_task(app: web.Application, task_id: str, target: str | None) -> tuple[str, int]:
+async def redeliver_task(app: web.Application, task_id: str, target: str | None, caller: Caller) -> tuple[str, int]:
     """A task's deliveries (all, or to `target`) queued again and this process's loop woken: the
     task's id and how many; 404 for an unknown task, or a target it has no delivery to. The
     API's redeliver and the dashboard's button alike."""
     db = app[DB]
-    task = await views.get_task(db, task_id)
+    task = await views.get_task(db, task_id, caller)
     count = await deliveries.redeliver(db, task.id, target)
     if target and count == 0:
         raise NotFound(f"task {task.id} has no delivery to {target!r}")
@@ -306,7 +308,8 @@ async def redeliver_task(app: web.Application, task_id: str, target: str | None)
 @endpoint("A page of tasks, newest first", query=schemas.ListQuery, data=schemas.TaskPage)
 async def list_transcriptions(request: web.Request) -> web.Response:
     q = schemas.parse_query(schemas.ListQuery, request.query)
-    return ok(schemas.TaskPage(**await views.list_tasks(request.app[DB], q.status, q.limit, q.cursor)))
+    page = await views.list_tasks(request.app[DB], q.status, q.limit, q.cursor, caller_of(request), q.owner)
+    return ok(schemas.TaskPage(**page))
 
 
 # --- callbacks ---------------------------------------------------------------------------
@@ -336,7 +339,7 @@ async def _callback_body(request: web.Request, name: str, provider) -> bytes:
     """The body, read once its sender may send it: signature headers (and their timestamp)
     checked first, a place among the unauthenticated bodies, then the signature itself."""
     secret = provider.settings.secret
-    by_key = bool(request.app[CONFIG].server.api_keys) and not provider.callbacks_skip_api_key
+    by_key = CALLER in request  # the auth middleware took its key
     try:
         if secret:
             callbacks.check_signature_headers(request.headers)
@@ -361,12 +364,22 @@ async def _ingest_new(request: web.Request, provider: str, raw: bytes, raw_sha25
     # Our own task ids need no lookup: ingest finds (and locks) the task in its one transaction.
     task_id = external_id if provider == LOCAL else \
         await callbacks.find_task_id_waiting(app[DB], provider, external_id, CALLBACK_RACE_WAIT_S)
+    if task_id is not None and not caller_of(request).admin and not await _owns(request, task_id):
+        task_id = None  # a key that is not an admin's reports results of its own tasks only
     result = await app[INGESTOR].ingest(task_id, outcome, provider=provider, external_task_id=external_id,
                                         raw_sha256=raw_sha256) if task_id is not None else None
     if result is None or result.outcome == decisions.UNKNOWN_TASK:
         raise callbacks.refused(provider, decisions.UNKNOWN_TASK,
                                 NotFound(f"no task {external_id!r} for provider {provider!r}"))
     return result
+
+
+async def _owns(request: web.Request, task_id: str) -> bool:
+    try:
+        await views.get_task(request.app[DB], task_id, caller_of(request))
+    except NotFound:
+        return False
+    return True
 
 
 # --- health ------------------------------------------------------------------------------

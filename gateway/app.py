@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import time
 
 import aiohttp
@@ -15,20 +14,22 @@ from sqlalchemy.exc import DBAPIError
 
 from gateway import API_BASE, metrics
 from gateway import api as api_routes
-from gateway.appkeys import CALLBACK_BODIES, CONFIG, DB, HTTP, INGESTOR, LOOPS, NOTIFIER, PLUGINS, PROVIDERS, STORE, \
-    UPLOAD_TURNS
+from gateway.appkeys import CALLBACK_BODIES, CONFIG, DB, HTTP, INGESTOR, KEYS, LOOPS, NOTIFIER, PLUGINS, PROVIDERS, \
+    STORE, UPLOAD_TURNS
 from gateway.callbacks import BodyGate
 from gateway.config import Config
 from gateway.db import Database, unavailable, upgrade_async
 from gateway.envelope import error_for
 from gateway.errors import ApiError
 from gateway.ingest import Ingestor
+from gateway.keys import Keyring
 from gateway.loops import Loops
 from gateway.notify import Notifier, PgListener
 from gateway.openai_api import V1
 from gateway.openai_api import routes as openai_routes
 from gateway.plugins import GatewayContext, Plugins
 from gateway.storage import AssetStore, sweep_temp
+from gateway.tenants import CALLER
 from gateway.turns import Turns
 from gateway.providers import LOCAL, Providers
 
@@ -113,23 +114,17 @@ def _utf8(header: str) -> bool:
     return True
 
 
-def key_ok(presented: str, keys: list[str]) -> bool:
-    """Constant-time comparison against every configured key."""
-    found = False
-    for k in keys:
-        found |= hmac.compare_digest(presented.encode(), k.encode())
-    return found
-
-
 KEYED_PREFIXES = (API_BASE, V1)  # the memories API and the OpenAI-compatible one
 
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler):
-    """`Authorization: <key>` or `Bearer <key>` against server.api_keys, under both APIs."""
-    cfg = request.app[CONFIG]
-    keys = cfg.server.api_keys
-    if not keys or request.path in api_routes.PUBLIC_PATHS or not request.path.startswith(KEYED_PREFIXES):
+    """`Authorization: <key>` or `Bearer <key>` against server.api_keys and the database's keys
+    (gateway/keys.py), under both APIs: the request's caller (gateway/tenants.py) is its key's."""
+    if request.path in api_routes.PUBLIC_PATHS or not request.path.startswith(KEYED_PREFIXES):
+        return await handler(request)
+    keyring = request.app[KEYS]
+    if not await keyring.enabled():
         return await handler(request)
     if request.path.startswith(API_BASE + "/callbacks/"):
         provider = request.app[PROVIDERS].active.get(request.path.rsplit("/", 1)[-1])
@@ -141,9 +136,12 @@ async def auth_middleware(request: web.Request, handler):
                          "missing Authorization header; send 'Authorization: <api key>' or 'Bearer <api key>'")
     if not header.isascii() and not _utf8(header):
         return error_for(request.path, 400, "Authorization header is not valid UTF-8")
-    if not key_ok(_presented_key(header), keys):
+    caller = await keyring.authenticate(_presented_key(header))
+    if caller is None:
         return error_for(request.path, 401, "invalid API key")
-    return await handler(request)
+    request[CALLER] = caller
+    with structlog.contextvars.bound_contextvars(key_name=caller.name):
+        return await handler(request)
 
 
 async def _storage(app: web.Application):
@@ -159,6 +157,7 @@ async def _database(app: web.Application):
     url = app[CONFIG].database.url
     await upgrade_async(url, app[PLUGINS])
     app[DB] = Database(url, writers=app[CONFIG].database.writers)
+    app[KEYS] = Keyring(app[DB], app[CONFIG].server.api_keys, app[CONFIG].server.key_secret)
     app[INGESTOR] = Ingestor(app[DB], app[CONFIG], app[PLUGINS])
     yield
     await app[INGESTOR].close()  # results already acknowledged to no one yet are stored first

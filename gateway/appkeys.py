@@ -9,6 +9,7 @@ from gateway.callbacks import BodyGate
 from gateway.config import Config
 from gateway.db import Database
 from gateway.ingest import Ingestor
+from gateway.keys import Keyring
 from gateway.loops import Loops
 from gateway.notify import Notifier
 from gateway.plugins import Plugins
@@ -27,3 +28,4 @@ INGESTOR = web.AppKey("ingestor", Ingestor)
 PLUGINS = web.AppKey("plugins", Plugins)
 CALLBACK_BODIES = web.AppKey("callback_bodies", BodyGate)
 UPLOAD_TURNS = web.AppKey("upload_turns", Turns)  # server.max_concurrent_uploads
+KEYS = web.AppKey("keys", Keyring)  # server.api_keys and the database's keys (gateway/keys.py)

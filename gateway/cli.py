@@ -6,6 +6,7 @@ import asyncio
 import json
 import socket
 import sys
+from datetime import timezone
 from pathlib import Path
 
 import click
@@ -315,16 +316,17 @@ def status(task_id: str, as_json: bool, base_url: str, api_key: str) -> None:
 @click.option("--status", "status_", type=click.Choice(TaskStatus.ALL), default=None,
               help="Only tasks with this status.")
 @click.option("--limit", type=click.IntRange(1), default=20, show_default=True, help="At most this many tasks.")
+@click.option("--owner", default=None, help="Only tasks of the key of this name (an admin key's filter).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of the tasks.")
 @url_option
 @key_option
-def list_tasks(status_: str | None, limit: int, as_json: bool, base_url: str, api_key: str) -> None:
-    """List tasks, newest first."""
+def list_tasks(status_: str | None, limit: int, owner: str | None, as_json: bool, base_url: str, api_key: str) -> None:
+    """List the tasks the key may see (an admin key: all), newest first."""
     from gateway.client import GatewayClient
 
     async def go():
         async with GatewayClient(base_url, api_key) as client:
-            return await client.tasks(status_, limit)
+            return await client.tasks(status_, limit, owner)
 
     items = run_client(go())
     if as_json:
@@ -334,7 +336,7 @@ def list_tasks(status_: str | None, limit: int, as_json: bool, base_url: str, ap
         click.echo("no tasks", err=True)
     for t in items:
         click.echo(f"{t['task_id']}  {t['status']:<10} {t['progress'] * 100:3.0f}%  {t['created_at']}  "
-                   f"{t['model']}  {t['asset_id'] or t['url']}")
+                   f"{t['model']}  {t['owner']}  {t['asset_id'] or t['url']}")
 
 
 @main.command()
@@ -433,6 +435,117 @@ def models_pull(config_path: str | None, name: str) -> None:
     except ModelUnavailable as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"{'downloaded' if fetched else 'already there'}: {folder}")
+
+
+@main.group("keys")
+def keys_group() -> None:
+    """API keys kept in the database (gateway/keys.py): each owns the tasks, assets and speakers it
+    creates, and sees only those; an --admin key sees everything. server.api_keys' keys are
+    admin keys too."""
+
+
+def _keys_run(config_path: str | None, work):
+    """`work(db, cfg)` on database.url, its schema brought to head first (as serve does); a
+    refusal (keys.KeyRefused) is one line and exit code 1."""
+    from gateway.db import Database, upgrade
+    from gateway.keys import KeyRefused
+    from gateway.logs import configure_logging
+
+    cfg = _config(config_path)
+    configure_logging(cfg.log)
+    try:
+        upgrade(cfg.database.url, plugins=_plugins(cfg))
+    except Exception as exc:
+        raise click.ClickException(f"database at {_redact(cfg.database.url)}: {type(exc).__name__}: {exc}") from None
+
+    async def go():
+        db = Database(cfg.database.url)
+        try:
+            return await work(db, cfg)
+        finally:
+            await db.close()
+    try:
+        return asyncio.run(go())
+    except KeyRefused as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _when(dt) -> str:
+    return dt.strftime("%Y-%m-%d %H:%M:%S") if dt else "-"
+
+
+@keys_group.command("create")
+@click.argument("name")
+@click.option("--admin", is_flag=True, help="An admin key: sees every key's tasks, assets and speakers.")
+@click.option("--json", "as_json", is_flag=True, help='Print {"name", "key", "admin"}.')
+@config_option
+def keys_create(name: str, admin: bool, as_json: bool, config_path: str | None) -> None:
+    """Make a key named NAME and print it, once (alone on stdout's last line; only its digest is
+    kept). The first key made while server.api_keys is empty turns authentication on."""
+    from gateway import keys
+
+    async def work(db, cfg):
+        was_on = await keys.Keyring(db, cfg.server.api_keys, cfg.server.key_secret).enabled()
+        row, key = await keys.create(db, cfg.server.key_secret, name, admin)
+        return was_on, row, key
+
+    was_on, row, key = _keys_run(config_path, work)
+    if as_json:
+        click.echo(json.dumps({"name": row.name, "key": key, "admin": row.admin}))
+    else:
+        click.echo(f"created {'admin ' if row.admin else ''}key {row.name!r}; it is shown only now, keep it secret:",
+                   err=True)
+        click.echo(key)
+    if not was_on:
+        click.echo("authentication is now on: server.api_keys is empty and this is the first key, so every "
+                   "request to the API needs a key from now on (revoking it does not turn authentication off)",
+                   err=True)
+
+
+@keys_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+@config_option
+def keys_list(as_json: bool, config_path: str | None) -> None:
+    """The database's keys: name, admin, created, last used (to the minute), revoked. Never the keys."""
+    from gateway import keys
+
+    async def work(db, cfg):
+        return await keys.list_keys(db)
+
+    rows = _keys_run(config_path, work)
+    if as_json:
+        click.echo(json.dumps([{"name": r.name, "admin": r.admin, "created_at": _iso(r.created_at),
+                                "last_used_at": _iso(r.last_used_at), "revoked_at": _iso(r.revoked_at)}
+                               for r in rows], indent=2))
+        return
+    if not rows:
+        click.echo("no keys in the database (server.api_keys' keys are admin keys)", err=True)
+        return
+    click.echo(f"{'NAME':<24} {'ADMIN':<5} {'CREATED':<19} {'LAST USED':<19} REVOKED")
+    for r in rows:
+        click.echo(f"{r.name:<24} {'yes' if r.admin else 'no':<5} {_when(r.created_at):<19} "
+                   f"{_when(r.last_used_at):<19} {_when(r.revoked_at)}")
+
+
+def _iso(dt) -> str | None:
+    from gateway.views import iso
+
+    return iso(dt.replace(tzinfo=dt.tzinfo or timezone.utc)) if dt else None
+
+
+@keys_group.command("revoke")
+@click.argument("name")
+@config_option
+def keys_revoke(name: str, config_path: str | None) -> None:
+    """Revoke the key named NAME: its next request is refused, by every process on this database,
+    and its dashboard sessions end. What it owns stays (an admin key sees it)."""
+    from gateway import keys
+
+    async def work(db, cfg):
+        return await keys.revoke(db, name)
+
+    row = _keys_run(config_path, work)
+    click.echo(f"revoked key {row.name!r}")
 
 
 def _add_plugin_commands() -> None:

@@ -114,13 +114,13 @@ class GatewayClient:
                     raise ClientError(f"the gateway at {self.base} is not ready after {timeout:g}s: {exc}") from None
             await asyncio.sleep(poll_s)
 
-    async def tasks(self, status: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
-        """Up to `limit` tasks, newest first (following the pages' cursors)."""
+    async def tasks(self, status: str | None = None, limit: int = 20, owner: str | None = None) -> list[dict[str, Any]]:
+        """Up to `limit` tasks, newest first (following the pages' cursors); only `owner`'s, when given."""
         items: list[dict[str, Any]] = []
         cursor = None
         while len(items) < limit:
             page = await self.get("/transcriptions", limit=min(100, limit - len(items)), status=status or None,
-                                  cursor=cursor)
+                                  cursor=cursor, owner=owner)
             items += page["items"]
             if not (cursor := page["next_cursor"]):
                 break

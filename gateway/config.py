@@ -71,6 +71,7 @@ class ServerConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     api_keys: list[str] = []
+    key_secret: str = ""  # keys the HMAC of database keys' digests (gateway/keys.py)
     max_upload_mb: float = Field(500, gt=0)
     max_audio_s: float = Field(14400, gt=0)
     public_url: str = ""

@@ -65,7 +65,7 @@ async def delete_task(db: Database, plugins: Plugins | None, task_id: str, calle
     removed = await delete_tasks(db, plugins, [task.id])
     if not removed.task_ids:  # deleted meanwhile by another request
         raise NotFound(f"task {task_id!r} not found")
-    log.info("task.deleted", task_id=task.id, key=caller.name, audio_deleted=bool(removed.asset_ids))
+    log.info("task.deleted", task_id=task.id, key_name=caller.name, audio_deleted=bool(removed.asset_ids))
     return task.id
 
 
@@ -141,7 +141,7 @@ async def cancel_task(db: Database, ingestor: Ingestor, notifier: Notifier, task
         raise ApiError(f"task {task.id} is {task.status}; only a queued or processing task can be cancelled", 409)
     notifier.wake(DELIVERIES)
     notifier.wake(task_done_channel(task.id))
-    log.info("task.cancelled", task_id=task.id, key=caller.name, was=task.status)
+    log.info("task.cancelled", task_id=task.id, key_name=caller.name, was=task.status)
     return await views.get_task(db, task.id, caller)
 
 
@@ -168,7 +168,7 @@ async def delete_asset(db: Database, asset_id: str, caller: Caller = ADMIN) -> s
                            "or wait until they finish", 409)
         _, paths = await drop_assets(s, present)
     await finish(None, Removed(paths=paths))
-    log.info("asset.deleted", asset_id=asset.id, key=caller.name)
+    log.info("asset.deleted", asset_id=asset.id, key_name=caller.name)
     return asset.id
 
 

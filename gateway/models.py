@@ -10,6 +10,13 @@ from typing import Optional
 from sqlalchemy import Column, Index, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
+OWNER_MAX = 64  # a key's name, which owns what it creates (gateway/tenants.py)
+
+
+def owner_field() -> str:
+    """The key name that created the row; rows older than keys (migration 0011) are "admin"'s."""
+    return Field(default="admin", max_length=OWNER_MAX, sa_column_kwargs={"server_default": "admin"})
+
 
 def utcnow() -> datetime:
     """Aware UTC: what every timestamp column holds."""
@@ -54,6 +61,7 @@ class Asset(SQLModel, table=True):
     sha256: str = Field(max_length=64)
     path: str = Field(max_length=1024)
     created_at: datetime = Field(default_factory=utcnow)
+    owner: str = owner_field()
 
 
 class Task(SQLModel, table=True):
@@ -61,6 +69,7 @@ class Task(SQLModel, table=True):
         UniqueConstraint("provider", "upstream_task_id", name="uq_task_provider_upstream"),
         Index("ix_task_status_lease", "status", "lease_expires_at"),
         Index("ix_task_created", "created_at", "id"),
+        Index("ix_task_owner_created", "owner", "created_at", "id"),  # a tenant's page of tasks
     )
 
     id: str = Field(primary_key=True, max_length=32)
@@ -97,6 +106,7 @@ class Task(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow)
     started_at: Optional[datetime] = None
     finished_at: Optional[datetime] = None
+    owner: str = owner_field()
 
 
 class Transcript(SQLModel, table=True):
@@ -169,3 +179,18 @@ class CallbackReceipt(SQLModel, table=True):
     outcome: str = Field(max_length=32)
     detail: Optional[str] = Field(default=None, sa_column=Column(Text))
     received_at: datetime = Field(default_factory=utcnow)
+
+
+class ApiKey(SQLModel, table=True):
+    """A key made by `transcribe-gateway keys create` (gateway/keys.py): only its digest is kept.
+    A revoked key's row stays (its name is never reused, so nobody inherits its data)."""
+
+    __tablename__ = "api_key"
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    name: str = Field(max_length=OWNER_MAX, unique=True)
+    digest: str = Field(max_length=64, unique=True)  # HMAC-SHA256 of the key, hex
+    admin: bool = False
+    created_at: datetime = Field(default_factory=utcnow)
+    last_used_at: Optional[datetime] = None  # updated at most once a minute (keys.LAST_USED_EVERY_S)
+    revoked_at: Optional[datetime] = None

@@ -12,13 +12,15 @@ from gateway.db import Database
 from gateway.errors import BadRequest, Unavailable
 from gateway.languages import WHISPER_LANGUAGES
 from gateway.local_models import ModelUnavailable
-from gateway.models import Asset, Task, time_ordered_id
+from gateway.models import Task, time_ordered_id
 from gateway.notify import publish, task_channel
 from gateway.options import DEFAULT, TaskOptions
 from gateway.providers import LOCAL, Provider, Providers
+from gateway.tenants import ADMIN_NAME, Caller
 from gateway.payloads import strict_text
 from gateway.urls import UrlError, UrlPolicy
 from gateway.validation import describe_validation_error
+from gateway.views import find_asset
 
 
 StrictText = strict_text()
@@ -91,8 +93,10 @@ def check_speaker_hints(req: GenerateRequest) -> None:
                          f"({low or 1}..{high if high is not None else 32})")
 
 
-async def validate_request(db: Database, config: Config, providers: Providers, req: GenerateRequest) -> str:
-    """Check everything about a request before anything is stored; returns the provider name."""
+async def validate_request(db: Database, config: Config, providers: Providers, req: GenerateRequest,
+                           caller: Caller) -> str:
+    """Check everything about `caller`'s request before anything is stored (its asset must be one
+    `caller` may see); returns the provider name."""
     if (req.asset_id is None) == (req.url is None):
         raise BadRequest("give exactly one of asset_id or url" if req.asset_id else
                          "asset_id or url is required")
@@ -118,9 +122,8 @@ async def validate_request(db: Database, config: Config, providers: Providers, r
             except UrlError as exc:
                 raise BadRequest(f"{name}: {exc}") from None
     if req.asset_id is not None:
-        async with db.session() as s:
-            if await s.get(Asset, req.asset_id) is None:
-                raise BadRequest(f"asset_id: no asset {req.asset_id!r}; upload the file first")
+        if await find_asset(db, req.asset_id, caller) is None:
+            raise BadRequest(f"asset_id: no asset {req.asset_id!r}; upload the file first")
     return provider
 
 
@@ -147,10 +150,10 @@ async def check_options(providers: Providers, provider: Provider, model: str, op
                          f"(e.g. faster-whisper's small){hint}")
 
 
-async def create_task(db: Database, req: GenerateRequest, provider: str,
-                      options: TaskOptions = DEFAULT) -> Task:
-    task = Task(options=options.dump(), id=time_ordered_id(), asset_id=req.asset_id, url=req.url, model=req.model,
-                speaker=req.speaker, language=req.language.lower() if req.language else None,
+async def create_task(db: Database, req: GenerateRequest, provider: str, options: TaskOptions = DEFAULT, *,
+                      owner: str = ADMIN_NAME) -> Task:
+    task = Task(options=options.dump(), id=time_ordered_id(), owner=owner, asset_id=req.asset_id, url=req.url,
+                model=req.model, speaker=req.speaker, language=req.language.lower() if req.language else None,
                 num_speakers=req.num_speakers, min_speakers=req.min_speakers,
                 max_speakers=req.max_speakers, provider=provider, callback_url=req.callback_url)
     async with db.session() as s:

@@ -78,9 +78,9 @@ async def _in_batches(db: Database, plugins: Plugins | None, counts: dict[str, i
             removed = await step(s)
         await lifecycle.finish(plugins, removed)
         for task_id in removed.task_ids:
-            log.info("task.deleted", task_id=task_id, key="retention")
+            log.info("task.deleted", task_id=task_id, key_name="retention")
         for asset_id in removed.asset_ids:
-            log.info("asset.deleted", asset_id=asset_id, key="retention")
+            log.info("asset.deleted", asset_id=asset_id, key_name="retention")
         for kind, n in (("transcript", len(removed.task_ids)), ("audio", len(removed.asset_ids))):
             counts[kind] += n
             if n:

@@ -126,6 +126,8 @@ class TaskSummary(_Model):
     attempts: int = Field(ge=0)
     speaker_note: Optional[str] = Field(description="why speaker labels could not be given, when they could not")
     note: Optional[str] = Field(description=NOTE + "; null when there is nothing to note")
+    owner: str = Field(description='the name of the key that created it ("admin": a key of server.api_keys, '
+                                   'or made while authentication was off)')
 
 
 class TaskView(TaskSummary):
@@ -197,6 +199,8 @@ class ListQuery(QueryModel):
     status: Optional[TaskStatusName] = Field(None, description="only tasks in this status")
     limit: int = Field(20, ge=1, le=100, description="items per page")
     cursor: Optional[str] = Field(None, description="next_cursor of the previous page")
+    owner: Optional[str] = Field(None, description="only tasks of the key of this name (an admin key's filter; "
+                                                   "another key gets its own tasks of that name: none)")
 
     @field_validator("status", mode="before")
     @classmethod

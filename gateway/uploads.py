@@ -18,6 +18,7 @@ from gateway.db import Database
 from gateway.errors import ApiError, BadRequest, PayloadTooLarge
 from gateway.models import Asset
 from gateway.storage import AssetStore, on_disk, safe_filename
+from gateway.tenants import Caller
 from gateway.turns import Turn
 
 FORM_ROOM = 65536  # bytes of a multipart body beyond its file (boundaries, headers, other fields)
@@ -67,9 +68,10 @@ async def parts(request: web.Request, turn: Turn) -> AsyncIterator[BodyPartReade
         yield part
 
 
-async def store_file_part(store: AssetStore, part: BodyPartReader, max_bytes: int, turn: Turn) -> Asset:
+async def store_file_part(store: AssetStore, part: BodyPartReader, max_bytes: int, turn: Turn,
+                          caller: Caller) -> Asset:
     """The file part streamed into storage (413 past `max_bytes`, nothing kept); its Asset row,
-    not yet added to the database (`add_asset`; or `store.discard` its file)."""
+    `caller`'s, not yet added to the database (`add_asset`; or `store.discard` its file)."""
     if part.filename is None:
         raise BadRequest("multipart field 'file' must be a file upload (with a filename)", param="file")
 
@@ -80,7 +82,7 @@ async def store_file_part(store: AssetStore, part: BodyPartReader, max_bytes: in
     stored = await streams.save_stream(store, chunks(), max_bytes)
     return Asset(id=stored.asset_id, filename=safe_filename(part.filename),
                  content_type=(part.headers.get("Content-Type") or "application/octet-stream")[:255],
-                 size=stored.size, sha256=stored.sha256, path=str(stored.path))
+                 size=stored.size, sha256=stored.sha256, path=str(stored.path), owner=caller.name)
 
 
 AUDIO_TYPES = "flac, m4a, mp3, mp4, mpeg, mpga, oga, ogg, wav or webm"  # as OpenAI's API lists them

@@ -17,7 +17,7 @@ from gateway.errors import ApiError, BadRequest, NotFound
 from gateway.models import Asset, Task, TaskStatus
 from gateway.notify import task_done_channel
 from gateway.payloads import result_of
-from gateway.tenants import ADMIN, Caller
+from gateway.tenants import ADMIN, Caller, owner_filter, visible
 from gateway.urls import redact
 
 
@@ -41,6 +41,7 @@ def task_view(task: Task, *, with_result: bool = True) -> dict[str, Any]:
         "asset_id": task.asset_id,
         "url": redact(task.url),
         "attempts": task.attempts,
+        "owner": task.owner,
     }
     if with_result:
         view["result"] = result_of(json.loads(task.result_json)) if task.result_json else None
@@ -48,18 +49,25 @@ def task_view(task: Task, *, with_result: bool = True) -> dict[str, Any]:
 
 
 async def get_task(db: Database, task_id: str, caller: Caller = ADMIN) -> Task:
-    """The task `caller` may see; 404 for an unknown or deleted one."""
+    """The task, if `caller` may see it; else 404, the same as for an id that does not exist
+    (or a deleted task's)."""
     async with db.session() as s:
         task = await s.get(Task, task_id)
-    if task is None or task.status == TaskStatus.DELETED:
+    if task is None or task.status == TaskStatus.DELETED or not visible(caller, task.owner):
         raise NotFound(f"task {task_id!r} not found")
     return task
 
 
-async def get_asset(db: Database, asset_id: str, caller: Caller = ADMIN) -> Asset:
-    """The asset `caller` may see; 404 for an unknown or deleted one."""
+async def find_asset(db: Database, asset_id: str, caller: Caller = ADMIN) -> Asset | None:
+    """The asset, if it exists and `caller` may see it."""
     async with db.session() as s:
         asset = await s.get(Asset, asset_id)
+    return asset if asset is not None and visible(caller, asset.owner) else None
+
+
+async def get_asset(db: Database, asset_id: str, caller: Caller = ADMIN) -> Asset:
+    """The asset `caller` may see; 404 for an unknown or deleted one, or another key's."""
+    asset = await find_asset(db, asset_id, caller)
     if asset is None:
         raise NotFound(f"asset {asset_id!r} not found")
     return asset
@@ -83,11 +91,14 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
         raise BadRequest("cursor: invalid cursor; use next_cursor from the previous page") from None
 
 
-async def list_tasks(db: Database, status: str | None, limit: int, cursor: str | None) -> dict[str, Any]:
-    """A page of tasks, newest first, with an opaque cursor for the next page."""
+async def list_tasks(db: Database, status: str | None, limit: int, cursor: str | None, caller: Caller = ADMIN,
+                     owner: str | None = None) -> dict[str, Any]:
+    """A page of the tasks `caller` may see (only `owner`'s, when given), newest first, with an
+    opaque cursor for the next page."""
     if status is not None and status not in TaskStatus.ALL:
         raise BadRequest(f"status: must be one of {', '.join(TaskStatus.ALL)}")
-    stmt = select(Task).order_by(col(Task.created_at).desc(), col(Task.id).desc()).limit(limit + 1)
+    stmt = (select(Task).where(owner_filter(caller, Task.owner, owner))
+            .order_by(col(Task.created_at).desc(), col(Task.id).desc()).limit(limit + 1))
     stmt = stmt.where(Task.status == status) if status else stmt.where(Task.status != TaskStatus.DELETED)
     if cursor:
         created, task_id = _decode_cursor(cursor)

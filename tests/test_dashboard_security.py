@@ -16,7 +16,8 @@ import pytest
 from conftest import ECHO
 from fakes import callback_payload
 from gateway import API_BASE
-from gateway_plugins.dashboard.sessions import COOKIE, Sessions, key_id
+from gateway.keys import Keyring, config_kid
+from gateway_plugins.dashboard.sessions import COOKIE, Sessions
 from tgw_echo import script_wav
 
 KEY = "dash-security-key-41c9"
@@ -207,18 +208,18 @@ async def test_the_dashboards_data_needs_the_session_and_its_token(visitor, keye
     assert (await visitor.page("/tasks"))[0] == 303
 
 
-def test_sessions_end_when_expired_or_their_key_is_removed():
+async def test_sessions_end_when_expired_or_their_key_is_removed():
     sessions = Sessions("secret", lifetime_s=60)
-    session, cookie = sessions.make(key_id("k1"))
-    assert sessions.read(cookie, ["k1", "k2"]) == session
-    assert sessions.read(cookie, ["k2"]) is None  # its key was removed from server.api_keys
-    assert sessions.read(cookie, []) is None  # a keyed session is not an anonymous one
-    assert Sessions("other secret", 60).read(cookie, ["k1"]) is None
-    assert sessions.read(cookie.replace(".", "x", 1), ["k1"]) is None
-    _, stale = Sessions("secret", lifetime_s=-1).make(key_id("k1"))
-    assert sessions.read(stale, ["k1"]) is None
+    session, cookie = sessions.make(config_kid("k1"))
+    assert sessions.read(cookie) == session
+    assert await Keyring(None, ["k1", "k2"], "").session_caller(session.kid) is not None
+    assert await Keyring(None, ["k2"], "").session_caller(session.kid) is None  # its key left server.api_keys
+    assert Sessions("other secret", 60).read(cookie) is None
+    assert sessions.read(cookie.replace(".", "x", 1)) is None
+    _, stale = Sessions("secret", lifetime_s=-1).make(config_kid("k1"))
+    assert sessions.read(stale) is None
     assert sessions.csrf_ok(session, sessions.csrf(session))
-    other, _ = sessions.make(key_id("k1"))
+    other, _ = sessions.make(config_kid("k1"))
     assert not sessions.csrf_ok(other, sessions.csrf(session)) and not sessions.csrf_ok(session, None)
     assert int(time.time()) < session.expires
 

@@ -128,6 +128,34 @@ def test_0010_adds_partial_segment_and_its_downgrade_removes_it(database_url):
     finally:
         engine.dispose()
     downgrade(database_url, "0009")
-    assert tables(database_url) == set(SQLModel.metadata.tables) - {"partial_segment"} | {"alembic_version"}
+    later = {"partial_segment", "api_key"}  # 0010's table, and 0011's
+    assert tables(database_url) == set(SQLModel.metadata.tables) - later | {"alembic_version"}
+    upgrade(database_url)
+    assert schema_diff(database_url) == []
+
+
+def test_0011_gives_existing_tasks_and_assets_to_admin_and_its_downgrade_removes_keys(database_url):
+    """Rows older than keys belong to "admin" (the keys of server.api_keys); down to 0010 drops
+    the key table and the owner columns; up again, the models match."""
+    from sqlalchemy import text
+
+    upgrade(database_url, "0010")
+    engine = create_engine(sync_url(database_url))
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO asset (id, filename, content_type, size, sha256, path, created_at) "
+                              "VALUES ('re_1', 'a.wav', 'audio/wav', 1, 'x', '/tmp/a', '2026-11-26 00:00:00')"))
+            conn.execute(text("INSERT INTO task (id, asset_id, model, speaker, provider, status, progress, attempts, "
+                              "created_at, updated_at) VALUES (:id, 're_1', 'whisper-1', false, 'local', 'queued', "
+                              "0, 0, '2026-11-26 00:00:00', '2026-11-26 00:00:00')"), {"id": "t" * 32})
+        upgrade(database_url)
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT owner FROM task")).scalars().all() == ["admin"]
+            assert conn.execute(text("SELECT owner FROM asset")).scalars().all() == ["admin"]
+        downgrade(database_url, "0010")
+        assert "api_key" not in tables(database_url)
+        assert "owner" not in {c["name"] for c in inspect(engine).get_columns("task")}
+    finally:
+        engine.dispose()
     upgrade(database_url)
     assert schema_diff(database_url) == []

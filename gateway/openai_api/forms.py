@@ -19,6 +19,7 @@ from gateway import streams, uploads
 from gateway.appkeys import STORE, UPLOAD_TURNS
 from gateway.errors import BadRequest, PayloadTooLarge
 from gateway.models import Asset
+from gateway.tenants import caller_of
 from gateway.payloads import no_nul
 from gateway.turns import Turn
 from gateway.validation import describe_validation_error
@@ -189,7 +190,7 @@ async def _read_parts(request: web.Request, turn: Turn, fields: dict[str, Any], 
             if name == "file":
                 if asset is not None:
                     raise BadRequest("file: given twice; send one file", param="file")
-                asset = await uploads.store_file_part(request.app[STORE], part, max_bytes, turn)
+                asset = await uploads.store_file_part(request.app[STORE], part, max_bytes, turn, caller_of(request))
                 continue
             value = await _field_text(part, turn, name, min(budget, _field_limit(name)))
             budget -= len(value)

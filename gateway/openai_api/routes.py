@@ -32,7 +32,7 @@ async def transcriptions(request: web.Request) -> web.StreamResponse:
     req = await forms.read_request(request, forms.TranscriptionForm)
     if req.form.stream:
         return await submit.stream(request, req)
-    return await submit.transcribe(request.app, req)
+    return await submit.transcribe(request, req)
 
 
 @routes.post(V1 + "/audio/translations")
@@ -42,7 +42,7 @@ async def transcriptions(request: web.Request) -> web.StreamResponse:
           error_model=answers.ErrorBody, errors=ERRORS)
 async def translations(request: web.Request) -> web.Response:
     req = await forms.read_request(request, forms.TranslationForm)
-    return await submit.transcribe(request.app, req, translate=True)
+    return await submit.transcribe(request, req, translate=True)
 
 
 @routes.get(V1 + "/models")

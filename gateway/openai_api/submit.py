@@ -18,6 +18,7 @@ from gateway.models import Task, TaskStatus
 from gateway.openai_api import formats, sse
 from gateway.openai_api.forms import Request, TranscriptionForm
 from gateway.options import TaskOptions
+from gateway.tenants import Caller, caller_of
 
 log = structlog.get_logger(__name__)
 
@@ -65,8 +66,8 @@ def task_options(req: Request, translate: bool) -> TaskOptions:
                        known_speaker_references=form.known_speaker_references)
 
 
-async def queue(app: web.Application, req: Request, *, translate: bool = False) -> Task:
-    """The request as a queued task (its file an asset); on refusal nothing is kept."""
+async def queue(app: web.Application, req: Request, caller: Caller, *, translate: bool = False) -> Task:
+    """The request as a queued task of `caller`'s (its file an asset); on refusal nothing is kept."""
     db, store = app[DB], app[STORE]
     try:
         await _check(app, req, translate)
@@ -77,11 +78,11 @@ async def queue(app: web.Application, req: Request, *, translate: bool = False) 
     generate = requests.GenerateRequest(asset_id=req.asset.id, model=req.form.model, speaker=req.form.speaker,
                                         language=req.form.language)
     try:
-        provider = await requests.validate_request(db, app[CONFIG], app[PROVIDERS], generate)
+        provider = await requests.validate_request(db, app[CONFIG], app[PROVIDERS], generate, caller)
     except BadRequest as exc:
         await uploads.remove_asset(db, store, req.asset)
         raise openai_error(exc) from None
-    return await api.queue_task(app, generate, provider, task_options(req, translate))
+    return await api.queue_task(app, generate, provider, task_options(req, translate), caller=caller)
 
 
 def shape(req: Request, translate: bool) -> formats.Shape:
@@ -97,10 +98,11 @@ def unfinished(app: web.Application, task: Task) -> ApiError:
                                   f"task {task.id} goes on: GET {status_url} shows it")
 
 
-async def transcribe(app: web.Application, req: Request, *, translate: bool = False) -> web.Response:
-    """Queue the request's task, wait for it (server.sync_timeout_s), answer in its format. A client
-    that goes away does not stop the task."""
-    task = await queue(app, req, translate=translate)
+async def transcribe(request: web.Request, req: Request, *, translate: bool = False) -> web.Response:
+    """Queue the request's task (its caller's), wait for it (server.sync_timeout_s), answer in its
+    format. A client that goes away does not stop the task."""
+    app = request.app
+    task = await queue(app, req, caller_of(request), translate=translate)
     with structlog.contextvars.bound_contextvars(task_id=task.id):
         task = await views.wait_for_task(app[DB], app[NOTIFIER], task.id, app[CONFIG].server.sync_timeout_s)
         if task.status != TaskStatus.COMPLETED:
@@ -113,7 +115,7 @@ async def transcribe(app: web.Application, req: Request, *, translate: bool = Fa
 async def stream(request: web.Request, req: Request) -> web.StreamResponse:
     """stream=true: queue the task, then its text as server-sent events (`sse`)."""
     app = request.app
-    task = await queue(app, req)
+    task = await queue(app, req, caller_of(request))
     with structlog.contextvars.bound_contextvars(task_id=task.id):
         return await sse.write_events(request, sse.deltas(app, task), app[CONFIG].server.sync_timeout_s,
                                       final=lambda: views.get_task(app[DB], task.id),

@@ -5,23 +5,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import structlog
 from aiohttp import web
 from sqlalchemy import func
 from sqlmodel import col, select
 
 from gateway import API_BASE, api, deliveries, lifecycle, requests, uploads, views
-from gateway.appkeys import CONFIG, DB, INGESTOR, LOOPS, NOTIFIER, PLUGINS, PROVIDERS, STORE
-from gateway.app import key_ok
+from gateway.appkeys import CONFIG, DB, INGESTOR, KEYS, LOOPS, NOTIFIER, PLUGINS, PROVIDERS, STORE
 from gateway.errors import BadRequest, NotFound
 from gateway.models import DeliveryStatus, Task, TaskStatus, Transcript
 from gateway.openai_api.forms import read_form
 from gateway.providers import LOCAL
-from gateway.tenants import caller_of
-from gateway_plugins.dashboard import sessions as S
+from gateway.tenants import caller_of, owner_filter, owners
 from gateway_plugins.dashboard import view
-from gateway_plugins.dashboard.web import (action, data, error_page, fragment, local_target, page, render,
+from gateway_plugins.dashboard.web import (AUTH_ON, action, data, error_page, fragment, local_target, page, render,
                                            session_of, sign_in_page, sign_in_response, sign_out_response)
 
+log = structlog.get_logger(__name__)
 PAGE_SIZE = 25
 
 
@@ -33,8 +33,8 @@ def model_aliases(app: web.Application) -> list[str]:
 
 
 async def home(request: web.Request) -> web.StreamResponse:
-    if request.app[CONFIG].server.api_keys and session_of(request) is None:
-        return sign_in_page(request, target=local_target(request.query.get("next")))
+    if await session_of(request) is None and request[AUTH_ON]:
+        return await sign_in_page(request, target=local_target(request.query.get("next")))
     return await _home(request)
 
 
@@ -53,13 +53,16 @@ def _upload_form(request: web.Request, status: int = 200, message: str = "", fie
 
 async def _sign_in(request: web.Request, fields: dict) -> web.StreamResponse:
     key = fields.get("api_key", "").strip()
-    keys = request.app[CONFIG].server.api_keys
+    keyring = request.app[KEYS]
     target = local_target(fields.get("next"))
-    if not keys:
+    if not await keyring.enabled():
         raise web.HTTPSeeOther(target)
-    if not key or not key_ok(key, keys):
-        return sign_in_page(request, 401, "That API key is not valid.", target)
-    return sign_in_response(request, S.key_id(key), target)
+    found = await keyring.identify(key) if key else None
+    if found is None:
+        log.warning("dashboard.sign_in_refused")
+        return await sign_in_page(request, 401, "That API key is not valid.", target)
+    log.info("dashboard.signed_in", key_name=found.caller.name, admin=found.caller.admin)
+    return sign_in_response(request, found.kid, target)
 
 
 async def _sign_out(request: web.Request, fields: dict) -> web.StreamResponse:
@@ -91,11 +94,11 @@ async def _submit(request: web.Request, fields: dict) -> web.StreamResponse:
     await uploads.add_asset(app[DB], app[STORE], asset)
     try:
         req = requests.parse_generate_request(_generate_body(asset.id, fields))
-        provider = await requests.validate_request(app[DB], app[CONFIG], app[PROVIDERS], req)
+        provider = await requests.validate_request(app[DB], app[CONFIG], app[PROVIDERS], req, caller_of(request))
     except BadRequest as exc:
         await uploads.remove_asset(app[DB], app[STORE], asset)
         return _upload_form(request, 400, exc.message, fields)
-    task = await api.queue_task(app, req, provider, req.options())
+    task = await api.queue_task(app, req, provider, req.options(), caller=caller_of(request))
     raise web.HTTPSeeOther(f"/tasks/{task.id}")
 
 
@@ -128,7 +131,7 @@ upload = action(_submit, form=_read_upload, discard=_discard_upload,
 async def _task_page_data(request: web.Request) -> dict:
     status = request.query.get("status") or None
     cursor = request.query.get("cursor") or None
-    listing = await views.list_tasks(request.app[DB], status, PAGE_SIZE, cursor)
+    listing = await views.list_tasks(request.app[DB], status, PAGE_SIZE, cursor, caller_of(request))
     ids = [t["task_id"] for t in listing["items"]]
     async with request.app[DB].session() as s:
         rows = (await s.exec(select(Transcript.task_id, Transcript.duration)
@@ -150,7 +153,7 @@ async def task_rows(request: web.Request) -> web.Response:
 
 async def _task(request: web.Request) -> Task:
     """The page's task (404 for an unknown one)."""
-    return await views.get_task(request.app[DB], request.match_info["task_id"])
+    return await views.get_task(request.app[DB], request.match_info["task_id"], caller_of(request))
 
 
 def _task_data(task: Task) -> dict:
@@ -192,7 +195,8 @@ async def deliveries_fragment(request: web.Request) -> web.Response:
 
 
 async def _redeliver(request: web.Request, fields: dict) -> web.StreamResponse:
-    task_id, _ = await api.redeliver_task(request.app, request.match_info["task_id"], fields.get("target") or None)
+    task_id, _ = await api.redeliver_task(request.app, request.match_info["task_id"], fields.get("target") or None,
+                                          caller_of(request))
     raise web.HTTPSeeOther(f"/tasks/{task_id}#deliveries")
 
 
@@ -229,7 +233,7 @@ async def task_audio(request: web.Request) -> web.StreamResponse:
 @data
 async def task_transcript(request: web.Request) -> web.StreamResponse:
     response = await api.transcript_response(request.app[DB], request.match_info["task_id"],
-                                             request.match_info["fmt"])
+                                             request.match_info["fmt"], caller_of(request))
     response.headers["Content-Disposition"] = \
         f"attachment; filename=\"{request.match_info['task_id']}.{request.match_info['fmt']}\""
     return response
@@ -247,7 +251,7 @@ async def search_page(request: web.Request) -> web.Response:
     if q:
         from gateway_plugins.search import index
 
-        found = await index.search(request.app[DB], q, index.Filters(), 50, 0)
+        found = await index.search(request.app[DB], q, index.Filters(owners=owners(caller_of(request))), 50, 0)
         hits = [dict(hit, pieces=view.snippet_pieces(hit["snippet"])) for hit in found["items"]]
     return render(request, "search.html", q=q, hits=hits)
 
@@ -280,7 +284,9 @@ async def status_page(request: web.Request) -> web.Response:
     counts: dict = {}
     if database == "ok":
         async with app[DB].session() as s:
-            counts = dict((await s.exec(select(Task.status, func.count()).group_by(Task.status))).all())
+            counts = dict((await s.exec(select(Task.status, func.count())
+                                        .where(owner_filter(caller_of(request), Task.owner))
+                                        .group_by(Task.status))).all())
     providers = [{"name": name, "models": sorted(p.models())} for name, p in sorted(app[PROVIDERS].active.items())]
     return render(request, "status.html", database=database, engine=await _engine_state(app),
                   local_models=_local_models(app),

@@ -2,10 +2,12 @@
 
 Stateless, so every gateway process sharing `session_secret` accepts the same cookies:
 `<nonce>.<expiry>.<kid>.<signature>`, the signature an HMAC-SHA256 (by the secret) of the rest,
-`kid` the first 16 hex digits of the SHA-256 of the API key signed in with (`-` when auth is
-off). A cookie is valid while it is unexpired and, with keys configured, its key is still one of
-them: removing a key from server.api_keys ends its sessions. The key itself is never in the
-cookie, in a page or in a URL. The CSRF token is an HMAC of the session's nonce.
+`kid` the id of the key signed in with (gateway.keys.Identity.kid: `c` + 16 hex digits of the
+SHA-256 of a server.api_keys key, `n<row id>` for a database key; `-` before sign-in or when auth
+is off). A cookie is valid while it is unexpired, and (web.py asks gateway.keys on every request)
+while its key is: removing a key from server.api_keys, or revoking a database key, ends its
+sessions. The key itself is never in the cookie, in a page or in a URL. The CSRF token is an HMAC
+of the session's nonce.
 """
 
 from __future__ import annotations
@@ -20,10 +22,6 @@ COOKIE = "tgw_session"
 CSRF_HEADER = "X-CSRF-Token"
 CSRF_FIELD = "csrf_token"
 ANONYMOUS = "-"
-
-
-def key_id(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -47,18 +45,14 @@ class Sessions:
         body = f"{session.nonce}.{session.expires}.{session.kid}"
         return session, f"{body}.{self._sign(body)}"
 
-    def read(self, cookie: str | None, keys: list[str]) -> Session | None:
-        """The session of a cookie value, or None: malformed, forged, expired, or its key gone."""
+    def read(self, cookie: str | None) -> Session | None:
+        """The session of a cookie value, or None: malformed, forged or expired."""
         if not cookie or cookie.count(".") != 3:
             return None
         nonce, expires, kid, signature = cookie.split(".")
         if not hmac.compare_digest(self._sign(f"{nonce}.{expires}.{kid}"), signature):
             return None
         if not expires.isdigit() or int(expires) < time.time():
-            return None
-        if keys and kid not in {key_id(k) for k in keys}:
-            return None
-        if not keys and kid != ANONYMOUS:
             return None
         return Session(nonce, int(expires), kid)
 

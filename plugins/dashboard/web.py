@@ -9,10 +9,12 @@ from typing import Any, Awaitable, Callable
 from urllib.parse import quote, urlsplit
 
 import jinja2
+import structlog
 from aiohttp import web
 
-from gateway.appkeys import CONFIG
+from gateway.appkeys import KEYS
 from gateway.errors import ApiError
+from gateway.tenants import CALLER, caller_of
 from gateway_plugins.dashboard import sessions as S
 from gateway_plugins.dashboard.view import clock, when
 
@@ -20,6 +22,7 @@ HERE = Path(__file__).resolve().parent
 SESSIONS = web.AppKey("dashboard_sessions", S.Sessions)
 TEMPLATES = web.AppKey("dashboard_templates", jinja2.Environment)
 SESSION = web.RequestKey("dashboard_session", S.Session)  # the request's Session, found or made by a guard
+AUTH_ON = web.RequestKey("dashboard_auth_on", bool)  # whether the gateway asks for keys (session_of)
 
 # No inline script or style, nothing from another origin, no framing.
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; media-src 'self'; "
@@ -39,9 +42,9 @@ def environment() -> jinja2.Environment:
 
 def render(request: web.Request, name: str, http_status: int = 200, **context: Any) -> web.Response:
     session = request.get(SESSION)
-    keys = request.app[CONFIG].server.api_keys
-    context.update(csrf=request.app[SESSIONS].csrf(session) if session else "", auth_on=bool(keys),
-                   signed_in=session is not None and (not keys or session.kid != S.ANONYMOUS),
+    auth_on = request.get(AUTH_ON, True)
+    context.update(csrf=request.app[SESSIONS].csrf(session) if session else "", auth_on=auth_on,
+                   signed_in=session is not None and (not auth_on or session.kid != S.ANONYMOUS),
                    path=request.path)
     html = request.app[TEMPLATES].get_template(name).render(**context)
     return web.Response(text=html, content_type="text/html", charset="utf-8", status=http_status)
@@ -57,19 +60,25 @@ def _cookie(response: web.StreamResponse, value: str, max_age: int) -> None:
     response.set_cookie(S.COOKIE, value, max_age=max_age, path="/", httponly=True, samesite="Strict")
 
 
-def session_of(request: web.Request, *, anonymous: bool = False):
-    """The request's valid session; with `anonymous`, also a pre-sign-in one (kid `-`)."""
-    keys = request.app[CONFIG].server.api_keys
-    cookie = request.cookies.get(S.COOKIE)
-    found = request.app[SESSIONS].read(cookie, keys)
-    if found is None and anonymous and keys:
-        found = request.app[SESSIONS].read(cookie, [])
+async def session_of(request: web.Request, *, anonymous: bool = False) -> S.Session | None:
+    """The request's valid session, its key's caller made the request's (tenants.caller_of): a
+    signed-in one while its key is valid (gateway.keys, asked on every request), an anonymous
+    one while auth is off; with `anonymous`, also a pre-sign-in one (kid `-`). Sets AUTH_ON."""
+    keyring = request.app[KEYS]
+    request[AUTH_ON] = auth_on = await keyring.enabled()
+    found = request.app[SESSIONS].read(request.cookies.get(S.COOKIE))
+    if found is None or found.kid == S.ANONYMOUS:
+        return found if found is None or not auth_on or anonymous else None
+    caller = await keyring.session_caller(found.kid) if auth_on else None
+    if caller is None:
+        return None
+    request[CALLER] = caller
     return found
 
 
-def _ensure_session(request: web.Request, *, anonymous: bool) -> str | None:
+async def _ensure_session(request: web.Request, *, anonymous: bool) -> str | None:
     """Find the session, or make an anonymous one (auth off, or a sign-in form); its new cookie."""
-    session = session_of(request, anonymous=anonymous)
+    session = await session_of(request, anonymous=anonymous)
     if session is not None:
         request[SESSION] = session
         return None
@@ -84,6 +93,11 @@ def _finish(request: web.Request, response: web.StreamResponse, new_cookie: str 
     return _secure(response)
 
 
+def logged_as(request: web.Request):
+    """Every log line of the request names its caller's key (`key_name`; never the key itself)."""
+    return structlog.contextvars.bound_contextvars(key_name=caller_of(request).name)
+
+
 def error_page(request: web.Request, status: int, message: str) -> web.Response:
     return render(request, "error.html", http_status=status, status_code=status, message=message)
 
@@ -92,13 +106,13 @@ def page(handler: Handler) -> Handler:
     """A page for people: signed in (or auth off), else the sign-in form; errors as a page."""
     @functools.wraps(handler)
     async def wrapped(request: web.Request) -> web.StreamResponse:
-        keys = request.app[CONFIG].server.api_keys
-        if keys and session_of(request) is None:
+        new_cookie = await _ensure_session(request, anonymous=False)
+        if new_cookie and request[AUTH_ON]:  # no valid session: sign in first
             target = request.path_qs
             raise web.HTTPSeeOther("/" if target == "/" else "/?next=" + quote(target, safe=""))
-        new_cookie = _ensure_session(request, anonymous=False)
         try:
-            response = await handler(request)
+            with logged_as(request):
+                response = await handler(request)
         except ApiError as exc:
             response = error_page(request, exc.status, exc.message)
         return _finish(request, response, new_cookie)
@@ -124,12 +138,13 @@ def data(handler: Handler) -> Handler:
     could send the cookie). Never an API route: the API keeps requiring Authorization."""
     @functools.wraps(handler)
     async def wrapped(request: web.Request) -> web.StreamResponse:
-        session = session_of(request)
+        session = await session_of(request)
         if session is None:
             return _secure(web.Response(status=401, text="sign in first"))
         request[SESSION] = session
         try:
-            return _secure(await handler(request))
+            with logged_as(request):
+                return _secure(await handler(request))
         except ApiError as exc:
             return _secure(web.Response(status=exc.status, text=exc.message))
     return wrapped
@@ -155,7 +170,7 @@ def action(handler: Callable[[web.Request, dict], Awaitable[web.StreamResponse]]
     async def wrapped(request: web.Request) -> web.StreamResponse:
         if not same_origin(request):
             return refused(request, "refused: this form was sent from another site")
-        session = session_of(request, anonymous=sign_in)
+        session = await session_of(request, anonymous=sign_in)
         if session is None:
             raise web.HTTPSeeOther("/")
         request[SESSION] = session
@@ -165,7 +180,8 @@ def action(handler: Callable[[web.Request, dict], Awaitable[web.StreamResponse]]
                 if discard is not None:
                     discard(request, fields)
                 return refused(request, "refused: the form's CSRF token is missing or stale; reload the page")
-            return _secure(await handler(request, fields))
+            with logged_as(request):
+                return _secure(await handler(request, fields))
         except ApiError as exc:
             return _secure((on_error or _error)(request, exc))
     return wrapped
@@ -196,8 +212,9 @@ def sign_out_response() -> web.StreamResponse:
     return response
 
 
-def sign_in_page(request: web.Request, status: int = 200, message: str = "", target: str = "/") -> web.Response:
-    new_cookie = _ensure_session(request, anonymous=True)
+async def sign_in_page(request: web.Request, status: int = 200, message: str = "",
+                       target: str = "/") -> web.Response:
+    new_cookie = await _ensure_session(request, anonymous=True)
     response = render(request, "sign_in.html", http_status=status, message=message, next=target)
     return _finish(request, response, new_cookie)
 

@@ -22,6 +22,7 @@ from gateway.hookspecs import hookimpl
 from gateway.openapi import endpoint
 from gateway.plugins import PluginConfig
 from gateway.schemas import QueryModel, parse_query
+from gateway.tenants import caller_of, owners
 from gateway_plugins.search import index
 
 
@@ -58,6 +59,7 @@ class SearchQuery(QueryModel):
     task_id: Optional[str] = Field(None, description="only this task")
     since: Optional[datetime] = Field(None, description="tasks created at or after (ISO 8601; UTC if no offset)")
     until: Optional[datetime] = Field(None, description="tasks created before (ISO 8601; UTC if no offset)")
+    owner: Optional[str] = Field(None, description="only tasks of the key of this name (an admin key's filter)")
     limit: int = Field(20, ge=1, le=100, description="items per page")
     cursor: Optional[str] = Field(None, description="next_cursor of the previous page")
 
@@ -90,7 +92,8 @@ class SearchPage(BaseModel):
           query=SearchQuery, data=SearchPage)
 async def search_handler(request: web.Request) -> web.Response:
     q = parse_query(SearchQuery, request.query)
-    filters = index.Filters(speaker=q.speaker, task_id=q.task_id, since=q.since, until=q.until)
+    filters = index.Filters(speaker=q.speaker, task_id=q.task_id, since=q.since, until=q.until,
+                            owners=owners(caller_of(request), q.owner))
     page = await index.search(request.app[DB], q.q, filters, q.limit, index.decode_cursor(q.cursor))
     return ok(SearchPage(**page))
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import base64
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Iterable
 
@@ -124,10 +124,13 @@ class Filters:
     task_id: str | None = None
     since: datetime | None = None
     until: datetime | None = None
+    owners: list[str] = field(default_factory=list)  # a hit's task's owner must be each (tenants.owners)
 
 
 def _where(db: Database, f: Filters, params: dict) -> str:
-    clauses = []
+    # A hit belongs to its task: the task's owner decides who sees it (by its primary key).
+    clauses = [f"task_id IN (SELECT id FROM task WHERE owner = :owner_{i})" for i in range(len(f.owners))]
+    params.update({f"owner_{i}": name for i, name in enumerate(f.owners)})
     for column, value in (("speaker", f.speaker), ("task_id", f.task_id)):
         if value is not None:
             clauses.append(f"{column} = :{column}")
