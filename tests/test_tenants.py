@@ -127,6 +127,35 @@ async def test_tasks_assets_transcripts_and_redelivery_are_the_owners_and_the_ad
     assert (await t.call("bob", "GET", f"/transcriptions/{bob_sync}"))[1]["data"]["owner"] == "bob"
 
 
+async def test_only_the_owner_and_an_admin_cancel_and_delete(tenants, tmp_path):
+    """Cancel, DELETE of a task and DELETE of an asset: another key's is 404, with the message of
+    an id that does not exist, and stays as it was; the owner's and an admin's go."""
+    t = tenants
+    a_task, a_asset = t.task["alice"], t.asset["alice"]
+    for method, path, msg in (("POST", f"/transcriptions/{a_task}/cancel", f"task {a_task!r} not found"),
+                              ("DELETE", f"/transcriptions/{a_task}", f"task {a_task!r} not found"),
+                              ("DELETE", f"/{a_asset}", f"asset {a_asset!r} not found")):
+        status, body = await t.call("bob", method, path)
+        assert (status, body["msg"]) == (404, msg), (method, path, body)
+    status, body = await t.call("alice", "GET", f"/transcriptions/{a_task}")
+    assert body["data"]["status"] == "completed" and WORD["alice"] in str(body["data"]["result"])
+    assert (await t.raw("alice", "GET", f"/{a_asset}/download"))[0] == 200
+    assert await t.hits("alice", WORD["alice"]) == [a_task]
+
+    assert (await t.call("alice", "POST", f"/transcriptions/{a_task}/cancel"))[0] == 409  # hers, but finished
+    status, body = await t.call("alice", "DELETE", f"/transcriptions/{a_task}")
+    assert (status, body["data"]) == (200, {"task_id": a_task, "deleted": True})
+    assert (await t.call("root", "GET", f"/transcriptions/{a_task}"))[0] == 404
+    assert await t.hits("root", WORD["alice"]) == []
+    b_task = t.task["bob"]
+    status, body = await t.call("root", "DELETE", f"/transcriptions/{b_task}")  # an admin deletes anyone's
+    assert status == 200, body
+    assert (await t.call("bob", "GET", f"/transcriptions/{b_task}"))[0] == 404
+    new_asset = await t.upload("bob", tmp_path)
+    assert (await t.call("alice", "DELETE", f"/{new_asset}"))[0] == 404
+    assert (await t.call("bob", "DELETE", f"/{new_asset}"))[1]["data"] == {"asset_id": new_asset, "deleted": True}
+
+
 async def test_lists_are_the_callers_and_an_admin_filters_by_owner(tenants):
     t = tenants
     a, b = t.task["alice"], t.task["bob"]
