@@ -13,7 +13,8 @@ import structlog
 from aiohttp import web
 from sqlalchemy.exc import SQLAlchemyError
 
-from gateway import API_BASE, callbacks, decisions, deliveries, metrics, openapi, requests, schemas, subtitles, uploads, views
+from gateway import API_BASE, callbacks, decisions, deliveries, known_speakers, metrics, openapi, requests, schemas, \
+    subtitles, uploads, views
 from gateway.appkeys import CALLBACK_BODIES, CONFIG, DB, INGESTOR, LOOPS, NOTIFIER, PROVIDERS, STORE, UPLOAD_TURNS
 from gateway.envelope import ok
 from gateway.errors import ApiError, BadRequest, NotFound, PayloadTooLarge, Unauthorized, Unavailable
@@ -25,6 +26,7 @@ from gateway.payloads import CallbackPayload, parse_callback, parse_valid_callba
 from gateway.plugins import transcript_from_payload
 from gateway.providers import LOCAL
 from gateway.storage import download_type
+from gateway.tenants import caller_of
 
 log = structlog.get_logger(__name__)
 routes = web.RouteTableDef()
@@ -175,8 +177,9 @@ def _quote(name: str) -> str:
 async def _submit(request: web.Request) -> Task:
     app = request.app
     req = requests.parse_generate_request(await read_json(request))
-    provider = await requests.validate_request(app[DB], app[CONFIG], app[PROVIDERS], req)
-    return await queue_task(app, req, provider, req.options())
+    options = req.options(await known_speakers.resolve(app[DB], caller_of(request), req.known_speakers))
+    provider = await requests.validate_request(app[DB], app[CONFIG], app[PROVIDERS], req, options)
+    return await queue_task(app, req, provider, options)
 
 
 async def queue_task(app: web.Application, req: requests.GenerateRequest, provider: str,

@@ -15,6 +15,7 @@ from sqlalchemy.exc import DBAPIError
 
 from gateway import API_BASE, metrics
 from gateway import api as api_routes
+from gateway import speaker_routes
 from gateway.appkeys import CALLBACK_BODIES, CONFIG, DB, HTTP, INGESTOR, LOOPS, NOTIFIER, PLUGINS, PROVIDERS, STORE, \
     UPLOAD_TURNS
 from gateway.callbacks import BodyGate
@@ -247,5 +248,6 @@ def create_app(config: Config, *, worker: bool = True, api: bool = True,
     if api:
         app.add_routes(api_routes.routes)
         app.add_routes(openai_routes.routes)
+        app.add_routes(speaker_routes.routes)
         app[PLUGINS].call_all_sync("register_routes", app=app)
     return app
