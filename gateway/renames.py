@@ -24,6 +24,7 @@ from gateway.models import Asset, Speaker, Task, utcnow
 from gateway.payloads import serialise_result
 from gateway.plugins import Plugins, transcript_from_payload
 from gateway.tenants import Caller
+from gateway.audio import AudioError
 from gateway.voiceprints import TooLittleSpeech
 
 log = structlog.get_logger(__name__)
@@ -80,7 +81,7 @@ async def rename_speakers(db: Database, plugins: Plugins | None, public_url: str
         try:
             prints[label] = await asyncio.to_thread(known_speakers.voiceprint_of, source.path,
                                                     known_speakers.label_spans(source.result, label), float("inf"))
-        except TooLittleSpeech as exc:
+        except (AudioError, TooLittleSpeech) as exc:
             out.not_enrolled[label] = str(exc)
     new_json = renamed_payload(task.result_json, renames)
     async with db.session() as s:
