@@ -9,7 +9,7 @@ from aiohttp import web
 from sqlalchemy import func
 from sqlmodel import col, select
 
-from gateway import API_BASE, api, deliveries, requests, uploads, views
+from gateway import API_BASE, api, deliveries, requests, speaker_routes, uploads, views
 from gateway.appkeys import CONFIG, DB, LOOPS, PLUGINS, PROVIDERS, STORE
 from gateway.app import key_ok
 from gateway.errors import BadRequest, NotFound
@@ -196,6 +196,16 @@ async def _redeliver(request: web.Request, fields: dict) -> web.StreamResponse:
 
 
 redeliver = action(_redeliver)
+
+
+async def _rename_speaker(request: web.Request, fields: dict) -> web.StreamResponse:
+    """A speaker label named: the same function as POST /transcriptions/{task_id}/speakers."""
+    done = await speaker_routes.rename_task_speakers(request, request.match_info["task_id"],
+                                                     {fields.get("label", ""): fields.get("name", "")})
+    raise web.HTTPSeeOther(f"/tasks/{done.task_id}")
+
+
+rename_speaker = action(_rename_speaker)
 
 
 @data

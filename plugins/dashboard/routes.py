@@ -28,6 +28,7 @@ def add(app: web.Application, config) -> None:
     r.add_get("/tasks", pages.tasks_page)
     r.add_get(TASK, pages.task_page)
     r.add_post(TASK + "/redeliver", pages.redeliver)
+    r.add_post(TASK + "/speakers", pages.rename_speaker)
     r.add_get("/search", pages.search_page)
     r.add_get("/status", pages.status_page)
     r.add_get("/ui/fragments/tasks", pages.task_rows)
