@@ -24,7 +24,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidato
     model_validator
 from sqlmodel import col, select
 
-from gateway import audio, speakers, voiceprints
+from gateway import audio, voiceprints
 from gateway.db import Database
 from gateway.errors import ApiError, BadRequest, NotFound
 from gateway.models import Asset, Speaker, Task, TaskStatus

@@ -109,7 +109,7 @@ async def tell_plugins(plugins: Plugins | None, task: Task, filename: str | None
     info = task_info_of(task, filename, public_url)
     transcript = transcript_from_payload(json.loads(task.result_json))
     failed = []
-    for name in plugins.implementing("transcript_updated"):
+    for name in plugins.delivery_targets("transcript_updated"):  # implementing it, and active
         try:
             await plugins.call_one("transcript_updated", name, task=info, transcript=transcript,
                                    config=plugins.configs[name])

@@ -91,7 +91,8 @@ async def delete_speaker(request: web.Request) -> web.Response:
 
 @routes.post(API_BASE + "/transcriptions/{task_id}/speakers")
 @endpoint("Name a completed task's speakers: {\"SPEAKER_01\": \"Alice\", ...} renames the labels in its result, "
-          "search index and subtitles, and enrols those voices", data=schemas.RenameData, errors=(404, 409),
+          "search index and subtitles, and enrols those voices", data=schemas.RenameData,
+          errors=(400, 404, 408, 409, 413),
           request_content={"application/json": {"schema": {
               "type": "object", "additionalProperties": {"type": "string", "maxLength": known_speakers.MAX_NAME},
               "examples": [{"SPEAKER_01": "Alice"}]}}})

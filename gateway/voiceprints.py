@@ -35,23 +35,22 @@ class KnownVoice:
     voiceprint: np.ndarray  # L2-normed, DIMENSIONS float32
 
 
+GAP = np.zeros(int(0.3 * speakers.SAMPLE_RATE), np.float32)  # between stretches joined
+
+
 def voiceprint(pieces: Iterable[np.ndarray]) -> np.ndarray:
-    """The voiceprint of one voice from stretches of 16 kHz audio of it (each searched for speech
-    on its own); TooLittleSpeech when they hold less than MIN_SPEECH_S of speech."""
-    encoder = speakers.load_encoder()
-    embeddings, speech = [], 0.0
-    for audio in pieces:
-        duration = len(audio) / speakers.SAMPLE_RATE
-        regions = speakers.speech_regions(audio) if duration >= speakers.WINDOW_S else []
-        if not regions:
-            continue
-        speech += sum(end - begin for begin, end in regions)
-        starts, _ = speakers.window_starts(regions, duration, STEP_S)
-        embeddings.append(speakers.embed_windows(encoder, audio, starts))
+    """The voiceprint of one voice from stretches of 16 kHz audio of it (joined with short pauses,
+    so that stretches shorter than a window count too); TooLittleSpeech when they hold less than
+    MIN_SPEECH_S of speech."""
+    audio = np.concatenate([part for piece in pieces for part in (piece, GAP)] or [GAP])
+    duration = len(audio) / speakers.SAMPLE_RATE
+    regions = speakers.speech_regions(audio) if duration >= speakers.WINDOW_S else []
+    speech = sum(end - begin for begin, end in regions)
     if speech < MIN_SPEECH_S:
         raise TooLittleSpeech(f"{speech:.1f} s of speech was found; a voiceprint needs at least "
                               f"{MIN_SPEECH_S:.1f} s of the voice speaking")
-    return normed(np.concatenate(embeddings).mean(axis=0))
+    starts, _ = speakers.window_starts(regions, duration, STEP_S)
+    return normed(speakers.embed_windows(speakers.load_encoder(), audio, starts).mean(axis=0))
 
 
 def normed(vector: np.ndarray) -> np.ndarray:
