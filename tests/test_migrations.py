@@ -128,6 +128,23 @@ def test_0010_adds_partial_segment_and_its_downgrade_removes_it(database_url):
     finally:
         engine.dispose()
     downgrade(database_url, "0009")
-    assert tables(database_url) == set(SQLModel.metadata.tables) - {"partial_segment"} | {"alembic_version"}
+    later = {"partial_segment", "speaker"}  # 0010's table, and those of revisions after it
+    assert tables(database_url) == set(SQLModel.metadata.tables) - later | {"alembic_version"}
+    upgrade(database_url)
+    assert schema_diff(database_url) == []
+
+
+def test_0013_adds_the_speaker_table_and_its_downgrade_removes_it(database_url):
+    """0013 adds the enrolled speakers (gateway/known_speakers.py); down to 0010 drops it and
+    leaves the rest; up again, the models match."""
+    upgrade(database_url)
+    engine = create_engine(sync_url(database_url))
+    try:
+        assert inspect(engine).get_pk_constraint("speaker")["constrained_columns"] == ["id"]
+        assert [i["column_names"] for i in inspect(engine).get_indexes("speaker")] == [["owner"]]
+    finally:
+        engine.dispose()
+    downgrade(database_url, "0010")
+    assert tables(database_url) == set(SQLModel.metadata.tables) - {"speaker"} | {"alembic_version"}
     upgrade(database_url)
     assert schema_diff(database_url) == []
