@@ -13,8 +13,8 @@ import structlog
 from aiohttp import web
 from sqlalchemy.exc import SQLAlchemyError
 
-from gateway import API_BASE, callbacks, decisions, deliveries, lifecycle, metrics, openapi, requests, schemas, \
-    subtitles, uploads, views
+from gateway import API_BASE, callbacks, decisions, deliveries, known_speakers, lifecycle, metrics, openapi, requests, \
+    schemas, subtitles, uploads, views
 from gateway.appkeys import CALLBACK_BODIES, CONFIG, DB, INGESTOR, LOOPS, NOTIFIER, PLUGINS, PROVIDERS, STORE, \
     UPLOAD_TURNS
 from gateway.envelope import ok
@@ -184,8 +184,9 @@ async def _submit(request: web.Request) -> Task:
     app = request.app
     req = requests.parse_generate_request(await read_json(request))
     caller = caller_of(request)
-    provider = await requests.validate_request(app[DB], app[CONFIG], app[PROVIDERS], req, caller)
-    return await queue_task(app, req, provider, req.options(), caller=caller)
+    options = req.options(await known_speakers.resolve(app[DB], caller, req.known_speakers))
+    provider = await requests.validate_request(app[DB], app[CONFIG], app[PROVIDERS], req, caller, options)
+    return await queue_task(app, req, provider, options, caller=caller)
 
 
 async def queue_task(app: web.Application, req: requests.GenerateRequest, provider: str,

@@ -14,6 +14,7 @@ from sqlalchemy.exc import DBAPIError
 
 from gateway import API_BASE, metrics
 from gateway import api as api_routes
+from gateway import speaker_routes
 from gateway.appkeys import CALLBACK_BODIES, CONFIG, DB, HTTP, INGESTOR, KEYS, LOOPS, NOTIFIER, PLUGINS, PROVIDERS, \
     STORE, UPLOAD_TURNS
 from gateway.callbacks import BodyGate
@@ -246,5 +247,6 @@ def create_app(config: Config, *, worker: bool = True, api: bool = True,
     if api:
         app.add_routes(api_routes.routes)
         app.add_routes(openai_routes.routes)
+        app.add_routes(speaker_routes.routes)
         app[PLUGINS].call_all_sync("register_routes", app=app)
     return app

@@ -152,10 +152,14 @@ async def record_attempt(db: Database, d: Delivery, owner: str, attempt: Attempt
 
 
 def task_info(claimed: Claimed, public_url: str) -> TaskInfo:
-    t = claimed.task
+    return task_info_of(claimed.task, claimed.filename, public_url)
+
+
+def task_info_of(t: Task, filename: str | None, public_url: str) -> TaskInfo:
+    """What a plugin learns about task `t` (its asset's `filename`)."""
     link = f"{public_url.rstrip('/')}{API_BASE}/transcriptions/{t.id}" if public_url else None
     return TaskInfo(task_id=t.id, status=t.status, model=t.model, provider=t.provider, speaker=t.speaker,
-                    language=t.language, asset_id=t.asset_id, filename=claimed.filename, url=t.url,
+                    language=t.language, asset_id=t.asset_id, filename=filename, url=t.url,
                     created_at=t.created_at, finished_at=t.finished_at, link=link)
 
 

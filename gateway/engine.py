@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import structlog
 
-from gateway import audio, batching, speakers, untranscribed
+from gateway import audio, batching, speakers, untranscribed, voiceprints
 from gateway.audio import SAMPLE_RATE
 from gateway.config import EngineConfig, ServerConfig
 from gateway.local_models import LocalModels, ModelUnavailable
@@ -169,7 +169,7 @@ class LocalEngine:
         note = self.untranscribed_note(speech, timed, multilingual=model.model.is_multilingual)
         if req.speaker:
             labelled = speakers.label_speakers(timed, parts, duration, threshold=self.cfg.speaker_threshold,
-                                               hints=req.hints)
+                                               hints=req.hints, known=self.namer(req))
         else:
             labelled = speakers.Labelled(tuple(speakers.piece(s) for s in timed))
         log.info("engine.done", duration=round(duration, 3), segments=len(labelled.segments),
@@ -177,6 +177,19 @@ class LocalEngine:
                  **({"decoding": decoding} if (decoding := req.decoding()) else {}))
         return Outcome(success=True, segments=labelled.segments, duration=duration, speaker_note=labelled.note,
                        note=note, language=languages[0] if languages else None)
+
+    def namer(self, req: TranscribeRequest) -> speakers.Namer | None:
+        """What names the task's clusters that are known speakers' voices (None: it names none)."""
+        known = req.options.known_voices()
+        if not known:
+            return None
+        threshold = self.cfg.known_speaker_threshold
+
+        def name(centres):
+            names = voiceprints.match(centres, known, threshold)
+            log.info("engine.known_speakers", known=len({v.name for v in known}), named=sorted(names.values()))
+            return names
+        return name
 
     def untranscribed_note(self, speech, timed, multilingual: bool) -> str | None:
         """What speech no segment covers, said in a note (and logged as a warning), or None."""

@@ -26,6 +26,11 @@ def transcript_completed(task, transcript, config, gateway):
 
 
 @hookspec
+def transcript_updated(task, transcript, config, gateway):
+    """A completed transcript changed (its speakers were named): update what was made from it."""
+
+
+@hookspec
 def transcript_failed(task, error, config, gateway):
     """Report a failed task; raise to have the delivery retried."""
 

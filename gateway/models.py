@@ -7,7 +7,7 @@ import time
 from datetime import datetime, timezone
 from typing import Optional
 
-from sqlalchemy import Column, Index, Text, UniqueConstraint
+from sqlalchemy import Column, Index, LargeBinary, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 OWNER_MAX = 64  # a key's name, which owns what it creates (gateway/tenants.py)
@@ -132,6 +132,18 @@ class PartialSegment(SQLModel, table=True):
     start_time: float
     end_time: float
     text: str = Field(sa_column=Column(Text, nullable=False))
+
+
+class Speaker(SQLModel, table=True):
+    """An enrolled voice (gateway/known_speakers.py): a name and its voiceprint, the embedding
+    alone (never the audio it was made from), owned by the key that enrolled it."""
+
+    id: str = Field(primary_key=True, max_length=40)  # spk_<32 hex>
+    name: str = Field(max_length=64)
+    owner: str = Field(max_length=255, index=True)
+    embedding: bytes = Field(sa_column=Column(LargeBinary, nullable=False))  # float32, little-endian
+    encoder: str = Field(max_length=64)  # the encoder that made it; only its own voiceprints are compared
+    created_at: datetime = Field(default_factory=utcnow)
 
 
 class Delivery(SQLModel, table=True):

@@ -47,7 +47,7 @@ class Endpoint:
     query: Optional[type[BaseModel]] = None  # query-string model
     errors: tuple[int, ...] = ()
     content: Optional[dict[str, Any]] = None  # a non-JSON success answer: {media type: schema}
-    request_content: Optional[dict[str, Any]] = None  # a non-JSON body: {media type: schema}
+    request_content: Optional[dict[str, Any]] = None  # a non-JSON body (or one beside `body`): {media type: schema}
     path_params: dict[str, dict[str, Any]] = field(default_factory=dict)  # extra schema for a path parameter
     auth: bool = True  # under server.api_keys
     undeclared: bool = False  # a plugin route without @endpoint
@@ -96,7 +96,8 @@ def _operation(method: str, path: str, ep: Endpoint, refs: dict[type, dict]) -> 
     if params:
         op["parameters"] = params
     if ep.body:
-        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": refs[ep.body]}}}
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": refs[ep.body]},
+                                                           **(ep.request_content or {})}}
     elif ep.request_content:
         op["requestBody"] = {"required": True, "content": ep.request_content}
     if ep.undeclared:

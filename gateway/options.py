@@ -1,6 +1,6 @@
 """A task's engine options beyond the columns every task has (model, language, speaker hints):
-what the memories API's `word_timestamps`, `prompt`, `hotwords` and the OpenAI API's
-`prompt`, `temperature`, translation and segment details ask of the provider.
+what the memories API's `word_timestamps`, `prompt`, `hotwords`, `known_speakers` and the OpenAI API's
+`prompt`, `temperature`, translation, segment details and known speakers ask of the provider.
 
 Stored as JSON in `task.options`, NULL when every option is at its default, so a task that asks
 for nothing new is stored, run and delivered exactly as before.
@@ -15,8 +15,20 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from gateway.models import Task
 from gateway.payloads import strict_text
+from gateway.voiceprints import KnownVoice, from_text, to_text
 
 Text = strict_text()
+
+
+class KnownSpeaker(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: Text
+    voiceprint: Text  # base64 of the float32 embedding (gateway/voiceprints.py)
+
+    @classmethod
+    def of(cls, voice: KnownVoice) -> "KnownSpeaker":
+        return cls(name=voice.name, voiceprint=to_text(voice.voiceprint))
 
 
 class TaskOptions(BaseModel):
@@ -28,8 +40,12 @@ class TaskOptions(BaseModel):
     temperature: Optional[float] = Field(default=None, ge=0, le=1, allow_inf_nan=False)
     translate: StrictBool = False  # into English (the OpenAI API's /v1/audio/translations)
     details: StrictBool = False  # each segment keeps the decoder's figures (OpenAI verbose_json)
-    known_speaker_names: tuple[Text, ...] = ()  # stored until known speakers are matched
-    known_speaker_references: tuple[Text, ...] = ()
+    # the voices to name (the memories API's known_speakers, the OpenAI API's known_speaker_*),
+    # as their voiceprints were when the task was submitted: the audio is never kept
+    known_speakers: tuple[KnownSpeaker, ...] = ()
+
+    def known_voices(self) -> tuple[KnownVoice, ...]:
+        return tuple(KnownVoice(k.name, from_text(k.voiceprint)) for k in self.known_speakers)
 
     def dump(self) -> str | None:
         """The JSON stored in task.options: None when every option is at its default."""

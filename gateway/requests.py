@@ -3,7 +3,7 @@ providers and the URL policy, and queued as a task."""
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
@@ -14,13 +14,15 @@ from gateway.languages import WHISPER_LANGUAGES
 from gateway.local_models import ModelUnavailable
 from gateway.models import Task, time_ordered_id
 from gateway.notify import publish, task_channel
-from gateway.options import DEFAULT, TaskOptions
+from gateway.known_speakers import KnownSpeakers
+from gateway.options import DEFAULT, KnownSpeaker, TaskOptions
 from gateway.providers import LOCAL, Provider, Providers
 from gateway.tenants import ADMIN_NAME, Caller
 from gateway.payloads import strict_text
 from gateway.urls import UrlError, UrlPolicy
 from gateway.validation import describe_validation_error
 from gateway.views import find_asset
+from gateway.voiceprints import KnownVoice
 
 
 StrictText = strict_text()
@@ -43,10 +45,15 @@ class GenerateRequest(BaseModel):
     word_timestamps: StrictBool = Field(False, description="each segment of the result gets its `words`")
     prompt: Optional[strict_text(4000)] = Field(None, description="text the decoder starts from (names, spellings, style)")
     hotwords: Optional[strict_text(1000)] = Field(None, description="words to favour")
+    known_speakers: Optional[KnownSpeakers] = Field(
+        None, description="names of enrolled speakers (POST /speakers), or true for every one the caller may see: "
+                          "a voice that matches one is labelled with its name instead of SPEAKER_NN; needs speaker=true")
 
-    def options(self) -> TaskOptions:
-        """The engine options this request asks for (the defaults when it names none)."""
-        return TaskOptions(word_timestamps=self.word_timestamps, prompt=self.prompt, hotwords=self.hotwords)
+    def options(self, known: Sequence[KnownVoice] = ()) -> TaskOptions:
+        """The engine options this request asks for (the defaults when it names none), with the
+        voiceprints of its `known_speakers` (known_speakers.resolve)."""
+        return TaskOptions(word_timestamps=self.word_timestamps, prompt=self.prompt, hotwords=self.hotwords,
+                           known_speakers=tuple(KnownSpeaker.of(v) for v in known))
 
 
 def parse_generate_request(body: Any) -> GenerateRequest:
@@ -77,7 +84,7 @@ async def multilingual(local: Provider, model: str) -> bool:
         raise Unavailable(str(exc), param="model") from None
 
 
-SPEAKER_HINTS = ("num_speakers", "min_speakers", "max_speakers")
+SPEAKER_HINTS = ("num_speakers", "min_speakers", "max_speakers", "known_speakers")
 
 
 def check_speaker_hints(req: GenerateRequest) -> None:
@@ -94,9 +101,10 @@ def check_speaker_hints(req: GenerateRequest) -> None:
 
 
 async def validate_request(db: Database, config: Config, providers: Providers, req: GenerateRequest,
-                           caller: Caller) -> str:
+                           caller: Caller, options: TaskOptions | None = None) -> str:
     """Check everything about `caller`'s request before anything is stored (its asset must be one
-    `caller` may see); returns the provider name."""
+    `caller` may see; its engine options: `options`, else `req.options()`); returns the provider
+    name."""
     if (req.asset_id is None) == (req.url is None):
         raise BadRequest("give exactly one of asset_id or url" if req.asset_id else
                          "asset_id or url is required")
@@ -106,7 +114,7 @@ async def validate_request(db: Database, config: Config, providers: Providers, r
         why = "; engine.speaker_labels is false" if provider == LOCAL else ""
         raise BadRequest(f"speaker: the provider behind {req.model!r} ({provider}) cannot label speakers{why}")
     check_speaker_hints(req)
-    await check_options(providers, chosen, req.model, req.options())
+    await check_options(providers, chosen, req.model, options or req.options())
     if req.language is not None:
         lang = req.language.lower()
         if lang not in WHISPER_LANGUAGES:

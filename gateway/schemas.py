@@ -161,6 +161,34 @@ class RedeliverData(_Model):
     redelivering: int = Field(ge=0)
 
 
+class SpeakerData(_Model):
+    speaker_id: str = Field(pattern=r"^spk_[0-9a-f]{32}$", examples=["spk_3f1c0b9e6d2a4e5f8a7b6c5d4e3f2a1b"])
+    name: str
+
+
+class SpeakerView(SpeakerData):
+    created_at: str
+    encoder: str = Field(description="the voice encoder that made its voiceprint")
+
+
+class SpeakerList(_Model):
+    items: list[SpeakerView] = Field(description="the enrolled speakers the caller may see, oldest first")
+
+
+class SpeakerDeleted(_Model):
+    speaker_id: str
+    deleted: Literal[True]
+
+
+class RenameData(_Model):
+    task_id: str
+    renamed: dict[str, str] = Field(description="each label renamed, and its new name")
+    enrolled: list[SpeakerData] = Field(description="the voices enrolled under their new names")
+    not_enrolled: dict[str, str] = Field(description="the labels whose voice could not be enrolled, and why")
+    plugins_failed: list[str] = Field(description="plugins that could not update what they made of the "
+                                                  "transcript (the search index, subtitle files); logged")
+
+
 class Health(_Model):
     status: Literal["ok"]
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import threading
 import warnings
 from dataclasses import asdict, dataclass, replace
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -391,13 +391,15 @@ def trim_to_speech(pieces: Sequence[tuple[Segment, int]],
     return out
 
 
-def name_by_first_appearance(pieces: Sequence[tuple[Segment, int]]) -> tuple[Segment, ...]:
-    """SPEAKER_00 for the label heard first, SPEAKER_01 for the next new one, and so on."""
+def name_by_first_appearance(pieces: Sequence[tuple[Segment, int]],
+                             known: Mapping[int, str] | None = None) -> tuple[Segment, ...]:
+    """SPEAKER_00 for the label heard first, SPEAKER_01 for the next new one, and so on; a label
+    in `known` (a known speaker's) has that name instead, the others keep their numbers."""
     names: dict[int, str] = {}
     out = []
     for seg, label in pieces:
         name = names.setdefault(label, f"SPEAKER_{len(names):02d}")
-        out.append(replace(seg, speaker=name))
+        out.append(replace(seg, speaker=(known or {}).get(label, name)))
     return tuple(out)
 
 
@@ -465,20 +467,26 @@ def shifted(segments: Sequence[TimedSegment], offset: float) -> list[TimedSegmen
             for s in segments]
 
 
+Namer = Callable[[Mapping[int, np.ndarray]], Mapping[int, str]]  # cluster centres -> the known ones' names
+
+
 def label_with_windows(segments: Sequence[TimedSegment], windows: Windows, threshold: float,
-                       hints: Hints = Hints()) -> Labelled:
-    """Label the segments from embedded windows (the cheap, deterministic half of the pipeline)."""
+                       hints: Hints = Hints(), known: Namer | None = None) -> Labelled:
+    """Label the segments from embedded windows (the cheap, deterministic half of the pipeline);
+    `known` names the clusters whose voices are known speakers' (gateway/voiceprints.py)."""
     min_windows = int(np.ceil(MIN_SPEAKER_S / windows.step_s))
     labels = cluster(windows.embeddings, threshold, hints, min_windows, windows.regions)
     labels = smooth(labels, windows.regions)
     turns = speaker_turns(windows, labels)
     by_word = word_labels([w for s in segments for w in s.words], turns)
     pieces = trim_to_speech(split_at_changes(segments, by_word), windows.speech)
-    return Labelled(name_by_first_appearance(pieces), turns=turns)
+    ids = np.unique(labels)
+    names = known(dict(zip(ids.tolist(), centres_of(windows.embeddings, labels, ids)))) if known else None
+    return Labelled(name_by_first_appearance(pieces, names), turns=turns)
 
 
 def label_speakers(segments: Sequence[TimedSegment], parts: Sequence[Windows], duration: float, *,
-                   threshold: float, hints: Hints = Hints()) -> Labelled:
+                   threshold: float, hints: Hints = Hints(), known: Namer | None = None) -> Labelled:
     """Speaker-labelled segments from the embedded windows of every block (`embed_block`) of
     audio of `duration` seconds; when labelling cannot be done, all SPEAKER_00 and a note why."""
     if not segments:
@@ -486,4 +494,4 @@ def label_speakers(segments: Sequence[TimedSegment], parts: Sequence[Windows], d
     windows = joined(parts, duration)
     if isinstance(windows, str):
         return all_one_speaker(segments, f"speaker labelling skipped: {windows}; all segments are {SINGLE}")
-    return label_with_windows(segments, windows, threshold, hints)
+    return label_with_windows(segments, windows, threshold, hints, known)

@@ -1,5 +1,5 @@
-"""Subtitles: writes <output_dir>/<task_id>.srt and .vtt for every completed transcript, and
-removes them when the task is deleted."""
+"""Subtitles: writes <output_dir>/<task_id>.srt and .vtt for every completed transcript, again
+when its speakers are named, and removes them when the task is deleted."""
 
 from __future__ import annotations
 
@@ -33,13 +33,24 @@ def plugin_config():
     return SrtConfig
 
 
+def _write(task, transcript, formats, output_dir: Path) -> None:
+    result = {"data": [s.as_dict() for s in transcript.segments],
+              "usage_metadata": {"duration": transcript.duration, "model": transcript.model}}
+    for fmt in formats:
+        write_atomic(output_dir / f"{task.task_id}.{fmt}", render(fmt, transcript.segments, result))
+
+
 @hookimpl
 def transcript_completed(task, transcript, config: SrtConfig):
     # Rewriting the same task writes the same bytes: a repeated delivery is harmless.
-    result = {"data": [s.as_dict() for s in transcript.segments],
-              "usage_metadata": {"duration": transcript.duration, "model": transcript.model}}
-    for fmt in config.formats:
-        write_atomic(Path(config.output_dir) / f"{task.task_id}.{fmt}", render(fmt, transcript.segments, result))
+    _write(task, transcript, config.formats, Path(config.output_dir))
+
+
+@hookimpl
+def transcript_updated(task, transcript, config: SrtConfig):
+    """The files written for the task, written again (those not written yet come with its delivery)."""
+    out = Path(config.output_dir)
+    _write(task, transcript, [fmt for fmt in config.formats if (out / f"{task.task_id}.{fmt}").exists()], out)
 
 
 @hookimpl

@@ -1,7 +1,7 @@
 """The dashboard in a real browser (Playwright driving Debian's chromium, tests/conftest.py):
 sign-in, upload to a live transcript, speakers' colours, click-to-seek and the highlighted
 segment, downloads, search to a task at its time, redeliver, the live task list, escaping, the
-status page, labels and a 360 px screen. On every page: no console error, no failed request
+status page, naming a speaker, labels and a 360 px screen. On every page: no console error, no failed request
 beyond those a test expects, and no request to any other origin (they are aborted and reported).
 
 One gateway for the module (served from a thread: Playwright's sync API owns this one), keyed,
@@ -232,6 +232,26 @@ def test_redeliver(signed_in, gw):
         page.wait_for_timeout(50)
     assert hooks() == 2  # delivered again
     expect(row.locator(".badge")).to_have_text("delivered", timeout=WAIT_MS)
+
+
+def test_a_speaker_label_is_named_in_place(signed_in, gw):
+    task_id = finished_task(gw)
+    page = signed_in.page
+    page.goto(f"{gw.url}/tasks/{task_id}")
+    expect(page.locator("#seg-1 .who")).to_have_text("SPEAKER_01")
+    page.locator(".legend summary", has_text="SPEAKER_01").click()  # the label opens its form
+    page.get_by_label("new name for SPEAKER_01").fill("Dr. <b id=bold>Lee</b>")
+    page.get_by_role("button", name="rename SPEAKER_01").click()
+    expect(page).to_have_url(f"{gw.url}/tasks/{task_id}")
+    expect(page.locator("#seg-1 .who")).to_have_text("Dr. <b id=bold>Lee</b>")  # as text: escaped
+    expect(page.locator("#seg-0 .who")).to_have_text("SPEAKER_00")
+    expect(page.locator(".legend summary")).to_have_text(["SPEAKER_00", "Dr. <b id=bold>Lee</b>"])
+    expect(page.locator("#bold")).to_have_count(0)
+
+    async def stored(client):
+        return [s["speaker"] for s in (await client.status(task_id))["result"]["data"]]
+
+    assert gw.run(gw.api(stored)) == ["SPEAKER_00", "Dr. <b id=bold>Lee</b>", "SPEAKER_00"]  # the same rename
 
 
 def test_live_task_list(signed_in, gw):

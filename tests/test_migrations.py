@@ -128,7 +128,7 @@ def test_0010_adds_partial_segment_and_its_downgrade_removes_it(database_url):
     finally:
         engine.dispose()
     downgrade(database_url, "0009")
-    later = {"partial_segment", "api_key"}  # 0010's table, and 0011's
+    later = {"partial_segment", "api_key", "speaker"}  # 0010's table, and those of revisions after it
     assert tables(database_url) == set(SQLModel.metadata.tables) - later | {"alembic_version"}
     upgrade(database_url)
     assert schema_diff(database_url) == []
@@ -157,5 +157,19 @@ def test_0011_gives_existing_tasks_and_assets_to_admin_and_its_downgrade_removes
         assert "owner" not in {c["name"] for c in inspect(engine).get_columns("task")}
     finally:
         engine.dispose()
+
+
+def test_0013_adds_the_speaker_table_and_its_downgrade_removes_it(database_url):
+    """0013 adds the enrolled speakers (gateway/known_speakers.py); down to 0010 drops it and
+    leaves the rest; up again, the models match."""
+    upgrade(database_url)
+    engine = create_engine(sync_url(database_url))
+    try:
+        assert inspect(engine).get_pk_constraint("speaker")["constrained_columns"] == ["id"]
+        assert [i["column_names"] for i in inspect(engine).get_indexes("speaker")] == [["owner"]]
+    finally:
+        engine.dispose()
+    downgrade(database_url, "0010")
+    assert tables(database_url) == set(SQLModel.metadata.tables) - {"speaker", "api_key"} | {"alembic_version"}
     upgrade(database_url)
     assert schema_diff(database_url) == []

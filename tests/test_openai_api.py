@@ -122,9 +122,10 @@ async def test_verbose_json_words_and_details_from_the_provider(gateway, speech,
 
 async def test_diarized_json_letters_speakers(gateway, tmp_path, database_url, client):
     dialogue = script_wav(tmp_path / "dialogue.wav", DIALOGUE)
+    reference = espeak("Good morning, this is the agent speaking to you.", tmp_path / "agent.wav")
     raw = await client(gateway).audio.transcriptions.with_raw_response.create(
-        file=dialogue, model="echo", response_format="diarized_json",
-        known_speaker_names=["agent"], known_speaker_references=[REFERENCE])
+        file=dialogue, model="echo", response_format="diarized_json", known_speaker_names=["agent"],
+        known_speaker_references=["data:audio/wav;base64," + base64.b64encode(reference.read_bytes()).decode()])
     answer = raw.parse()
     assert isinstance(answer, openai.types.audio.TranscriptionDiarized)
     assert [(s.speaker, s.text) for s in answer.segments] == [
@@ -132,8 +133,8 @@ async def test_diarized_json_letters_speakers(gateway, tmp_path, database_url, c
     assert answer.segments[1].type == "transcript.text.segment" and answer.task == "transcribe"
     task = await gateway.status(raw.headers["x-task-id"])
     assert task["speaker"] is True
-    assert await task_options(database_url, task["task_id"]) == {
-        "known_speaker_names": ["agent"], "known_speaker_references": [REFERENCE]}
+    [known] = (await task_options(database_url, task["task_id"]))["known_speakers"]  # its voiceprint, not its audio
+    assert known["name"] == "agent" and len(base64.b64decode(known["voiceprint"])) == 1024
 
 
 async def test_diarized_json_needs_a_provider_that_labels_speakers(start_gateway, speech, client):

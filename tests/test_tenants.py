@@ -15,6 +15,7 @@ from fakes import callback_payload
 from gateway.appkeys import DB
 from gateway.keys import create
 from test_dashboard_security import CSRF, Browserish
+from test_known_speakers import voices  # noqa: F401  (a fixture)
 from tgw_echo import script_wav
 
 ROOT = "root-config-key-0c1d"
@@ -154,6 +155,37 @@ async def test_only_the_owner_and_an_admin_cancel_and_delete(tenants, tmp_path):
     new_asset = await t.upload("bob", tmp_path)
     assert (await t.call("alice", "DELETE", f"/{new_asset}"))[0] == 404
     assert (await t.call("bob", "DELETE", f"/{new_asset}"))[1]["data"] == {"asset_id": new_asset, "deleted": True}
+
+
+async def test_enrolled_speakers_are_their_keys(tenants, voices):  # noqa: F811
+    """An enrolled speaker is its key's: another key does not list, delete or name voices with
+    it, nor enrol voices from another key's asset or task; an admin sees and deletes it."""
+    t = tenants
+    form = aiohttp.FormData()
+    form.add_field("name", "Alice")
+    form.add_field("file", next(iter(voices.values())).read_bytes(), filename="alice.wav", content_type="audio/wav")
+    status, body = await t.call("alice", "POST", "/speakers", data=form)
+    assert status == 200, body
+    speaker_id = body["data"]["speaker_id"]
+    listed = {who: [s["speaker_id"] for s in (await t.call(who, "GET", "/speakers"))[1]["data"]["items"]]
+              for who in ("alice", "bob", "root")}
+    assert listed == {"alice": [speaker_id], "bob": [], "root": [speaker_id]}
+    status, body = await t.call("bob", "DELETE", f"/speakers/{speaker_id}")
+    assert (status, body["msg"]) == (404, f"speaker {speaker_id!r} not found")
+    status, body = await t.call("bob", "POST", "/transcriptions/async-generate-audio",
+                                json={"asset_id": t.asset["bob"], "model": ECHO, "speaker": True,
+                                      "known_speakers": ["Alice"]})
+    assert status == 400 and "Alice" in body["msg"], body  # no speaker of his is called Alice
+    status, body = await t.call("bob", "POST", "/speakers", json={"name": "Eve", "asset_id": t.asset["alice"]})
+    assert status == 400 and body["msg"].startswith("asset_id: no asset"), body
+    status, body = await t.call("bob", "POST", "/speakers",
+                                json={"name": "Eve", "task_id": t.task["alice"], "speaker": "SPEAKER_00"})
+    assert (status, body["msg"]) == (404, f"task {t.task['alice']!r} not found")
+    status, body = await t.call("bob", "POST", f"/transcriptions/{t.task['alice']}/speakers",
+                                json={"SPEAKER_00": "Eve"})
+    assert (status, body["msg"]) == (404, f"task {t.task['alice']!r} not found")
+    assert (await t.call("root", "DELETE", f"/speakers/{speaker_id}"))[0] == 200
+    assert (await t.call("alice", "GET", "/speakers"))[1]["data"]["items"] == []
 
 
 async def test_lists_are_the_callers_and_an_admin_filters_by_owner(tenants):

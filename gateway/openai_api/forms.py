@@ -16,6 +16,7 @@ from aiohttp import BodyPartReader, web
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr, ValidationError, model_validator
 
 from gateway import streams, uploads
+from gateway.known_speakers import SpeakerName
 from gateway.appkeys import STORE, UPLOAD_TURNS
 from gateway.errors import BadRequest, PayloadTooLarge
 from gateway.models import Asset
@@ -38,16 +39,20 @@ MAX_FIELDS_BYTES = MAX_KNOWN_SPEAKERS * MAX_REFERENCE_FIELD + 16 * MAX_FIELD_BYT
 _DATA_URL = re.compile(r"data:audio/[A-Za-z0-9][A-Za-z0-9.+-]*(?:;[^;,]*)*?;base64,(.*)", re.S)
 
 
-def audio_data_url(value: str) -> str:
-    """A data URL of audio (`data:audio/<type>;base64,<data>`), its data valid base64 of at most
-    MAX_REFERENCE_BYTES."""
+def data_url_bytes(value: str) -> bytes:
+    """The data of a data URL of audio (`data:audio/<type>;base64,<data>`); ValueError if it is none."""
     match = _DATA_URL.fullmatch(value)
     if match is None:
         raise ValueError("must be a data URL of audio: data:audio/<type>;base64,<data>")
     try:
-        raw = base64.b64decode(match.group(1), validate=True)
+        return base64.b64decode(match.group(1), validate=True)
     except (binascii.Error, ValueError):
         raise ValueError("is not valid base64 after 'base64,'") from None
+
+
+def audio_data_url(value: str) -> str:
+    """A data URL of audio, its data valid base64 of at most MAX_REFERENCE_BYTES."""
+    raw = data_url_bytes(value)
     if not raw:
         raise ValueError("holds no audio")
     if len(raw) > MAX_REFERENCE_BYTES:
@@ -57,7 +62,6 @@ def audio_data_url(value: str) -> str:
 
 
 DataUrl = Annotated[StrictStr, AfterValidator(audio_data_url)]
-SpeakerName = Annotated[Text, Field(min_length=1, max_length=64)]
 
 
 class ServerVad(BaseModel):

@@ -11,14 +11,17 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 
-from gateway import API_BASE, api, requests, uploads, views
+from gateway import API_BASE, api, known_speakers, requests, uploads, views
 from gateway.appkeys import CONFIG, DB, NOTIFIER, PROVIDERS, STORE
 from gateway.errors import ApiError, BadRequest
 from gateway.models import Task, TaskStatus
 from gateway.openai_api import formats, sse
-from gateway.openai_api.forms import Request, TranscriptionForm
-from gateway.options import TaskOptions
+from gateway.audio import AudioError
+from gateway.openai_api.forms import Request, TranscriptionForm, data_url_bytes
+from gateway.options import KnownSpeaker, TaskOptions
+from gateway.storage import create_temp
 from gateway.tenants import Caller, caller_of
+from gateway.voiceprints import KnownVoice, TooLittleSpeech
 
 log = structlog.get_logger(__name__)
 
@@ -27,7 +30,8 @@ TASK_HEADER = "X-Task-Id"  # every answer names its task, to follow it up on the
 
 
 # The request's fields behind each TaskOptions field, for OpenAI's `param`.
-OPTION_FIELDS = {"translate": "model", "word_timestamps": "timestamp_granularities", "details": "response_format"}
+OPTION_FIELDS = {"translate": "model", "word_timestamps": "timestamp_granularities", "details": "response_format",
+                 "known_speakers": "known_speaker_names"}
 
 
 def openai_error(exc: BadRequest) -> BadRequest:
@@ -40,8 +44,8 @@ def openai_error(exc: BadRequest) -> BadRequest:
     return exc
 
 
-async def _check(app: web.Application, req: Request, translate: bool) -> None:
-    """What can be refused before the file becomes an asset."""
+async def _check(app: web.Application, req: Request, translate: bool) -> TaskOptions:
+    """What can be refused before the file becomes an asset; the task's options."""
     form = req.form
     providers = app[PROVIDERS]
     try:
@@ -51,26 +55,51 @@ async def _check(app: web.Application, req: Request, translate: bool) -> None:
     if form.speaker and not provider.supports_speaker:
         raise BadRequest(f"response_format: diarized_json needs speaker labels, which the provider behind "
                          f"{form.model!r} ({provider.name}) cannot give", param="response_format")
+    options = task_options(req, translate, await reference_voices(app, form))
     try:
-        await requests.check_options(providers, provider, form.model, task_options(req, translate))
+        await requests.check_options(providers, provider, form.model, options)
     except BadRequest as exc:
         raise openai_error(exc) from None
     await uploads.ensure_audio(req.asset)
+    return options
 
 
-def task_options(req: Request, translate: bool) -> TaskOptions:
+def task_options(req: Request, translate: bool, known: tuple[KnownVoice, ...] = ()) -> TaskOptions:
     form = req.form
     return TaskOptions(word_timestamps=form.words, prompt=form.prompt, temperature=form.temperature,
                        translate=translate, details=form.response_format == "verbose_json",
-                       known_speaker_names=form.known_speaker_names,
-                       known_speaker_references=form.known_speaker_references)
+                       known_speakers=tuple(KnownSpeaker.of(v) for v in known))
+
+
+async def reference_voices(app: web.Application, form) -> tuple[KnownVoice, ...]:
+    """The voiceprints of known_speaker_references[] under their known_speaker_names[] (the
+    reference audio itself is never kept); 400 naming the reference that holds no usable voice."""
+    voices = []
+    tmp, max_audio_s = Path(app[CONFIG].storage.dir) / "tmp", app[CONFIG].server.max_audio_s
+    for i, (name, reference) in enumerate(zip(form.known_speaker_names, form.known_speaker_references)):
+        try:
+            voiceprint = await asyncio.to_thread(_reference_voiceprint, data_url_bytes(reference), tmp, max_audio_s)
+        except (AudioError, TooLittleSpeech) as exc:
+            raise BadRequest(f"known_speaker_references[{i}]: {exc}", param="known_speaker_references") from None
+        voices.append(KnownVoice(name, voiceprint))
+    return tuple(voices)
+
+
+def _reference_voiceprint(raw: bytes, tmp: Path, max_audio_s: float):
+    path, f = create_temp(tmp, ".part")
+    try:
+        with f:
+            f.write(raw)
+        return known_speakers.voiceprint_of(str(path), None, max_audio_s)
+    finally:
+        path.unlink(missing_ok=True)
 
 
 async def queue(app: web.Application, req: Request, caller: Caller, *, translate: bool = False) -> Task:
     """The request as a queued task of `caller`'s (its file an asset); on refusal nothing is kept."""
     db, store = app[DB], app[STORE]
     try:
-        await _check(app, req, translate)
+        options = await _check(app, req, translate)
         await uploads.add_asset(db, store, req.asset)
     except BaseException:
         store.discard(Path(req.asset.path))
@@ -78,11 +107,11 @@ async def queue(app: web.Application, req: Request, caller: Caller, *, translate
     generate = requests.GenerateRequest(asset_id=req.asset.id, model=req.form.model, speaker=req.form.speaker,
                                         language=req.form.language)
     try:
-        provider = await requests.validate_request(db, app[CONFIG], app[PROVIDERS], generate, caller)
+        provider = await requests.validate_request(db, app[CONFIG], app[PROVIDERS], generate, caller, options)
     except BadRequest as exc:
         await uploads.remove_asset(db, store, req.asset)
         raise openai_error(exc) from None
-    return await api.queue_task(app, generate, provider, task_options(req, translate), caller=caller)
+    return await api.queue_task(app, generate, provider, options, caller=caller)
 
 
 def shape(req: Request, translate: bool) -> formats.Shape:

@@ -10,7 +10,7 @@ from aiohttp import web
 from sqlalchemy import func
 from sqlmodel import col, select
 
-from gateway import API_BASE, api, deliveries, lifecycle, requests, uploads, views
+from gateway import API_BASE, api, deliveries, lifecycle, requests, speaker_routes, uploads, views
 from gateway.appkeys import CONFIG, DB, INGESTOR, KEYS, LOOPS, NOTIFIER, PLUGINS, PROVIDERS, STORE
 from gateway.errors import BadRequest, NotFound
 from gateway.models import DeliveryStatus, Task, TaskStatus, Transcript
@@ -220,6 +220,16 @@ async def _delete(request: web.Request, fields: dict) -> web.StreamResponse:
 
 
 delete = action(_delete)
+
+
+async def _rename_speaker(request: web.Request, fields: dict) -> web.StreamResponse:
+    """A speaker label named: the same function as POST /transcriptions/{task_id}/speakers."""
+    done = await speaker_routes.rename_task_speakers(request, request.match_info["task_id"],
+                                                     {fields.get("label", ""): fields.get("name", "")})
+    raise web.HTTPSeeOther(f"/tasks/{done.task_id}")
+
+
+rename_speaker = action(_rename_speaker)
 
 
 @data

@@ -30,6 +30,7 @@ def add(app: web.Application, config) -> None:
     r.add_post(TASK + "/redeliver", pages.redeliver)
     r.add_post(TASK + "/cancel", pages.cancel)
     r.add_post(TASK + "/delete", pages.delete)
+    r.add_post(TASK + "/speakers", pages.rename_speaker)
     r.add_get("/search", pages.search_page)
     r.add_get("/status", pages.status_page)
     r.add_get("/ui/fragments/tasks", pages.task_rows)

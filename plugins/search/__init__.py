@@ -53,6 +53,11 @@ async def transcript_deleted(task_id, gateway):
     await index.remove_task(gateway.db, task_id)
 
 
+@hookimpl
+async def transcript_updated(task, transcript, gateway):
+    await index.index_transcript(gateway.db, task.task_id, transcript.segments, task.created_at)
+
+
 class SearchQuery(QueryModel):
     q: str = Field("", description='words (all must match), "quoted phrases", prefix* terms')
     speaker: Optional[str] = Field(None, description="only segments of this speaker, e.g. SPEAKER_00")
