@@ -111,7 +111,7 @@ def prepare(clips: list[realistic.Clip], timing: bool) -> list[Prepared]:
         cpu = time.process_time()
         speakers.speech_regions(audio)
         cpu_vad = time.process_time() - cpu
-        out.append(Prepared(clip, timed, cpu_plain + cpu_vad, cpu_words, cpu_vad, audio))
+        out.append(Prepared(clip, timed, cpu_plain + cpu_vad if timing else 0.0, cpu_words, cpu_vad, audio))
         print(f"  prepared {n}/{len(clips)} {clip.path.name}", file=sys.stderr, end="\r")
     engine.close()
     print(file=sys.stderr)
@@ -174,7 +174,7 @@ class Scores:
                 "false_alarm0": parts["false alarm"] / total, "confusion0": parts["confusion"] / total,
                 "timeline0": abs(self.timeline0), "right": self.right / max(self.clips, 1),
                 "clips": self.clips, "speech_s": round(total, 1),
-                "cpu_ratio": self.cpu_labelled / max(self.cpu_plain, 1e-9)}
+                "cpu_ratio": self.cpu_labelled / self.cpu_plain if self.cpu_plain else None}
 
 
 def evaluate(prepared: list[Prepared], cfg: EngineConfig, encoder, windows: dict | None = None) -> dict:
@@ -209,7 +209,7 @@ def table(results: dict[str, dict]) -> str:
             lines.append(f"| {split} | {group.removeprefix('kind:')} | {g['clips']} | {g['der25']:.1%} | {g['der0']:.1%} "
                          f"| {g['missed0']:.1%} | {g['false_alarm0']:.1%} | {g['confusion0']:.1%} "
                          f"| {g['timeline0']:.1%} | {g['right']:.0%} "
-                         f"| {f'{ratio:.2f}x' if (ratio := g['cpu_ratio']) < 1e6 else '-'} |")
+                         f"| {'-' if (ratio := g['cpu_ratio']) is None else f'{ratio:.2f}x'} |")
     return "\n".join(lines)
 
 
