@@ -294,7 +294,7 @@ def plan_turns(rng: random.Random, n_speakers: int, kind: str) -> list[Plan]:
                     speakers, a few overlaps; about 14 turns for two speakers, more for more
        backchannel  mostly short replies and backchannels, some over the other's speech
        overlap      sentences, a third of them starting before the previous one ends
-       short        the 5-second clip: two voices, about 2 s each
+       short        the 5-second clip: two voices (or, asked for one, one voice), about 2 s each
        monologue    one voice, 10-14 sentences, pauses between some"""
     if kind == "monologue":
         return [Plan(0, " ".join(sentence(rng) for _ in range(rng.randint(1, 2))), "pause")
@@ -302,7 +302,7 @@ def plan_turns(rng: random.Random, n_speakers: int, kind: str) -> list[Plan]:
     if kind == "short":
         first, second = rng.sample(SENTENCES, 2)
         return [Plan(0, " ".join(first.split()[:rng.randint(5, 7)]), "pause"),
-                Plan(1, " ".join(second.split()[:rng.randint(5, 7)]), rng.choice(["pause", "quick"]))]
+                Plan(1 % n_speakers, " ".join(second.split()[:rng.randint(5, 7)]), rng.choice(["pause", "quick"]))]
     n_turns = {"dialogue": 10 + 4 * n_speakers, "backchannel": 12 + 4 * n_speakers,
                "overlap": 8 + 3 * n_speakers}[kind]
     order = list(range(n_speakers))          # everyone speaks early on
@@ -370,16 +370,18 @@ def place(plans: list[Plan], voices: list[Voice], rng: random.Random) -> tuple[n
 
 
 def conversation(seed: int, n_speakers: int, condition: str, out_dir: Path, kind: str = "dialogue") -> Clip:
-    """A clip of `kind` (KINDS) with `n_speakers` voices (1 for a monologue, 2 for the 5-second
-    clip, whatever is asked), recorded in `condition`, written to `out_dir` with its reference
+    """A clip of `kind` (KINDS) with `n_speakers` voices (1 for a monologue whatever is asked; 1 or
+    2 for the 5-second clip), recorded in `condition`, written to `out_dir` with its reference
     turns beside it (JSON and RTTM); cached there, so a second call reads it back."""
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}; one of {', '.join(KINDS)}")
     if condition not in CONDITIONS:
         raise ValueError(f"unknown condition {condition!r}; one of {', '.join(CONDITIONS)}")
-    n_speakers = {"monologue": 1, "short": 2}.get(kind, n_speakers)
-    if not 1 <= n_speakers <= len(VOICES) or (kind in ("dialogue", "backchannel", "overlap") and n_speakers < 2):
-        raise ValueError(f"{kind} needs 2 to {len(VOICES)} speakers, not {n_speakers}")
+    n_speakers = 1 if kind == "monologue" else n_speakers
+    most = 2 if kind == "short" else len(VOICES)
+    least = 1 if kind == "short" else 2
+    if not least <= n_speakers <= most and kind != "monologue":
+        raise ValueError(f"{kind} needs {least} to {most} speakers, not {n_speakers}")
     out_dir = Path(out_dir)
     name = f"{kind}-{n_speakers}spk-{condition}-{seed}"
     wav, meta = out_dir / f"{name}.wav", out_dir / f"{name}.json"

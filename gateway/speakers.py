@@ -5,13 +5,18 @@
       windows sliding through each stretch of speech
     → agglomerative clustering on cosine distance (average linkage), cut where merging would
       join windows further apart than `threshold` (or at the number of speakers asked for)
-    → clusters that are not voices dissolved (too few windows for 2.5 s of speech; mostly
-      windows straddling a quick change between two other voices), each window moved to its
-      nearest cluster centre, then a majority filter over neighbouring windows within each
-      stretch of speech, so one stray window never makes a turn
-    → each stretch of speech shared among its windows (a speaker timeline); each word takes
-      the label of the turn it falls in; segments are split where the speaker changes, their
-      edges trimmed to detected speech; labels numbered by first appearance (SPEAKER_00 first).
+    → clusters that are not voices dissolved (too few windows for 2.5 s of speech and a centre
+      within 0.3 of another's: a cough, a mixture at a change; a short turn of a voice unlike
+      every other stays, as the second voice of a 5-second clip; and mostly windows straddling
+      a quick change between two other voices), each window moved to its nearest cluster
+      centre, then a majority filter over neighbouring windows within each stretch of speech,
+      so one stray window never makes a turn
+    → each stretch of speech shared among its windows (a speaker timeline; a speaker's pauses
+      of up to 0.5 s inside a turn are the turn's); each word takes the label of the turn it
+      falls in; segments are split at the word where the speaker changes, their edges trimmed
+      to detected speech, then widened to the whole of their speaker's turns (whisper's
+      segments begin late and end early), never into a neighbour; labels numbered by first
+      appearance (SPEAKER_00 first).
 
 Long audio comes in blocks (gateway/audio.py): each block's windows are embedded on their own
 (`embed_block`), and the windows of all blocks are clustered together (`label_speakers`).
@@ -35,7 +40,9 @@ WINDOW_FRAMES = 160             # resemblyzer's partial utterance: 160 frames
 WINDOW_S = WINDOW_FRAMES * FRAME_S
 BATCH = 128                     # windows per forward pass
 EMBEDDING = 0.9                 # the share of labelling's progress that embedding the windows stands for
-MIN_SPEAKER_S = 2.5             # a cluster whose windows stand for less speech is absorbed
+MIN_SPEAKER_S = 2.5             # a cluster whose windows stand for less speech is absorbed ...
+SMALL_APART = 0.3               # ... unless its centre is at least this cosine distance from every other
+BRIDGE_S = 0.5                  # pauses up to this long between two pieces of one speaker are their turn's
 TRANSITION_RUN = 3              # windows: a run this short between two other voices may be a change
 TRANSITION_SHARE = 1 / 3        # a cluster with this share of such windows is a mixture, not a voice
 SINGLE = "SPEAKER_00"
@@ -225,7 +232,7 @@ def cluster(embeddings: np.ndarray, threshold: float, hints: Hints = Hints(), mi
         ids = np.unique(labels)
         labels = ids[np.argmax(embeddings @ centres_of(embeddings[sample], labels, ids).T, axis=1)]
     keep = min(k, hints.num_speakers or hints.min_speakers or 1)
-    labels = absorb_small(embeddings, labels, min_windows, keep)
+    labels = absorb_small(embeddings, labels, min_windows, keep, SMALL_APART)
     if regions is not None:
         labels = dissolve_transitions(embeddings, labels, regions, keep)
     return nearest_centre(embeddings, labels)
@@ -252,14 +259,22 @@ def hand_over(embeddings: np.ndarray, labels: np.ndarray, gone: int) -> np.ndarr
     return labels
 
 
-def absorb_small(embeddings: np.ndarray, labels: np.ndarray, min_windows: int, keep: int) -> np.ndarray:
-    """The smallest cluster dissolved while it has fewer than `min_windows` windows and more than
-    `keep` clusters remain: a few odd windows (a cough, a laugh) are not a speaker."""
+def absorb_small(embeddings: np.ndarray, labels: np.ndarray, min_windows: int, keep: int,
+                 apart: float = 2.0) -> np.ndarray:
+    """The smallest cluster of fewer than `min_windows` windows whose centre lies within cosine
+    distance `apart` of another cluster's dissolved, while more than `keep` clusters remain: a
+    few odd windows (a cough, a laugh, a mixture at a change) are not a speaker, but a short
+    turn of a voice unlike every other is (the second voice of a 5-second clip)."""
     while True:
         ids, sizes = np.unique(labels, return_counts=True)
-        if len(ids) <= keep or sizes.min() >= min_windows:
+        if len(ids) <= keep:
             return labels
-        labels = hand_over(embeddings, labels, ids[np.argmin(sizes)])
+        centres = centres_of(embeddings, labels, ids)
+        nearest = np.sort(1 - centres @ centres.T, axis=1)[:, 1]   # each centre's distance to the nearest other
+        small = np.flatnonzero((sizes < min_windows) & (nearest < apart))
+        if not len(small):
+            return labels
+        labels = hand_over(embeddings, labels, ids[small[np.argmin(sizes[small])]])
 
 
 def transition_windows(labels: np.ndarray, regions: np.ndarray) -> np.ndarray:
@@ -318,9 +333,10 @@ def smooth(labels: np.ndarray, regions: np.ndarray) -> np.ndarray:
 # --- words and segments --------------------------------------------------------------------
 
 
-def speaker_turns(windows: Windows, labels: np.ndarray) -> tuple[Turn, ...]:
+def speaker_turns(windows: Windows, labels: np.ndarray, bridge: float = BRIDGE_S) -> tuple[Turn, ...]:
     """Who spoke when: each stretch of speech shared among its windows (each owns the time
-    nearer its centre than its neighbours'), neighbouring pieces of one label joined."""
+    nearer its centre than its neighbours'), pieces of one label joined when no more than
+    `bridge` seconds apart (a speaker's pause inside a turn is part of the turn)."""
     turns: list[Turn] = []
     centres = windows.centres
     for region, (begin, end) in enumerate(windows.speech):
@@ -328,7 +344,7 @@ def speaker_turns(windows: Windows, labels: np.ndarray) -> tuple[Turn, ...]:
         cuts = [begin, *((centres[inside[1:]] + centres[inside[:-1]]) / 2), end]
         for j, i in enumerate(inside):
             piece = Turn(float(cuts[j]), float(cuts[j + 1]), int(labels[i]))
-            if turns and turns[-1].label == piece.label and turns[-1].end >= piece.start - 1e-6:
+            if turns and turns[-1].label == piece.label and turns[-1].end >= piece.start - bridge - 1e-6:
                 turns[-1] = Turn(turns[-1].start, piece.end, piece.label)
             else:
                 turns.append(piece)
@@ -388,6 +404,24 @@ def trim_to_speech(pieces: Sequence[tuple[Segment, int]],
             start, end = max(seg.start_time, begins[first]), min(seg.end_time, ends[last])
             seg = replace(seg, start_time=float(start), end_time=float(end))
         out.append((seg, label))
+    return out
+
+
+def cover_turns(pieces: Sequence[tuple[Segment, int]], turns: Sequence[Turn]) -> list[tuple[Segment, int]]:
+    """Each piece's span widened to the whole of the turns of its label that it overlaps
+    (whisper's segments and words often begin late and end early), never into the span of the
+    piece before it nor past the start of the piece after it."""
+    out: list[tuple[Segment, int]] = []
+    for k, (seg, label) in enumerate(pieces):
+        start, end = seg.start_time, seg.end_time
+        for turn in turns:
+            if turn.label == label and turn.start < seg.end_time and turn.end > seg.start_time:
+                start, end = min(start, turn.start), max(end, turn.end)
+        floor = out[-1][0].end_time if out else 0.0
+        ceiling = pieces[k + 1][0].start_time if k + 1 < len(pieces) else end
+        start = min(seg.start_time, max(start, floor))     # widened, never narrowed
+        end = max(seg.end_time, min(end, ceiling))
+        out.append((replace(seg, start_time=float(start), end_time=float(end)), label))
     return out
 
 
@@ -479,7 +513,7 @@ def label_with_windows(segments: Sequence[TimedSegment], windows: Windows, thres
     labels = smooth(labels, windows.regions)
     turns = speaker_turns(windows, labels)
     by_word = word_labels([w for s in segments for w in s.words], turns)
-    pieces = trim_to_speech(split_at_changes(segments, by_word), windows.speech)
+    pieces = cover_turns(trim_to_speech(split_at_changes(segments, by_word), windows.speech), turns)
     ids = np.unique(labels)
     names = known(dict(zip(ids.tolist(), centres_of(windows.embeddings, labels, ids)))) if known else None
     return Labelled(name_by_first_appearance(pieces, names), turns=turns)

@@ -90,6 +90,29 @@ def test_piece_edges_are_trimmed_to_speech_they_overlap():
     assert [(s.start_time, s.end_time) for s, _ in trimmed] == [(1.0, 3.0), (4.0, 6.0), (7.0, 8.0), (2.0, 5.0)]
 
 
+def test_pieces_widen_to_the_turns_of_their_speaker_but_not_into_their_neighbours():
+    turns = [Turn(0.5, 3.0, 0), Turn(3.1, 6.0, 1), Turn(6.4, 7.0, 0)]
+    pieces = [(Segment(1.0, 2.5, "a"), 0), (Segment(3.6, 5.0, "b"), 1), (Segment(5.2, 5.8, "c"), 1),
+              (Segment(6.5, 6.8, "d"), 0), (Segment(8.0, 9.0, "e"), 1)]
+    widened = speakers.cover_turns(pieces, turns)
+    assert [(s.start_time, s.end_time, label) for s, label in widened] == [
+        (0.5, 3.0, 0),      # to its whole turn
+        (3.1, 5.2, 1),      # from its turn's start, up to the next piece of the same turn
+        (5.2, 6.0, 1),
+        (6.4, 7.0, 0),
+        (8.0, 9.0, 1)]      # no turn of its speaker: as it was
+    overlapping = [(Segment(0.0, 2.0, "x"), 0), (Segment(1.5, 2.9, "y"), 0)]   # never narrowed
+    assert [(s.start_time, s.end_time) for s, _ in speakers.cover_turns(overlapping, turns)] == [(0.0, 2.0), (1.5, 3.0)]
+
+
+def test_turns_of_one_speaker_bridge_a_short_pause_but_not_a_long_one():
+    windows = speakers.Windows(np.array([0.0, 2.0, 4.5]), np.array([0, 1, 2]), np.zeros((3, 256), np.float32),
+                               0.5, ((0.0, 1.6), (2.0, 3.6), (4.5, 6.1)))
+    assert speakers.speaker_turns(windows, np.array([0, 0, 0]), bridge=0.5) == (Turn(0.0, 3.6, 0), Turn(4.5, 6.1, 0))
+    assert speakers.speaker_turns(windows, np.array([0, 1, 1]), bridge=1.0) == (
+        Turn(0.0, 1.6, 0), Turn(2.0, 6.1, 1))
+
+
 def test_quiet_audio_is_raised_to_the_encoders_loudness_and_silence_stays_silence():
     quiet = np.full(1600, 0.001, np.float32)
     assert 20 * np.log10(np.sqrt(np.mean(np.square(speakers.louder(quiet))))) == pytest.approx(-30, abs=0.01)
@@ -131,9 +154,21 @@ def test_clustering_finds_separate_voices_and_obeys_an_exact_count():
 
 def test_a_few_odd_windows_do_not_make_a_speaker_unless_asked_for():
     rng = np.random.default_rng(2)
-    emb = voices(rng, [np.eye(16)[0] + 0.3, np.eye(16)[1] + 0.3, np.eye(16)[2] + 0.3], [20, 20, 2])
-    assert len(set(speakers.cluster(emb, 0.3, min_windows=4))) == 2
-    assert len(set(speakers.cluster(emb, 0.3, Hints(num_speakers=3), min_windows=4))) == 3
+    a, b = np.eye(16)[0] + 0.3, np.eye(16)[1] + 0.3
+    emb = voices(rng, [a, b, a + 0.8 * np.eye(16)[2]], [20, 20, 2], spread=0.05)   # two windows near voice a
+    assert len(set(speakers.cluster(emb, 0.05))) == 3
+    assert len(set(speakers.cluster(emb, 0.05, min_windows=4))) == 2
+    assert len(set(speakers.cluster(emb, 0.05, Hints(num_speakers=3), min_windows=4))) == 3
+
+
+def test_a_short_turn_of_a_voice_unlike_the_others_stays_a_speaker():
+    """The dissolve rule is by distance, not by duration alone: two windows of a distinct voice
+    (the second voice of a 5-second clip) stay, two windows near another voice go."""
+    rng = np.random.default_rng(4)
+    distinct = voices(rng, [np.eye(16)[0], np.eye(16)[1]], [8, 2], spread=0.05)
+    assert len(set(speakers.cluster(distinct, 0.3, min_windows=4))) == 2
+    near = voices(rng, [np.eye(16)[0], np.eye(16)[0] + 0.5 * np.eye(16)[1]], [8, 2], spread=0.05)
+    assert len(set(speakers.cluster(near, 0.05, min_windows=4))) == 1
 
 
 def test_windows_straddling_a_change_between_two_others_are_transitions():
@@ -224,6 +259,22 @@ async def test_one_long_monologue_is_one_speaker(engine, tmp_path):
     assert outcome.speaker_note is None
     assert len(outcome.segments) > 1
     assert {s.speaker for s in outcome.segments} == {"SPEAKER_00"}
+
+
+async def test_two_distinct_voices_in_five_seconds_are_two_speakers(engine, tmp_path):
+    """Each voice has less speech than MIN_SPEAKER_S: the voices' distance decides, not their duration."""
+    turns = [(VOICE_A, "The train was late again this morning."), (VOICE_B, "Did you get my message?")]
+    wav, reference = conversation(tmp_path, "five", turns, gaps=[0.4])
+    assert reference[-1][1] < 5.5
+    outcome = await label(engine, wav)
+    assert runs([s.speaker for s in outcome.segments]) == ["SPEAKER_00", "SPEAKER_01"], outcome.segments
+
+
+async def test_one_voice_in_five_seconds_is_one_speaker(engine, tmp_path):
+    turns = [(VOICE_B, "The train was late again this morning."), (VOICE_B, "Did you get my message?")]
+    wav, _ = conversation(tmp_path, "five-one", turns, gaps=[0.4])
+    outcome = await label(engine, wav)
+    assert outcome.segments and {s.speaker for s in outcome.segments} == {"SPEAKER_00"}
 
 
 async def test_labelling_reports_progress_per_batch_and_stops_there_when_the_engine_closes(tmp_path):
