@@ -19,9 +19,8 @@ What it keeps of sequential decoding, and how:
   would have decoded the rest in its next window. Here the rest (`_tail`) joins the next batch
   (or a last small one), at most TAIL_ROUNDS times; segments are given in time order, each once
   everything before it is decoded.
-- Quality checks per segment (untranscribed.failed): the pipeline's log-probability is its
-  window's; with words (asked for, or for speaker labels) each segment's own words are checked
-  too (`failed`).
+- Quality checks per segment: the pipeline's log-probability is its window's, so words are
+  always aligned and each segment's own words are checked too (`failed`).
 - Segment timestamps: `without_timestamps=False` (the pipeline's default, True, gives one
   segment per window); word timestamps when asked.
 - Progress and stopping: the pipeline is called once per batch (batches of equal size, at most
@@ -173,7 +172,8 @@ def _decoded(model, audio: np.ndarray, windows: Sequence[Window], settings: dict
     segments, info = BatchedInferencePipeline(model).transcribe(
         padded(audio, windows), clip_timestamps=[{"start": i * CLIP_S, "end": (i + 1) * CLIP_S}
                                                  for i in range(len(windows))],
-        batch_size=len(windows), without_timestamps=False, **settings)
+        batch_size=len(windows), without_timestamps=False, **{**settings, "word_timestamps": True})
+    words = settings.get("word_timestamps", False)
     by_seek: dict[int, list] = {}
     for s in segments:
         by_seek.setdefault(s.seek, []).append(s)
@@ -185,19 +185,18 @@ def _decoded(model, audio: np.ndarray, windows: Sequence[Window], settings: dict
         if (not got and window not in round_of) or (fallback and any(failed(s) for s in got)):
             out.append((window, alone(model, audio, window, {**settings, "language": info.language}), None))
         else:  # what is left of a window that gave nothing when decoded again is not speech
-            out.append((window, [in_audio(s, window) for s in got], _tail(window, got) if got else None))
+            tail = _tail(window, got) if got else None
+            out.append((window, [in_audio(s if words else replace(s, words=None), window) for s in got], tail))
     return out, info.language
 
 
 def failed(segment) -> bool:
-    """True when `segment` failed Whisper's quality checks. The pipeline's log-probability is its
+    """True when `segment` failed Whisper's quality checks: the pipeline's log-probability is its
     window's, so a window of good speech could carry a segment of guesses (the German half of
-    tests/test_language.py's clip, heard as "I hope you enjoyed this video"): when the segment
-    has words, their mean log-probability is checked too."""
-    logprob = segment.avg_logprob
-    if segment.words:
-        logprob = min(logprob, float(np.mean(np.log(np.maximum([w.probability for w in segment.words], 1e-6)))))
-    return untranscribed.failed(logprob, segment.compression_ratio)
+    tests/test_language.py's clip, heard as "I hope you enjoyed this video"); its own words'
+    mean log-probability is checked too."""
+    own = np.mean(np.log(np.maximum([w.probability for w in segment.words or ()] or [1.0], 1e-6)))
+    return untranscribed.failed(min(segment.avg_logprob, float(own)), segment.compression_ratio)
 
 
 def padded(audio: np.ndarray, windows: Sequence[Window]) -> np.ndarray:
