@@ -4,25 +4,32 @@ far busier than decoding one window after another (docs/ARCHITECTURE.md, "Batche
 
 What it keeps of sequential decoding, and how:
 
-- Windows: the stretches of speech Silero VAD finds (as the pipeline itself finds them), joined
-  while the window from the first one's start to the last one's end lasts at most CLIP_S. So
-  each window is audio as it was (its pauses in it), no segment can be longer than a window,
-  and times need no mapping back from speech glued together (the pipeline's own VAD glues up
-  to 30 s of speech across any silence).
+- Windows: the stretches of speech Silero VAD finds (as the pipeline itself finds them), packed
+  end to end (a pause between two shortened to GAP_S) while they fill at most FILL_S, nearly as
+  the pipeline packs them (up to 30 s, so there are about as few windows as it would decode:
+  with 3 s of silence left at the end, Whisper ends fewer windows' text early, and fewer
+  windows need their end decoded again, bench/results/engine.md); a pause over MAX_PAUSE_S
+  starts a new window, so no segment can stretch over a long silence. Each segment's times (and
+  its words') are mapped from the window back to the audio (`Window.to_audio`).
 - What the model hears: each window followed by true silence up to 30 s (`padded`: the
   pipeline pads the log-mel of a shorter clip with zeros, which is not silence, and tiny.en
   transcribed such windows worse); segment times are kept within the window (`inside`).
+- The end of a window the pipeline leaves undecoded: Whisper sometimes ends a window's text
+  early, or with a segment it does not close, which the pipeline drops; the sequential decoder
+  would have decoded the rest in its next window. Here the rest (`_tail`) joins the next batch
+  (or a last small one), at most TAIL_ROUNDS times; segments are given in time order, each once
+  everything before it is decoded.
 - Quality checks per segment: the pipeline's log-probability is its window's, so words are
   always aligned and each segment's own words are checked too (`failed`).
 - Segment timestamps: `without_timestamps=False` (the pipeline's default, True, gives one
   segment per window); word timestamps when asked.
-- Progress and stopping: the pipeline is called once per batch, so each batch's segments come
-  as soon as it is decoded (and a stopping engine stops at the next one), and only one
-  batch's features are in memory. The first batch is small and the next ones grow
-  (batch_edges), so the first texts come early, as they did.
+- Progress and stopping: the pipeline is called once per batch (batches of equal size, at most
+  batch_size windows), so each batch's segments come as soon as it is decoded (and a stopping
+  engine stops at the next one), and only one batch's features are in memory.
 - The temperature fallback: the pipeline decodes at one temperature. A window whose result
-  fails Whisper's quality checks (untranscribed.failed) is decoded again on its own by the
-  sequential decoder with the fallback temperatures, as sequential decoding would have done.
+  fails Whisper's quality checks, or that gave no segment at all, is decoded again on its own
+  by the sequential decoder with the fallback temperatures (`alone`), as sequential decoding
+  would have done.
 - language, prompt, hotwords, translation, a task's temperature: the pipeline takes them as
   the sequential decoder does (the prompt starts every window; nothing is conditioned on the
   previous window's text, which faster-whisper's batched decoding never does).
@@ -30,7 +37,10 @@ What it keeps of sequential decoding, and how:
 
 from __future__ import annotations
 
-from dataclasses import replace
+import bisect
+import math
+from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -40,83 +50,122 @@ from gateway import untranscribed
 SAMPLE_RATE = 16000
 CLIP_S = 30.0               # Whisper's window
 VAD = {"max_speech_duration_s": CLIP_S, "min_silence_duration_ms": 160}  # the batched pipeline's own
-
+FILL_S = 27.0               # seconds of a window packed with speech: fuller ones, Whisper often ends early
+GAP_S = 0.2                 # silence between two stretches of speech packed in one window
+MAX_PAUSE_S = 3.0           # a longer pause between two stretches starts a new window
 MIN_TAIL_S = 1.0            # a window's end left undecoded (_tail) this long or longer is decoded again
-FIRST_BATCH = 2             # windows in the first batch (batch_edges)
-TAIL_ROUNDS = 2             # times a batch's leftovers are decoded again
+TAIL_ROUNDS = 2             # times what is left of a window is decoded again
 Clip = tuple[float, float]  # start, end in seconds of the audio
 
 
-def clips(audio: np.ndarray) -> list[Clip]:
+@dataclass(frozen=True)
+class Window:
+    """Stretches of the audio (start, end), in time order, laid end to end with the pause
+    between two of them shortened to GAP_S at most: what the model hears as one 30-s window."""
+
+    pieces: tuple[Clip, ...]
+
+    @property
+    def start(self) -> float:
+        return self.pieces[0][0]
+
+    @property
+    def end(self) -> float:
+        return self.pieces[-1][1]
+
+    @cached_property
+    def at(self) -> tuple[float, ...]:
+        """Where each piece begins in the window."""
+        out, t, last = [], 0.0, self.start
+        for start, end in self.pieces:
+            t += min(start - last, GAP_S)
+            out.append(t)
+            t, last = t + end - start, end
+        return tuple(out)
+
+    @cached_property
+    def length(self) -> float:
+        """Seconds of the window that hold audio (the rest is silence)."""
+        return self.at[-1] + self.pieces[-1][1] - self.pieces[-1][0]
+
+    def to_audio(self, t: float) -> float:
+        """The audio's time of `t` seconds into the window (a time in a gap: its piece's end)."""
+        at = self.at
+        i = max(0, bisect.bisect_right(at, t) - 1)
+        start, end = self.pieces[i]
+        return min(max(start + t - at[i], start), end)
+
+    def after(self, t: float) -> Window:
+        """What of the window lies after `t` seconds into it."""
+        cut = self.to_audio(t)
+        return Window(tuple((max(start, cut), end) for start, end in self.pieces if end > cut))
+
+
+def clips(audio: np.ndarray) -> list[Window]:
     """The windows batched decoding works on (module docstring), in time order."""
     from faster_whisper.vad import VadOptions, get_speech_timestamps
 
     found = get_speech_timestamps(audio, VadOptions(**VAD))
-    return joined([(c["start"] / SAMPLE_RATE, c["end"] / SAMPLE_RATE) for c in found])
+    return packed([(c["start"] / SAMPLE_RATE, c["end"] / SAMPLE_RATE) for c in found], FILL_S)
 
 
-def joined(regions: Sequence[Clip], limit: float = CLIP_S) -> list[Clip]:
-    """Consecutive stretches of speech joined while the whole lasts at most `limit` seconds; a
-    stretch longer than that alone (VAD splits them before) is cut to `limit`."""
-    out: list[Clip] = []
+def packed(regions: Sequence[Clip], limit: float = CLIP_S) -> list[Window]:
+    """Consecutive stretches of speech packed into windows (`Window`) while they fill at most
+    `limit` seconds and no pause between them is longer than MAX_PAUSE_S; a stretch longer than
+    `limit` alone (VAD splits them before) is cut to `limit`."""
+    out: list[Window] = []
     for start, end in regions:
-        if out and end - out[-1][0] <= limit:
-            out[-1] = (out[-1][0], end)
-        else:
-            out.append((start, min(end, start + limit)))
+        end = min(end, start + limit)
+        if out and start - out[-1].end <= MAX_PAUSE_S:
+            grown = Window(out[-1].pieces + ((start, end),))
+            if grown.length <= limit:
+                out[-1] = grown
+                continue
+        out.append(Window(((start, end),)))
     return out
 
 
-def batched(model, audio: np.ndarray, windows: Sequence[Clip], batch_size: int,
+def batched(model, audio: np.ndarray, windows: Sequence[Window], batch_size: int,
             settings: dict[str, Any]) -> tuple[Iterator, str]:
-    """`model`'s segments of `windows` of `audio`, decoded up to `batch_size` windows at a time
-    (batch_edges; lazily, a batch per step), and the language: the one asked, else the one the first batch detects.
-    `settings` are the sequential decoder's keyword arguments (language, beam_size, task,
-    initial_prompt, hotwords, temperature, word_timestamps)."""
-    cuts = batch_edges(len(windows), batch_size)
-    first, language = _batch(model, audio, windows[:cuts[1]], settings)
+    """`model`'s segments of `windows` of `audio` in time order, decoded up to `batch_size`
+    windows at a time (lazily, a batch per step), and the language: the one asked, else the
+    one the first batch detects. `settings` are the sequential decoder's keyword arguments
+    (language, beam_size, task, initial_prompt, hotwords, temperature, word_timestamps)."""
+    per = math.ceil(len(windows) / math.ceil(len(windows) / batch_size))  # batches of equal size
+    queue = list(windows)
+    first, language = _decoded(model, audio, queue[:per], settings, round_of={})
     settings = {**settings, "language": language}  # every batch in the language of the first
 
-    def rest() -> Iterator:
-        yield from first
-        for a, b in zip(cuts[1:], cuts[2:]):
-            yield from _batch(model, audio, windows[a:b], settings)[0]
+    def segments() -> Iterator:
+        done, left, rounds = [], queue[per:], {}
+        results = first
+        while True:
+            tails = []
+            for window, got, tail in results:
+                done += got
+                if tail and rounds.get(window, 0) < TAIL_ROUNDS:
+                    rounds[tail] = rounds.get(window, 0) + 1
+                    tails.append(tail)
+            done.sort(key=lambda s: s.start)
+            pending = [w.start for w in tails] + [w.start for w in left[:1]]
+            until = min(pending, default=math.inf)
+            ready = [s for s in done if s.start < until]
+            done = done[len(ready):]
+            yield from ready
+            if not pending:
+                return
+            batch = tails + left[:max(0, min(per, batch_size - len(tails)))]
+            left = left[len(batch) - len(tails):]
+            results, _ = _decoded(model, audio, batch, settings, rounds)
 
-    return rest(), language
-
-
-def batch_edges(n: int, batch_size: int) -> list[int]:
-    """Where the batches of `n` windows begin, and n: the first batch FIRST_BATCH windows, each
-    next one twice as many, up to batch_size; so the first texts and progress come about as
-    soon as sequential decoding gives them, and a long file soon goes batch_size at a time.
-    A batch takes the windows left after it too when they are fewer than itself and it stays
-    within batch_size (a last small batch costs about what a full one does)."""
-    edges, size = [0], min(FIRST_BATCH, batch_size)
-    while edges[-1] < n:
-        left = n - edges[-1] - size
-        edges.append(n if left < size and size + left <= batch_size else min(n, edges[-1] + size))
-        size = min(2 * size, batch_size)
-    return edges
-
-
-def _batch(model, audio: np.ndarray, windows: Sequence[Clip], settings: dict[str, Any]) -> tuple[list, str]:
-    """One batch decoded: the segments of its windows in time order (what the pipeline left of a
-    window decoded again, TAIL_ROUNDS times at most), and the language."""
-    out, language, pending, again = [], settings["language"], list(windows), False
-    for _ in range(1 + TAIL_ROUNDS):
-        decoded, language = _decoded(model, audio, pending, {**settings, "language": language}, again)
-        out += [s for _, segments, _ in decoded for s in segments]
-        pending, again = [tail for _, _, tail in decoded if tail], True
-        if not pending:
-            break
-    return sorted(out, key=lambda s: s.start), language
+    return segments(), language
 
 
-def _decoded(model, audio: np.ndarray, windows: Sequence[Clip], settings: dict[str, Any],
-             again: bool) -> tuple[list[tuple[Clip, list, Clip | None]], str]:
-    """(window, its segments, what of it is left to decode or None) of each window, decoded
-    together by the pipeline, and the language. A window whose decoding failed Whisper's quality
-    checks, or that gave no segment at all the first time (`again` false), is decoded `alone`."""
+def _decoded(model, audio: np.ndarray, windows: Sequence[Window], settings: dict[str, Any],
+             round_of: dict) -> tuple[list[tuple[Window, list, Window | None]], str]:
+    """(window, its segments in the audio's times, what of it is left to decode or None) of each
+    window, decoded together by the pipeline, and the language. A window whose decoding failed
+    Whisper's quality checks, or that gave no segment at all the first time, is decoded `alone`."""
     from faster_whisper import BatchedInferencePipeline
 
     # a pipeline per call: it is a thin wrapper, and keeps a run's state (last_speech_timestamp)
@@ -131,13 +180,13 @@ def _decoded(model, audio: np.ndarray, windows: Sequence[Clip], settings: dict[s
     fallback = "temperature" not in settings  # the task asked no temperature of its own
     out = []
     for i, window in enumerate(windows):
-        got = [s for s in (shifted(s, window[0] - i * CLIP_S) for s in by_seek.get(_seek(model, i * CLIP_S), []))
-               if s.start < window[1]]
-        if (not got and not again) or (fallback and any(failed(s) for s in got)):
+        got = [inside(shifted(s, -i * CLIP_S), window) for s in by_seek.get(_seek(model, i * CLIP_S), [])]
+        got = [s for s in got if s.start < window.length]
+        if (not got and window not in round_of) or (fallback and any(failed(s) for s in got)):
             out.append((window, alone(model, audio, window, {**settings, "language": info.language}), None))
-        else:
-            got = [inside(s if words else replace(s, words=None), window) for s in got]
-            out.append((window, got, _tail(window, got)))
+        else:  # what is left of a window that gave nothing when decoded again is not speech
+            tail = _tail(window, got) if got else None
+            out.append((window, [in_audio(s if words else replace(s, words=None), window) for s in got], tail))
     return out, info.language
 
 
@@ -150,41 +199,56 @@ def failed(segment) -> bool:
     return untranscribed.failed(min(segment.avg_logprob, float(own)), segment.compression_ratio)
 
 
-def padded(audio: np.ndarray, windows: Sequence[Clip]) -> np.ndarray:
-    """Each window's audio followed by silence up to CLIP_S, one after the other (the pipeline
-    pads the log-mel of a shorter window with zeros, which is not silence but a steady sound)."""
+def padded(audio: np.ndarray, windows: Sequence[Window]) -> np.ndarray:
+    """Each window's pieces of audio (Window.at), then silence up to CLIP_S, one window after
+    the other (the pipeline pads the log-mel of a shorter window with zeros, which is not silence
+    but a steady sound)."""
     size = int(CLIP_S * SAMPLE_RATE)
     out = np.zeros(len(windows) * size, np.float32)
-    for i, (start, end) in enumerate(windows):
-        piece = audio[int(start * SAMPLE_RATE):int(end * SAMPLE_RATE)][:size]
-        out[i * size:i * size + len(piece)] = piece
+    for i, window in enumerate(windows):
+        for at, (start, end) in zip(window.at, window.pieces):
+            piece = audio[int(start * SAMPLE_RATE):int(end * SAMPLE_RATE)]
+            begin = i * size + int(at * SAMPLE_RATE)
+            piece = piece[:max(0, (i + 1) * size - begin)]
+            out[begin:begin + len(piece)] = piece
     return out
 
 
 def shifted(segment, by: float):
     """`segment` (and its words) `by` seconds later."""
-    words = None if segment.words is None else [replace(w, start=w.start + by, end=w.end + by)
-                                                for w in segment.words]
-    return replace(segment, start=segment.start + by, end=segment.end + by, words=words)
+    return _retimed(segment, lambda t: t + by)
 
 
-def inside(segment, window: Clip):
-    """`segment` with its times (and its words') kept within `window`: the pipeline's can run
-    past the window's end (to the next whole second after it), into the next window's."""
-    start, end = window
-    words = None if segment.words is None else [
-        replace(w, start=min(max(w.start, start), end), end=min(max(w.end, start), end)) for w in segment.words]
-    return replace(segment, start=min(max(segment.start, start), end), end=min(max(segment.end, start), end),
-                   words=words)
+def inside(segment, window: Window):
+    """`segment` with its times (and its words') kept within the audio of `window`: the
+    pipeline's can run past it (to the next whole second after it), into the silence after;
+    and spanning its words, as the sequential decoder's segments do (the pipeline's last word
+    can end after its segment)."""
+    out = _retimed(segment, lambda t: min(max(t, 0.0), window.length))
+    if out.words:
+        out = replace(out, start=min(out.start, out.words[0].start), end=max(out.end, out.words[-1].end))
+    return out
 
 
-def _tail(window: Clip, segments: Sequence) -> Clip | None:
-    """What of `window` its segments leave undecoded: from the last one's end, when that is
-    MIN_TAIL_S or more before the window's end. The pipeline drops a window's unfinished last
-    segment (text after the last timestamp), which the sequential decoder decodes again in its
-    next window."""
-    end = segments[-1].end if segments else window[1]
-    return (end, window[1]) if window[1] - end >= MIN_TAIL_S else None
+def in_audio(segment, window: Window):
+    """`segment`, in the times of `window`, in the times of the audio; a segment spanning a
+    pause the window left out lasts at most CLIP_S."""
+    out = _retimed(segment, window.to_audio)
+    return replace(out, end=min(out.end, out.start + CLIP_S))
+
+
+def _retimed(segment, to):
+    words = None if segment.words is None else [replace(w, start=to(w.start), end=to(w.end)) for w in segment.words]
+    return replace(segment, start=to(segment.start), end=to(segment.end), words=words)
+
+
+def _tail(window: Window, segments: Sequence) -> Window | None:
+    """What of `window` its segments (in its times) leave undecoded: from the last one's end,
+    when that is MIN_TAIL_S or more before the window's end. The pipeline drops a window's
+    unfinished last segment (text after the last timestamp), and Whisper sometimes ends a
+    window's text early; the sequential decoder decodes the rest in its next window."""
+    end = segments[-1].end if segments else 0.0
+    return window.after(end) if window.length - end >= MIN_TAIL_S else None
 
 
 def _seek(model, start: float) -> int:
@@ -192,10 +256,9 @@ def _seek(model, start: float) -> int:
     return int(int(start * SAMPLE_RATE) / SAMPLE_RATE * model.frames_per_second)
 
 
-def alone(model, audio: np.ndarray, window: Clip, settings: dict[str, Any]) -> list:
+def alone(model, audio: np.ndarray, window: Window, settings: dict[str, Any]) -> list:
     """The segments of one window decoded by the sequential decoder (with its temperature
     fallback), in the times of the whole audio."""
-    start, end = window
-    segments, _ = model.transcribe(audio[int(start * SAMPLE_RATE):int(end * SAMPLE_RATE)], vad_filter=False,
-                                   **settings)
-    return [shifted(s, start) for s in segments]
+    heard = padded(audio, [window])[:int(window.length * SAMPLE_RATE)]
+    segments, _ = model.transcribe(heard, vad_filter=False, **settings)
+    return [in_audio(s, window) for s in segments]

@@ -20,9 +20,25 @@ from gateway.options import TaskOptions
 from test_speakers import LINES, MORE_LINES, VOICE_A, VOICE_B, conversation
 
 
-def test_pauses_join_stretches_of_speech_into_windows_of_at_most_30_s():
-    regions = [(0.5, 8.0), (9.0, 20.0), (21.0, 29.9), (31.0, 40.0), (40.5, 75.0), (80.0, 81.0)]
-    assert batching.joined(regions) == [(0.5, 29.9), (31.0, 40.0), (40.5, 70.5), (80.0, 81.0)]
+def W(*pieces: tuple[float, float]) -> batching.Window:
+    return batching.Window(tuple(pieces))
+
+
+def test_stretches_of_speech_are_packed_into_windows_with_their_pauses_shortened():
+    regions = [(0.5, 8.0), (8.0, 12.0), (13.0, 20.0), (21.0, 27.0), (28.0, 30.0),  # fills 27 s
+               (31.0, 35.0), (39.0, 40.0),  # a pause of 4 s: a new window
+               (40.5, 75.0)]  # longer than a window alone: cut
+    assert batching.packed(regions, 27.0) == [W((0.5, 8.0), (8.0, 12.0), (13.0, 20.0), (21.0, 27.0)),
+                                              W((28.0, 30.0), (31.0, 35.0)), W((39.0, 40.0)), W((40.5, 67.5))]
+
+
+def test_times_in_a_window_map_back_to_the_audio():
+    window = W((0.5, 8.0), (8.0, 12.0), (13.0, 20.0))
+    assert window.at == pytest.approx((0.0, 7.5, 11.7)) and window.length == pytest.approx(18.7)  # 1-s pause as 0.2 s
+    assert ([window.to_audio(t) for t in (0.0, 7.6, 11.5, 11.8, 18.7, 25.0)]
+            == pytest.approx([0.5, 8.1, 12.0, 13.1, 20.0, 20.0]))
+    assert len(window.after(11.8).pieces) == 1 and window.after(11.8).pieces[0] == pytest.approx((13.1, 20.0))
+    assert window.after(5.0) == W((5.5, 8.0), (8.0, 12.0), (13.0, 20.0))
 
 
 def test_each_window_is_followed_by_silence_to_30_s():
@@ -30,10 +46,14 @@ def test_each_window_is_followed_by_silence_to_30_s():
     silence: tiny.en transcribed such windows worse ('that leaves us very' became 'at least must
     marry'). Each window is given as its audio followed by true silence (docs/ARCHITECTURE.md)."""
     audio = np.arange(70 * 16000, dtype=np.float32) + 1
-    out = batching.padded(audio, [(0.0, 20.0), (50.0, 60.0)])
+    out = batching.padded(audio, [W((0.0, 20.0)), W((50.0, 55.0), (56.0, 60.0))])
     assert len(out) == 60 * 16000
     assert np.array_equal(out[:20 * 16000], audio[:20 * 16000]) and not out[20 * 16000:30 * 16000].any()
-    assert np.array_equal(out[30 * 16000:40 * 16000], audio[50 * 16000:60 * 16000]) and not out[40 * 16000:].any()
+    second = out[30 * 16000:]
+    assert np.array_equal(second[:5 * 16000], audio[50 * 16000:55 * 16000])
+    assert not second[5 * 16000:int(5.2 * 16000)].any()  # the pause, shortened
+    assert np.array_equal(second[int(5.2 * 16000):int(9.2 * 16000)], audio[56 * 16000:60 * 16000])
+    assert not second[int(9.2 * 16000):].any()
 
 
 def segment(start: float, end: float, text: str, seek: int, avg_logprob: float = -0.2) -> Segment:
@@ -77,8 +97,9 @@ def scripted_pipeline(script: Script):
             windows = script.calls[-1]
             assert without_timestamps is False and batch_size == len(windows) == len(audio) // (30 * 16000)
             assert clip_timestamps == [{"start": 30.0 * i, "end": 30.0 * (i + 1)} for i in range(len(windows))]
-            out = [segment(a - w[0] + 30 * i, b - w[0] + 30 * i, text, batching._seek(self.model, 30 * i), lp)
+            out = [segment(a - w.start + 30 * i, b - w.start + 30 * i, text, batching._seek(self.model, 30 * i), lp)
                    for i, w in enumerate(windows) for a, b, text, lp in script.answers.get(w, [])]
+            assert settings["word_timestamps"] is True  # always, for the quality checks
             return iter(out), type("Info", (), {"language": language or "en"})()
     return Pipeline
 
@@ -97,48 +118,62 @@ def decode(monkeypatch, script: Script, windows, batch_size=8, **settings):
     return [(s.start, s.end, s.text) for s in segments], language
 
 
-def test_the_end_of_a_window_the_pipeline_leaves_undecoded_is_decoded_again(monkeypatch):
+def test_the_end_of_a_window_the_pipeline_leaves_undecoded_is_decoded_in_the_next_batch(monkeypatch):
     """faster-whisper's batched pipeline drops a window's unfinished last segment (text after the
-    last timestamp): the sequential decoder would have decoded it in its next window. A segment
-    beginning beyond a window's end is left to the next window."""
-    script = Script({(0.0, 25.0): [(0.0, 6.0, "one", -0.2), (6.0, 12.0, "two", -0.2)],
-                     (12.0, 25.0): [(12.0, 24.5, "three", -0.2)],
-                     (30.0, 40.0): [(30.0, 41.0, "four", -0.2),  # past its window's end
-                                    (41.0, 45.0, "five", -0.2)]})  # beyond it: the next window's
-    got, _ = decode(monkeypatch, script, [(0.0, 25.0), (30.0, 40.0)])
-    assert got == [(0.0, 6.0, "one"), (6.0, 12.0, "two"), (12.0, 24.5, "three"), (30.0, 40.0, "four")]
-    assert script.calls == [[(0.0, 25.0), (30.0, 40.0)], [(12.0, 25.0)]]
+    last timestamp), and Whisper sometimes ends a window's text early: the sequential decoder would
+    have decoded the rest in its next window. Here it joins the next batch, and the segments still
+    come in time order. A segment running past its window's end is cut there."""
+    windows = [W((0.0, 25.0)), W((30.0, 40.0)), W((45.0, 50.0))]
+    script = Script({windows[0]: [(0.0, 6.0, "one", -0.2), (6.0, 12.0, "two", -0.2)],
+                     W((12.0, 25.0)): [(12.0, 24.5, "three", -0.2)],
+                     windows[1]: [(30.0, 41.0, "four", -0.2)],  # past its window's end
+                     windows[2]: [(45.0, 49.5, "five", -0.2)]})
+    got, _ = decode(monkeypatch, script, windows, batch_size=2)
+    assert got == [(0.0, 6.0, "one"), (6.0, 12.0, "two"), (12.0, 24.5, "three"), (30.0, 40.0, "four"),
+                   (45.0, 49.5, "five")]
+    assert script.calls == [windows[:2], [W((12.0, 25.0)), windows[2]]]
+
+
+def test_what_is_left_of_a_window_is_decoded_again_at_most_twice(monkeypatch):
+    windows = [W((0.0, 25.0))]
+    script = Script({windows[0]: [(0.0, 5.0, "one", -0.2)], W((5.0, 25.0)): [(5.0, 10.0, "two", -0.2)],
+                     W((10.0, 25.0)): [(10.0, 15.0, "three", -0.2)], W((15.0, 25.0)): [(15.0, 20.0, "four", -0.2)]})
+    got, _ = decode(monkeypatch, script, windows)
+    assert [text for _, _, text in got] == ["one", "two", "three"]
+    assert script.calls == [windows, [W((5.0, 25.0))], [W((10.0, 25.0))]]
+
+    silent = Script({windows[0]: [(0.0, 5.0, "one", -0.2)]})  # nothing more in what is left: not speech
+    got, _ = decode(monkeypatch, silent, windows)
+    assert [text for _, _, text in got] == ["one"] and silent.calls == [windows, [W((5.0, 25.0))]]
 
 
 def test_a_window_failing_the_quality_checks_is_decoded_alone_with_the_fallback_temperatures(monkeypatch):
-    answers = {(0.0, 20.0): [(0.0, 19.0, "fine", -0.2)], (30.0, 50.0): [(30.0, 49.0, "garbled", -1.6)]}
+    windows = [W((0.0, 20.0)), W((30.0, 50.0))]
+    answers = {windows[0]: [(0.0, 19.0, "fine", -0.2)], windows[1]: [(30.0, 49.0, "garbled", -1.6)]}
     script = Script(answers, alone=[(0.5, 18.0, "clear")])
-    got, _ = decode(monkeypatch, script, [(0.0, 20.0), (30.0, 50.0)])
+    got, _ = decode(monkeypatch, script, windows)
     assert got == [(0.0, 19.0, "fine"), (30.5, 48.0, "clear")]  # in the file's times
     assert script.alone_calls == [{"seconds": 20.0, "language": "en", "beam_size": 5}]  # no temperature: the fallback
 
-    guessed = Script({(0.0, 20.0): [(0.0, 9.0, "fine", -0.2), (9.0, 19.0, "guess", -0.2)]}, alone=[(0.5, 9.0, "clear")])
-    got, _ = decode(monkeypatch, guessed, [(0.0, 20.0), (30.0, 50.0)])  # the window's figure passes, a segment's words not
+    guessed = Script({windows[0]: [(0.0, 9.0, "fine", -0.2), (9.0, 19.0, "guess", -0.2)]}, alone=[(0.5, 9.0, "clear")])
+    got, _ = decode(monkeypatch, guessed, windows)  # the window's figure passes, a segment's words not
     assert got[0] == (0.5, 9.0, "clear") and len(guessed.alone_calls) == 2
 
     asked = Script(answers, alone=[(0.5, 18.0, "clear")])  # a task's own temperature: as sequential, no fallback
-    got, _ = decode(monkeypatch, asked, [(0.0, 20.0), (30.0, 50.0)], temperature=0.4)
+    got, _ = decode(monkeypatch, asked, windows, temperature=0.4)
     assert got == [(0.0, 19.0, "fine"), (30.0, 49.0, "garbled")] and not asked.alone_calls
 
 
-def test_batches_start_small_and_grow_to_the_batch_size():
-    assert batching.batch_edges(20, 8) == [0, 2, 6, 14, 20]
-    assert batching.batch_edges(3, 1) == [0, 1, 2, 3]
-    assert batching.batch_edges(1, 8) == [0, 1]
-    assert batching.batch_edges(7, 8) == [0, 2, 7]  # no last batch of one
-
-
-def test_windows_go_in_batches_in_the_language_of_the_first(monkeypatch):
-    windows = [(float(10 * i), float(10 * i + 9)) for i in range(5)]
-    script = Script({w: [(w[0], w[1] - 0.5, f"w{i}", -0.2)] for i, w in enumerate(windows)})
+def test_windows_go_in_batches_of_equal_size_in_the_language_of_the_first(monkeypatch):
+    windows = [W((float(10 * i), float(10 * i + 9))) for i in range(5)]
+    script = Script({w: [(w.start, w.end - 0.5, f"w{i}", -0.2)] for i, w in enumerate(windows)})
     got, language = decode(monkeypatch, script, windows, batch_size=2)
     assert [text for _, _, text in got] == ["w0", "w1", "w2", "w3", "w4"] and language == "en"
     assert script.calls == [windows[:2], windows[2:4], windows[4:]]
+
+    script = Script({w: [(w.start, w.end - 0.5, f"w{i}", -0.2)] for i, w in enumerate(windows)})
+    decode(monkeypatch, script, windows, batch_size=4)
+    assert script.calls == [windows[:3], windows[3:]]  # not 4 and 1
 
 
 # --- the real engine -----------------------------------------------------------------------
@@ -171,7 +206,7 @@ async def test_batched_decoding_keeps_timestamps_words_and_progress_per_batch(ta
     assert all(s.end_time - s.start_time <= 30 for s in segments)
     assert [s.start_time for s in segments] == sorted(s.start_time for s in segments)
     for s in segments:
-        assert s.words and all(s.start_time <= w.start_time <= w.end_time <= s.end_time for w in s.words)
+        assert s.words and all(s.start_time <= w.start_time <= w.end_time <= s.end_time for w in s.words), (s.start_time, s.end_time, [(w.start_time, w.end_time) for w in s.words][-3:])
     text = " ".join(s.text for s in segments).lower()
     assert all(line.split()[1].lower().strip(",.") in text for line in LINES + MORE_LINES)  # nothing dropped
     assert seen == sorted(seen) and any(0.1 < f < 0.9 for f in seen), seen  # progress as the batches finish
