@@ -10,12 +10,12 @@ import asyncio
 import aiohttp
 import pytest
 
-from conftest import ECHO
+from conftest import ECHO, espeak
 from fakes import callback_payload
 from gateway.appkeys import DB
 from gateway.keys import create
 from test_dashboard_security import CSRF, Browserish
-from test_known_speakers import voices  # noqa: F401  (a fixture)
+from test_known_speakers import ALICE, ENROL_LINE
 from tgw_echo import script_wav
 
 ROOT = "root-config-key-0c1d"
@@ -157,13 +157,14 @@ async def test_only_the_owner_and_an_admin_cancel_and_delete(tenants, tmp_path):
     assert (await t.call("bob", "DELETE", f"/{new_asset}"))[1]["data"] == {"asset_id": new_asset, "deleted": True}
 
 
-async def test_enrolled_speakers_are_their_keys(tenants, voices):  # noqa: F811
+async def test_enrolled_speakers_are_their_keys(tenants, tmp_path):
     """An enrolled speaker is its key's: another key does not list, delete or name voices with
     it, nor enrol voices from another key's asset or task; an admin sees and deletes it."""
     t = tenants
     form = aiohttp.FormData()
     form.add_field("name", "Alice")
-    form.add_field("file", next(iter(voices.values())).read_bytes(), filename="alice.wav", content_type="audio/wav")
+    voice = espeak(ENROL_LINE, tmp_path / "alice-voice.wav", ALICE)
+    form.add_field("file", voice.read_bytes(), filename="alice.wav", content_type="audio/wav")
     status, body = await t.call("alice", "POST", "/speakers", data=form)
     assert status == 200, body
     speaker_id = body["data"]["speaker_id"]
