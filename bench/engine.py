@@ -345,7 +345,7 @@ def main() -> None:
     parser.add_argument("--also-10", action="store_true", help="then the same on 10 minutes")
     parser.add_argument("--sweep", action="store_true", help="only the batch-size sweep")
     parser.add_argument("--batch-size", type=int, default=8,
-                        help="engine.batch_size of the batched sides and the gateway (default 8, as the config's)")
+                        help="engine.batch_size of the batched sides and the gateway (default 8; the config's default is 0)")
     args = parser.parse_args()
     runs = 1 if args.quick else args.runs
     if runs < 1 or args.minutes < 3:
