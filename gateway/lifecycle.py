@@ -116,13 +116,9 @@ async def finish(plugins: Plugins | None, removed: Removed) -> None:
 async def tell_plugins(plugins: Plugins | None, task_id: str, names: list[str] | None = None) -> None:
     """Each plugin implementing transcript_deleted (or those of `names`) removes what it wrote
     for the task; one that fails is logged with its reason, and the others are still told."""
-    if plugins is None:
-        return
-    for name in names if names is not None else plugins.implementing(DELETED_HOOK):
-        try:
-            await plugins.call_one(DELETED_HOOK, name, task_id=task_id, config=plugins.configs[name])
-        except Exception as exc:
-            log.error("plugin.delete_failed", task_id=task_id, plugin=name, error=f"{type(exc).__name__}: {exc}")
+    if plugins is not None:
+        await plugins.tell_each(DELETED_HOOK, names if names is not None else plugins.implementing(DELETED_HOOK),
+                                task_id, task_id=task_id)
 
 
 # --- cancelling ----------------------------------------------------------------------------

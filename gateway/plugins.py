@@ -241,6 +241,20 @@ class Plugins:
             result = await result
         return result
 
+    async def tell_each(self, hook: str, names: list[str], for_task: str, **kwargs) -> list[str]:
+        """Plugins `names` told of task `for_task` through `hook` (its arguments: `kwargs`), each
+        with its own section as `config`, outside any delivery (nothing retried): one that fails is
+        logged with its reason and the others are still told; the names of those that failed."""
+        failed = []
+        for name in names:
+            try:
+                await self.call_one(hook, name, config=self.configs[name], **kwargs)
+            except Exception as exc:
+                log.error("plugin.hook_failed", hook=hook, task_id=for_task, plugin=name,
+                          error=f"{type(exc).__name__}: {exc}")
+                failed.append(name)
+        return failed
+
     async def call_all(self, hook: str, **kwargs) -> list[Any]:
         return [await self.call_one(hook, name, **kwargs) for name in self.implementing(hook)]
 

@@ -106,15 +106,6 @@ async def tell_plugins(plugins: Plugins | None, task: Task, filename: str | None
     the names of those that failed (each logged with its reason)."""
     if plugins is None:
         return []
-    info = task_info_of(task, filename, public_url)
     transcript = transcript_from_payload(json.loads(task.result_json))
-    failed = []
-    for name in plugins.delivery_targets("transcript_updated"):  # implementing it, and active
-        try:
-            await plugins.call_one("transcript_updated", name, task=info, transcript=transcript,
-                                   config=plugins.configs[name])
-        except Exception as exc:
-            log.error("transcript.update_hook_failed", task_id=task.id, plugin=name,
-                      error=f"{type(exc).__name__}: {exc}")
-            failed.append(name)
-    return failed
+    return await plugins.tell_each("transcript_updated", plugins.delivery_targets("transcript_updated"), task.id,
+                                   task=task_info_of(task, filename, public_url), transcript=transcript)
