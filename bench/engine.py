@@ -1,7 +1,9 @@
 """The local engine against faster-whisper called directly, sequential and batched, with the word error rate.
 
-In one run, on the same audio (a conversation of two espeak-ng voices taking turns, with pauses,
---minutes long, from a known text; cached in bench/.cache/):
+In one run, on each of two recordings of --minutes from a known text (cached in bench/.cache/):
+a conversation of two espeak-ng voices taking turns, with pauses (results/engine.md); and
+two-speaker telephone dialogues of bench/realistic.py, voices varied in pitch, rate and formants,
+with short turns and overlaps, over a 300-3,400 Hz, 8-kHz G.711 line (results/engine-telephone.md):
   (a) sequential: faster-whisper's `WhisperModel.transcribe` in this process (what the self-hosted
       peers run): the bundled model and the engine's settings (device, compute type, threads, beam
       size, VAD); decode the file, read all segments;
@@ -15,11 +17,12 @@ Each side is warmed up once; then the runs go round the sides. Printed: median (
 (c)/(a) (target <= 0.45), (c)/(b) (target <= 1.05), (d)/(c), and each side's WER against the text.
 
 Then the accuracy set: five minutes and more of espeak-ng speech (four voices, a file each, pauses
-between sentences) plus the test suite's clips, each transcribed by the engine in this process
+between sentences), the test suite's clips and the telephone dialogues, each transcribed by the engine in this process
 with batch_size = 0 (sequential) and batch_size = engine.batch_size; the WER of each file (target:
 batched <= sequential + 1 point).
 
-    python bench/engine.py                  # 3 minutes, 3 runs per side; bench/results/engine.md, .json
+    python bench/engine.py                  # 3 minutes, 3 runs per side; bench/results/engine.md,
+                                            # engine-telephone.md (and .json)
     python bench/engine.py --also-10        # and again on 10 minutes (engine-10min.md, .json)
     python bench/engine.py --quick          # 1 run per side (smoke test; same audio)
     python bench/engine.py --sweep          # engine time by batch_size (0 4 8 16) on 3 minutes and
@@ -48,6 +51,8 @@ from common import isolate, save_results
 from e2e import CACHE, Direct, Gateway, audio_seconds
 from texts import LONG_SPEECH, SENTENCE  # tests/texts.py (common puts tests/ on the path): the suite's clips
 from wer import wer
+
+import realistic  # bench/realistic.py: the speaker bench's realistic speech
 
 TARGETS = {"gateway/sequential": 0.45, "gateway/batched": 1.05, "speakers/gateway": 1.25}
 WER_SLACK = 0.01  # batched may be this much worse than sequential (1 point)
@@ -141,6 +146,28 @@ def conversation(minutes: float) -> tuple[Path, str]:
     return spoken(f"talk{minutes:g}min", lines)
 
 
+def telephone_call(minutes: float) -> tuple[Path, str]:
+    """Two-speaker dialogues of bench/realistic.py (voices varied in pitch, rate and formants;
+    short turns, backchannels, split sentences, overlaps) over a telephone line (300-3,400 Hz,
+    8 kHz, G.711), one after another for at least `minutes`; and the text said."""
+    out = CACHE / "realistic-calls"
+    clips, seconds, seed = [], 0.0, 5000  # seeds of their own: not the speaker bench's
+    while seconds < minutes * 60:
+        clips.append(realistic.conversation(seed, 2, "telephone", out, "dialogue"))
+        seconds, seed = seconds + clips[-1].duration, seed + 1
+    wav = CACHE / f"engine-telephone{minutes:g}min-v{realistic.VERSION}.wav"
+    if not wav.exists():
+        partial = wav.with_suffix(".part.wav")
+        subprocess.run(["sox", *[str(c.path) for c in clips], str(partial)], check=True)
+        partial.replace(wav)
+    return wav, " ".join(c.text for c in clips)
+
+
+AUDIO = {"conversation": (conversation, "two espeak-ng voices taking turns, with pauses"),
+         "telephone": (telephone_call, "two-speaker telephone dialogues (bench/realistic.py: varied voices, "
+                                       "short turns, overlaps; 300-3,400 Hz, 8 kHz, G.711)")}
+
+
 def accuracy_set() -> list[tuple[str, Path, str]]:
     """(name, wav, text): a file per voice of ACCURACY_VOICES, PER_FILE sentences each (the voices
     start at different sentences), then the test suite's clips."""
@@ -150,6 +177,7 @@ def accuracy_set() -> list[tuple[str, Path, str]]:
         out.append((voice, *spoken(f"wer-{voice}", lines)))
     for name, text in (("tests: speech_wav", SENTENCE), ("tests: long_speech_wav", LONG_SPEECH)):
         out.append((name, *spoken(name.split()[-1], [("en-us", text)], speed=160)))  # as conftest.espeak
+    out.append(("telephone dialogues", *telephone_call(3)))
     return out
 
 
@@ -289,7 +317,7 @@ SIDE_NAMES = {"sequential": "(a) faster-whisper sequential, directly", "batched"
 
 
 def markdown(s: dict) -> str:
-    lines = [f"Audio: {s['audio_s']:.1f} s of two espeak-ng voices taking turns; {s['runs']} measured runs per side.",
+    lines = [f"Audio: {s['audio_s']:.1f} s of {AUDIO[s['audio']][1]}; {s['runs']} measured runs per side.",
              "", "| side | median (min) | real-time factor | WER |", "|---|---|---|---|"]
     for side, r in s["sides"].items():
         lines.append(f"| {SIDE_NAMES[side]} | {r['median_s']:.2f} s ({r['min_s']:.2f}) | {r['realtime']:.1f}x "
@@ -320,11 +348,11 @@ def sweep_markdown(rows: dict) -> str:
     return "\n".join(lines)
 
 
-def bench(minutes: float, runs: int, name: str, rows: dict | None, batch_size: int) -> bool:
-    audio, text = conversation(minutes)
+def bench(kind: str, minutes: float, runs: int, name: str, rows: dict | None, batch_size: int) -> bool:
+    audio, text = AUDIO[kind][0](minutes)
     with tempfile.TemporaryDirectory(prefix="tgw-bench-engine-") as tmp:
         summary = summarise(audio_seconds(audio), text, asyncio.run(measure(audio, runs, Path(tmp), batch_size)))
-    summary["runs"] = runs
+    summary |= {"runs": runs, "audio": kind}
     table = markdown(summary)
     accuracy_pass = True
     if rows is not None:
@@ -345,7 +373,7 @@ def main() -> None:
     parser.add_argument("--also-10", action="store_true", help="then the same on 10 minutes")
     parser.add_argument("--sweep", action="store_true", help="only the batch-size sweep")
     parser.add_argument("--batch-size", type=int, default=8,
-                        help="engine.batch_size of the batched sides and the gateway (default 8; the config's default is 0)")
+                        help="engine.batch_size of the batched sides and the gateway (default 8, the config's)")
     args = parser.parse_args()
     runs = 1 if args.quick else args.runs
     if runs < 1 or args.minutes < 3:
@@ -362,9 +390,10 @@ def main() -> None:
         return
     batch_size = args.batch_size
     os.environ["TGW_ENGINE__BATCH_SIZE"] = str(batch_size)  # the gateway's, (c) and (d)
-    ok = bench(args.minutes, runs, "engine", accuracy(batch_size), batch_size)
+    ok = bench("conversation", args.minutes, runs, "engine", accuracy(batch_size), batch_size)
+    ok = bench("telephone", args.minutes, runs, "engine-telephone", None, batch_size) and ok
     if args.also_10:
-        ok = bench(10, runs, "engine-10min", None, batch_size) and ok
+        ok = bench("conversation", 10, runs, "engine-10min", None, batch_size) and ok
     sys.exit(0 if ok else 1)
 
 

@@ -4,7 +4,9 @@ far busier than decoding one window after another (docs/ARCHITECTURE.md, "Batche
 
 What it keeps of sequential decoding, and how:
 
-- Windows: the stretches of speech Silero VAD finds (as the pipeline itself finds them), packed
+- Windows: the stretches of speech Silero VAD finds (speakers.speech_regions, found once for
+  the note of untranscribed speech, the speakers' windows and these; padded as the pipeline
+  pads its own, `clips`), packed
   end to end (a pause between two shortened to GAP_S) while they fill at most FILL_S, nearly as
   the pipeline packs them (up to 30 s, so there are about as few windows as it would decode:
   with 3 s of silence left at the end, Whisper ends fewer windows' text early, and fewer
@@ -19,17 +21,21 @@ What it keeps of sequential decoding, and how:
   would have decoded the rest in its next window. Here the rest (`_tail`) joins the next batch
   (or a last small one), at most TAIL_ROUNDS times; segments are given in time order, each once
   everything before it is decoded.
-- Quality checks per segment: the pipeline's log-probability is its window's, so words are
-  always aligned and each segment's own words are checked too (`failed`).
+- Quality checks: words are always aligned. A window whose decoding fails them (`failed`: the
+  pipeline's figure, its window's as the sequential decoder's is, or its words' mean) is
+  decoded again on its own (below); and since a window of good speech can carry a segment of
+  guesses (German after English), a segment of MIN_JUDGED words or more takes its own words'
+  figure when lower (`judged`), so it is dropped as a failed window's segments are, not
+  decoded again: at temperature 0 the sequential decoder gives the same.
 - Segment timestamps: `without_timestamps=False` (the pipeline's default, True, gives one
   segment per window); word timestamps when asked.
 - Progress and stopping: the pipeline is called once per batch (batches of equal size, at most
   batch_size windows), so each batch's segments come as soon as it is decoded (and a stopping
   engine stops at the next one), and only one batch's features are in memory.
-- The temperature fallback: the pipeline decodes at one temperature. A window whose result
+- The temperature fallback: the pipeline decodes at one temperature, 0. A window whose result
   fails Whisper's quality checks, or that gave no segment at all, is decoded again on its own
-  by the sequential decoder with the fallback temperatures (`alone`), as sequential decoding
-  would have done.
+  by the sequential decoder with the fallback temperatures after 0 (`alone`), as sequential
+  decoding would have done.
 - language, prompt, hotwords, translation, a task's temperature: the pipeline takes them as
   the sequential decoder does (the prompt starts every window; nothing is conditioned on the
   previous window's text, which faster-whisper's batched decoding never does).
@@ -49,12 +55,15 @@ from gateway import untranscribed
 
 SAMPLE_RATE = 16000
 CLIP_S = 30.0               # Whisper's window
-VAD = {"max_speech_duration_s": CLIP_S, "min_silence_duration_ms": 160}  # the batched pipeline's own
+PAD_S = 0.3                 # speech_regions pads a stretch of speech by 0.1 s, the pipeline's VAD by 0.4
 FILL_S = 27.0               # seconds of a window packed with speech: fuller ones, Whisper often ends early
 GAP_S = 0.2                 # silence between two stretches of speech packed in one window
+SHORT_S = 10.0              # a window this short after a full one takes speech from its end (`balanced`)
 MAX_PAUSE_S = 3.0           # a longer pause between two stretches starts a new window
 MIN_TAIL_S = 1.0            # a window's end left undecoded (_tail) this long or longer is decoded again
 TAIL_ROUNDS = 2             # times what is left of a window is decoded again
+MIN_JUDGED = 3              # words a segment needs for its own words to be checked (fewer say little)
+FALLBACK = (0.2, 0.4, 0.6, 0.8, 1.0)  # faster-whisper's fallback temperatures after 0, which the batch used
 Clip = tuple[float, float]  # start, end in seconds of the audio
 
 
@@ -101,18 +110,27 @@ class Window:
         return Window(tuple((max(start, cut), end) for start, end in self.pieces if end > cut))
 
 
-def clips(audio: np.ndarray) -> list[Window]:
-    """The windows batched decoding works on (module docstring), in time order."""
-    from faster_whisper.vad import VadOptions, get_speech_timestamps
-
-    found = get_speech_timestamps(audio, VadOptions(**VAD))
-    return packed([(c["start"] / SAMPLE_RATE, c["end"] / SAMPLE_RATE) for c in found], FILL_S)
+def clips(regions: Sequence[Clip], duration: float) -> list[Window]:
+    """The windows batched decoding works on (module docstring), in time order, from the
+    stretches of speech `regions` (speakers.speech_regions: found once for the note, the
+    speakers' windows and these) in `duration` seconds of audio: each widened by PAD_S as far as
+    halfway to its neighbours (the pipeline's own VAD pads them so), one longer than FILL_S cut
+    in equal parts."""
+    parts: list[Clip] = []
+    for i, (start, end) in enumerate(regions):
+        before = (regions[i - 1][1] + start) / 2 if i else 0.0
+        after = (end + regions[i + 1][0]) / 2 if i + 1 < len(regions) else duration
+        start, end = max(start - PAD_S, before), min(end + PAD_S, after)
+        n = math.ceil((end - start) / FILL_S)
+        parts += [(start + k * (end - start) / n, start + (k + 1) * (end - start) / n) for k in range(n)]
+    return packed(parts, FILL_S)
 
 
 def packed(regions: Sequence[Clip], limit: float = CLIP_S) -> list[Window]:
     """Consecutive stretches of speech packed into windows (`Window`) while they fill at most
     `limit` seconds and no pause between them is longer than MAX_PAUSE_S; a stretch longer than
-    `limit` alone (VAD splits them before) is cut to `limit`."""
+    `limit` alone (`clips` splits them before) is cut to `limit`. A short window that goes on from
+    the one before it takes stretches from its end (`balanced`)."""
     out: list[Window] = []
     for start, end in regions:
         end = min(end, start + limit)
@@ -122,7 +140,24 @@ def packed(regions: Sequence[Clip], limit: float = CLIP_S) -> list[Window]:
                 out[-1] = grown
                 continue
         out.append(Window(((start, end),)))
+    for i in range(1, len(out)):
+        if out[i].start - out[i - 1].end <= MAX_PAUSE_S:
+            out[i - 1:i + 1] = balanced(out[i - 1], out[i], limit)
     return out
+
+
+def balanced(before: Window, short: Window, limit: float) -> list[Window]:
+    """`before` and the window after it, `short`, with stretches moved from the end of `before`
+    to `short` while `short` is under SHORT_S and stays the shorter: Whisper hears a second or two
+    alone with little to go on (the last second of tests/test_language.py's German, alone in a
+    window, was heard as English words of good probability; in a window with the German before
+    it, it fails the checks, as sequential decoding's 30-s window does)."""
+    while short.length < SHORT_S and len(before.pieces) > 1:
+        rest, moved = Window(before.pieces[:-1]), Window(before.pieces[-1:] + short.pieces)
+        if moved.length > limit or moved.length > rest.length:
+            break
+        before, short = rest, moved
+    return [before, short]
 
 
 def batched(model, audio: np.ndarray, windows: Sequence[Window], batch_size: int,
@@ -173,7 +208,6 @@ def _decoded(model, audio: np.ndarray, windows: Sequence[Window], settings: dict
         padded(audio, windows), clip_timestamps=[{"start": i * CLIP_S, "end": (i + 1) * CLIP_S}
                                                  for i in range(len(windows))],
         batch_size=len(windows), without_timestamps=False, **{**settings, "word_timestamps": True})
-    words = settings.get("word_timestamps", False)
     by_seek: dict[int, list] = {}
     for s in segments:
         by_seek.setdefault(s.seek, []).append(s)
@@ -182,21 +216,37 @@ def _decoded(model, audio: np.ndarray, windows: Sequence[Window], settings: dict
     for i, window in enumerate(windows):
         got = [inside(shifted(s, -i * CLIP_S), window) for s in by_seek.get(_seek(model, i * CLIP_S), [])]
         got = [s for s in got if s.start < window.length]
-        if (not got and window not in round_of) or (fallback and any(failed(s) for s in got)):
-            out.append((window, alone(model, audio, window, {**settings, "language": info.language}), None))
+        if (not got and window not in round_of) or (fallback and failed(got)):
+            again = {**settings, "language": info.language, "temperature": FALLBACK}
+            out.append((window, alone(model, audio, window, again), None))
         else:  # what is left of a window that gave nothing when decoded again is not speech
             tail = _tail(window, got) if got else None
-            out.append((window, [in_audio(s if words else replace(s, words=None), window) for s in got], tail))
+            out.append((window, [in_audio(kept(judged(s), settings), window) for s in got], tail))
     return out, info.language
 
 
-def failed(segment) -> bool:
-    """True when `segment` failed Whisper's quality checks: the pipeline's log-probability is its
-    window's, so a window of good speech could carry a segment of guesses (the German half of
-    tests/test_language.py's clip, heard as "I hope you enjoyed this video"); its own words'
-    mean log-probability is checked too."""
-    own = np.mean(np.log(np.maximum([w.probability for w in segment.words or ()] or [1.0], 1e-6)))
-    return untranscribed.failed(min(segment.avg_logprob, float(own)), segment.compression_ratio)
+def failed(segments: Sequence) -> bool:
+    """True when a window's `segments` fail Whisper's quality checks: the pipeline's figure (the
+    window's log-probability, each segment's compression ratio), or the mean log-probability of
+    all their words. The pipeline's figure counts the timestamp tokens, and a window can pass on
+    them: tiny.en heard 21 s of German as nothing, then "I'm feeling like" twice, at -0.16, with
+    words at -1.7 on average (tests/test_language.py); sequential decoding's checks fail it."""
+    words = [w.probability for s in segments for w in s.words or ()]
+    heard = float(np.mean(np.log(np.maximum(words, 1e-6)))) if words else 0.0
+    return any(untranscribed.failed(min(s.avg_logprob, heard), s.compression_ratio) for s in segments)
+
+
+def judged(segment):
+    """`segment` with the mean log-probability of its own words as its figure when that is lower
+    than its window's and it has MIN_JUDGED words or more (the engine drops it when that fails
+    the check): the figure is its window's, so a window of good speech could carry a segment of
+    guesses (the German half of tests/test_language.py's clip, heard as "I hope you enjoyed
+    this video")."""
+    words = segment.words or ()
+    if len(words) < MIN_JUDGED:
+        return segment
+    own = float(np.mean(np.log(np.maximum([w.probability for w in words], 1e-6))))
+    return replace(segment, avg_logprob=own) if own < segment.avg_logprob else segment
 
 
 def padded(audio: np.ndarray, windows: Sequence[Window]) -> np.ndarray:
@@ -258,7 +308,15 @@ def _seek(model, start: float) -> int:
 
 def alone(model, audio: np.ndarray, window: Window, settings: dict[str, Any]) -> list:
     """The segments of one window decoded by the sequential decoder (with its temperature
-    fallback), in the times of the whole audio."""
+    fallback), in the times of the whole audio, each `judged` by its words: a text sampled at a
+    fallback temperature can pass the window's checks with the figure of its sampling ("in
+    Dawson home in Smites and Stock." at 0.2, -0.88, for the last seconds of the German of
+    tests/test_language.py), while its words' probabilities, from the model itself, say -1.02."""
     heard = padded(audio, [window])[:int(window.length * SAMPLE_RATE)]
-    segments, _ = model.transcribe(heard, vad_filter=False, **settings)
-    return [in_audio(s, window) for s in segments]
+    segments, _ = model.transcribe(heard, vad_filter=False, **{**settings, "word_timestamps": True})
+    return [in_audio(kept(judged(s), settings), window) for s in segments]
+
+
+def kept(segment, settings: dict[str, Any]):
+    """`segment` with its words if the task or speaker labelling asked for them, else without."""
+    return segment if settings.get("word_timestamps") else replace(segment, words=None)

@@ -166,7 +166,7 @@ class EngineConfig(_Section):
     cpu_threads: int = Field(0, ge=0)
     concurrency: int = Field(1, ge=1)
     beam_size: int = Field(5, ge=1)
-    batch_size: int = Field(0, ge=0, le=64)
+    batch_size: int = Field(8, ge=0, le=64)
     vad_filter: bool = True
     block_s: float = Field(600, ge=30)
     speaker_labels: bool = True

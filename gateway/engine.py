@@ -152,14 +152,20 @@ class LocalEngine:
                 report(min(1.0, (block.offset + f * block.duration) / measured))
 
             duration = block.offset + block.duration
-            # the speech regions (for the note, and the speakers' windows) are found meanwhile, on
-            # what CPU the decoder leaves idle: it rarely keeps every core busy (bench/e2e.py)
-            finding = self._vad.submit(speakers.speech_regions, block.samples)
+            # the speech regions (for the note, the speakers' windows and batched decoding's windows):
+            # found first when batching needs them, else meanwhile, on what CPU the sequential
+            # decoder leaves idle: it rarely keeps every core busy (bench/e2e.py)
+            if self.batching:
+                regions = speakers.speech_regions(block.samples)
+            else:
+                finding = self._vad.submit(speakers.speech_regions, block.samples)
             found, language = self.timed_segments(
                 model, block.samples, req, lambda f: within(share * f),
-                lambda a, b, text, at=block.offset: partial(a + at, b + at, text))
+                lambda a, b, text, at=block.offset: partial(a + at, b + at, text),
+                regions if self.batching else None)
             timed += speakers.shifted(found, block.offset)
-            regions = finding.result()
+            if not self.batching:
+                regions = finding.result()
             speech += [(a + block.offset, b + block.offset) for a, b in regions]
             languages.append(language)
             if encoder is not None:
@@ -200,19 +206,28 @@ class LocalEngine:
                         seconds=round(sum(s[2] for s in spans), 1))
         return note
 
+    @property
+    def batching(self) -> bool:
+        """Whether speech is decoded in batches of windows (`batched`) rather than by faster-whisper's `transcribe`."""
+        return bool(self.cfg.batch_size and self.cfg.vad_filter)
+
     def timed_segments(self, model, audio, req: TranscribeRequest, report: Callable[[float], None],
-                       partial: Partial = lambda start, end, text: None):
+                       partial: Partial = lambda start, end, text: None, regions=None):
         """`model`'s segments (with their words when speakers or word timestamps are wanted, and the
         decoder's figures) and the language, without those of windows whose decoding failed
         (untranscribed.failed: their text is not what was said), each kept one told to `partial`
         as it comes; runs in the calling thread (the pool's, from `transcribe`). Decoded in
         batches of engine.batch_size windows when that is set and the audio has more than one
-        (`batched`), else window after window."""
+        (`batched`; its windows from the stretches of speech `regions`, found here when not
+        given), else window after window."""
         duration = len(audio) / SAMPLE_RATE
         decoding = {**req.decoding(), "word_timestamps": req.speaker or req.options.word_timestamps}
         settings = {"language": req.language, "beam_size": self.cfg.beam_size, **decoding}
-        clips = batching.clips(audio) if self.cfg.batch_size and self.cfg.vad_filter else []
-        if len(clips) > 1:
+        clips = []
+        if self.batching:
+            regions = speakers.speech_regions(audio) if regions is None else regions
+            clips = batching.clips(regions, duration)
+        if clips:
             segments_iter, language = batching.batched(model, audio, clips, self.cfg.batch_size, settings)
         else:
             segments_iter, info = model.transcribe(audio, vad_filter=self.cfg.vad_filter, **settings)

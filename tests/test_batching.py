@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from faster_whisper.transcribe import Segment, Word
 
-from gateway import batching
+from gateway import batching, untranscribed
 from gateway.config import EngineConfig
 from gateway.engine import EngineStopped, LocalEngine, TranscribeRequest
 from gateway.options import TaskOptions
@@ -28,8 +28,20 @@ def test_stretches_of_speech_are_packed_into_windows_with_their_pauses_shortened
     regions = [(0.5, 8.0), (8.0, 12.0), (13.0, 20.0), (21.0, 27.0), (28.0, 30.0),  # fills 27 s
                (31.0, 35.0), (39.0, 40.0),  # a pause of 4 s: a new window
                (40.5, 75.0)]  # longer than a window alone: cut
-    assert batching.packed(regions, 27.0) == [W((0.5, 8.0), (8.0, 12.0), (13.0, 20.0), (21.0, 27.0)),
-                                              W((28.0, 30.0), (31.0, 35.0)), W((39.0, 40.0)), W((40.5, 67.5))]
+    assert batching.packed(regions, 27.0) == [W((0.5, 8.0), (8.0, 12.0), (13.0, 20.0)),
+                                              W((21.0, 27.0), (28.0, 30.0), (31.0, 35.0)),  # not 6 s alone
+                                              W((39.0, 40.0)), W((40.5, 67.5))]  # after a long pause: alone
+
+
+def test_a_short_window_after_a_full_one_takes_speech_from_its_end():
+    """A second or two of speech alone in a window gives Whisper little to go on (the last
+    second of German after English was heard as English words of good probability); within a
+    run of speech the last window takes stretches from the one before while it is short."""
+    regions = [(float(i), i + 0.8) for i in range(30)]  # 30 stretches of 0.8 s, 0.2-s pauses
+    windows = batching.packed(regions, 27.0)
+    assert [len(w.pieces) for w in windows] == [19, 11]  # greedily 27 and 3; now the last is 10.8 s
+    assert windows[0].end < windows[1].start and sum(len(w.pieces) for w in windows) == 30
+    assert batching.packed([(0.0, 26.0), (26.5, 27.5)], 27.0) == [W((0.0, 26.0)), W((26.5, 27.5))]  # nothing to move
 
 
 def test_times_in_a_window_map_back_to_the_audio():
@@ -57,12 +69,14 @@ def test_each_window_is_followed_by_silence_to_30_s():
 
 
 def segment(start: float, end: float, text: str, seek: int, avg_logprob: float = -0.2) -> Segment:
-    """A segment of one word, as likely as the segment's log-probability says, unless its text
-    says "guess" (a word of probability 0.1 in a window whose log-probability is fine)."""
-    probability = 0.1 if text == "guess" else float(np.exp(avg_logprob))
+    """A segment of the words of `text`, as likely as the segment's log-probability says, unless its
+    text says "guess" (words of probability 0.1 in a window whose log-probability is fine)."""
+    words = text.split() or [text]
+    probability = 0.1 if words[0] == "guess" else float(np.exp(avg_logprob))
+    step = (end - start) / len(words)
     return Segment(id=0, seek=seek, start=start, end=end, text=text, tokens=[1], avg_logprob=avg_logprob,
                    compression_ratio=1.2, no_speech_prob=0.01, temperature=0.0,
-                   words=[Word(start, end, text, probability)])
+                   words=[Word(start + i * step, start + (i + 1) * step, w, probability) for i, w in enumerate(words)])
 
 
 @dataclass
@@ -105,6 +119,13 @@ def scripted_pipeline(script: Script):
 
 
 def decode(monkeypatch, script: Script, windows, batch_size=8, **settings):
+    """(start, end, text) of each segment batching.batched gives of `windows` with the scripted
+    pipeline, and the language."""
+    segments, language = decoded(monkeypatch, script, windows, batch_size, **settings)
+    return [(s.start, s.end, s.text) for s in segments], language
+
+
+def decoded(monkeypatch, script: Script, windows, batch_size=8, **settings):
     padded = batching.padded
 
     def recorded(audio, windows):
@@ -115,7 +136,7 @@ def decode(monkeypatch, script: Script, windows, batch_size=8, **settings):
     monkeypatch.setattr(faster_whisper, "BatchedInferencePipeline", scripted_pipeline(script))
     segments, language = batching.batched(FakeModel(script), np.zeros(100 * 16000, np.float32), windows,
                                           batch_size, {"language": None, "beam_size": 5, **settings})
-    return [(s.start, s.end, s.text) for s in segments], language
+    return list(segments), language
 
 
 def test_the_end_of_a_window_the_pipeline_leaves_undecoded_is_decoded_in_the_next_batch(monkeypatch):
@@ -153,15 +174,40 @@ def test_a_window_failing_the_quality_checks_is_decoded_alone_with_the_fallback_
     script = Script(answers, alone=[(0.5, 18.0, "clear")])
     got, _ = decode(monkeypatch, script, windows)
     assert got == [(0.0, 19.0, "fine"), (30.5, 48.0, "clear")]  # in the file's times
-    assert script.alone_calls == [{"seconds": 20.0, "language": "en", "beam_size": 5}]  # no temperature: the fallback
-
-    guessed = Script({windows[0]: [(0.0, 9.0, "fine", -0.2), (9.0, 19.0, "guess", -0.2)]}, alone=[(0.5, 9.0, "clear")])
-    got, _ = decode(monkeypatch, guessed, windows)  # the window's figure passes, a segment's words not
-    assert got[0] == (0.5, 9.0, "clear") and len(guessed.alone_calls) == 2
+    assert script.alone_calls == [{"seconds": 20.0, "language": "en", "beam_size": 5,
+                                   "temperature": (0.2, 0.4, 0.6, 0.8, 1.0)}]  # the fallback after 0, tried
 
     asked = Script(answers, alone=[(0.5, 18.0, "clear")])  # a task's own temperature: as sequential, no fallback
     got, _ = decode(monkeypatch, asked, windows, temperature=0.4)
     assert got == [(0.0, 19.0, "fine"), (30.0, 49.0, "garbled")] and not asked.alone_calls
+
+
+def test_a_window_whose_words_are_guesses_fails_though_its_figure_passes(monkeypatch):
+    """The pipeline's figure counts the timestamp tokens: tiny.en heard 21 s of German as
+    nothing, then two short segments, at -0.16; their words said -1.7. Such a window is decoded
+    alone with the fallback temperatures, as the sequential decoder's checks would have it."""
+    windows = [W((0.0, 20.0)), W((30.0, 50.0))]
+    script = Script({windows[0]: [(0.0, 19.0, "fine fine", -0.2)],
+                     windows[1]: [(45.0, 47.0, "guess guess", -0.16), (47.0, 49.0, "guess", -0.16)]},
+                    alone=[(0.5, 18.0, "clear")])
+    got, _ = decode(monkeypatch, script, windows)
+    assert got == [(0.0, 19.0, "fine fine"), (30.5, 48.0, "clear")] and len(script.alone_calls) == 1
+
+
+def test_a_segment_of_guesses_in_a_window_that_passes_is_given_its_own_figure_not_decoded_again(monkeypatch):
+    """The pipeline's log-probability is its window's: a segment of guessed words (German after
+    English) in a window that passes carries its own words' figure, so the engine drops it as it
+    drops a failed window's; decoding the window again at temperature 0 would give the same.
+    Fewer than MIN_JUDGED words say too little to judge ("Sure." on a telephone line)."""
+    windows = [W((0.0, 20.0)), W((30.0, 50.0))]
+    guessed = Script({windows[0]: [(0.0, 9.0, "fine fine fine", -0.2), (9.0, 19.0, "guess guess guess", -0.2)],
+                      windows[1]: [(30.0, 39.0, "fine fine fine", -0.2), (39.0, 40.0, "guess", -0.2)]},
+                     alone=[(0.5, 9.0, "clear")])
+    segments, _ = decoded(monkeypatch, guessed, windows)
+    figures = [(s.text, round(s.avg_logprob, 2)) for s in segments]
+    assert figures == [("fine fine fine", -0.2), ("guess guess guess", round(float(np.log(0.1)), 2)),
+                       ("fine fine fine", -0.2), ("guess", -0.2)]
+    assert not guessed.alone_calls and untranscribed.failed(segments[1].avg_logprob, 1.0)
 
 
 def test_windows_go_in_batches_of_equal_size_in_the_language_of_the_first(monkeypatch):

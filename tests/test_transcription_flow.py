@@ -125,10 +125,13 @@ async def test_list_pages_newest_first(gateway, speech_wav):
 
 
 @pytest.mark.any_database
-async def test_healthz_answers_while_a_job_runs(gateway, long_speech_wav):
+async def test_healthz_answers_while_a_job_runs(start_gateway, long_speech_wav):
     """The engine runs off the event loop: while the task is processing, /healthz keeps answering
     and the task's progress moves between the answers. (How fast it answers is a figure, not a
-    test: bench/healthz_job.py; an absolute limit here failed under a loaded machine.)"""
+    test: bench/healthz_job.py; an absolute limit here failed under a loaded machine.) Progress
+    moves as each batch of windows is decoded: at the default batch_size this 2-minute file is one
+    batch, so here batches are of two windows, for a job of several steps."""
+    gateway = await start_gateway(engine={"batch_size": 2})
     task_id = await gateway.submit(asset_id=await gateway.upload(long_speech_wav))
     await gateway.wait(task_id, until=("processing",))
     progress_seen = []
