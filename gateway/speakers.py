@@ -7,13 +7,13 @@
       join windows further apart than `threshold` (or at the number of speakers asked for)
       (complete linkage, by the windows' largest distance, when there are only a few seconds of
       speech: there the windows straddling a change are a large share)
-    → clusters that are not voices dissolved (too few windows for 2.5 s of speech and a centre
-      within 0.3 of another's, or for 5 s and within 0.18; in a few seconds of speech, any
-      cluster within 0.2: a cough, a mixture at a change; a short turn of a voice unlike every
-      other stays, as the second voice of a 5-second clip; and mostly windows straddling a quick
-      change between two other voices), each window moved to its nearest cluster centre, then
-      a majority filter over neighbouring windows within each stretch of speech, so one stray
-      window never makes a turn
+    → clusters that are not voices dissolved (a single window; too few windows for 2.5 s of
+      speech and a centre within 0.3 of another's, or for 5 s and within 0.18; in a few seconds
+      of speech, any cluster within 0.2: a cough, a mixture at a change; a short turn of a
+      voice unlike every other stays, as the second voice of a 5-second clip; and mostly
+      windows straddling a quick change between two other voices), each window moved to its
+      nearest cluster centre, then a majority filter over neighbouring windows within each
+      stretch of speech, so one stray window never makes a turn
     → each stretch of speech shared among its windows (a speaker timeline; a speaker's pauses
       of up to 0.5 s inside a turn are the turn's); each word takes the label of the turn it
       falls in; segments are split at the word where the speaker changes, their edges trimmed
@@ -47,6 +47,7 @@ MIN_SPEAKER_S = 2.5             # a cluster whose windows stand for less speech 
 SMALL_APART = 0.3               # ... unless its centre is at least this cosine distance from every other;
 CLOSE_FACTOR = 2.0              # one of less than this many times MIN_SPEAKER_S (mostly a mixture at
 CLOSE_APART = 0.18              # changes) is absorbed when its centre is within this distance of another's
+LONE_WINDOWS = 2                # in longer audio a cluster of fewer windows (one) is never a voice
 SHORT_SPEECH_S = 8.0            # audio with no more speech than this (a 5-second clip) is clustered by
                                 # complete linkage, and there any cluster is absorbed ...
 SHORT_APART = 0.2               # ... when its centre is within this distance of another's
@@ -249,6 +250,7 @@ def cluster(embeddings: np.ndarray, threshold: float, hints: Hints = Hints(), mi
     if short:   # in a few seconds of speech every cluster is small: only one close to another goes
         labels = absorb_small(embeddings, labels, n + 1, keep, SHORT_APART)
     else:
+        labels = absorb_small(embeddings, labels, LONE_WINDOWS, keep)
         labels = absorb_small(embeddings, labels, min_windows, keep, SMALL_APART)
         labels = absorb_small(embeddings, labels, int(CLOSE_FACTOR * min_windows), keep, CLOSE_APART)
     if regions is not None:

@@ -226,6 +226,20 @@ def test_less_than_five_seconds_of_windows_close_to_a_voice_is_not_a_speaker(dis
     assert len({t.label for t in speakers.label_with_windows([], windows, 0.1).turns}) == expected
 
 
+def test_one_window_of_a_voice_unlike_the_others_in_a_conversation_is_not_a_speaker():
+    """A lone window (1.6 s) in a conversation is absorbed however far it lies; in a 5-second
+    clip, a turn of one window stays (the short clip's rule)."""
+    rng = np.random.default_rng(7)
+    counts = [30, 30, 1]
+    emb = unit(np.concatenate([np.eye(16)[i] + 0.02 * rng.standard_normal((k, 16)) for i, k in enumerate(counts)]))
+    regions = np.repeat([0, 1, 2], counts)
+    starts = np.concatenate([np.arange(k) * 0.5 + 20 * r for r, k in enumerate(counts)])
+    speech = tuple((20.0 * r, 20.0 * r + 0.5 * k + 1.1) for r, k in enumerate(counts))
+    windows = speakers.Windows(starts, regions, emb.astype(np.float32), 0.5, speech)
+    assert len({t.label for t in speakers.label_with_windows([], windows, 0.28).turns}) == 2
+    assert len(set(speakers.cluster(emb[-6:], 0.28, min_windows=5, short=True))) == 2
+
+
 def test_windows_straddling_a_change_between_two_others_are_transitions():
     labels = np.array([0, 0, 0, 2, 2, 1, 1, 1, 2, 0, 0, 1, 1, 1, 1, 0])
     regions = np.array([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1])
