@@ -5,12 +5,15 @@
       windows sliding through each stretch of speech
     → agglomerative clustering on cosine distance (average linkage), cut where merging would
       join windows further apart than `threshold` (or at the number of speakers asked for)
-    → clusters that are not voices dissolved (too few windows for 2.5 s of speech and a centre
-      within 0.3 of another's: a cough, a mixture at a change; a short turn of a voice unlike
-      every other stays, as the second voice of a 5-second clip; and mostly windows straddling
-      a quick change between two other voices), each window moved to its nearest cluster
-      centre, then a majority filter over neighbouring windows within each stretch of speech,
-      so one stray window never makes a turn
+      (complete linkage, by the windows' largest distance, when there are only a few seconds of
+      speech: there the windows straddling a change are a large share)
+    → clusters that are not voices dissolved (a single window; too few windows for 2.5 s of
+      speech and a centre within 0.3 of another's, or for 5 s and within 0.18; in a few seconds
+      of speech, any cluster within 0.2: a cough, a mixture at a change; a short turn of a
+      voice unlike every other stays, as the second voice of a 5-second clip; and mostly
+      windows straddling a quick change between two other voices), each window moved to its
+      nearest cluster centre, then a majority filter over neighbouring windows within each
+      stretch of speech, so one stray window never makes a turn
     → each stretch of speech shared among its windows (a speaker timeline; a speaker's pauses
       of up to 0.5 s inside a turn are the turn's); each word takes the label of the turn it
       falls in; segments are split at the word where the speaker changes, their edges trimmed
@@ -41,7 +44,13 @@ WINDOW_S = WINDOW_FRAMES * FRAME_S
 BATCH = 128                     # windows per forward pass
 EMBEDDING = 0.9                 # the share of labelling's progress that embedding the windows stands for
 MIN_SPEAKER_S = 2.5             # a cluster whose windows stand for less speech is absorbed ...
-SMALL_APART = 0.3               # ... unless its centre is at least this cosine distance from every other
+SMALL_APART = 0.3               # ... unless its centre is at least this cosine distance from every other;
+CLOSE_FACTOR = 2.0              # one of less than this many times MIN_SPEAKER_S (mostly a mixture at
+CLOSE_APART = 0.18              # changes) is absorbed when its centre is within this distance of another's
+LONE_WINDOWS = 2                # in longer audio a cluster of fewer windows (one) is never a voice
+SHORT_SPEECH_S = 8.0            # audio with no more speech than this (a 5-second clip) is clustered by
+                                # complete linkage, and there any cluster is absorbed ...
+SHORT_APART = 0.2               # ... when its centre is within this distance of another's
 BRIDGE_S = 0.5                  # pauses up to this long between two pieces of one speaker are their turn's
 TRANSITION_RUN = 3              # windows: a run this short between two other voices may be a change
 TRANSITION_SHARE = 1 / 3        # a cluster with this share of such windows is a mixture, not a voice
@@ -213,26 +222,37 @@ def speaker_count(merge_distances: np.ndarray, threshold: float, hints: Hints, n
 
 
 def cluster(embeddings: np.ndarray, threshold: float, hints: Hints = Hints(), min_windows: int = 1,
-            regions: np.ndarray | None = None) -> np.ndarray:
+            regions: np.ndarray | None = None, short: bool = False) -> np.ndarray:
     """A cluster index per window: average-linkage agglomerative clustering on cosine distance
     (of at most MAX_CLUSTERED windows spread evenly through the audio, the others given to the
-    nearest centre: the distances take memory as the square of the windows); then clusters that are not voices are dissolved (too few windows; mostly windows that
-    straddle a change between two other voices, given the stretch of speech of each window),
-    unless the hints need them; then each window moved to its nearest cluster centre."""
+    nearest centre: the distances take memory as the square of the windows); then clusters that
+    are not voices are dissolved (too few windows; mostly windows that straddle a change between
+    two other voices, given the stretch of speech of each window), unless the hints need them;
+    then each window moved to its nearest cluster centre.
+
+    `short` audio (a few seconds of speech: a handful of windows, the middle ones straddling any
+    change of speaker) is clustered by complete linkage, so two voices are told apart by the
+    windows at either end, which hold one voice each, not by an average the mixed ones pull
+    together; there a cluster stays when SHORT_APART from every other."""
     from scipy.cluster.hierarchy import fcluster, linkage
 
     n = len(embeddings)
     if n < 2:
         return np.zeros(n, dtype=int)
     sample = np.unique(np.linspace(0, n - 1, min(n, MAX_CLUSTERED)).round().astype(int))
-    tree = linkage(embeddings[sample], method="average", metric="cosine")
+    tree = linkage(embeddings[sample], method="complete" if short else "average", metric="cosine")
     k = speaker_count(tree[:, 2], threshold, hints, len(sample))
     labels = fcluster(tree, k, criterion="maxclust") - 1
     if len(sample) < n:  # every window to the nearest centre of the clusters found in the sample
         ids = np.unique(labels)
         labels = ids[np.argmax(embeddings @ centres_of(embeddings[sample], labels, ids).T, axis=1)]
     keep = min(k, hints.num_speakers or hints.min_speakers or 1)
-    labels = absorb_small(embeddings, labels, min_windows, keep, SMALL_APART)
+    if short:   # in a few seconds of speech every cluster is small: only one close to another goes
+        labels = absorb_small(embeddings, labels, n + 1, keep, SHORT_APART)
+    else:
+        labels = absorb_small(embeddings, labels, LONE_WINDOWS, keep)
+        labels = absorb_small(embeddings, labels, min_windows, keep, SMALL_APART)
+        labels = absorb_small(embeddings, labels, int(CLOSE_FACTOR * min_windows), keep, CLOSE_APART)
     if regions is not None:
         labels = dissolve_transitions(embeddings, labels, regions, keep)
     return nearest_centre(embeddings, labels)
@@ -509,7 +529,8 @@ def label_with_windows(segments: Sequence[TimedSegment], windows: Windows, thres
     """Label the segments from embedded windows (the cheap, deterministic half of the pipeline);
     `known` names the clusters whose voices are known speakers' (gateway/voiceprints.py)."""
     min_windows = int(np.ceil(MIN_SPEAKER_S / windows.step_s))
-    labels = cluster(windows.embeddings, threshold, hints, min_windows, windows.regions)
+    short = sum(end - begin for begin, end in windows.speech) <= SHORT_SPEECH_S
+    labels = cluster(windows.embeddings, threshold, hints, min_windows, windows.regions, short)
     labels = smooth(labels, windows.regions)
     turns = speaker_turns(windows, labels)
     by_word = word_labels([w for s in segments for w in s.words], turns)

@@ -171,6 +171,75 @@ def test_a_short_turn_of_a_voice_unlike_the_others_stays_a_speaker():
     assert len(set(speakers.cluster(near, 0.05, min_windows=4))) == 1
 
 
+def unit(rows: np.ndarray) -> np.ndarray:
+    return rows / np.linalg.norm(rows, axis=-1, keepdims=True)
+
+
+def toward(a: np.ndarray, b: np.ndarray, distance: float) -> np.ndarray:
+    """The unit vector at cosine `distance` from unit vector `a`, in the plane of a and b."""
+    side = unit(b - (b @ a) * a)
+    angle = np.arccos(1 - distance)
+    return np.cos(angle) * a + np.sin(angle) * side
+
+
+def one_stretch(embeddings: np.ndarray, speech=((0.4, 4.4),)) -> speakers.Windows:
+    """Windows 0.5 s apart through one stretch of speech (a 5-second clip)."""
+    n = len(embeddings)
+    return speakers.Windows(np.arange(n) * 0.5 + 0.4, np.zeros(n, dtype=int), embeddings.astype(np.float32),
+                            0.5, speech)
+
+
+def test_two_voices_in_five_seconds_are_told_apart_by_the_windows_at_either_end():
+    """The middle windows of a 5-second clip straddle the change and mix both voices, which pulls
+    the average distance under the threshold (0.25 here); the windows at either end hold one voice
+    each, 0.36 apart: two speakers."""
+    a = np.eye(16)[0]
+    b = toward(a, np.eye(16)[1], 0.36)
+    emb = unit(np.stack([a, a, 0.7 * a + 0.3 * b, 0.3 * a + 0.7 * b, b, b]))
+    turns = speakers.label_with_windows([], one_stretch(emb), 0.28).turns
+    assert [t.label for t in turns] == [turns[0].label, turns[-1].label] and turns[0].label != turns[-1].label
+
+
+def test_one_voice_in_five_seconds_is_never_split():
+    """Windows of one voice spread as far as 0.41 apart in a 5-second clip: the two halves that
+    complete linkage finds have centres close together, so they are one speaker."""
+    rng = np.random.default_rng(5)
+    emb = unit(np.eye(16)[0] + 0.16 * rng.standard_normal((8, 16)))
+    assert len({t.label for t in speakers.label_with_windows([], one_stretch(emb), 0.28).turns}) == 1
+
+
+@pytest.mark.parametrize("distance, expected", [(0.16, 2), (0.25, 3)])
+def test_less_than_five_seconds_of_windows_close_to_a_voice_is_not_a_speaker(distance, expected):
+    """In a conversation, 4 s of windows (8) whose centre lies within CLOSE_APART of a voice's
+    (a mixture at its changes) are absorbed into it, though clustering keeps them apart; as far
+    as two distinct voices are, they stay: a voice that speaks little."""
+    rng = np.random.default_rng(6)
+    a, b = np.eye(16)[0], np.eye(16)[1]
+    counts = [30, 30, 8]
+    centres = [a, b, toward(a, np.eye(16)[2], distance)]
+    emb = unit(np.concatenate([c + 0.02 * rng.standard_normal((k, 16)) for c, k in zip(centres, counts)]))
+    regions = np.repeat([0, 1, 2], counts)
+    starts = np.concatenate([np.arange(k) * 0.5 + 20 * r for r, k in enumerate(counts)])
+    speech = tuple((20.0 * r, 20.0 * r + 0.5 * k + 1.1) for r, k in enumerate(counts))
+    assert len(set(speakers.cluster(emb, 0.1, regions=regions))) == 3
+    windows = speakers.Windows(starts, regions, emb.astype(np.float32), 0.5, speech)
+    assert len({t.label for t in speakers.label_with_windows([], windows, 0.1).turns}) == expected
+
+
+def test_one_window_of_a_voice_unlike_the_others_in_a_conversation_is_not_a_speaker():
+    """A lone window (1.6 s) in a conversation is absorbed however far it lies; in a 5-second
+    clip, a turn of one window stays (the short clip's rule)."""
+    rng = np.random.default_rng(7)
+    counts = [30, 30, 1]
+    emb = unit(np.concatenate([np.eye(16)[i] + 0.02 * rng.standard_normal((k, 16)) for i, k in enumerate(counts)]))
+    regions = np.repeat([0, 1, 2], counts)
+    starts = np.concatenate([np.arange(k) * 0.5 + 20 * r for r, k in enumerate(counts)])
+    speech = tuple((20.0 * r, 20.0 * r + 0.5 * k + 1.1) for r, k in enumerate(counts))
+    windows = speakers.Windows(starts, regions, emb.astype(np.float32), 0.5, speech)
+    assert len({t.label for t in speakers.label_with_windows([], windows, 0.28).turns}) == 2
+    assert len(set(speakers.cluster(emb[-6:], 0.28, min_windows=5, short=True))) == 2
+
+
 def test_windows_straddling_a_change_between_two_others_are_transitions():
     labels = np.array([0, 0, 0, 2, 2, 1, 1, 1, 2, 0, 0, 1, 1, 1, 1, 0])
     regions = np.array([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1])
