@@ -231,8 +231,7 @@ def failed(segments: Sequence) -> bool:
     all their words. The pipeline's figure counts the timestamp tokens, and a window can pass on
     them: tiny.en heard 21 s of German as nothing, then "I'm feeling like" twice, at -0.16, with
     words at -1.7 on average (tests/test_language.py); sequential decoding's checks fail it."""
-    words = [w.probability for s in segments for w in s.words or ()]
-    heard = float(np.mean(np.log(np.maximum(words, 1e-6)))) if words else 0.0
+    heard = mean_logprob([w for s in segments for w in s.words or ()])
     return any(untranscribed.failed(min(s.avg_logprob, heard), s.compression_ratio) for s in segments)
 
 
@@ -245,8 +244,13 @@ def judged(segment):
     words = segment.words or ()
     if len(words) < MIN_JUDGED:
         return segment
-    own = float(np.mean(np.log(np.maximum([w.probability for w in words], 1e-6))))
+    own = mean_logprob(words)
     return replace(segment, avg_logprob=own) if own < segment.avg_logprob else segment
+
+
+def mean_logprob(words: Sequence) -> float:
+    """The mean log-probability of `words` (aligned by faster-whisper); 0.0 for none."""
+    return float(np.mean(np.log(np.maximum([w.probability for w in words], 1e-6)))) if words else 0.0
 
 
 def padded(audio: np.ndarray, windows: Sequence[Window]) -> np.ndarray:

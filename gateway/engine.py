@@ -155,17 +155,13 @@ class LocalEngine:
             # the speech regions (for the note, the speakers' windows and batched decoding's windows):
             # found first when batching needs them, else meanwhile, on what CPU the sequential
             # decoder leaves idle: it rarely keeps every core busy (bench/e2e.py)
-            if self.batching:
-                regions = speakers.speech_regions(block.samples)
-            else:
-                finding = self._vad.submit(speakers.speech_regions, block.samples)
+            finding = None if self.batching else self._vad.submit(speakers.speech_regions, block.samples)
+            regions = speakers.speech_regions(block.samples) if finding is None else None
             found, language = self.timed_segments(
                 model, block.samples, req, lambda f: within(share * f),
-                lambda a, b, text, at=block.offset: partial(a + at, b + at, text),
-                regions if self.batching else None)
+                lambda a, b, text, at=block.offset: partial(a + at, b + at, text), regions)
             timed += speakers.shifted(found, block.offset)
-            if not self.batching:
-                regions = finding.result()
+            regions = regions if finding is None else finding.result()
             speech += [(a + block.offset, b + block.offset) for a, b in regions]
             languages.append(language)
             if encoder is not None:
@@ -217,9 +213,9 @@ class LocalEngine:
         decoder's figures) and the language, without those of windows whose decoding failed
         (untranscribed.failed: their text is not what was said), each kept one told to `partial`
         as it comes; runs in the calling thread (the pool's, from `transcribe`). Decoded in
-        batches of engine.batch_size windows when that is set and the audio has more than one
-        (`batched`; its windows from the stretches of speech `regions`, found here when not
-        given), else window after window."""
+        batches of engine.batch_size windows when that is set and there is speech (`batched`;
+        its windows from the stretches of speech `regions`, found here when not given), else
+        window after window."""
         duration = len(audio) / SAMPLE_RATE
         decoding = {**req.decoding(), "word_timestamps": req.speaker or req.options.word_timestamps}
         settings = {"language": req.language, "beam_size": self.cfg.beam_size, **decoding}

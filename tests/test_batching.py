@@ -174,7 +174,7 @@ def test_a_window_failing_the_quality_checks_is_decoded_alone_with_the_fallback_
     script = Script(answers, alone=[(0.5, 18.0, "clear")])
     got, _ = decode(monkeypatch, script, windows)
     assert got == [(0.0, 19.0, "fine"), (30.5, 48.0, "clear")]  # in the file's times
-    assert script.alone_calls == [{"seconds": 20.0, "language": "en", "beam_size": 5,
+    assert script.alone_calls == [{"seconds": 20.0, "language": "en", "beam_size": 5, "word_timestamps": True,
                                    "temperature": (0.2, 0.4, 0.6, 0.8, 1.0)}]  # the fallback after 0, tried
 
     asked = Script(answers, alone=[(0.5, 18.0, "clear")])  # a task's own temperature: as sequential, no fallback
@@ -200,12 +200,13 @@ def test_a_segment_of_guesses_in_a_window_that_passes_is_given_its_own_figure_no
     drops a failed window's; decoding the window again at temperature 0 would give the same.
     Fewer than MIN_JUDGED words say too little to judge ("Sure." on a telephone line)."""
     windows = [W((0.0, 20.0)), W((30.0, 50.0))]
-    guessed = Script({windows[0]: [(0.0, 9.0, "fine fine fine", -0.2), (9.0, 19.0, "guess guess guess", -0.2)],
+    fine = " ".join(["fine"] * 9)  # enough of the window's words are sure: the window passes
+    guessed = Script({windows[0]: [(0.0, 9.0, fine, -0.2), (9.0, 19.0, "guess guess guess", -0.2)],
                       windows[1]: [(30.0, 39.0, "fine fine fine", -0.2), (39.0, 40.0, "guess", -0.2)]},
                      alone=[(0.5, 9.0, "clear")])
     segments, _ = decoded(monkeypatch, guessed, windows)
     figures = [(s.text, round(s.avg_logprob, 2)) for s in segments]
-    assert figures == [("fine fine fine", -0.2), ("guess guess guess", round(float(np.log(0.1)), 2)),
+    assert figures == [(fine, -0.2), ("guess guess guess", round(float(np.log(0.1)), 2)),
                        ("fine fine fine", -0.2), ("guess", -0.2)]
     assert not guessed.alone_calls and untranscribed.failed(segments[1].avg_logprob, 1.0)
 
