@@ -120,7 +120,9 @@ async def test_an_english_only_model_refuses_translation_before_anything_is_queu
 
 async def test_follow_gives_each_text_while_the_task_runs_and_the_whole_text_at_its_end(start_gateway,
                                                                                         long_speech_wav):
-    gw = await start_gateway(engine=NO_SPEAKERS)
+    # texts come as each batch of windows is decoded: at the default batch_size this 2-minute
+    # file is one batch, its texts all at its end, so here batches are of two windows
+    gw = await start_gateway(engine={**NO_SPEAKERS, "batch_size": 2})
     task_id = await gw.submit(asset_id=await gw.upload(long_speech_wav))
     texts, first_seen_while = [], None
     async for text in partials.follow(gw.app[DB], gw.app[NOTIFIER], task_id, poll_s=0.5):
