@@ -84,7 +84,8 @@ class Script:
     """What a scripted pipeline answers for each window (start, end), and what it was asked."""
 
     answers: dict[tuple[float, float], list[tuple[float, float, str, float]]]
-    alone: list[tuple[float, float, str]] = field(default_factory=list)  # the sequential decoder's, window-relative
+    alone: list[tuple] = field(default_factory=list)  # the sequential decoder's, window-relative: (start,
+    # end, text) or (start, end, text, seek of its chunk, log-probability)
     calls: list[list[tuple[float, float]]] = field(default_factory=list)
     alone_calls: list[dict] = field(default_factory=list)
 
@@ -97,7 +98,7 @@ class FakeModel:
 
     def transcribe(self, audio, vad_filter, **settings):
         self.script.alone_calls.append({"seconds": len(audio) / 16000, **settings})
-        return [segment(a, b, text, 0) for a, b, text in self.script.alone], None
+        return [segment(*(entry if len(entry) > 3 else (*entry, 0))) for entry in self.script.alone], None
 
 
 def scripted_pipeline(script: Script):
@@ -180,6 +181,26 @@ def test_a_window_failing_the_quality_checks_is_decoded_alone_with_the_fallback_
     asked = Script(answers, alone=[(0.5, 18.0, "clear")])  # a task's own temperature: as sequential, no fallback
     got, _ = decode(monkeypatch, asked, windows, temperature=0.4)
     assert got == [(0.0, 19.0, "fine"), (30.0, 49.0, "garbled")] and not asked.alone_calls
+
+
+def test_a_short_chunk_after_a_failed_one_in_a_window_decoded_alone_is_dropped(monkeypatch):
+    """The sequential decoder goes on from a failed chunk's last timestamp: the last seconds of
+    tests/test_language.py's German, heard alone at 0.2, passed as "So, I can fight indoors and
+    out in Smite and Stock." (about 1 run in 8). A chunk after a failed one that starts SHORT_S or
+    more before the window's end is kept, and so is a short one after a chunk that passed."""
+    windows = [W((0.0, 20.0)), W((30.0, 56.7))]
+    answers = {windows[0]: [(0.0, 19.0, "fine", -0.2)], windows[1]: [(30.0, 56.0, "garbled", -1.6)]}
+    guess = Script(answers, alone=[(0.0, 23.4, "nothing", 0, -3.9), (23.4, 26.5, "so I can fight", 2340, -0.8)])
+    got, _ = decode(monkeypatch, guess, windows)
+    assert got == [(0.0, 19.0, "fine"), (30.0, 53.4, "nothing")]  # the engine drops the failed chunk's segment
+
+    early = Script(answers, alone=[(0.0, 12.0, "nothing", 0, -3.9), (12.0, 26.5, "then clear words", 1200, -0.3)])
+    got, _ = decode(monkeypatch, early, windows)
+    assert got[1:] == [(30.0, 42.0, "nothing"), (42.0, 56.5, "then clear words")]
+
+    passed = Script(answers, alone=[(0.0, 23.4, "clear", 0, -0.3), (23.4, 26.5, "and the end", 2340, -0.4)])
+    got, _ = decode(monkeypatch, passed, windows)
+    assert got[1:] == [(30.0, 53.4, "clear"), (53.4, 56.5, "and the end")]
 
 
 def test_a_window_whose_words_are_guesses_fails_though_its_figure_passes(monkeypatch):
