@@ -49,7 +49,7 @@ import math
 from dataclasses import dataclass, replace
 from functools import cached_property
 from itertools import groupby
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -239,12 +239,14 @@ def failed(segments: Sequence) -> bool:
 
 def judged(segment):
     """`segment` with the mean log-probability of its own words as its figure when that is lower
-    than its window's and it has MIN_JUDGED words or more (the engine drops it when that fails
-    the check): the figure is its window's, so a window of good speech could carry a segment of
-    guesses (the German half of tests/test_language.py's clip, heard as "I hope you enjoyed
-    this video")."""
+    than its window's and it has MIN_JUDGED words or more, or was sampled at a fallback
+    temperature (the engine drops it when that fails the check): the figure is its window's, so a
+    window of good speech could carry a segment of guesses (the German half of
+    tests/test_language.py's clip, heard as "I hope you enjoyed this video"); and a sampled
+    text's figure is its sampling's (that German heard at 0.6 as " A.t." at -0.98, again and
+    again, in 1 run of 15)."""
     words = segment.words or ()
-    if len(words) < MIN_JUDGED:
+    if not words or (len(words) < MIN_JUDGED and not segment.temperature):
         return segment
     own = mean_logprob(words)
     return replace(segment, avg_logprob=own) if own < segment.avg_logprob else segment
@@ -320,26 +322,25 @@ def alone(model, audio: np.ndarray, window: Window, settings: dict[str, Any]) ->
     tests/test_language.py), while its words' probabilities, from the model itself, say -1.02."""
     heard = padded(audio, [window])[:int(window.length * SAMPLE_RATE)]
     segments, _ = model.transcribe(heard, vad_filter=False, **{**settings, "word_timestamps": True})
-    segments = heard_after_failure([judged(s) for s in segments], window.length, model.frames_per_second)
+    segments = heard_after_failure((judged(s) for s in segments), window.length, model.frames_per_second)
     return [in_audio(kept(s, settings), window) for s in segments]
 
 
-def heard_after_failure(segments: Sequence, length: float, frames_per_second: float) -> list:
-    """`segments` of one window decoded by the sequential decoder, without those of a chunk that
-    follows a failed one (every segment failing the checks at its last temperature) and begins
-    less than SHORT_S before the window's end: the decoder goes on from the failed chunk's last
-    timestamp, and Whisper hears those seconds alone, with nothing to go on; tiny.en heard the
-    last 3 s of tests/test_language.py's German so, as "So, I can fight indoors and out in Smite
-    and Stock." at 0.2, with words at -0.87, in about 1 run in 8 (`balanced` is the same rule for
-    the batch's windows)."""
-    out, after_failed = [], False
+def heard_after_failure(segments: Iterable, length: float, frames_per_second: float) -> Iterator:
+    """`segments` of the sequential decoder (of one window, or of a whole file: `length`
+    seconds of the audio it decoded), lazily, without those of a chunk that follows a failed one
+    (every segment failing the checks) and begins less than SHORT_S before the end: the decoder
+    goes on from the failed chunk's last timestamp, and Whisper hears those seconds alone, with
+    nothing to go on; tiny.en heard the last 3 s of tests/test_language.py's German so, as "So, I
+    can fight indoors and out in Smite and Stock." at 0.2, with words at -0.87, in 3 runs of 25
+    (`balanced` is the same rule for the batch's windows)."""
+    after_failed = False
     for seek, chunk in groupby(segments, key=lambda s: s.seek):
         chunk = list(chunk)
         if after_failed and length - seek / frames_per_second < SHORT_S:
             continue
         after_failed = all(untranscribed.failed(s.avg_logprob, s.compression_ratio) for s in chunk)
-        out += chunk
-    return out
+        yield from chunk
 
 
 def kept(segment, settings: dict[str, Any]):

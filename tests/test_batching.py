@@ -5,7 +5,7 @@ real engine on a short conversation: timestamps, words, progress per batch, stop
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import faster_whisper
 import numpy as np
@@ -203,6 +203,29 @@ def test_a_short_chunk_after_a_failed_one_in_a_window_decoded_alone_is_dropped(m
     assert got[1:] == [(30.0, 53.4, "clear"), (53.4, 56.5, "and the end")]
 
 
+def test_sequential_decoding_drops_a_short_last_chunk_after_a_failed_one_too():
+    """engine.batch_size 0: faster-whisper decodes the whole file (its speech, after VAD) chunk
+    after chunk, and its last seconds after a failed chunk are heard alone as in a window decoded
+    alone; the engine drops them, and keeps the chunks a passing one is followed by."""
+    class Sequential(FakeModel):
+        def transcribe(self, audio, vad_filter, **settings):
+            return (iter(segment(*entry) for entry in self.script.alone),
+                    type("Info", (), {"language": "en", "duration_after_vad": 56.7})())
+
+    engine = LocalEngine(EngineConfig(batch_size=0))
+    req, audio = TranscribeRequest(path="x.wav"), np.zeros(60 * 16000, np.float32)
+    try:
+        guess = Script({}, alone=[(0.0, 30.0, "clear", 0, -0.3), (30.0, 53.4, "nothing", 3000, -3.9),
+                                  (53.4, 56.5, "so I can fight", 5340, -0.8)])
+        timed, _ = engine.timed_segments(Sequential(guess), audio, req, lambda f: None)
+        assert [s.text for s in timed] == ["clear"]
+        passed = Script({}, alone=[(0.0, 53.4, "clear", 0, -0.3), (53.4, 56.5, "and the end", 5340, -0.4)])
+        timed, _ = engine.timed_segments(Sequential(passed), audio, req, lambda f: None)
+        assert [s.text for s in timed] == ["clear", "and the end"]
+    finally:
+        engine.close()
+
+
 def test_a_window_whose_words_are_guesses_fails_though_its_figure_passes(monkeypatch):
     """The pipeline's figure counts the timestamp tokens: tiny.en heard 21 s of German as
     nothing, then two short segments, at -0.16; their words said -1.7. Such a window is decoded
@@ -230,6 +253,19 @@ def test_a_segment_of_guesses_in_a_window_that_passes_is_given_its_own_figure_no
     assert figures == [(fine, -0.2), ("guess guess guess", round(float(np.log(0.1)), 2)),
                        ("fine fine fine", -0.2), ("guess", -0.2)]
     assert not guessed.alone_calls and untranscribed.failed(segments[1].avg_logprob, 1.0)
+
+
+def test_a_short_segment_sampled_at_a_fallback_temperature_is_judged_by_its_words():
+    """A text sampled at a fallback temperature passes with the figure of its sampling: the
+    German of tests/test_language.py heard at 0.6 as " A.t." at -0.98, again and again; its words,
+    from the model itself, are guesses. However few its words, such a segment takes their figure;
+    at temperature 0, fewer than MIN_JUDGED words are still not judged."""
+    sampled = replace(segment(4.9, 5.2, "guess", 0, -0.98), temperature=0.6)
+    assert untranscribed.failed(batching.judged(sampled).avg_logprob, 1.0)
+    greedy = segment(4.9, 5.2, "guess", 0, -0.98)
+    assert batching.judged(greedy).avg_logprob == -0.98
+    sure = replace(segment(4.9, 5.2, "Sure.", 0, -0.5), temperature=0.6)  # its words as likely: kept
+    assert not untranscribed.failed(batching.judged(sure).avg_logprob, 1.0)
 
 
 def test_windows_go_in_batches_of_equal_size_in_the_language_of_the_first(monkeypatch):
