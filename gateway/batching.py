@@ -48,7 +48,6 @@ import bisect
 import math
 from dataclasses import dataclass, replace
 from functools import cached_property
-from itertools import groupby
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -333,14 +332,19 @@ def heard_after_failure(segments: Iterable, length: float, frames_per_second: fl
     goes on from the failed chunk's last timestamp, and Whisper hears those seconds alone, with
     nothing to go on; tiny.en heard the last 3 s of tests/test_language.py's German so, as "So, I
     can fight indoors and out in Smite and Stock." at 0.2, with words at -0.87, in 3 runs of 25
-    (`balanced` is the same rule for the batch's windows)."""
-    after_failed = False
-    for seek, chunk in groupby(segments, key=lambda s: s.seek):
-        chunk = list(chunk)
-        if after_failed and length - seek / frames_per_second < SHORT_S:
+    (`balanced` is the same rule for the batch's windows). Each segment kept is given as soon as
+    it comes: a chunk is judged by the one before it, which is decoded by then."""
+    seek, after_failed, failing, dropping = None, False, True, False
+    for s in segments:
+        if s.seek != seek:  # a chunk begins: the one before it is complete
+            if seek is not None and not dropping:
+                after_failed = failing
+            seek, failing = s.seek, True
+            dropping = after_failed and length - seek / frames_per_second < SHORT_S
+        if dropping:
             continue
-        after_failed = all(untranscribed.failed(s.avg_logprob, s.compression_ratio) for s in chunk)
-        yield from chunk
+        failing = failing and untranscribed.failed(s.avg_logprob, s.compression_ratio)
+        yield s
 
 
 def kept(segment, settings: dict[str, Any]):

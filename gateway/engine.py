@@ -227,8 +227,7 @@ class LocalEngine:
             segments_iter, language = batching.batched(model, audio, clips, self.cfg.batch_size, settings)
         else:
             segments_iter, info = model.transcribe(audio, vad_filter=self.cfg.vad_filter, **settings)
-            segments_iter = batching.heard_after_failure(segments_iter, info.duration_after_vad or duration,
-                                                         model.frames_per_second)
+            segments_iter = batching.heard_after_failure(segments_iter, info.duration_after_vad, model.frames_per_second)
             language = info.language
         timed = []
         for s in segments_iter:  # decoding happens lazily, a window (or a batch of them) per iteration

@@ -226,6 +226,22 @@ def test_sequential_decoding_drops_a_short_last_chunk_after_a_failed_one_too():
         engine.close()
 
 
+def test_a_chunk_s_segments_are_given_as_they_come_not_once_the_next_chunk_is_decoded():
+    """Sequential decoding reports progress, texts and stopping per segment: none waits for the
+    decoder's next chunk."""
+    read = []
+
+    def decoder():
+        for entry in [(0.0, 5.0, "one", 0, -0.3), (5.0, 9.0, "two", 0, -0.3), (30.0, 35.0, "three", 3000, -0.3)]:
+            read.append(entry[2])
+            yield segment(*entry)
+
+    kept = batching.heard_after_failure(decoder(), 35.0, 100)
+    assert next(kept).text == "one" and read == ["one"]
+    assert next(kept).text == "two" and read == ["one", "two"]
+    assert [s.text for s in kept] == ["three"]
+
+
 def test_a_window_whose_words_are_guesses_fails_though_its_figure_passes(monkeypatch):
     """The pipeline's figure counts the timestamp tokens: tiny.en heard 21 s of German as
     nothing, then two short segments, at -0.16; their words said -1.7. Such a window is decoded
