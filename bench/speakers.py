@@ -166,7 +166,7 @@ def hypothesis(segments) -> object:
 
 
 def timeline(turns) -> object:
-    return annotation((t.start, t.end, t.label) for t in turns)
+    return annotation((t.start_time, t.end_time, t.speaker) for t in turns)
 
 
 def normalise_text(text: str) -> str:

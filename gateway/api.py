@@ -217,7 +217,8 @@ async def sync_generate(request: web.Request) -> web.Response:
         result = views.task_view(task)["result"]
         items = [{"text": x["text"], "start_time": x["start_time"], "end_time": x["end_time"],
                   "speaker": x["speaker"], "words": x.get("words")} for x in result["data"]]
-        return ok(schemas.SyncData(model=task.model, items=items, task_id=task.id, note=task.note))
+        return ok(schemas.SyncData(model=task.model, items=items, task_id=task.id, note=task.note,
+                                   turns=result.get("turns")))
     raise views.unfinished_error(task, app[CONFIG].server.sync_timeout_s,
                                  f"poll GET {API_BASE}/transcriptions/{task.id}")
 

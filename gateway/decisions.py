@@ -82,7 +82,8 @@ def plan_batch(items: list[_Item], tasks: dict, config: Config, plugins: Plugins
         else:
             options = options_of(task)
             payload = build_payload(task.id, item.outcome, model=task.model, speaker=task.speaker,
-                                    words=options.word_timestamps, details=options.details)
+                                    words=options.word_timestamps, details=options.details,
+                                    turns=options.speaker_turns)
             text, digest = serialise_result(payload)
             if digests[task.id] is None:
                 digests[task.id] = digest

@@ -178,7 +178,7 @@ class LocalEngine:
                  language=",".join(dict.fromkeys(languages)), speaker_note=labelled.note,
                  **({"decoding": decoding} if (decoding := req.decoding()) else {}))
         return Outcome(success=True, segments=labelled.segments, duration=duration, speaker_note=labelled.note,
-                       note=note, language=languages[0] if languages else None)
+                       note=note, turns=labelled.turns, language=languages[0] if languages else None)
 
     def namer(self, req: TranscribeRequest) -> speakers.Namer | None:
         """What names the task's clusters that are known speakers' voices (None: it names none)."""

@@ -244,12 +244,15 @@ async def voiceprint_or_400(path: str, spans: Sequence[Span] | None, max_audio_s
 
 
 def label_spans(result: dict, label: str) -> list[Span]:
-    """The (start, end) of every segment of `label` in a stored result (`payloads.result_of`)."""
-    return [(s["start_time"], s["end_time"]) for s in result["data"] if s.get("speaker") == label]
+    """The (start, end) of every turn of `label` in a stored result (`payloads.result_of`), or of
+    every segment of it in a result without turns."""
+    return [(s["start_time"], s["end_time"]) for s in result.get("turns") or result["data"]
+            if s.get("speaker") == label]
 
 
 def labels_of(result: dict) -> list[str]:
-    return list(dict.fromkeys(s["speaker"] for s in result["data"] if s.get("speaker")))
+    """The result's speakers, the transcript's first (a voice heard only in the turns after)."""
+    return list(dict.fromkeys(s["speaker"] for s in [*result["data"], *result.get("turns", ())] if s.get("speaker")))
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """A task's engine options beyond the columns every task has (model, language, speaker hints):
-what the memories API's `word_timestamps`, `prompt`, `hotwords`, `known_speakers` and the OpenAI API's
-`prompt`, `temperature`, translation, segment details and known speakers ask of the provider.
+what the memories API's `word_timestamps`, `speaker_turns`, `prompt`, `hotwords`,
+`known_speakers` and the OpenAI API's `prompt`, `temperature`, translation, segment details and
+known speakers ask of the provider.
 
 Stored as JSON in `task.options`, NULL when every option is at its default, so a task that asks
 for nothing new is stored, run and delivered exactly as before.
@@ -35,6 +36,7 @@ class TaskOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     word_timestamps: StrictBool = False  # each segment of the result gets its `words`
+    speaker_turns: StrictBool = False  # the result gets its `turns` (who spoke when; with speaker=true)
     prompt: Optional[strict_text(4000)] = None  # the decoder's initial prompt
     hotwords: Optional[strict_text(1000)] = None  # words to favour
     temperature: Optional[float] = Field(default=None, ge=0, le=1, allow_inf_nan=False)

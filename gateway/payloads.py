@@ -52,6 +52,17 @@ class Segment:
 
 
 @dataclass(frozen=True)
+class SpeakerTurn:
+    """A stretch of one speaker's speech, found from the voice alone (speaker labelling): it
+    covers what was said with or without a transcribed segment (a backchannel, a word whisper
+    did not transcribe)."""
+
+    start_time: float
+    end_time: float
+    speaker: str
+
+
+@dataclass(frozen=True)
 class Outcome:
     """What a provider produced for a task: segments and usage, or a failure reason."""
 
@@ -64,6 +75,7 @@ class Outcome:
     code: str = SUCCESS_CODE
     speaker_note: str | None = None   # why speakers could not be labelled; stored on the task, not sent
     note: str | None = None           # what the engine could not do (speech it could not transcribe); sent
+    turns: tuple[SpeakerTurn | CallbackTurn, ...] = ()  # who spoke when; sent to a task that asked for them
     language: str | None = None       # the detected language's code; sent to a task that asked for details
     cancelled: bool = False           # a client cancelled the task (gateway/lifecycle.py); never from a callback
 
@@ -128,6 +140,19 @@ def _add_extras(seg: dict[str, Any], s, words: bool, details: bool) -> None:
                 seg[key] = list(value) if key == "tokens" else value
 
 
+def normalise_turns(raw, duration: float) -> list[dict[str, Any]]:
+    """The speaker turns as sent: times clamped into [0, duration] and rounded to ms, ordered by
+    time, those left without length dropped."""
+    out = []
+    for t in raw:
+        start = round(min(t.start_time, duration), 3) if t.start_time > 0.0 else 0.0  # -0.0 too
+        end = round(min(t.end_time, duration), 3)
+        if end > start:
+            out.append({"start_time": start, "end_time": end, "speaker": t.speaker})
+    out.sort(key=_BY_TIME)
+    return out
+
+
 def segment_words(words, start: float, end: float) -> list[dict[str, Any]]:
     """A segment's words as sent: text stripped, empty ones dropped, times clamped into the
     segment's [start, end] (already normalised) and rounded to ms."""
@@ -145,10 +170,10 @@ _BY_TIME = itemgetter("start_time", "end_time")
 
 
 def build_payload(task_id: str, outcome: Outcome, *, model: str, speaker: bool, words: bool = False,
-                  details: bool = False) -> dict[str, Any]:
+                  details: bool = False, turns: bool = False) -> dict[str, Any]:
     """The callback payload for `outcome`, as stored and sent: a success's segments normalised
-    (speakers kept only for a task that asked, words and the decoder's figures and language only
-    for one that asked for them), its model the task's `model` alias."""
+    (speakers kept only for a task that asked, words, speaker turns, the decoder's figures and
+    language only for one that asked for them), its model the task's `model` alias."""
     if not outcome.success:
         return {"code": outcome.code, "message": "FAILED",
                 "data": {"data": None, "msg": outcome.error or "transcription failed", "success": False},
@@ -161,6 +186,8 @@ def build_payload(task_id: str, outcome: Outcome, *, model: str, speaker: bool, 
     }
     if outcome.note:  # absent when there is nothing to note: the payload as it always was
         result["note"] = outcome.note
+    if speaker and turns and outcome.turns and (spoken := normalise_turns(outcome.turns, duration)):
+        result["turns"] = spoken
     if details and outcome.language:
         result["language"] = outcome.language
     return {
@@ -247,6 +274,12 @@ class CallbackSegment(_Strict):
     seek: Optional[int] = Field(default=None, ge=0, le=MAX_INT)
 
 
+class CallbackTurn(_Strict):
+    start_time: float = Field(allow_inf_nan=False, ge=0)
+    end_time: float = Field(allow_inf_nan=False, ge=0, description="not before start_time")
+    speaker: str = Field(max_length=32)
+
+
 class CallbackUsage(_Strict):
     duration: float = Field(allow_inf_nan=False, ge=0)
     model: Optional[str] = None
@@ -260,6 +293,9 @@ class CallbackResult(_Strict):
     note: Optional[str] = Field(default=None, max_length=4000,
                                 description="what the engine could not do, e.g. speech it could not transcribe")
     language: Optional[str] = Field(default=None, max_length=16, description="the detected language's code")
+    # kept for a task that asked for speaker turns
+    turns: Optional[list[CallbackTurn]] = Field(default=None, max_length=100000,
+                                                description="who spoke when, from the voices")
 
 
 class CallbackData(_Strict):
@@ -345,10 +381,13 @@ def _outcome(p: CallbackPayload) -> tuple[str, Outcome]:
             for j, w in enumerate(s.words):
                 if w.end_time < w.start_time:
                     raise _invalid(f"data.data.data[{i}].words[{j}]", BACKWARDS)
+    for i, t in enumerate(inner.turns or ()):
+        if t.end_time < t.start_time:
+            raise _invalid(f"data.data.turns[{i}]", BACKWARDS)
     return p.task_id, Outcome(  # the validated segments as they are: ingest normalises them into dicts
         success=True, segments=tuple(inner.data), duration=inner.usage_metadata.duration,
         output_tokens=inner.usage_metadata.output_tokens, prompt_tokens=inner.usage_metadata.prompt_tokens,
-        note=inner.note or None, language=inner.language or None,
+        note=inner.note or None, language=inner.language or None, turns=tuple(inner.turns or ()),
     )
 
 

@@ -60,10 +60,11 @@ def parse_renames(body: Any) -> dict[str, str]:
 
 
 def renamed_payload(result_json: str, renames: dict[str, str]) -> str:
-    """The stored payload with each renamed label's segments carrying the new name."""
+    """The stored payload with each renamed label's segments and turns carrying the new name."""
     payload = json.loads(result_json)
-    for seg in payload["data"]["data"]["data"]:
-        seg["speaker"] = renames.get(seg["speaker"], seg["speaker"])
+    result = payload["data"]["data"]
+    for item in [*result["data"], *result.get("turns", ())]:
+        item["speaker"] = renames.get(item["speaker"], item["speaker"])
     return serialise_result(payload)[0]
 
 

@@ -43,6 +43,8 @@ class GenerateRequest(BaseModel):
     min_speakers: Optional[int] = Field(default=None, ge=1, le=32, strict=True)
     max_speakers: Optional[int] = Field(default=None, ge=1, le=32, strict=True)
     word_timestamps: StrictBool = Field(False, description="each segment of the result gets its `words`")
+    speaker_turns: StrictBool = Field(False, description="the result gets its `turns`: who spoke when, from the "
+                                                         "voices, also where nothing was transcribed; needs speaker=true")
     prompt: Optional[strict_text(4000)] = Field(None, description="text the decoder starts from (names, spellings, style)")
     hotwords: Optional[strict_text(1000)] = Field(None, description="words to favour")
     known_speakers: Optional[KnownSpeakers] = Field(
@@ -52,7 +54,8 @@ class GenerateRequest(BaseModel):
     def options(self, known: Sequence[KnownVoice] = ()) -> TaskOptions:
         """The engine options this request asks for (the defaults when it names none), with the
         voiceprints of its `known_speakers` (known_speakers.resolve)."""
-        return TaskOptions(word_timestamps=self.word_timestamps, prompt=self.prompt, hotwords=self.hotwords,
+        return TaskOptions(word_timestamps=self.word_timestamps, speaker_turns=self.speaker_turns,
+                           prompt=self.prompt, hotwords=self.hotwords,
                            known_speakers=tuple(KnownSpeaker.of(v) for v in known))
 
 
@@ -84,13 +87,14 @@ async def multilingual(local: Provider, model: str) -> bool:
         raise Unavailable(str(exc), param="model") from None
 
 
-SPEAKER_HINTS = ("num_speakers", "min_speakers", "max_speakers", "known_speakers")
+SPEAKER_HINTS = ("num_speakers", "min_speakers", "max_speakers", "known_speakers", "speaker_turns")
 
 
 def check_speaker_hints(req: GenerateRequest) -> None:
-    """num_speakers (exact) and min_speakers/max_speakers (bounds) need speaker=true and must agree."""
+    """num_speakers (exact) and min_speakers/max_speakers (bounds) need speaker=true and must agree;
+    known_speakers and speaker_turns need it too."""
     for name in SPEAKER_HINTS:
-        if getattr(req, name) is not None and not req.speaker:
+        if getattr(req, name) not in (None, False) and not req.speaker:
             raise BadRequest(f"{name}: only meaningful with speaker=true")
     low, high, exact = req.min_speakers, req.max_speakers, req.num_speakers
     if low is not None and high is not None and low > high:

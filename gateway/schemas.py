@@ -68,6 +68,16 @@ class Segment(_Sparse):
     seek: Optional[int] = Field(None, description="the decoder's window offset, in frames" + ASKED)
 
 
+class Turn(_Model):
+    start_time: float = Field(ge=0)
+    end_time: float = Field(ge=0)
+    speaker: str = Field(description="the speaker's label or name, as in the segments")
+
+
+TURNS = ("who spoke when, from the voices alone: each stretch of one speaker's speech, also where "
+         "nothing was transcribed; with speaker=true, absent when speakers could not be labelled")
+
+
 class UsageMetadata(_Model):
     duration: float = Field(ge=0)
     model: str
@@ -89,17 +99,21 @@ class _Noted(_Sparse):
 class TranscriptResult(_Noted):
     """The callback payload's data.data."""
 
-    ABSENT = ("note", "language")
+    ABSENT = ("note", "language", "turns")
 
     data: list[Segment]
     usage_metadata: UsageMetadata
     language: Optional[str] = Field(None, description="the detected language's code" + ASKED)
+    turns: Optional[list[Turn]] = Field(None, description=TURNS)
 
 
 class SyncData(_Noted):
+    ABSENT = ("note", "turns")
+
     model: str
     items: list[Segment]
     task_id: str
+    turns: Optional[list[Turn]] = Field(None, description=TURNS)
 
 
 class DeliveryView(_Model):

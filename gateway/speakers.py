@@ -19,7 +19,8 @@
       falls in; segments are split at the word where the speaker changes, their edges trimmed
       to detected speech, then widened to the whole of their speaker's turns (whisper's
       segments begin late and end early), never into a neighbour; labels numbered by first
-      appearance (SPEAKER_00 first).
+      appearance (SPEAKER_00 first; a voice heard only where nothing was transcribed numbered
+      after the transcript's); the timeline itself is the result's `turns`.
 
 Long audio comes in blocks (gateway/audio.py): each block's windows are embedded on their own
 (`embed_block`), and the windows of all blocks are clustered together (`label_speakers`).
@@ -35,7 +36,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from gateway.payloads import Segment, Word as PayloadWord
+from gateway.payloads import Segment, SpeakerTurn, Word as PayloadWord
 
 SAMPLE_RATE = 16000
 FRAME_S = 0.01                  # resemblyzer's mel frame step
@@ -127,7 +128,7 @@ class Turn:
 class Labelled:
     segments: tuple[Segment, ...]
     note: str | None = None      # why labelling could not be done, when it could not
-    turns: tuple[Turn, ...] = ()  # who spoke when, from the voice alone (labels as clustered)
+    turns: tuple[SpeakerTurn, ...] = ()  # who spoke when, from the voice alone, named as the segments are
 
 
 def load_encoder():
@@ -445,16 +446,18 @@ def cover_turns(pieces: Sequence[tuple[Segment, int]], turns: Sequence[Turn]) ->
     return out
 
 
-def name_by_first_appearance(pieces: Sequence[tuple[Segment, int]],
-                             known: Mapping[int, str] | None = None) -> tuple[Segment, ...]:
+def names_by_first_appearance(labels: Sequence[int], known: Mapping[int, str] | None = None) -> dict[int, str]:
     """SPEAKER_00 for the label heard first, SPEAKER_01 for the next new one, and so on; a label
     in `known` (a known speaker's) has that name instead, the others keep their numbers."""
-    names: dict[int, str] = {}
-    out = []
-    for seg, label in pieces:
-        name = names.setdefault(label, f"SPEAKER_{len(names):02d}")
-        out.append(replace(seg, speaker=(known or {}).get(label, name)))
-    return tuple(out)
+    numbers: dict[int, str] = {}
+    for label in labels:
+        numbers.setdefault(label, f"SPEAKER_{len(numbers):02d}")
+    return {label: (known or {}).get(label, name) for label, name in numbers.items()}
+
+
+def named_turns(turns: Sequence[Turn], names: Mapping[int, str]) -> tuple[SpeakerTurn, ...]:
+    """The timeline as a result gives it: each turn with its label's name."""
+    return tuple(SpeakerTurn(t.start, t.end, names[t.label]) for t in turns)
 
 
 def all_one_speaker(segments: Sequence[TimedSegment], note: str | None = None) -> Labelled:
@@ -536,17 +539,21 @@ def label_with_windows(segments: Sequence[TimedSegment], windows: Windows, thres
     by_word = word_labels([w for s in segments for w in s.words], turns)
     pieces = cover_turns(trim_to_speech(split_at_changes(segments, by_word), windows.speech), turns)
     ids = np.unique(labels)
-    names = known(dict(zip(ids.tolist(), centres_of(windows.embeddings, labels, ids)))) if known else None
-    return Labelled(name_by_first_appearance(pieces, names), turns=turns)
+    known_names = known(dict(zip(ids.tolist(), centres_of(windows.embeddings, labels, ids)))) if known else None
+    # numbered as the transcript shows them; a voice heard only where nothing was transcribed after
+    names = names_by_first_appearance([label for _, label in pieces] + [t.label for t in turns], known_names)
+    return Labelled(tuple(replace(seg, speaker=names[label]) for seg, label in pieces),
+                    turns=named_turns(turns, names))
 
 
 def label_speakers(segments: Sequence[TimedSegment], parts: Sequence[Windows], duration: float, *,
                    threshold: float, hints: Hints = Hints(), known: Namer | None = None) -> Labelled:
     """Speaker-labelled segments from the embedded windows of every block (`embed_block`) of
-    audio of `duration` seconds; when labelling cannot be done, all SPEAKER_00 and a note why."""
-    if not segments:
-        return Labelled((), "speaker labelling skipped: no speech was transcribed")
+    audio of `duration` seconds, and the speaker turns (also where nothing was transcribed); when
+    labelling cannot be done, all SPEAKER_00 and a note why."""
     windows = joined(parts, duration)
+    if not segments and isinstance(windows, str):
+        return Labelled((), "speaker labelling skipped: no speech was transcribed")
     if isinstance(windows, str):
         return all_one_speaker(segments, f"speaker labelling skipped: {windows}; all segments are {SINGLE}")
     return label_with_windows(segments, windows, threshold, hints, known)

@@ -144,6 +144,8 @@ async def test_every_bad_generate_request_is_refused_and_nothing_is_queued(gatew
         ({"url": "file:///etc/passwd"}, "url: must use http or https, not 'file'"),
         ({"asset_id": asset, "word_timestamps": "yes"}, "word_timestamps: Input should be a valid boolean"),
         ({"asset_id": asset, "word_timestamps": 1}, "word_timestamps: Input should be a valid boolean"),
+        ({"asset_id": asset, "speaker_turns": True}, "speaker_turns: only meaningful with speaker=true"),
+        ({"asset_id": asset, "speaker": True, "speaker_turns": "yes"}, "speaker_turns: Input should be a valid boolean"),
         ({"asset_id": asset, "prompt": 5}, "prompt: Input should be a valid string"),
         ({"asset_id": asset, "prompt": "x" * 4001}, "prompt: String should have at most 4000 characters"),
         ({"asset_id": asset, "hotwords": ["Zorblatt"]}, "hotwords: Input should be a valid string"),

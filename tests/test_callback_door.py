@@ -162,6 +162,15 @@ def _drop(path: list, payload: dict) -> dict:
     (lambda p: _first(p).update(seek=1.5) or p, "data.data.data[0].seek: Input should be a valid integer"),
     (lambda p: p["data"]["data"].update(language="x" * 17) or p,
      "data.data.language: String should have at most 16 characters"),
+    (lambda p: p["data"]["data"].update(turns=[{"start_time": 0.0, "end_time": 1.0, "speaker": "SPEAKER_00"},
+                                               {"start_time": 2.0, "end_time": 1.5, "speaker": "SPEAKER_01"}]) or p,
+     "data.data.turns[1]: Value error, end_time is before start_time"),
+    (lambda p: p["data"]["data"].update(turns=[{"start_time": 0.0, "end_time": 1.0, "speaker": 1}]) or p,
+     "data.data.turns[0].speaker: Input should be a valid string"),
+    (lambda p: p["data"]["data"].update(turns=[{"start_time": 0.0, "end_time": 1.0}]) or p,
+     "data.data.turns[0].speaker: is required"),
+    (lambda p: p["data"]["data"].update(turns={"SPEAKER_00": [0, 1]}) or p,
+     "data.data.turns: Input should be a valid list"),
 ])
 async def test_malformed_callback_is_400_naming_the_field(api_only, mutate, field, database_url):
     task_id = await new_task(api_only)
@@ -220,6 +229,43 @@ async def test_words_and_details_from_a_remote_are_kept_for_a_task_that_asked(ap
     assert result["data"][1] == {"start_time": 1.5, "end_time": 3.0, "text": "General Kenobi.", "speaker": None,
                                  "words": []}  # a segment without words or figures: none
     assert (await api_only.status(plain))["result"] == for_task(HELLO, plain)["data"]["data"]
+
+
+async def test_speaker_turns_from_a_remote_are_kept_normalised_for_a_task_that_asked(api_only):
+    """A remote worker's speaker turns reach a speaker=true task that asked for them, in the
+    payload's shape (times clamped to the duration, rounded to ms, in time order, empty ones
+    dropped); a speaker=true task that did not ask, and a plain one, get the payload as before."""
+    from gateway import requests
+    from gateway.appkeys import DB
+    from gateway.options import TaskOptions
+
+    db = api_only.app[DB]
+    labelled = requests.GenerateRequest(asset_id=api_only.asset_id, speaker=True)
+    asked = await requests.create_task(db, labelled, "local", TaskOptions(speaker_turns=True))
+    unasked = await requests.create_task(db, labelled, "local")
+    plain = await requests.create_task(db, requests.GenerateRequest(asset_id=api_only.asset_id), "local",
+                                       TaskOptions(speaker_turns=True))  # as if stored so: still no speakers
+    payload = success("", (0.0, 1.5, "Hello there."), (1.5, 3.0, "General Kenobi."))
+    for seg, who in zip(payload["data"]["data"]["data"], ("SPEAKER_00", "SPEAKER_01")):
+        seg["speaker"] = who
+    payload["data"]["data"]["turns"] = [
+        {"start_time": 1.4, "end_time": 3.00049, "speaker": "SPEAKER_01"},
+        {"start_time": 0.0, "end_time": 1.4, "speaker": "SPEAKER_00"},
+        {"start_time": 3.2, "end_time": 3.2, "speaker": "SPEAKER_00"},      # no length: dropped
+        {"start_time": 3.5, "end_time": 9.0, "speaker": "SPEAKER_02"},      # past the end: clamped
+        {"start_time": 5.0, "end_time": 6.0, "speaker": "SPEAKER_02"},      # wholly past it: dropped
+    ]
+    for task in (asked, unasked, plain):
+        status, body = await post(api_only, for_task(payload, task.id))
+        assert status == 200 and body["data"]["outcome"] == "accepted", body
+
+    result = (await api_only.status(asked.id))["result"]
+    assert result["turns"] == [{"start_time": 0.0, "end_time": 1.4, "speaker": "SPEAKER_00"},
+                               {"start_time": 1.4, "end_time": 3.0, "speaker": "SPEAKER_01"},
+                               {"start_time": 3.5, "end_time": 4.0, "speaker": "SPEAKER_02"}]
+    assert [s["speaker"] for s in result["data"]] == ["SPEAKER_00", "SPEAKER_01"]
+    assert set((await api_only.status(unasked.id))["result"]) == {"data", "usage_metadata"}
+    assert (await api_only.status(plain.id))["result"] == for_task(HELLO, plain.id)["data"]["data"]
 
 
 def test_normalised_segments_keep_the_payload_contract():

@@ -255,6 +255,34 @@ async def test_naming_a_tasks_speakers(gateway, tmp_path, voices, database_url):
     assert [s["speaker"] for s in after["result"]["data"]][:1] == ["Alice Smith"]
 
 
+async def test_naming_a_voice_heard_only_in_the_speaker_turns(gateway, tmp_path, voices, database_url):
+    """Carol's replies were not transcribed: she is in the turns only. Naming her renames her
+    turns and enrols her voice from them; the segments' speakers are renamed with the turns."""
+    turns = [("SPEAKER_00", ALICE, "Good morning, shall we start the meeting now?"),
+             ("SPEAKER_01", CAROL, "[Yes, the numbers for the quarter are ready.]"),
+             ("SPEAKER_01", CAROL, "[The reading rooms will face the river park.]"),
+             ("SPEAKER_00", ALICE, "Then tell us about the new library first.")]
+    task_id = await gateway.submit(asset_id=await gateway.upload(slotted(tmp_path, turns, "heard.wav")), model=ECHO,
+                                   speaker=True, speaker_turns=True)
+    task = await gateway.wait(task_id)
+    assert [s["speaker"] for s in task["result"]["data"]] == ["SPEAKER_00", "SPEAKER_00"]
+    assert task["result"]["turns"] == [{"start_time": 0.0, "end_time": 2.0, "speaker": "SPEAKER_00"},
+                                       {"start_time": 2.0, "end_time": 6.0, "speaker": "SPEAKER_01"},
+                                       {"start_time": 6.0, "end_time": 8.0, "speaker": "SPEAKER_00"}]
+
+    status, body = await gateway.call("POST", f"/transcriptions/{task_id}/speakers",
+                                      json={"SPEAKER_00": "Alice", "SPEAKER_01": "Carol"})
+    assert status == 200, body
+    enrolled = {e["name"]: e["speaker_id"] for e in body["data"]["enrolled"]}
+    carol = await stored_voiceprint(database_url, enrolled["Carol"])
+    # 4 s of her voice (two cut sentences) against another sentence of it: less alike than
+    # longer enrolments are, and far from Alice's
+    assert carol @ voiceprint_of(voices[CAROL]) > 0.75 > 0.6 > carol @ voiceprint_of(voices[ALICE])
+    result = (await gateway.status(task_id))["result"]
+    assert [t["speaker"] for t in result["turns"]] == ["Alice", "Carol", "Alice"]
+    assert [s["speaker"] for s in result["data"]] == ["Alice", "Alice"]
+
+
 async def transcript_text(gw, task_id: str) -> tuple[int, str]:
     async with gw.http.get(f"{gw.base}/transcriptions/{task_id}/transcript.srt") as resp:
         return resp.status, await resp.text()

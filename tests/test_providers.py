@@ -285,9 +285,11 @@ async def test_options_a_provider_cannot_honour_are_refused_naming_them(start_ga
     for model, provider, field, value in (("memories-whisper", "memories", "word_timestamps", True),
                                           ("memories-whisper", "memories", "prompt", "Kenobi"),
                                           ("memories-whisper", "memories", "hotwords", "Kenobi"),
+                                          ("memories-whisper", "memories", "speaker_turns", True),
                                           ("openai-whisper", "openai", "hotwords", "Kenobi")):
+        speaker = {"speaker": True} if field == "speaker_turns" else {}
         status, body = await gw.call("POST", "/transcriptions/async-generate-audio",
-                                     json={"asset_id": asset_id, "model": model, field: value})
+                                     json={"asset_id": asset_id, "model": model, field: value, **speaker})
         assert (status, body["msg"]) == (400, f"{field}: the provider behind {model!r} ({provider}) does not "
                                               f"support it")
     assert await count_rows(gw.config.database.url, "SELECT count(*) FROM task") == 0

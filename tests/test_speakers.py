@@ -49,11 +49,10 @@ def words_of(*spec: tuple[float, float, str]) -> tuple[Word, ...]:
 
 
 def test_labels_are_numbered_by_first_appearance():
-    pieces = [(Segment(i, i + 1, f"s{i}"), label) for i, label in enumerate([7, 7, 2, 7, 0, 2])]
-    named = speakers.name_by_first_appearance(pieces)
-    assert [s.speaker for s in named] == ["SPEAKER_00", "SPEAKER_00", "SPEAKER_01", "SPEAKER_00",
-                                         "SPEAKER_02", "SPEAKER_01"]
-    assert [s.text for s in named] == [f"s{i}" for i in range(6)]
+    names = speakers.names_by_first_appearance([7, 7, 2, 7, 0, 2])
+    assert names == {7: "SPEAKER_00", 2: "SPEAKER_01", 0: "SPEAKER_02"}
+    assert speakers.names_by_first_appearance([7, 2, 0], {2: "Alice"}) == {7: "SPEAKER_00", 2: "Alice",
+                                                                          0: "SPEAKER_02"}
 
 
 def test_segments_are_split_where_the_words_change_speaker():
@@ -197,7 +196,7 @@ def test_two_voices_in_five_seconds_are_told_apart_by_the_windows_at_either_end(
     b = toward(a, np.eye(16)[1], 0.36)
     emb = unit(np.stack([a, a, 0.7 * a + 0.3 * b, 0.3 * a + 0.7 * b, b, b]))
     turns = speakers.label_with_windows([], one_stretch(emb), 0.28).turns
-    assert [t.label for t in turns] == [turns[0].label, turns[-1].label] and turns[0].label != turns[-1].label
+    assert [t.speaker for t in turns] == ["SPEAKER_00", "SPEAKER_01"]
 
 
 def test_one_voice_in_five_seconds_is_never_split():
@@ -205,7 +204,7 @@ def test_one_voice_in_five_seconds_is_never_split():
     complete linkage finds have centres close together, so they are one speaker."""
     rng = np.random.default_rng(5)
     emb = unit(np.eye(16)[0] + 0.16 * rng.standard_normal((8, 16)))
-    assert len({t.label for t in speakers.label_with_windows([], one_stretch(emb), 0.28).turns}) == 1
+    assert len({t.speaker for t in speakers.label_with_windows([], one_stretch(emb), 0.28).turns}) == 1
 
 
 @pytest.mark.parametrize("distance, expected", [(0.16, 2), (0.25, 3)])
@@ -223,7 +222,7 @@ def test_less_than_five_seconds_of_windows_close_to_a_voice_is_not_a_speaker(dis
     speech = tuple((20.0 * r, 20.0 * r + 0.5 * k + 1.1) for r, k in enumerate(counts))
     assert len(set(speakers.cluster(emb, 0.1, regions=regions))) == 3
     windows = speakers.Windows(starts, regions, emb.astype(np.float32), 0.5, speech)
-    assert len({t.label for t in speakers.label_with_windows([], windows, 0.1).turns}) == expected
+    assert len({t.speaker for t in speakers.label_with_windows([], windows, 0.1).turns}) == expected
 
 
 def test_one_window_of_a_voice_unlike_the_others_in_a_conversation_is_not_a_speaker():
@@ -236,8 +235,40 @@ def test_one_window_of_a_voice_unlike_the_others_in_a_conversation_is_not_a_spea
     starts = np.concatenate([np.arange(k) * 0.5 + 20 * r for r, k in enumerate(counts)])
     speech = tuple((20.0 * r, 20.0 * r + 0.5 * k + 1.1) for r, k in enumerate(counts))
     windows = speakers.Windows(starts, regions, emb.astype(np.float32), 0.5, speech)
-    assert len({t.label for t in speakers.label_with_windows([], windows, 0.28).turns}) == 2
+    assert len({t.speaker for t in speakers.label_with_windows([], windows, 0.28).turns}) == 2
     assert len(set(speakers.cluster(emb[-6:], 0.28, min_windows=5, short=True))) == 2
+
+
+def two_voices_in_turn() -> speakers.Windows:
+    """Voice a speaks 0-16 s, voice b 20-36 s, voice a again 40-56 s (30 windows each)."""
+    rng = np.random.default_rng(8)
+    counts, voice = [30, 30, 30], [0, 1, 0]
+    emb = unit(np.concatenate([np.eye(16)[v] + 0.02 * rng.standard_normal((k, 16)) for v, k in zip(voice, counts)]))
+    regions = np.repeat([0, 1, 2], counts)
+    starts = np.concatenate([np.arange(k) * 0.5 + 20 * r for r, k in enumerate(counts)])
+    speech = tuple((20.0 * r, 20.0 * r + 0.5 * k + 1.1) for r, k in enumerate(counts))
+    return speakers.Windows(starts, regions, emb.astype(np.float32), 0.5, speech)
+
+
+def test_the_timeline_names_voices_as_the_segments_do_and_one_heard_only_there_after_them():
+    """Only voice b's speech was transcribed: it is SPEAKER_00 in the segments and the turns;
+    voice a, heard first but never transcribed, is SPEAKER_01 in the turns."""
+    said = TimedSegment(21.0, 30.0, " Nothing but b.", words_of((21.0, 25.0, "Nothing"), (25.5, 30.0, "but b.")))
+    labelled = speakers.label_with_windows([said], two_voices_in_turn(), 0.28)
+    assert [s.speaker for s in labelled.segments] == ["SPEAKER_00"]
+    assert [(t.start_time, t.speaker) for t in labelled.turns] == [(0.0, "SPEAKER_01"), (20.0, "SPEAKER_00"),
+                                                                   (40.0, "SPEAKER_01")]
+    assert labelled.turns[-1].end_time == pytest.approx(56.1)
+    named = speakers.label_with_windows([said], two_voices_in_turn(), 0.28, known=lambda centres: {
+        label: "Alice" for label, centre in centres.items() if centre[0] > 0.9})
+    assert [t.speaker for t in named.turns] == ["Alice", "SPEAKER_00", "Alice"]
+
+
+def test_speech_that_nothing_was_transcribed_of_still_has_its_turns():
+    windows = two_voices_in_turn()
+    labelled = speakers.label_speakers([], [windows], 60.0, threshold=0.28)
+    assert labelled.segments == () and labelled.note is None
+    assert [t.speaker for t in labelled.turns] == ["SPEAKER_00", "SPEAKER_01", "SPEAKER_00"]
 
 
 def test_windows_straddling_a_change_between_two_others_are_transitions():
@@ -422,6 +453,34 @@ async def test_speaker_true_labels_segments_through_the_api(gateway, webhook, tm
     assert set(body["data"]["data"]) == {"data", "usage_metadata"}
     assert body["data"]["data"]["data"] == segments
     assert all(set(s) == {"start_time", "end_time", "text", "speaker"} for s in segments)
+
+
+def covered(reference: list, turns: list[dict]) -> float:
+    """The share of the reference's speech that the turns cover."""
+    said = sum(end - start for start, end, _ in reference)
+    return sum(max(0.0, min(end, t["end_time"]) - max(start, t["start_time"]))
+               for start, end, _ in reference for t in turns) / said
+
+
+async def test_speaker_turns_cover_the_speech_and_come_in_every_answer(gateway, webhook, tmp_path):
+    """speaker_turns=true: the sync answer, the status's result and the signed callback all carry
+    the turns; they cover the voices' speech, each turn of the right voice, named as the
+    segments are."""
+    turns = [(VOICE_A, LINES[0]), (VOICE_B, LINES[1]), (VOICE_A, LINES[2])]
+    wav, reference = conversation(tmp_path, "turns", turns, gaps=[0.8, 0.8])
+    status, body = await gateway.call("POST", "/transcriptions/sync-generate-audio", json={
+        "asset_id": await gateway.upload(wav), "speaker": True, "speaker_turns": True, "callback_url": webhook.url})
+    assert status == 200, body
+    spoken = body["data"]["turns"]
+    assert covered(reference, spoken) > 0.9, spoken   # the reference holds espeak-ng's trailing silence
+    assert runs([t["speaker"] for t in spoken]) == ["SPEAKER_00", "SPEAKER_01", "SPEAKER_00"], spoken
+    named = {VOICE_A: "SPEAKER_00", VOICE_B: "SPEAKER_01"}
+    for t in spoken:
+        assert t["speaker"] == named[voice_at(reference, (t["start_time"] + t["end_time"]) / 2)], t
+    assert {i["speaker"] for i in body["data"]["items"]} == {"SPEAKER_00", "SPEAKER_01"}
+    task = await gateway.status(body["data"]["task_id"])
+    assert task["result"]["turns"] == spoken
+    assert (await webhook.wait_for(1))[0].json()["data"]["data"]["turns"] == spoken
 
 
 @pytest.mark.any_database

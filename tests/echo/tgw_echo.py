@@ -10,7 +10,9 @@ load it too); like every provider it is active only where the configuration has 
 
 What it "hears" (`transcript`): a UTF-8 text file is a script, one segment per non-empty line,
 2 s each; a line may start with a label (`SPEAKER_01: Fine, thanks.`), which is its speaker when
-the task asks speaker=true (otherwise SPEAKER_00) and is never part of the text. An audio file
+the task asks speaker=true (otherwise SPEAKER_00) and is never part of the text; a line whose
+text is in brackets (`SPEAKER_02: [mm-hm]`) is speech heard but not transcribed: its 2 s give
+no segment, only a speaker turn. An audio file
 whose metadata has a `comment` (`script_wav` writes one: a real WAV, for requests that must send
 audio, as the OpenAI API's do) is the script in that comment. Any other file (real audio) is one
 2 s segment naming its size and the start of its sha256. The settings make it slow (`delay_s`,
@@ -18,7 +20,8 @@ reporting progress as it goes) or failing (`fail`: every attempt, for good; `fai
 the first n attempts, to be retried).
 
 It honours the task's options (`gateway.options`): with `word_timestamps` each segment carries
-its words, spread evenly over its 2 s; with `details` the decoder's figures (`DETAILS`); the
+its words, spread evenly over its 2 s; with `speaker_turns` (and speaker=true) the result has
+turns, one for each run of lines of one label; with `details` the decoder's figures (`DETAILS`); the
 language it reports is the one asked for, else "en". As the engine does, it tells each
 segment's text while the task runs (`job.partial`), spread over its `delay_s` as its progress is.
 """
@@ -34,11 +37,12 @@ from pydantic import Field
 
 from gateway.hookspecs import hookimpl
 from gateway.options import TaskOptions, options_of
-from gateway.payloads import Outcome, Segment, Word
+from gateway.payloads import Outcome, Segment, SpeakerTurn, Word
 from gateway.providers import Job, PermanentError, Provider, ProviderSettings, RetryableError
 
 SEGMENT_S = 2.0
 LABEL = re.compile(r"(SPEAKER_\d\d): ")
+UNTRANSCRIBED = re.compile(r"\[.*\]")
 
 
 class EchoSettings(ProviderSettings):
@@ -102,22 +106,30 @@ def spread_words(text: str, start: float, end: float) -> tuple[Word, ...]:
 
 
 def transcript(data: bytes, speaker: bool, options: TaskOptions = TaskOptions(),
-               comment: str | None = None) -> tuple[tuple[Segment, ...], float]:
-    """The segments and duration the echo provider gives for a file's bytes (and its audio `comment`)."""
+               comment: str | None = None) -> tuple[tuple[Segment, ...], float, tuple[SpeakerTurn, ...]]:
+    """The segments, duration and speaker turns the echo provider gives for a file's bytes (and
+    its audio `comment`)."""
     lines = script_lines(data)
     if lines is None and comment:
         lines = script_lines(comment.encode())
-    segments = []
-    for i, line in enumerate([binary_text(data)] if lines is None else lines):
+    lines = [binary_text(data)] if lines is None else lines
+    segments, turns = [], []
+    for i, line in enumerate(lines):
         match = LABEL.match(line)
         text = line[match.end():] if match else line
         label = (match.group(1) if match else "SPEAKER_00") if speaker else None
         start, end = i * SEGMENT_S, (i + 1) * SEGMENT_S
+        if turns and turns[-1].speaker == label:
+            turns[-1] = SpeakerTurn(turns[-1].start_time, end, label)
+        else:
+            turns.append(SpeakerTurn(start, end, label))
+        if UNTRANSCRIBED.fullmatch(text):
+            continue
         details = dict(DETAILS, seek=int(start * 100)) if options.details else {}
         segments.append(Segment(start, end, text, label,
                                 words=spread_words(text, start, end) if options.word_timestamps else (),
                                 **details))
-    return tuple(segments), len(segments) * SEGMENT_S
+    return tuple(segments), len(lines) * SEGMENT_S, tuple(turns) if speaker and options.speaker_turns else ()
 
 
 class EchoProvider(Provider):
@@ -133,7 +145,7 @@ class EchoProvider(Provider):
         async with job.audio() as path:
             data = Path(path).read_bytes()
             comment = audio_comment(path) if script_lines(data) is None else None
-        segments, duration = transcript(data, job.task.speaker, options_of(job.task), comment)
+        segments, duration, turns = transcript(data, job.task.speaker, options_of(job.task), comment)
         told, steps = 0, 10
         for step in range(steps):  # the segments "decoded" one after the other over delay_s
             job.progress(step / steps)
@@ -141,7 +153,8 @@ class EchoProvider(Provider):
             while told < len(segments) and (told + 1) * steps <= (step + 1) * len(segments):
                 job.partial(segments[told].start_time, segments[told].end_time, segments[told].text)
                 told += 1
-        return Outcome(success=True, segments=segments, duration=duration, language=job.task.language or "en")
+        return Outcome(success=True, segments=segments, duration=duration, language=job.task.language or "en",
+                       turns=turns)
 
 
 @hookimpl
