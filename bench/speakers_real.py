@@ -10,13 +10,14 @@ speaker=true task is, and once without, as a plain one; both transcripts and the
 cached under bench/.cache/realistic/transcripts/ by the audio's content, since only the labelling
 changes between runs. Then the labelling pipeline of gateway/speakers.py (VAD, embedding,
 clustering, labels) runs on the clip. Reported per condition and split, from the labelled
-segments the API returns: DER (pyannote.metrics, overlap counted) at collar 0 and 0.25 s, its
-missed speech, false alarm and confusion at collar 0, the share of clips with the right number
-of speakers, the share of the reference speech that no segment whisper kept covers
-(untranscribed: labelling widens a segment to its speaker's turns, but cannot make a segment
-where whisper gave none, so up to that much of the missed speech is whisper's), and the CPU
-time (this process's) of labelled / plain (held-out split only: the tuning split is
-transcribed once, with word timestamps).
+segments the API returns and from the speaker turns it adds with speaker_turns=true: DER
+(pyannote.metrics, overlap counted) at collar 0 and 0.25 s, its missed speech, false alarm and
+confusion at collar 0, the share of clips with the right number of speakers (for the turns:
+every speaker the result names); for the segments also the share of the reference speech
+that no segment whisper kept covers (untranscribed: labelling widens a segment to its
+speaker's turns, but cannot make a segment where whisper gave none, so up to that much of the
+segments' missed speech is whisper's), and the CPU time (this process's) of labelled / plain
+(held-out split only: the tuning split is transcribed once, with word timestamps).
 Targets (issue 17): DER <= 10 % at collar 0.25 and <= 15 % at collar 0, missed speech at
 collar 0 < 8 %, right count >= 90 %, labelling time <= 1.25x.
 

@@ -44,7 +44,8 @@ class GenerateRequest(BaseModel):
     max_speakers: Optional[int] = Field(default=None, ge=1, le=32, strict=True)
     word_timestamps: StrictBool = Field(False, description="each segment of the result gets its `words`")
     speaker_turns: StrictBool = Field(False, description="the result gets its `turns`: who spoke when, from the "
-                                                         "voices, also where nothing was transcribed; needs speaker=true")
+                                                         "voices, also where nothing was transcribed; "
+                                                         "needs speaker=true")
     prompt: Optional[strict_text(4000)] = Field(None, description="text the decoder starts from (names, spellings, style)")
     hotwords: Optional[strict_text(1000)] = Field(None, description="words to favour")
     known_speakers: Optional[KnownSpeakers] = Field(

@@ -11,7 +11,8 @@
       speech and a centre within 0.3 of another's, or for 5 s and within 0.18; in a few seconds
       of speech, any cluster within 0.2: a cough, a mixture at a change; a short turn of a
       voice unlike every other stays, as the second voice of a 5-second clip; and mostly
-      windows straddling a quick change between two other voices), each window moved to its
+      windows straddling a quick change between two other voices, or gathered from the edges
+      of many turns near one voice), each window moved to its
       nearest cluster centre, then a majority filter over neighbouring windows within each
       stretch of speech, so one stray window never makes a turn
     → each stretch of speech shared among its windows (a speaker timeline; a speaker's pauses
@@ -52,9 +53,13 @@ LONE_WINDOWS = 2                # in longer audio a cluster of fewer windows (on
 SHORT_SPEECH_S = 8.0            # audio with no more speech than this (a 5-second clip) is clustered by
                                 # complete linkage, and there any cluster is absorbed ...
 SHORT_APART = 0.2               # ... when its centre is within this distance of another's
+SPEECH_PAD_S = 0.1              # speech_regions pads each stretch of speech by this much either side
 BRIDGE_S = 0.5                  # pauses up to this long between two pieces of one speaker are their turn's
 TRANSITION_RUN = 3              # windows: a run this short between two other voices may be a change
 TRANSITION_SHARE = 1 / 3        # a cluster with this share of such windows is a mixture, not a voice
+BORDER_FACTOR = 3.0             # a cluster of less than this many times MIN_SPEAKER_S, with this share of
+BORDER_SHARE = 3 / 8            # windows beside another voice's in their stretch and its centre within
+BORDER_APART = 0.22             # this distance of another's, is a mixture of voices at their changes too
 SINGLE = "SPEAKER_00"
 MAX_CLUSTERED = 3000            # windows clustered (25 min of speech at a 0.5 s step): 36 MB of distances
 
@@ -158,7 +163,8 @@ def speech_regions(audio: np.ndarray) -> list[tuple[float, float]]:
     """(start, end) seconds of each stretch of speech, by faster-whisper's Silero VAD."""
     from faster_whisper.vad import VadOptions, get_speech_timestamps
 
-    found = get_speech_timestamps(audio, VadOptions(min_silence_duration_ms=300, speech_pad_ms=100))
+    found = get_speech_timestamps(audio, VadOptions(min_silence_duration_ms=300,
+                                                    speech_pad_ms=round(SPEECH_PAD_S * 1000)))
     return [(c["start"] / SAMPLE_RATE, c["end"] / SAMPLE_RATE) for c in found]
 
 
@@ -228,7 +234,8 @@ def cluster(embeddings: np.ndarray, threshold: float, hints: Hints = Hints(), mi
     (of at most MAX_CLUSTERED windows spread evenly through the audio, the others given to the
     nearest centre: the distances take memory as the square of the windows); then clusters that
     are not voices are dissolved (too few windows; mostly windows that straddle a change between
-    two other voices, given the stretch of speech of each window), unless the hints need them;
+    two other voices, or that gather from the edges of turns near one voice, given the stretch
+    of speech of each window), unless the hints need them;
     then each window moved to its nearest cluster centre.
 
     `short` audio (a few seconds of speech: a handful of windows, the middle ones straddling any
@@ -256,6 +263,8 @@ def cluster(embeddings: np.ndarray, threshold: float, hints: Hints = Hints(), mi
         labels = absorb_small(embeddings, labels, int(CLOSE_FACTOR * min_windows), keep, CLOSE_APART)
     if regions is not None:
         labels = dissolve_transitions(embeddings, labels, regions, keep)
+        if not short:
+            labels = dissolve_borders(embeddings, labels, regions, keep, int(BORDER_FACTOR * min_windows))
     return nearest_centre(embeddings, labels)
 
 
@@ -329,6 +338,33 @@ def dissolve_transitions(embeddings: np.ndarray, labels: np.ndarray, regions: np
     return labels
 
 
+def border_windows(labels: np.ndarray, regions: np.ndarray) -> np.ndarray:
+    """True for each window next to a window of another cluster in the same stretch of speech."""
+    same_stretch = regions[1:] == regions[:-1]
+    change = same_stretch & (labels[1:] != labels[:-1])
+    return np.r_[False, change] | np.r_[change, False]
+
+
+def dissolve_borders(embeddings: np.ndarray, labels: np.ndarray, regions: np.ndarray, keep: int,
+                     max_windows: int) -> np.ndarray:
+    """The small cluster (fewer than `max_windows` windows) lying within BORDER_APART of another
+    whose share of windows beside another voice in their stretch is largest dissolved, while
+    that share is at least TRANSITION_SHARE and more than `keep` clusters remain: windows that
+    straddle changes between several pairs of voices gather into a cluster near one of them,
+    which transition_windows (a run between two other voices) does not catch."""
+    while len(np.unique(labels)) > keep:
+        ids, sizes = np.unique(labels, return_counts=True)
+        borders = border_windows(labels, regions)
+        shares = np.array([borders[labels == i].mean() for i in ids])
+        centres = centres_of(embeddings, labels, ids)
+        nearest = np.sort(1 - centres @ centres.T, axis=1)[:, 1]
+        mixtures = np.flatnonzero((shares >= BORDER_SHARE) & (sizes < max_windows) & (nearest < BORDER_APART))
+        if not len(mixtures):
+            break
+        labels = hand_over(embeddings, labels, ids[mixtures[np.argmax(shares[mixtures])]])
+    return labels
+
+
 def majority_filter(labels: np.ndarray, width: int = 3) -> np.ndarray:
     """Each label replaced by the most common one among its `width` neighbours (itself on ties)."""
     half = width // 2
@@ -354,13 +390,17 @@ def smooth(labels: np.ndarray, regions: np.ndarray) -> np.ndarray:
 # --- words and segments --------------------------------------------------------------------
 
 
-def speaker_turns(windows: Windows, labels: np.ndarray, bridge: float = BRIDGE_S) -> tuple[Turn, ...]:
-    """Who spoke when: each stretch of speech shared among its windows (each owns the time
-    nearer its centre than its neighbours'), pieces of one label joined when no more than
+def speaker_turns(windows: Windows, labels: np.ndarray, bridge: float = BRIDGE_S,
+                  pad: float = SPEECH_PAD_S) -> tuple[Turn, ...]:
+    """Who spoke when: each stretch of speech, without the `pad` the VAD put around it (which
+    transcription wants, but which is no one's speech), shared among its windows (each owns the
+    time nearer its centre than its neighbours'), pieces of one label joined when no more than
     `bridge` seconds apart (a speaker's pause inside a turn is part of the turn)."""
     turns: list[Turn] = []
     centres = windows.centres
     for region, (begin, end) in enumerate(windows.speech):
+        if end - begin > 4 * pad:
+            begin, end = begin + pad, end - pad
         inside = np.flatnonzero(windows.regions == region)
         cuts = [begin, *((centres[inside[1:]] + centres[inside[:-1]]) / 2), end]
         for j, i in enumerate(inside):

@@ -107,9 +107,21 @@ def test_pieces_widen_to_the_turns_of_their_speaker_but_not_into_their_neighbour
 def test_turns_of_one_speaker_bridge_a_short_pause_but_not_a_long_one():
     windows = speakers.Windows(np.array([0.0, 2.0, 4.5]), np.array([0, 1, 2]), np.zeros((3, 256), np.float32),
                                0.5, ((0.0, 1.6), (2.0, 3.6), (4.5, 6.1)))
-    assert speakers.speaker_turns(windows, np.array([0, 0, 0]), bridge=0.5) == (Turn(0.0, 3.6, 0), Turn(4.5, 6.1, 0))
-    assert speakers.speaker_turns(windows, np.array([0, 1, 1]), bridge=1.0) == (
+    assert speakers.speaker_turns(windows, np.array([0, 0, 0]), bridge=0.5, pad=0.0) == (
+        Turn(0.0, 3.6, 0), Turn(4.5, 6.1, 0))
+    assert speakers.speaker_turns(windows, np.array([0, 1, 1]), bridge=1.0, pad=0.0) == (
         Turn(0.0, 1.6, 0), Turn(2.0, 6.1, 1))
+
+
+def test_turns_leave_out_the_pad_the_vad_put_around_speech():
+    """speech_regions pads each stretch by SPEECH_PAD_S, which transcription wants but no one
+    said; a stretch too short to lose it keeps it."""
+    windows = speakers.Windows(np.array([0.0, 0.5, 4.0]), np.array([0, 0, 1]), np.zeros((3, 256), np.float32),
+                               0.5, ((0.0, 2.1), (3.85, 4.15)))
+    assert speakers.SPEECH_PAD_S == 0.1
+    turns = speakers.speaker_turns(windows, np.array([0, 1, 1]), bridge=0.0)
+    assert [(round(t.start, 3), round(t.end, 3), t.label) for t in turns] == [(0.1, 1.05, 0), (1.05, 2.0, 1),
+                                                                             (3.85, 4.15, 1)]
 
 
 def test_quiet_audio_is_raised_to_the_encoders_loudness_and_silence_stays_silence():
@@ -256,9 +268,9 @@ def test_the_timeline_names_voices_as_the_segments_do_and_one_heard_only_there_a
     said = TimedSegment(21.0, 30.0, " Nothing but b.", words_of((21.0, 25.0, "Nothing"), (25.5, 30.0, "but b.")))
     labelled = speakers.label_with_windows([said], two_voices_in_turn(), 0.28)
     assert [s.speaker for s in labelled.segments] == ["SPEAKER_00"]
-    assert [(t.start_time, t.speaker) for t in labelled.turns] == [(0.0, "SPEAKER_01"), (20.0, "SPEAKER_00"),
-                                                                   (40.0, "SPEAKER_01")]
-    assert labelled.turns[-1].end_time == pytest.approx(56.1)
+    assert [(t.start_time, t.speaker) for t in labelled.turns] == [(0.1, "SPEAKER_01"), (20.1, "SPEAKER_00"),
+                                                                   (40.1, "SPEAKER_01")]
+    assert labelled.turns[-1].end_time == pytest.approx(56.0)   # the stretches without the VAD's pad
     named = speakers.label_with_windows([said], two_voices_in_turn(), 0.28, known=lambda centres: {
         label: "Alice" for label, centre in centres.items() if centre[0] > 0.9})
     assert [t.speaker for t in named.turns] == ["Alice", "SPEAKER_00", "Alice"]
@@ -289,6 +301,35 @@ def test_a_mixture_of_two_voices_at_their_changes_is_not_a_third_voice():
     assert len(set(labels)) == 2
     assert len(set(labels[:8])) == len(set(labels[10:18])) == 1 and labels[0] != labels[10]
     assert len(set(speakers.cluster(emb, 0.1, Hints(min_speakers=3), regions=one_stretch))) == 3
+
+
+def test_a_mixture_at_the_edges_of_stretches_near_one_voice_is_not_a_voice():
+    """Windows that straddle the start or end of turns (a voice and the next one's first sound,
+    with no pause long enough to split the stretch) gather into a small cluster near one voice;
+    each such run borders only one other voice, so it is no transition, but half its windows
+    border another voice within their stretch: dissolved. A voice as small and as close whose
+    short turns border another voice with a third of their windows (runs of 3, a quick
+    exchange), or whose replies are stretches of their own, stays; so does a far voice."""
+    rng = np.random.default_rng(9)
+    a, b, far = np.eye(16)[0], np.eye(16)[1], np.eye(16)[3]
+    close = toward(a, np.eye(16)[2], 0.2)          # 0.2 from a: under BORDER_APART, over CLOSE_APART
+
+    def clip(small, run=2, stretch_of_its_own=False):
+        layout = [(a, 10, 0), (small, run, 0), (b, 10, 1), (small, run, 2), (b, 10, 2), (a, 10, 3), (small, run, 3)]
+        if stretch_of_its_own:  # the small cluster's windows each in a stretch of their own
+            layout = [(c, k, r) for (c, k, r) in layout if c is not small] + [(small, run, 4 + i) for i in range(3)]
+        emb = unit(np.concatenate([c + 0.02 * rng.standard_normal((k, 16)) for c, k, _ in layout]))
+        regions = np.concatenate([[r] * k for _, k, r in layout])
+        order = np.argsort(regions, kind="stable")
+        return emb[order], regions[order]
+
+    emb, regions = clip(close)
+    assert len(set(speakers.cluster(emb, 0.1, min_windows=5))) == 3        # without time: a third voice
+    assert len(set(speakers.cluster(emb, 0.1, min_windows=5, regions=regions))) == 2
+    assert len(set(speakers.cluster(emb, 0.1, Hints(min_speakers=3), 5, regions))) == 3
+    for small, run, own in ((close, 3, False), (close, 2, True), (far, 2, False)):
+        emb, regions = clip(small, run, own)
+        assert len(set(speakers.cluster(emb, 0.1, min_windows=5, regions=regions))) == 3, (run, own)
 
 
 def test_smoothing_removes_a_stray_window_but_keeps_a_short_reply():
