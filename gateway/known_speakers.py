@@ -28,14 +28,14 @@ from gateway import audio, voiceprints
 from gateway.db import Database
 from gateway.errors import ApiError, BadRequest, NotFound
 from gateway.models import Asset, Speaker, Task, TaskStatus
-from gateway.payloads import no_nul, result_of, strict_text
+from gateway.payloads import MAX_SPEAKER, no_nul, result_of, strict_text
 from gateway.tenants import Caller, owner_filter, visible
 from gateway.validation import describe_validation_error
 from gateway.voiceprints import ENCODER, KnownVoice
 
 log = structlog.get_logger(__name__)
 
-MAX_NAME = 64
+MAX_NAME = MAX_SPEAKER  # what a result's speaker may hold, at /callbacks and in the search index
 MAX_ENROL_S = 600.0  # seconds of audio a voiceprint is made from, at most
 MAX_KNOWN = 100  # voiceprints one request may name
 _LABEL = re.compile(r"SPEAKER_\d+")

@@ -21,6 +21,7 @@ from gateway.errors import BadRequest
 from gateway.validation import describe_validation_error, location
 
 SUCCESS_CODE = "0000"
+MAX_SPEAKER = 64  # characters of a speaker label or name (a known speaker's: known_speakers.MAX_NAME)
 COMPLETED_MSG = "transcription completed"
 
 
@@ -263,7 +264,7 @@ class CallbackSegment(_Strict):
     start_time: float = Field(allow_inf_nan=False, ge=0)
     end_time: float = Field(allow_inf_nan=False, ge=0, description="not before start_time")
     text: str
-    speaker: Optional[str] = Field(default=None, max_length=32)
+    speaker: Optional[str] = Field(default=None, max_length=MAX_SPEAKER)
     # kept for a task that asked for word timestamps, and for one that asked for details
     words: Optional[list[CallbackWord]] = Field(default=None, max_length=10000)
     avg_logprob: Optional[float] = Field(default=None, allow_inf_nan=False, le=0)
@@ -277,7 +278,7 @@ class CallbackSegment(_Strict):
 class CallbackTurn(_Strict):
     start_time: float = Field(allow_inf_nan=False, ge=0)
     end_time: float = Field(allow_inf_nan=False, ge=0, description="not before start_time")
-    speaker: str = Field(max_length=32)
+    speaker: str = Field(max_length=MAX_SPEAKER)
 
 
 class CallbackUsage(_Strict):

@@ -268,6 +268,34 @@ async def test_speaker_turns_from_a_remote_are_kept_normalised_for_a_task_that_a
     assert (await api_only.status(plain.id))["result"] == for_task(HELLO, plain.id)["data"]["data"]
 
 
+async def test_a_known_speakers_longest_name_is_accepted_back_at_the_door(api_only):
+    """A speaker's name may be 64 characters (known_speakers.MAX_NAME): a result carrying one,
+    as the engine or a rename stores it, is accepted from a remote worker too; a longer one is
+    refused, naming the field."""
+    from gateway import requests
+    from gateway.appkeys import DB
+    from gateway.known_speakers import MAX_NAME
+    from gateway.options import TaskOptions
+
+    name = "Dr. Alexandra Konstantinidou-Papadopoulou, Head of Research (UK)"
+    assert len(name) == MAX_NAME == 64
+    task = await requests.create_task(api_only.app[DB], requests.GenerateRequest(asset_id=api_only.asset_id,
+                                                                                 speaker=True),
+                                      "local", TaskOptions(speaker_turns=True))
+    payload = success("", (0.0, 1.5, "Hello there."))
+    _first(payload)["speaker"] = name
+    payload["data"]["data"]["turns"] = [{"start_time": 0.0, "end_time": 1.5, "speaker": name}]
+    for where in (_first(payload), payload["data"]["data"]["turns"][0]):
+        where["speaker"] = name + "!"
+        status, body = await post(api_only, for_task(payload, task.id))
+        assert status == 400 and "String should have at most 64 characters" in body["msg"], body
+        where["speaker"] = name
+    status, body = await post(api_only, for_task(payload, task.id))
+    assert status == 200 and body["data"]["outcome"] == "accepted", body
+    result = (await api_only.status(task.id))["result"]
+    assert result["data"][0]["speaker"] == result["turns"][0]["speaker"] == name
+
+
 def test_normalised_segments_keep_the_payload_contract():
     """Whatever times a provider sends: 0 <= start <= end <= duration (both as sent, rounded to
     ms), in time order, text stripped and never empty, a speaker only when asked."""

@@ -283,6 +283,20 @@ async def test_naming_a_voice_heard_only_in_the_speaker_turns(gateway, tmp_path,
     assert [s["speaker"] for s in result["data"]] == ["Alice", "Alice"]
 
 
+async def test_a_name_of_the_longest_length_is_searchable(gateway, tmp_path):
+    """A name may have 64 characters (known_speakers.MAX_NAME): renaming a label to one reaches
+    the search index on every backend (its speaker column held 32 characters on PostgreSQL)."""
+    from gateway.known_speakers import MAX_NAME
+
+    name = "Dr. Alexandra Konstantinidou-Papadopoulou, Head of Research (UK)"
+    assert len(name) == MAX_NAME
+    task_id = await echo_dialogue(gateway, tmp_path)
+    await plugins_delivered(gateway, task_id)
+    status, body = await gateway.call("POST", f"/transcriptions/{task_id}/speakers", json={"SPEAKER_00": name})
+    assert status == 200 and body["data"]["plugins_failed"] == [], body
+    assert await search_speakers(gateway, "library") == [name]
+
+
 async def transcript_text(gw, task_id: str) -> tuple[int, str]:
     async with gw.http.get(f"{gw.base}/transcriptions/{task_id}/transcript.srt") as resp:
         return resp.status, await resp.text()

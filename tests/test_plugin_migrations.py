@@ -76,7 +76,7 @@ async def test_a_database_made_by_the_old_migrations_adopts_the_search_branch(da
 
     search = Plugins(["search"], {})
     upgrade(database_url, plugins=search)
-    assert versions(database_url) == {core_head(), "search_0001"}
+    assert versions(database_url) == {core_head(), "search_0002"}
     db = Database(database_url)
     try:
         page = await index.search(db, "budget", index.Filters(), 20, 0)
@@ -101,12 +101,12 @@ async def test_a_database_made_by_the_old_migrations_adopts_the_search_branch(da
 
 def test_a_plugin_that_is_not_loaded_keeps_its_applied_branch_and_gets_no_new_one(database_url):
     upgrade(database_url, plugins=Plugins(["srt"], {}))
-    assert "segment_index" not in table_names(database_url) and "search_0001" not in versions(database_url)
+    assert "segment_index" not in table_names(database_url) and "search_0002" not in versions(database_url)
     upgrade(database_url, plugins=Plugins(["search"], {}))
     upgrade(database_url, plugins=Plugins(["srt"], {}))  # knows search's revision, does not touch it
-    assert "search_0001" in versions(database_url) and "segment_index" in table_names(database_url)
+    assert "search_0002" in versions(database_url) and "segment_index" in table_names(database_url)
     downgrade(database_url, "search@base", Plugins(["srt"], {}))  # an installed plugin, loaded or not
-    assert "search_0001" not in versions(database_url) and "segment_index" not in table_names(database_url)
+    assert "search_0002" not in versions(database_url) and "segment_index" not in table_names(database_url)
 
 
 # --- a third-party plugin with a table of its own -----------------------------------------
@@ -228,7 +228,7 @@ def notes_installed(notes_site, monkeypatch):
 async def test_a_third_party_plugin_with_its_own_table_is_treated_as_search_is(
         notes_installed, start_gateway, tmp_path, database_url, monkeypatch):
     gw = await start_gateway(plugins={"notes": {"route": "/my-notes"}})
-    assert {"search_0001", "notes_0001"} <= versions(database_url)  # both branches, at start-up
+    assert {"search_0002", "notes_0001"} <= versions(database_url)  # both branches, at start-up
     assert {"tgw_note", "segment_index"} <= table_names(database_url)
 
     script = tmp_path / "script.txt"  # what the echo provider hears: one segment of seven words
@@ -259,7 +259,7 @@ async def test_a_third_party_plugin_with_its_own_table_is_treated_as_search_is(
     code, out, err = await cli("db", "downgrade", "notes@base", "--config", str(config))
     assert code == 0 and "is at revision notes@base" in out, err
     assert "notes_0001" not in versions(database_url) and "tgw_note" not in table_names(database_url)
-    assert "search_0001" in versions(database_url)
+    assert "search_0002" in versions(database_url)
 
     await start_gateway(worker=False, plugins={"load": ["srt", "search", "slack", "echo"]})
     assert "notes_0001" not in versions(database_url) and "tgw_note" not in table_names(database_url)
