@@ -12,16 +12,17 @@
       of speech, any cluster within 0.2: a cough, a mixture at a change; a short turn of a
       voice unlike every other stays, as the second voice of a 5-second clip; and mostly
       windows straddling a quick change between two other voices, or gathered from the edges
-      of many turns near one voice), each window moved to its
-      nearest cluster centre, then a majority filter over neighbouring windows within each
-      stretch of speech, so one stray window never makes a turn
-    → each stretch of speech shared among its windows (a speaker timeline; a speaker's pauses
-      of up to 0.5 s inside a turn are the turn's); each word takes the label of the turn it
-      falls in; segments are split at the word where the speaker changes, their edges trimmed
-      to detected speech, then widened to the whole of their speaker's turns (whisper's
-      segments begin late and end early), never into a neighbour; labels numbered by first
-      appearance (SPEAKER_00 first; a voice heard only where nothing was transcribed numbered
-      after the transcript's); the timeline itself is the result's `turns`.
+      of many turns near one voice), each window moved to its nearest cluster centre, then a
+      majority filter over neighbouring windows within each stretch of speech, so one stray
+      window never makes a turn
+    → each stretch of speech, without the VAD's pad, shared among its windows (a speaker
+      timeline; a speaker's pauses of up to 0.5 s inside a turn are the turn's); each word
+      takes the label of the turn it falls in; segments are split at the word where the speaker
+      changes, their edges trimmed to detected speech, then widened to the whole of their
+      speaker's turns (whisper's segments begin late and end early), never into a neighbour;
+      labels numbered by first appearance (SPEAKER_00 first; a voice heard only where nothing
+      was transcribed numbered after the transcript's); the timeline itself is the result's
+      `turns`.
 
 Long audio comes in blocks (gateway/audio.py): each block's windows are embedded on their own
 (`embed_block`), and the windows of all blocks are clustered together (`label_speakers`).
@@ -280,6 +281,11 @@ def nearest_centre(embeddings: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return ids[np.argmax(embeddings @ centres_of(embeddings, labels, ids).T, axis=1)]
 
 
+def nearest_apart(centres: np.ndarray) -> np.ndarray:
+    """Each (L2-normed) centre's cosine distance to the nearest other centre."""
+    return np.sort(1 - centres @ centres.T, axis=1)[:, 1]
+
+
 def hand_over(embeddings: np.ndarray, labels: np.ndarray, gone: int) -> np.ndarray:
     """Cluster `gone` dissolved: each of its windows given to the nearest remaining cluster."""
     others = np.unique(labels[labels != gone])
@@ -299,8 +305,7 @@ def absorb_small(embeddings: np.ndarray, labels: np.ndarray, min_windows: int, k
         ids, sizes = np.unique(labels, return_counts=True)
         if len(ids) <= keep:
             return labels
-        centres = centres_of(embeddings, labels, ids)
-        nearest = np.sort(1 - centres @ centres.T, axis=1)[:, 1]   # each centre's distance to the nearest other
+        nearest = nearest_apart(centres_of(embeddings, labels, ids))
         small = np.flatnonzero((sizes < min_windows) & (nearest < apart))
         if not len(small):
             return labels
@@ -349,15 +354,14 @@ def dissolve_borders(embeddings: np.ndarray, labels: np.ndarray, regions: np.nda
                      max_windows: int) -> np.ndarray:
     """The small cluster (fewer than `max_windows` windows) lying within BORDER_APART of another
     whose share of windows beside another voice in their stretch is largest dissolved, while
-    that share is at least TRANSITION_SHARE and more than `keep` clusters remain: windows that
+    that share is at least BORDER_SHARE and more than `keep` clusters remain: windows that
     straddle changes between several pairs of voices gather into a cluster near one of them,
     which transition_windows (a run between two other voices) does not catch."""
     while len(np.unique(labels)) > keep:
         ids, sizes = np.unique(labels, return_counts=True)
         borders = border_windows(labels, regions)
         shares = np.array([borders[labels == i].mean() for i in ids])
-        centres = centres_of(embeddings, labels, ids)
-        nearest = np.sort(1 - centres @ centres.T, axis=1)[:, 1]
+        nearest = nearest_apart(centres_of(embeddings, labels, ids))
         mixtures = np.flatnonzero((shares >= BORDER_SHARE) & (sizes < max_windows) & (nearest < BORDER_APART))
         if not len(mixtures):
             break
@@ -592,8 +596,8 @@ def label_speakers(segments: Sequence[TimedSegment], parts: Sequence[Windows], d
     audio of `duration` seconds, and the speaker turns (also where nothing was transcribed); when
     labelling cannot be done, all SPEAKER_00 and a note why."""
     windows = joined(parts, duration)
-    if not segments and isinstance(windows, str):
-        return Labelled((), "speaker labelling skipped: no speech was transcribed")
     if isinstance(windows, str):
+        if not segments:
+            return Labelled((), "speaker labelling skipped: no speech was transcribed")
         return all_one_speaker(segments, f"speaker labelling skipped: {windows}; all segments are {SINGLE}")
     return label_with_windows(segments, windows, threshold, hints, known)
