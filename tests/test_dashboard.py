@@ -254,6 +254,58 @@ def test_a_speaker_label_is_named_in_place(signed_in, gw):
     assert gw.run(gw.api(stored)) == ["SPEAKER_00", "Dr. <b id=bold>Lee</b>", "SPEAKER_00"]  # the same rename
 
 
+TURNS_SCRIPT = "SPEAKER_00: Welcome to the quarterly review.\nSPEAKER_01: [mm-hm]\n" \
+               "SPEAKER_00: Let us start with the numbers."  # SPEAKER_01 is heard, not transcribed
+
+
+def test_speaker_turns_timeline_and_a_voice_heard_only_in_the_turns_is_named(signed_in, gw):
+    page = signed_in.page
+    page.set_input_files("input[type=file][name=file]", script_wav(gw.tmp / "turns.wav", TURNS_SCRIPT, seconds=6))
+    page.check("input[name=speaker_turns]")  # labels the speakers too: "Label speakers" is left unticked
+    page.select_option("select[name=model]", ECHO)
+    page.click("button[type=submit]")
+    expect(page).to_have_url(re.compile(r"/tasks/[0-9a-f]{32}$"))
+    task_id = page.url.rsplit("/", 1)[1]
+    expect(page.locator("#segments li.seg")).to_have_count(2, timeout=WAIT_MS)
+    expect(page.locator("#segments .who")).to_have_text(["SPEAKER_00", "SPEAKER_00"])
+    # the voice no segment holds is in the legend, with each voice's speaking time from the turns
+    expect(page.locator(".legend summary")).to_have_text(["SPEAKER_00", "SPEAKER_01"])
+    expect(page.locator(".legend .talk")).to_have_text(["0:04", "0:02"])
+    bars = page.locator("#timeline rect")
+    expect(bars).to_have_count(3)
+    assert [bars.nth(i).get_attribute("class") for i in range(3)] == ["spk-0", "spk-1", "spk-0"]
+    assert [float(bars.nth(i).get_attribute("x")) for i in range(3)] == pytest.approx([0, 333.33, 666.67])
+    expect(bars.nth(1).locator("title")).to_have_text("SPEAKER_01, 0:02 to 0:04")
+    fill = "el => getComputedStyle(el).fill"
+    assert bars.nth(1).evaluate(fill) == page.locator(".legend li").nth(1).evaluate(
+        "el => getComputedStyle(el).color") != bars.nth(0).evaluate(fill)
+
+    page.evaluate("() => { document.getElementById('player').play = () => Promise.resolve(); }")
+    bars.nth(1).click()  # plays from the turn's start, where no segment starts
+    page.wait_for_function("() => Math.abs(document.getElementById('player').currentTime - 2.0) < 0.3")
+
+    page.locator(".legend summary", has_text="SPEAKER_01").click()
+    page.get_by_label("new name for SPEAKER_01").fill("Ann <i>")
+    page.get_by_role("button", name="rename SPEAKER_01").click()
+    expect(page).to_have_url(f"{gw.url}/tasks/{task_id}")
+    expect(page.locator(".legend summary")).to_have_text(["SPEAKER_00", "Ann <i>"])
+    expect(page.locator("#timeline rect").nth(1).locator("title")).to_have_text("Ann <i>, 0:02 to 0:04")
+
+    async def stored(client):
+        return [t["speaker"] for t in (await client.status(task_id))["result"]["turns"]]
+
+    assert gw.run(gw.api(stored)) == ["SPEAKER_00", "Ann <i>", "SPEAKER_00"]
+
+
+def test_no_timeline_without_speaker_turns(signed_in, gw):
+    task_id = finished_task(gw)
+    page = signed_in.page
+    page.goto(f"{gw.url}/tasks/{task_id}")
+    expect(page.locator(".legend summary")).to_have_text(["SPEAKER_00", "SPEAKER_01"])
+    expect(page.locator(".legend .talk")).to_have_text(["0:04", "0:02"])  # by the segments
+    expect(page.locator("#timeline")).to_have_count(0)
+
+
 def test_live_task_list(signed_in, gw):
     page = signed_in.page
     page.goto(gw.url + "/tasks")

@@ -28,6 +28,7 @@ MEETING = """SPEAKER_00: Good morning, everyone. Let's start with the quarterly 
 SPEAKER_01: Sales in the northern region grew by twelve percent.
 SPEAKER_01: The south stayed flat, mostly because of the delayed launch.
 SPEAKER_00: Right. When can we expect the launch now?
+SPEAKER_01: [mm-hm]
 SPEAKER_02: Engineering says the second week of March, if the migration finishes on time.
 SPEAKER_00: And the two open issues?
 SPEAKER_02: Both should be fixed by Friday.
@@ -55,7 +56,8 @@ def make_task(gw: ThreadedGateway, tmp: Path, name: str, script: str) -> str:
     path = script_wav(tmp / f"{name}.wav", script, seconds=2 * len(script.splitlines()))
 
     async def make(client):
-        task_id = await client.submit(asset_id=await client.upload(path), model="echo", speaker=True)
+        task_id = await client.submit(asset_id=await client.upload(path), model="echo", speaker=True,
+                                      speaker_turns=True)
         await client.wait(task_id)
         return task_id
 

@@ -103,9 +103,13 @@ async def _submit(request: web.Request, fields: dict) -> web.StreamResponse:
 
 
 def _generate_body(asset_id: str, fields: dict) -> dict:
-    """The form as the body of async-generate-audio (so it is checked exactly as the API's)."""
+    """The form as the body of async-generate-audio (so it is checked exactly as the API's);
+    speaker turns label the speakers too."""
+    turns = fields.get("speaker_turns") == "on"
     body: dict = {"asset_id": asset_id, "model": fields.get("model") or "whisper-1",
-                  "speaker": fields.get("speaker") == "on"}
+                  "speaker": fields.get("speaker") == "on" or turns}
+    if turns:
+        body["speaker_turns"] = True
     if fields.get("language", "").strip():
         body["language"] = fields["language"].strip()
     if fields.get("num_speakers", "").strip():
@@ -159,9 +163,11 @@ async def _task(request: web.Request) -> Task:
 def _task_data(task: Task) -> dict:
     shown = views.task_view(task)
     result = shown["result"] or {}
-    segments, colours = view.lines(result.get("data") or [])
-    return {"task": shown, "lines": segments, "colours": colours,
-            "duration": (result.get("usage_metadata") or {}).get("duration"),
+    data, turns = result.get("data") or [], result.get("turns") or []
+    segments, colours = view.lines(data, turns)
+    duration = (result.get("usage_metadata") or {}).get("duration")
+    return {"task": shown, "lines": segments, "colours": colours, "duration": duration,
+            "bars": view.timeline(turns, colours, duration), "talk": view.speaking_times(data, turns),
             "done": task.status in TaskStatus.TERMINAL, "formats": ("srt", "vtt", "txt", "json")}
 
 

@@ -40,8 +40,10 @@ class Line:
     text: str
 
 
-def lines(segments: Iterable[dict[str, Any]]) -> tuple[list[Line], dict[str, int]]:
-    """The transcript's segments, each speaker a colour (in order of first appearance)."""
+def lines(segments: Iterable[dict[str, Any]],
+          turns: Iterable[dict[str, Any]] = ()) -> tuple[list[Line], dict[str, int]]:
+    """The transcript's segments, each speaker a colour (in order of first appearance, the
+    transcript's speakers first, then a voice heard only in the speaker turns)."""
     colours: dict[str, int] = {}
     out = []
     for i, seg in enumerate(segments):
@@ -50,7 +52,43 @@ def lines(segments: Iterable[dict[str, Any]]) -> tuple[list[Line], dict[str, int
         if speaker is not None:
             colour = colours.setdefault(speaker, len(colours) % COLOURS)
         out.append(Line(i, float(seg["start_time"]), float(seg["end_time"]), speaker, colour, seg["text"]))
+    for turn in turns:
+        colours.setdefault(turn["speaker"], len(colours) % COLOURS)
     return out, colours
+
+
+@dataclass(frozen=True)
+class Bar:
+    """A speaker turn on the timeline: where it starts and how wide it is, in per mille of the audio."""
+
+    start: float
+    end: float
+    speaker: str
+    colour: int
+    x: float
+    width: float
+
+
+def timeline(turns: Iterable[dict[str, Any]], colours: dict[str, int], duration: float | None) -> list[Bar]:
+    """The speaker turns as bars across the audio's `duration` (none without one)."""
+    turns = list(turns)
+    length = max([duration or 0.0, *(float(t["end_time"]) for t in turns)])
+    if length <= 0:
+        return []
+    scale = 1000 / length
+    return [Bar(float(t["start_time"]), float(t["end_time"]), t["speaker"], colours[t["speaker"]],
+                round(float(t["start_time"]) * scale, 2),
+                round(max(float(t["end_time"]) - float(t["start_time"]), 0.0) * scale, 2)) for t in turns]
+
+
+def speaking_times(segments: Iterable[dict[str, Any]], turns: Iterable[dict[str, Any]]) -> dict[str, float]:
+    """Seconds each speaker speaks: by the speaker turns when the result has them (they cover
+    speech no segment holds), else by the segments."""
+    spans = list(turns) or [s for s in segments if s.get("speaker") is not None]
+    out: dict[str, float] = {}
+    for span in spans:
+        out[span["speaker"]] = out.get(span["speaker"], 0.0) + float(span["end_time"]) - float(span["start_time"])
+    return out
 
 
 _MATCH = re.compile(r"\[([^\[\]]*)\]")

@@ -5,7 +5,8 @@
 //    POLL_MS from the dashboard's own fragment routes (session cookie + CSRF header) and
 //    replaced by the server-rendered, server-escaped HTML; it stops once data-live is "0";
 //  - the transcript: a click on a segment seeks the player there; the segment being played is
-//    highlighted (binary search over the start times: long transcripts stay cheap).
+//    highlighted (binary search over the start times: long transcripts stay cheap); a click on
+//    a speaker turn of the timeline plays from its start.
 "use strict";
 
 const POLL_MS = 1000;
@@ -79,6 +80,14 @@ function setUpTranscript() {
     const li = e.target.closest("li.seg");
     if (!li || (e.target.closest(".text") && window.getSelection().toString())) return;
     player.currentTime = parseFloat(li.dataset.start);
+    player.play().catch(() => {});
+  });
+
+  const timeline = document.getElementById("timeline"); // a click on a speaker turn plays from it
+  if (timeline) timeline.addEventListener("click", (e) => {
+    const bar = e.target.closest("rect[data-start]");
+    if (!bar) return;
+    player.currentTime = parseFloat(bar.dataset.start);
     player.play().catch(() => {});
   });
 
