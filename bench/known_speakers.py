@@ -1,20 +1,25 @@
-"""Known speakers: the open-set decision's threshold (engine.known_speaker_threshold), measured
-on realistic speech (bench/realistic.py: 16 voices, 6 recording conditions).
+"""Known speakers: the open-set decision's thresholds (engine.known_speaker_threshold,
+engine.known_speaker_narrowband_threshold), measured on realistic
+speech (bench/realistic.py: 16 voices, 6 recording conditions), before and after the
+multi-condition enrolment and the telephone band's voiceprints (gateway/voiceprints.py).
 
-Half the voices are enrolled, each from one utterance (clean; with --same also recorded as the
-test is); every voice then says other sentences under every condition, and each test utterance's voiceprint (the
-gateway's own `voiceprints.voiceprint`, which is also how a cluster's centre is made: the mean of
-its windows) is matched against the enrolled ones (`voiceprints.match`). Two folds: the enrolled
-and the other half swap, so every test utterance counts once enrolled and once not. Reported per
-enrolment, condition and threshold:
+Half the voices are enrolled (`voiceprints.enrolment`, as POST /speakers does), from one sentence
+or from three, recorded clean (`clean`) or as the tests are (`same`: a label of an earlier call);
+every voice then says six other sentences under every condition. A test is what the engine
+matches: a cluster's centre (the mean of its windows, of the telephone band for narrowband
+audio), of three sentences together (`cluster`, about 9 s, as a voice in a conversation) or of
+each alone (`utterance`, about 3 s: a voice heard for one sentence). Narrowband audio
+(voiceprints.narrowband) is matched with the telephone band's voiceprints. Two folds: the enrolled and the other half swap, so every test counts once enrolled
+and once not. Reported per enrolment, condition and unit:
   false-name rate    a voice that is not enrolled given a name
   correct-name rate  an enrolled voice given its own name
-  wrong-name rate    an enrolled voice given another's name
-The threshold chosen is the lowest at which the false-name rate is at most 2 % in every row
-(enrolment and condition); target at it: correct-name rate >= 90 %.
+`before`: the voiceprint of the audio as given alone, one threshold (the lowest at which the
+false-name rate is at most 2 % in every condition). `now`: the thresholds chosen in turn, each the
+lowest keeping the false-name rate at most 2 % in every condition and unit (its enrolments
+pooled): the wideband one on the tests of wideband audio, then the narrowband one on those of
+narrowband audio. Target: correct-name rate >= 90 % for clusters.
 
-    python bench/known_speakers.py --tests 3 --same   # as recorded in bench/results/known_speakers.md
-    python bench/known_speakers.py                    # clean enrolment only, 4 test sentences
+    python bench/known_speakers.py      # as recorded in bench/results/known_speakers.md
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import hashlib
 import random
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,45 +43,93 @@ import realistic  # noqa: E402  (bench/realistic.py, from the speakers work)
 from common import save_results  # noqa: E402
 from gateway import voiceprints  # noqa: E402
 from gateway.audio import decode  # noqa: E402
+from gateway.config import EngineConfig  # noqa: E402
 
 CACHE = HERE / ".cache" / "known_speakers"
-THRESHOLDS = [round(t, 2) for t in np.arange(0.50, 0.96, 0.01)]
-CLEAN, SAME = "clean", "same"  # enrolled from a clean utterance, or from one recorded as the tests are
+THRESHOLDS = [round(t, 2) for t in np.arange(0.50, 0.99, 0.01)]
 MAX_FALSE, MIN_CORRECT = 0.02, 0.90
+MODES = ("clean", "same")  # enrolled from a clean recording, or from one made as the tests are
+ENROL_SENTENCES = (1, 3)
+TESTS = 6  # sentences per voice and condition: two clusters of CLUSTER, and each alone
+CLUSTER = 3
+UNITS = ("cluster", "utterance")
 
 
 @functools.cache
-def voiceprint_of(voice, text: str, condition: str, seed: int) -> np.ndarray:
-    """The voiceprint of `voice` saying `text` under `condition` (the rendering cached on disk)."""
+def audio_of(voice, text: str, condition: str, seed: int) -> np.ndarray:
+    """`voice` saying `text` under `condition`, 16 kHz (the rendering cached on disk)."""
     path = CACHE / f"{voice.name}-{condition}-{seed}-{hashlib.sha256(text.encode()).hexdigest()[:12]}.wav"
     if not path.exists():
         realistic.utterance(voice, text, condition, path, seed=seed)
-    return voiceprints.voiceprint([decode(str(path))])
+    return decode(str(path))
 
 
-def decide(test: np.ndarray, enrolled: dict[str, np.ndarray]) -> tuple[str, float]:
-    """The closest enrolled name and its similarity."""
-    names = list(enrolled)
-    alike = np.stack([enrolled[n] for n in names]) @ test
-    return names[int(np.argmax(alike))], float(alike.max())
+@dataclass(frozen=True)
+class Test:
+    """A cluster as the engine matches it: its centre, and whether the audio is narrowband."""
+
+    voice: str
+    condition: str
+    unit: str
+    centre: np.ndarray  # of the telephone band when the audio is narrowband, as the engine's
+    given: np.ndarray  # of the audio as given (as the engine's were before)
+    narrow: bool
 
 
-def rates(trials: list[tuple[bool, str, str, float]], threshold: float) -> dict[str, float]:
-    """trials: (enrolled?, true name, closest name, similarity)."""
-    known = [t for t in trials if t[0]]
-    unknown = [t for t in trials if not t[0]]
-    named = lambda t: t[3] >= threshold  # noqa: E731
-    return {"false_name": sum(map(named, unknown)) / len(unknown),
-            "correct_name": sum(1 for t in known if named(t) and t[2] == t[1]) / len(known),
-            "wrong_name": sum(1 for t in known if named(t) and t[2] != t[1]) / len(known),
+def test_of(voice, texts: list[str], seeds: list[int], condition: str, unit: str) -> Test | None:
+    pieces = [audio_of(voice, text, condition, seed) for text, seed in zip(texts, seeds)]
+    try:
+        audio, starts = voiceprints.speech_windows(pieces)
+    except voiceprints.TooLittleSpeech:
+        return None  # (counted: a voice of under 1.6 s of speech is not matched at all)
+    narrow = voiceprints.narrowband(*voiceprints.band_energies(audio))
+    given = voiceprints.embedded(audio, starts)
+    centre = voiceprints.embedded(voiceprints.band_limited(audio), starts) if narrow else given  # as the engine's
+    return Test(voice.name, condition, unit, centre, given, narrow)
+
+
+def trial(test: Test, enrolled: dict[str, voiceprints.KnownVoice]) -> dict:
+    """What a decision needs: per enrolled name, the similarity `now` (closest voiceprint of those
+    compared, and whether they were the telephone band's) and `before` (the print as given)."""
+    now, before = {}, {}
+    for name, voice in enrolled.items():
+        prints, band = voice.prints(test.narrow)
+        now[name] = (float((prints @ test.centre).max()), band)
+        before[name] = float(voice.voiceprint[0] @ test.given)
+    return {"enrolled": test.voice in enrolled, "voice": test.voice, "now": now, "before": before,
+            "narrow": test.narrow}
+
+
+def decided_now(t: dict, wide: float, narrow: float) -> str | None:
+    """The name the engine gives (voiceprints.match with one cluster), or None."""
+    above = {name: sim - (narrow if band else wide) for name, (sim, band) in t["now"].items()}
+    best = max(above, key=above.get)
+    return best if above[best] >= 0 else None
+
+
+def decided_before(t: dict, threshold: float) -> str | None:
+    best = max(t["before"], key=t["before"].get)
+    return best if t["before"][best] >= threshold else None
+
+
+def rates(trials: list[dict], decide) -> dict[str, float]:
+    known = [t for t in trials if t["enrolled"]]
+    unknown = [t for t in trials if not t["enrolled"]]
+    return {"false_name": sum(decide(t) is not None for t in unknown) / max(len(unknown), 1),
+            "correct_name": sum(decide(t) == t["voice"] for t in known) / max(len(known), 1),
+            "wrong_name": sum(decide(t) not in (None, t["voice"]) for t in known) / max(len(known), 1),
             "unknown_trials": len(unknown), "known_trials": len(known)}
+
+
+def lowest(candidates, rows: list[list[dict]], decide_at) -> float:
+    """The lowest candidate at which the false-name rate is at most MAX_FALSE in every row."""
+    return next((c for c in candidates if all(rates(r, decide_at(c))["false_name"] <= MAX_FALSE for r in rows)),
+                candidates[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tests", type=int, default=4, help="test sentences per voice and condition")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--same", action="store_true", help="also enrol from utterances recorded as the tests are")
     args = parser.parse_args()
     CACHE.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -84,64 +138,101 @@ def main() -> None:
     rng.shuffle(voices)
     halves = (voices[:len(voices) // 2], voices[len(voices) // 2:])
     sentences = list(realistic.SENTENCES)
-    enrol_text = {v.name: sentences[i % len(sentences)] for i, v in enumerate(voices)}
-    test_texts = {v.name: rng.sample([s for s in sentences if s != enrol_text[v.name]], args.tests) for v in voices}
+    enrol_texts = {v.name: rng.sample(sentences, max(ENROL_SENTENCES)) for v in voices}
+    test_texts = {v.name: rng.sample([s for s in sentences if s not in enrol_texts[v.name]], TESTS) for v in voices}
 
-    enrolments = (CLEAN, SAME) if args.same else (CLEAN,)
-    prints = {(mode, cond, v.name): voiceprint_of(v, enrol_text[v.name], "clean" if mode == CLEAN else cond, 1)
-              for mode in enrolments for cond in realistic.CONDITIONS for v in voices}
-    tests = {(cond, v.name, i): voiceprint_of(v, text, cond, 100 + i)
-             for cond in realistic.CONDITIONS for v in voices for i, text in enumerate(test_texts[v.name])}
-    print(f"{len(prints)} enrolment and {len(tests)} test voiceprints in {time.perf_counter() - t0:.0f} s",
-          file=sys.stderr)
-
-    trials: dict[tuple[str, str], list] = {}
-    for mode in enrolments:
+    enrolments = {}
+    for v in voices:
+        for mode in MODES:
+            for cond in realistic.CONDITIONS if mode == "same" else ("clean",):
+                for n in ENROL_SENTENCES:
+                    pieces = [audio_of(v, text, cond, 1 + i) for i, text in enumerate(enrol_texts[v.name][:n])]
+                    try:
+                        e = voiceprints.enrolment(pieces)
+                    except voiceprints.TooLittleSpeech:
+                        continue
+                    enrolments[(v.name, mode, cond, n)] = voiceprints.KnownVoice(v.name, e.wide, e.narrowband)
+    tests = []
+    for v in voices:
         for cond in realistic.CONDITIONS:
-            out = trials.setdefault((mode, cond), [])
-            for enrolled_half in halves:
-                enrolled = {v.name: prints[(mode, cond, v.name)] for v in enrolled_half}
-                for (c, name, _), vector in tests.items():
-                    if c == cond:
-                        out.append((name in enrolled, name, *decide(vector, enrolled)))
-    table = {f"{mode}/{cond}": {str(t): rates(ts, t) for t in THRESHOLDS} for (mode, cond), ts in trials.items()}
+            seeds = [100 + i for i in range(TESTS)]
+            tests += [test_of(v, test_texts[v.name][i:i + CLUSTER], seeds[i:i + CLUSTER], cond, "cluster")
+                      for i in range(0, TESTS, CLUSTER)]
+            tests += [test_of(v, [text], [seed], cond, "utterance") for text, seed in zip(test_texts[v.name], seeds)]
+    skipped = sum(t is None for t in tests)
+    tests = [t for t in tests if t is not None]
+    print(f"{len(enrolments)} enrolments and {len(tests)} tests in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
 
-    ok = [t for t in THRESHOLDS if all(by_t[str(t)]["false_name"] <= MAX_FALSE for by_t in table.values())]
-    chosen = ok[0] if ok else THRESHOLDS[-1]
-    check = voiceprints.match({0: tests[(realistic.CONDITIONS[0], voices[0].name, 0)]},
-                              [voiceprints.KnownVoice(v.name, prints[("clean", "clean", v.name)]) for v in halves[0]],
-                              chosen)  # the engine's own decision agrees with `decide` at the threshold
-    assert (check.get(0) is not None) == (decide(tests[(realistic.CONDITIONS[0], voices[0].name, 0)],
-                                                 {v.name: prints[("clean", "clean", v.name)] for v in halves[0]})[1]
-                                          >= chosen)
+    rows: dict[tuple, list[dict]] = {}  # (sentences enrolled, mode, condition, unit) -> trials
+    for n in ENROL_SENTENCES:
+        for mode in MODES:
+            for cond in realistic.CONDITIONS:
+                for half in halves:
+                    enrolled = {v.name: enrolments[key] for v in half
+                                if (key := (v.name, mode, "clean" if mode == "clean" else cond, n)) in enrolments}
+                    for test in tests:
+                        if test.condition == cond:
+                            rows.setdefault((n, mode, cond, test.unit), []).append(trial(test, enrolled))
+    # the false-name rate is held at most MAX_FALSE in every condition (each pooling its enrolments)
+    by_condition = {(cond, unit): [t for key, r in rows.items() if key[2:] == (cond, unit) for t in r]
+                    for cond in realistic.CONDITIONS for unit in UNITS}
+    wide = lowest(THRESHOLDS, [[t for t in r if not t["narrow"]] for r in by_condition.values()],
+                  lambda c: lambda t: decided_now(t, c, 1.0))
+    narrow = lowest(THRESHOLDS, [[t for t in r if t["narrow"]] for r in by_condition.values()],
+                    lambda c: lambda t: decided_now(t, wide, c))
+    before = lowest(THRESHOLDS, list(by_condition.values()), lambda c: lambda t: decided_before(t, c))
+    now = lambda t: decided_now(t, wide, narrow)  # noqa: E731
+    was = lambda t: decided_before(t, before)  # noqa: E731
 
-    shown = sorted({chosen, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9} & set(THRESHOLDS))
-    lines = ["| enrolled from / test condition | " + " | ".join(f"t={t:.2f} false / correct" for t in shown) + " |",
-             "|---|" + "---|" * len(shown)]
-    for key, by_t in table.items():
-        cells = [f"{by_t[str(t)]['false_name']:.1%} / {by_t[str(t)]['correct_name']:.1%}" for t in shown]
-        lines.append(f"| {key} | " + " | ".join(cells) + " |")
-    at = {key: by_t[str(chosen)] for key, by_t in table.items()}
-    worst_false = max(r["false_name"] for r in at.values())
-    correct = {k: r["correct_name"] for k, r in at.items()}
-    missed = [k for k in at if correct[k] < MIN_CORRECT]
-    trial_counts = next(iter(at.values()))
-    summary = (f"Chosen threshold: **{chosen:.2f}** (the lowest at which the false-name rate is at most "
-               f"{MAX_FALSE:.0%} in every row; worst there {worst_false:.1%}). Correct-name rate at it: " +
-               ", ".join(f"{k} {correct[k]:.1%}" for k in at) +
-               (f". Below the {MIN_CORRECT:.0%} target: {', '.join(missed)}." if missed
-                else f"; every row meets the {MIN_CORRECT:.0%} target."))
-    note = (f"{summary}\n\nEach cell: {trial_counts['unknown_trials']} trials of voices not enrolled and "
-            f"{trial_counts['known_trials']} of enrolled ones ({len(voices)} voices, {args.tests} test sentences "
-            f"each, 2 folds), each a voiceprint of one test utterance (as a cluster's centre is made) matched "
-            f"against 8 enrolled voiceprints, each from one other sentence. `same`: enrolled from an utterance "
-            f"recorded in the test's condition (with --same). Synthetic voices (espeak-ng, bench/realistic.py): real voices "
-            f"differ more from each other, and the rates under real recordings are to be measured again. "
-            f"{time.perf_counter() - t0:.0f} s;")
-    save_results("known_speakers", "\n".join(lines), note,
-                 f"python bench/known_speakers.py --tests {args.tests}" + (" --same" if args.same else ""),
-                 {"tests": args.tests, "seed": args.seed, "chosen_threshold": chosen, "max_false": MAX_FALSE,
-                  "min_correct": MIN_CORRECT, "rates": table})
+    # the engine's own decision agrees (at the configured thresholds)
+    cfg = EngineConfig()
+    sample = next(iter(rows.values()))[0]
+    test = next(t for t in tests if t.voice == sample["voice"])
+    known = [enrolments[(v.name, "clean", "clean", 1)] for v in halves[0] if (v.name, "clean", "clean", 1) in enrolments]
+    engine = voiceprints.match({0: test.centre}, known, cfg.known_speaker_threshold,
+                               cfg.known_speaker_narrowband_threshold, test.narrow).get(0)
+    assert engine == decided_now(trial(test, {k.name: k for k in known}), cfg.known_speaker_threshold,
+                                 cfg.known_speaker_narrowband_threshold)
+
+    table = {f"{n} sentence{'s' * (n > 1)} {mode} / {cond} / {unit}":
+             {"before": rates(r, was), "now": rates(r, now)} for (n, mode, cond, unit), r in rows.items()}
+    lines = ["| enrolled from / test condition | cluster: before false / correct | cluster: now false / correct "
+             "| utterance: before | utterance: now |", "|---|---|---|---|---|"]
+    cell = lambda r: f"{r['false_name']:.1%} / {r['correct_name']:.1%}"  # noqa: E731
+    for n in ENROL_SENTENCES:
+        for mode in MODES:
+            for cond in realistic.CONDITIONS:
+                c, u = rows[(n, mode, cond, "cluster")], rows[(n, mode, cond, "utterance")]
+                lines.append(f"| {n} sentence{'s' * (n > 1)} {mode} / {cond} | {cell(rates(c, was))} | "
+                             f"{cell(rates(c, now))} | {cell(rates(u, was))} | {cell(rates(u, now))} |")
+    correct = {f"{n}/{mode}/{cond}": rates(r, now)["correct_name"] for (n, mode, cond, unit), r in rows.items()
+               if unit == "cluster"}
+    missed = [k for k, v in correct.items() if v < MIN_CORRECT]
+    worst_false = max(rates(r, now)["false_name"] for r in by_condition.values())
+    summary = (f"Chosen: wideband threshold **{wide:.2f}**, narrowband **{narrow:.2f}** (configured: "
+               f"{cfg.known_speaker_threshold:.2f}, {cfg.known_speaker_narrowband_threshold:.2f}); "
+               f"before, one threshold: {before:.2f}. Worst false-name rate of a condition now "
+               f"{worst_false:.1%} (" + ", ".join(f"{cond} {rates(by_condition[(cond, 'cluster')], now)['false_name']:.1%}"
+                                                  for cond in realistic.CONDITIONS) + " for clusters; utterances: " +
+               ", ".join(f"{cond} {rates(by_condition[(cond, 'utterance')], now)['false_name']:.1%}"
+                         for cond in realistic.CONDITIONS) + "). Clusters' "
+               f"correct-name rate now: {min(correct.values()):.1%} at worst, "
+               f"{np.mean(list(correct.values())):.1%} on average (before: "
+               f"{np.mean([rates(r, was)['correct_name'] for k, r in rows.items() if k[3] == 'cluster']):.1%}); "
+               + (f"below the {MIN_CORRECT:.0%} target: {', '.join(missed)}." if missed
+                  else f"every cluster row meets the {MIN_CORRECT:.0%} target."))
+    unknown = rows[(1, "clean", "clean", "cluster")]
+    note = (f"{summary}\n\nEach row: {sum(not t['enrolled'] for t in unknown)} trials of voices not enrolled and "
+            f"{sum(t['enrolled'] for t in unknown)} of enrolled ones per cluster cell (clusters of {CLUSTER} "
+            f"sentences), {CLUSTER} times as many per utterance cell ({len(voices)} voices, {TESTS} test "
+            f"sentences each, 2 folds; the thresholds hold the false-name rate of each condition, its four "
+            f"enrolments pooled, at most {MAX_FALSE:.0%}; {skipped} tests with "
+            f"under 1.6 s of speech found are not matched at all), each matched against 8 enrolled voices. "
+            f"Synthetic voices (espeak-ng, bench/realistic.py): real voices differ more from each other, and the "
+            f"rates under real recordings are to be measured again. {time.perf_counter() - t0:.0f} s;")
+    save_results("known_speakers", "\n".join(lines), note, "python bench/known_speakers.py",
+                 {"seed": args.seed, "thresholds": {"wideband": wide, "narrowband": narrow, "before": before},
+                  "max_false": MAX_FALSE, "min_correct": MIN_CORRECT, "rates": table})
     print(summary)
 
 

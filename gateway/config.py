@@ -172,7 +172,8 @@ class EngineConfig(_Section):
     speaker_labels: bool = True
     speaker_threshold: float = Field(0.28, gt=0, lt=2)
     speaker_step_s: float = Field(0.5, ge=0.1, le=1.6)
-    known_speaker_threshold: float = Field(0.87, gt=0, lt=1)  # gateway/voiceprints.py: match; bench/known_speakers.py
+    known_speaker_threshold: float = Field(0.82, gt=0, lt=1)  # gateway/voiceprints.py: match; bench/known_speakers.py
+    known_speaker_narrowband_threshold: float = Field(0.91, gt=0, lt=1)  # the same, of telephone-band audio
     models: dict[str, ModelEntry] = {}  # alias -> more local models, besides model_alias (gateway/local_models.py)
     model_idle_s: float = Field(300, ge=0)  # an [engine.models] model unused this long unloads; 0 = never
     download_dir: str = "./data/models"  # models given by name: a Hugging Face cache (models pull fills it)

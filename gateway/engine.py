@@ -147,6 +147,7 @@ class LocalEngine:
         share = TRANSCRIBED if req.speaker else 1.0
         encoder = self._speaker_encoder(report) if req.speaker else None
         timed, parts, languages, speech, duration = [], [], [], [], 0.0
+        narrow_blocks = []  # whether each block is narrowband, when known voices are to be named
         for block in audio.blocks(req.path, self.cfg.block_s):  # memory holds one block, whatever the file's length
             def within(f: float, block=block) -> None:  # a fraction of this block -> of the file
                 report(min(1.0, (block.offset + f * block.duration) / measured))
@@ -165,13 +166,20 @@ class LocalEngine:
             speech += [(a + block.offset, b + block.offset) for a, b in regions]
             languages.append(language)
             if encoder is not None:
+                # known voices are matched with a narrowband block's telephone band, as their
+                # telephone-band voiceprints were made (the clusters are made as ever)
+                narrow = bool(req.options.known_speakers) and voiceprints.narrowband(
+                    *voiceprints.band_energies(block.samples))
+                narrow_blocks.append(narrow)
                 parts.append(speakers.embed_block(encoder, block.samples, block.offset, regions,
                                                   self.cfg.speaker_step_s,
-                                                  lambda f: within(share + (1 - share) * speakers.EMBEDDING * f)))
+                                                  lambda f: within(share + (1 - share) * speakers.EMBEDDING * f),
+                                                  voiceprints.band_limited(block.samples) if narrow else None))
         note = self.untranscribed_note(speech, timed, multilingual=model.model.is_multilingual)
         if req.speaker:
             labelled = speakers.label_speakers(timed, parts, duration, threshold=self.cfg.speaker_threshold,
-                                               hints=req.hints, known=self.namer(req))
+                                               hints=req.hints,
+                                               known=self.namer(req, bool(narrow_blocks) and all(narrow_blocks)))
         else:
             labelled = speakers.Labelled(tuple(speakers.piece(s) for s in timed))
         log.info("engine.done", duration=round(duration, 3), segments=len(labelled.segments),
@@ -180,16 +188,18 @@ class LocalEngine:
         return Outcome(success=True, segments=labelled.segments, duration=duration, speaker_note=labelled.note,
                        note=note, turns=labelled.turns, language=languages[0] if languages else None)
 
-    def namer(self, req: TranscribeRequest) -> speakers.Namer | None:
-        """What names the task's clusters that are known speakers' voices (None: it names none)."""
+    def namer(self, req: TranscribeRequest, narrow: bool) -> speakers.Namer | None:
+        """What names the task's clusters that are known speakers' voices (None: it names none);
+        `narrow`: the audio is narrowband (a telephone call's)."""
         known = req.options.known_voices()
         if not known:
             return None
-        threshold = self.cfg.known_speaker_threshold
 
-        def name(centres):
-            names = voiceprints.match(centres, known, threshold)
-            log.info("engine.known_speakers", known=len({v.name for v in known}), named=sorted(names.values()))
+        def name(clusters):
+            names = voiceprints.match(clusters, known, self.cfg.known_speaker_threshold,
+                                      self.cfg.known_speaker_narrowband_threshold, narrow)
+            log.info("engine.known_speakers", known=len({v.name for v in known}), narrowband=narrow,
+                     named=sorted(names.values()))
             return names
         return name
 

@@ -1,9 +1,9 @@
 """Known speakers: voices enrolled by name, as voiceprints (embeddings, never the audio), owned by
 the key that enrolled them; and the voices a request names, resolved when it is submitted.
 
-A voiceprint is made from a file, from part of an asset, or from the segments of one label of a
-completed task (`voice_spans`). A name may be enrolled more than once (a voiceprint per file):
-matching takes its closest voiceprint. The caller sees and uses only its own speakers (an
+A voice's voiceprints (voiceprints.Enrolment) are made from a file, from part of an asset, or from
+the segments of one label of a completed task (`voice_spans`). A name may be enrolled more than
+once (from several files): matching takes its closest voiceprint. The caller sees and uses only its own speakers (an
 admin key every one); any other is 404, as tasks are.
 """
 
@@ -143,10 +143,11 @@ def _visible(stmt, caller: Caller):
     return stmt.where(owner_filter(caller, Speaker.owner))
 
 
-async def enrol(db: Database, caller: Caller, name: str, voiceprint: np.ndarray, session=None) -> Speaker:
+async def enrol(db: Database, caller: Caller, name: str, enrolment: voiceprints.Enrolment,
+                session=None) -> Speaker:
     """A new Speaker row of `caller` (in `session` when given, else in its own transaction)."""
-    row = Speaker(id=new_speaker_id(), name=name, owner=caller.name, embedding=voiceprints.to_bytes(voiceprint),
-                  encoder=ENCODER)
+    row = Speaker(id=new_speaker_id(), name=name, owner=caller.name, embedding=voiceprints.to_bytes(enrolment.wide),
+                  narrowband=voiceprints.to_bytes(enrolment.narrowband), encoder=ENCODER)
     if session is not None:
         session.add(row)
     else:
@@ -190,7 +191,8 @@ async def resolve(db: Database, caller: Caller, known: KnownSpeakers | None) -> 
                              "POST /speakers first (GET /speakers lists them)")
     if len(rows) > MAX_KNOWN:
         raise BadRequest(f"known_speakers: names more than {MAX_KNOWN} voiceprints; name fewer speakers")
-    return tuple(KnownVoice(r.name, voiceprints.from_bytes(r.embedding)) for r in rows)
+    return tuple(KnownVoice(r.name, voiceprints.from_bytes(r.embedding),
+                            None if r.narrowband is None else voiceprints.from_bytes(r.narrowband)) for r in rows)
 
 
 # --- voiceprints of audio -----------------------------------------------------------------
@@ -229,13 +231,14 @@ def stretches(path: str, spans: Sequence[Span] | None, max_audio_s: float) -> li
     return [np.concatenate(p) for p in pieces if p]
 
 
-def voiceprint_of(path: str, spans: Sequence[Span] | None, max_audio_s: float) -> np.ndarray:
-    """The voiceprint of the voice in `spans` of the file (blocking: run it on a thread);
+def voiceprint_of(path: str, spans: Sequence[Span] | None, max_audio_s: float) -> voiceprints.Enrolment:
+    """The voiceprints of the voice in `spans` of the file (blocking: run it on a thread);
     audio.AudioError, voiceprints.TooLittleSpeech."""
-    return voiceprints.voiceprint(stretches(path, spans, max_audio_s))
+    return voiceprints.enrolment(stretches(path, spans, max_audio_s))
 
 
-async def voiceprint_or_400(path: str, spans: Sequence[Span] | None, max_audio_s: float, field: str) -> np.ndarray:
+async def voiceprint_or_400(path: str, spans: Sequence[Span] | None, max_audio_s: float,
+                            field: str) -> voiceprints.Enrolment:
     """voiceprint_of on a thread, its refusals as 400s naming `field`."""
     try:
         return await asyncio.to_thread(voiceprint_of, path, spans, max_audio_s)

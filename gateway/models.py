@@ -141,7 +141,11 @@ class Speaker(SQLModel, table=True):
     id: str = Field(primary_key=True, max_length=40)  # spk_<32 hex>
     name: str = Field(max_length=64)
     owner: str = Field(max_length=255, index=True)
-    embedding: bytes = Field(sa_column=Column(LargeBinary, nullable=False))  # float32, little-endian
+    # float32, little-endian: one voiceprint, or several (of the audio as given, with noise, with
+    # echo: voiceprints.Enrolment), each DIMENSIONS long
+    embedding: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    # of the telephone band, matched with narrowband audio (voices enrolled before 0014: none)
+    narrowband: Optional[bytes] = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
     encoder: str = Field(max_length=64)  # the encoder that made it; only its own voiceprints are compared
     created_at: datetime = Field(default_factory=utcnow)
 

@@ -25,11 +25,13 @@ class KnownSpeaker(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: Text
-    voiceprint: Text  # base64 of the float32 embedding (gateway/voiceprints.py)
+    voiceprint: Text  # base64 of the float32 embedding, or several (gateway/voiceprints.py)
+    narrowband: Optional[Text] = None  # base64 of the telephone band's (tasks submitted before it: none)
 
     @classmethod
     def of(cls, voice: KnownVoice) -> "KnownSpeaker":
-        return cls(name=voice.name, voiceprint=to_text(voice.voiceprint))
+        return cls(name=voice.name, voiceprint=to_text(voice.voiceprint),
+                   narrowband=None if voice.narrowband is None else to_text(voice.narrowband))
 
 
 class TaskOptions(BaseModel):
@@ -47,7 +49,8 @@ class TaskOptions(BaseModel):
     known_speakers: tuple[KnownSpeaker, ...] = ()
 
     def known_voices(self) -> tuple[KnownVoice, ...]:
-        return tuple(KnownVoice(k.name, from_text(k.voiceprint)) for k in self.known_speakers)
+        return tuple(KnownVoice(k.name, from_text(k.voiceprint), None if k.narrowband is None else from_text(k.narrowband))
+                     for k in self.known_speakers)
 
     def dump(self) -> str | None:
         """The JSON stored in task.options: None when every option is at its default."""

@@ -110,13 +110,16 @@ class Hints:
 @dataclass(frozen=True)
 class Windows:
     """Embedding windows in time order: start (s), the stretch of speech each lies in, and the
-    L2-normed embeddings; `step_s` is their spacing, `speech` the stretches (start, end)."""
+    L2-normed embeddings; `step_s` is their spacing, `speech` the stretches (start, end);
+    `for_names`, when known voices are matched with other audio than the clusters are made of
+    (narrowband audio's telephone band: gateway/voiceprints.py), the embeddings of that."""
 
     starts: np.ndarray
     regions: np.ndarray
     embeddings: np.ndarray
     step_s: float
     speech: tuple[tuple[float, float], ...]
+    for_names: np.ndarray | None = None
 
     @property
     def centres(self) -> np.ndarray:
@@ -524,16 +527,25 @@ def piece(seg: TimedSegment, words: Sequence[Word] | None = None, start: float |
 
 
 def embed_block(encoder, audio: np.ndarray, offset: float, regions: Sequence[tuple[float, float]],
-                step_s: float, report: Callable[[float], None] = lambda f: None) -> Windows:
+                step_s: float, report: Callable[[float], None] = lambda f: None,
+                for_names: np.ndarray | None = None) -> Windows:
     """The embedded windows of one block of the audio, which begins `offset` seconds into the
     file (times are the file's), given the block's `speech_regions` (its own times); none when
-    it is shorter than a window or holds no speech. `report` as embed_windows."""
+    it is shorter than a window or holds no speech. `report` as embed_windows. With `for_names`
+    (the block's audio as known voices are matched), the same windows of it too."""
     duration = len(audio) / SAMPLE_RATE
     if duration < WINDOW_S or not regions:
-        return Windows(np.zeros(0), np.zeros(0, dtype=int), np.zeros((0, 256), np.float32), step_s, ())
+        none = np.zeros((0, 256), np.float32)
+        return Windows(np.zeros(0), np.zeros(0, dtype=int), none, step_s, (),
+                       None if for_names is None else none)
     starts, owners = window_starts(regions, duration, step_s)
-    return Windows(starts + offset, owners, embed_windows(encoder, audio, starts, report), step_s,
-                   tuple((begin + offset, end + offset) for begin, end in regions))
+    if for_names is None:
+        embedded, named = embed_windows(encoder, audio, starts, report), None
+    else:  # each half of the work reports half the progress
+        embedded = embed_windows(encoder, audio, starts, lambda f: report(f / 2))
+        named = embed_windows(encoder, for_names, starts, lambda f: report(0.5 + f / 2))
+    return Windows(starts + offset, owners, embedded, step_s,
+                   tuple((begin + offset, end + offset) for begin, end in regions), named)
 
 
 def joined(parts: Sequence[Windows], duration: float) -> Windows | str:
@@ -547,9 +559,11 @@ def joined(parts: Sequence[Windows], duration: float) -> Windows | str:
     if sum(end - begin for begin, end in speech) < WINDOW_S:
         return f"there is less speech than the {WINDOW_S:.1f} s embedding window"
     before = np.cumsum([0] + [len(part.speech) for part in parts[:-1]])
+    for_names = [part.for_names for part in parts]
     return Windows(np.concatenate([part.starts for part in parts]),
                    np.concatenate([part.regions + first for part, first in zip(parts, before)]),
-                   np.concatenate([part.embeddings for part in parts]), parts[0].step_s, speech)
+                   np.concatenate([part.embeddings for part in parts]), parts[0].step_s, speech,
+                   None if any(f is None for f in for_names) else np.concatenate(for_names))
 
 
 def find_windows(encoder, audio: np.ndarray, step_s: float,
@@ -583,7 +597,8 @@ def label_with_windows(segments: Sequence[TimedSegment], windows: Windows, thres
     by_word = word_labels([w for s in segments for w in s.words], turns)
     pieces = cover_turns(trim_to_speech(split_at_changes(segments, by_word), windows.speech), turns)
     ids = np.unique(labels)
-    known_names = known(dict(zip(ids.tolist(), centres_of(windows.embeddings, labels, ids)))) if known else None
+    named_by = windows.embeddings if windows.for_names is None else windows.for_names
+    known_names = known(dict(zip(ids.tolist(), centres_of(named_by, labels, ids)))) if known else None
     # numbered as the transcript shows them; a voice heard only where nothing was transcribed after
     names = names_by_first_appearance([label for _, label in pieces] + [t.label for t in turns], known_names)
     return Labelled(tuple(replace(seg, speaker=names[label]) for seg, label in pieces),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import create_engine, inspect, text
 from sqlmodel import SQLModel
 
 import gateway.models  # noqa: F401 - registers the tables
@@ -59,7 +59,6 @@ def test_downgrade_to_base_and_up_again(database_url):
 def test_a_downgrade_past_0005_rebuilds_the_segment_rows_from_the_stored_payloads(database_url):
     """0005 dropped the segment table (every segment is in task.result_json); going back
     restores its rows, numbered in payload order, for every stored transcript."""
-    from sqlalchemy import text
 
     from gateway.payloads import Outcome, Segment, build_payload, serialise_result
 
@@ -91,7 +90,6 @@ def test_a_downgrade_past_0005_rebuilds_the_segment_rows_from_the_stored_payload
 def test_stored_results_are_lz4_compressed_on_postgresql(database_url, db_backend):
     if db_backend != "postgresql":
         pytest.skip("SQLite does not compress values")
-    from sqlalchemy import text
 
     def compression() -> str:
         engine = create_engine(sync_url(database_url))
@@ -137,7 +135,6 @@ def test_0010_adds_partial_segment_and_its_downgrade_removes_it(database_url):
 def test_0011_gives_existing_tasks_and_assets_to_admin_and_its_downgrade_removes_keys(database_url):
     """Rows older than keys belong to "admin" (the keys of server.api_keys); down to 0010 drops
     the key table and the owner columns; up again, the models match."""
-    from sqlalchemy import text
 
     upgrade(database_url, "0010")
     engine = create_engine(sync_url(database_url))
@@ -173,3 +170,27 @@ def test_0013_adds_the_speaker_table_and_its_downgrade_removes_it(database_url):
     assert tables(database_url) == set(SQLModel.metadata.tables) - {"speaker", "api_key"} | {"alembic_version"}
     upgrade(database_url)
     assert schema_diff(database_url) == []
+
+
+def test_0014_adds_the_telephone_band_voiceprint_and_keeps_the_voices_enrolled_before(database_url):
+    """0014 adds speaker.narrowband (nullable: a voice enrolled before has none, and is matched with
+    its one voiceprint); down to 0013 drops the column and keeps the rows."""
+    upgrade(database_url)
+    downgrade(database_url, "0013")
+    engine = create_engine(sync_url(database_url))
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO speaker (id, name, owner, embedding, encoder, created_at) VALUES "
+                              "('spk_1', 'Ann', 'admin', :e, 'resemblyzer-ge2e/1', '2026-12-01 00:00:00')"),
+                         {"e": b"\0" * 1024})
+        upgrade(database_url)
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT name, narrowband FROM speaker")).all() == [("Ann", None)]
+        assert schema_diff(database_url) == []
+        downgrade(database_url, "0013")
+        assert "narrowband" not in {c["name"] for c in inspect(engine).get_columns("speaker")}
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT name FROM speaker")).scalars().all() == ["Ann"]
+    finally:
+        engine.dispose()
+    upgrade(database_url)

@@ -81,7 +81,7 @@ async def reference_voices(app: web.Application, form) -> tuple[KnownVoice, ...]
             voiceprint = await asyncio.to_thread(_reference_voiceprint, data_url_bytes(reference), tmp, max_audio_s)
         except (AudioError, TooLittleSpeech) as exc:
             raise BadRequest(f"known_speaker_references[{i}]: {exc}", param="known_speaker_references") from None
-        voices.append(KnownVoice(name, voiceprint))
+        voices.append(KnownVoice(name, voiceprint.wide, voiceprint.narrowband))
     return tuple(voices)
 
 
