@@ -6,7 +6,8 @@ embeddings move with the recording: the same voice on a telephone line, in noise
 reverberant room is further from its clean self than two voices are from each other on one
 line (bench/results/known_speakers.md). So an enrolment keeps several (`Enrolment`): of the
 audio as given, of it with noise added and with a room's echo added (`noisy`, `reverberant`:
-multi-condition enrolment), and of it limited to the telephone band (`band_limited`); and a
+multi-condition enrolment), and of its telephone band (`band_limited`), as given and with
+noise added; and a
 task whose audio is narrowband (`narrowband`: nothing above 3.8 kHz, as a telephone call
 is) is matched with the telephone-band voiceprints, at a threshold of their own (voices on one
 narrow band are more alike).
@@ -50,7 +51,7 @@ class TooLittleSpeech(ValueError):
 class KnownVoice:
     name: str
     voiceprint: np.ndarray  # L2-normed, DIMENSIONS float32; or several, one per row (`Enrolment.wide`)
-    narrowband: np.ndarray | None = None  # of the telephone band (voices enrolled before it: None)
+    narrowband: np.ndarray | None = None  # of the telephone band, one or more (enrolled before it: None)
 
     def prints(self, narrow: bool) -> tuple[np.ndarray, bool]:
         """The voiceprints (one per row) to match a task's clusters with, and whether they are the
@@ -62,11 +63,12 @@ class KnownVoice:
 
 @dataclass(frozen=True)
 class Enrolment:
-    """What an enrolment keeps of a voice: voiceprints of its audio as given, with noise added,
-    and with a room's echo added (one per row), and one of its telephone band."""
+    """What an enrolment keeps of a voice: voiceprints (one per row) of its audio as given, with
+    noise added and with a room's echo added; and of its telephone band, as given and with noise
+    added (a noisy call: bench/results/known_speakers.md)."""
 
     wide: np.ndarray  # 3 x DIMENSIONS
-    narrowband: np.ndarray  # DIMENSIONS
+    narrowband: np.ndarray  # 2 x DIMENSIONS
 
 
 GAP = np.zeros(int(0.3 * speakers.SAMPLE_RATE), np.float32)  # between stretches joined
@@ -87,7 +89,8 @@ def enrolment(pieces: Iterable[np.ndarray]) -> Enrolment:
     rng = np.random.default_rng(0)  # the same audio always gives the same voiceprints
     return Enrolment(np.stack([embedded(audio, starts), embedded(noisy(audio, rng), starts),
                                embedded(reverberant(audio, rng), starts)]),
-                     embedded(band_limited(audio), starts))
+                     np.stack([embedded(band_limited(audio), starts),
+                               embedded(band_limited(noisy(audio, rng)), starts)]))
 
 
 def speech_windows(pieces: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

@@ -135,7 +135,7 @@ async def test_diarized_json_letters_speakers(gateway, tmp_path, database_url, c
     assert task["speaker"] is True
     [known] = (await task_options(database_url, task["task_id"]))["known_speakers"]  # its voiceprint, not its audio
     assert known["name"] == "agent" and len(base64.b64decode(known["voiceprint"])) == 3 * 1024  # 3 x 256 float32
-    assert len(base64.b64decode(known["narrowband"])) == 1024
+    assert len(base64.b64decode(known["narrowband"])) == 2 * 1024
 
 
 async def test_diarized_json_needs_a_provider_that_labels_speakers(start_gateway, speech, client):
