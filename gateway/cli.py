@@ -223,6 +223,8 @@ def run_client(coro):
               help="With --speaker: at least this many speakers.")
 @click.option("--max-speakers", type=click.IntRange(1, 32), default=None,
               help="With --speaker: at most this many speakers.")
+@click.option("--speaker-turns", is_flag=True,
+              help="Also who spoke when, from the voices alone (labels speakers too).")
 @click.option("--callback-url", default=None, help="Webhook that receives the result.")
 @click.option("--model", default=None, help="Model alias (default: the gateway's default).")
 @click.option("--language", default=None, help="Language code, e.g. en.")
@@ -231,11 +233,13 @@ def run_client(coro):
 @url_option
 @key_option
 def submit(file: Path, speaker: bool, num_speakers: int | None, min_speakers: int | None,
-           max_speakers: int | None, callback_url: str | None, model: str | None, language: str | None,
-           wait: bool, as_json: bool, base_url: str, api_key: str) -> None:
+           max_speakers: int | None, speaker_turns: bool, callback_url: str | None, model: str | None,
+           language: str | None, wait: bool, as_json: bool, base_url: str, api_key: str) -> None:
     """Upload FILE and submit it for transcription."""
-    hints = {"num_speakers": num_speakers, "min_speakers": min_speakers, "max_speakers": max_speakers}
-    run_client(_submit(file, speaker, hints, callback_url, model, language, wait, as_json, base_url, api_key))
+    hints = {"num_speakers": num_speakers, "min_speakers": min_speakers, "max_speakers": max_speakers,
+             "speaker_turns": speaker_turns or None}
+    run_client(_submit(file, speaker or speaker_turns, hints, callback_url, model, language, wait, as_json,
+                       base_url, api_key))
 
 
 async def _submit(file, speaker, hints, callback_url, model, language, wait, as_json, base_url, api_key):
@@ -291,6 +295,10 @@ def _print_task(task: dict, as_json: bool) -> None:
     for seg in task["result"]["data"]:
         who = f"{seg['speaker']}: " if seg.get("speaker") else ""
         click.echo(f"[{_fmt(seg['start_time'])} - {_fmt(seg['end_time'])}] {who}{seg['text']}")
+    if task["result"].get("turns"):
+        click.echo("\nwho spoke when:")
+        for turn in task["result"]["turns"]:
+            click.echo(f"[{_fmt(turn['start_time'])} - {_fmt(turn['end_time'])}] {turn['speaker']}")
     for key in ("note", "speaker_note"):
         if task.get(key):
             click.echo(task[key], err=True)

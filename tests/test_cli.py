@@ -20,6 +20,7 @@ import click
 
 from conftest import ECHO, count_rows, free_port
 from fakes import callback_payload
+from tgw_echo import script_wav
 
 
 async def cli(*args: str, env: dict | None = None) -> tuple[int, str, str]:
@@ -48,6 +49,18 @@ async def test_submit_speaker_labels_lines_and_passes_the_speaker_hints(gateway,
     assert code == 1 and "400 min_speakers: 3 is greater than max_speakers (2)" in err
     code, _, err = await cli("submit", str(speech_script), "--num-speakers", "2", "--url", gateway.url)
     assert code == 1 and "400 num_speakers: only meaningful with speaker=true" in err
+
+
+async def test_submit_speaker_turns_prints_who_spoke_when(gateway, tmp_path):
+    """--speaker-turns labels speakers too; a voice heard but not transcribed is in the turns only."""
+    wav = script_wav(tmp_path / "turns.wav", "SPEAKER_00: Good morning.\nSPEAKER_01: [mm-hm]\n"
+                                             "SPEAKER_00: Shall we start?", seconds=6)
+    code, out, err = await cli("submit", str(wav), "--model", ECHO, "--wait", "--speaker-turns", "--url", gateway.url)
+    assert code == 0, err
+    assert out.strip().splitlines() == ["[00:00.00 - 00:02.00] SPEAKER_00: Good morning.",
+                                        "[00:04.00 - 00:06.00] SPEAKER_00: Shall we start?", "",
+                                        "who spoke when:", "[00:00.00 - 00:02.00] SPEAKER_00",
+                                        "[00:02.00 - 00:04.00] SPEAKER_01", "[00:04.00 - 00:06.00] SPEAKER_00"]
 
 
 async def test_submit_json_then_status(gateway, speech_script, webhook):
