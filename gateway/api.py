@@ -181,9 +181,13 @@ def _quote(name: str) -> str:
 
 
 async def _submit(request: web.Request) -> Task:
-    app = request.app
-    req = requests.parse_generate_request(await read_json(request))
-    caller = caller_of(request)
+    return await submit_request(request.app, requests.parse_generate_request(await read_json(request)),
+                                caller_of(request))
+
+
+async def submit_request(app: web.Application, req: requests.GenerateRequest, caller: Caller) -> Task:
+    """A parsed request checked (its known speakers resolved to their voiceprints) and queued as
+    `caller`'s: async-generate-audio's, and the dashboard's upload form's."""
     options = req.options(await known_speakers.resolve(app[DB], caller, req.known_speakers))
     provider = await requests.validate_request(app[DB], app[CONFIG], app[PROVIDERS], req, caller, options)
     return await queue_task(app, req, provider, options, caller=caller)

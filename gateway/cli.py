@@ -225,6 +225,10 @@ def run_client(coro):
               help="With --speaker: at most this many speakers.")
 @click.option("--speaker-turns", is_flag=True,
               help="Also who spoke when, from the voices alone (labels speakers too).")
+@click.option("--known-speaker", "known", multiple=True, metavar="NAME",
+              help="An enrolled speaker to name where heard (repeat for more; labels speakers too).")
+@click.option("--all-known-speakers", is_flag=True,
+              help="Name every speaker this key enrolled where heard (labels speakers too).")
 @click.option("--callback-url", default=None, help="Webhook that receives the result.")
 @click.option("--model", default=None, help="Model alias (default: the gateway's default).")
 @click.option("--language", default=None, help="Language code, e.g. en.")
@@ -233,13 +237,16 @@ def run_client(coro):
 @url_option
 @key_option
 def submit(file: Path, speaker: bool, num_speakers: int | None, min_speakers: int | None,
-           max_speakers: int | None, speaker_turns: bool, callback_url: str | None, model: str | None,
-           language: str | None, wait: bool, as_json: bool, base_url: str, api_key: str) -> None:
+           max_speakers: int | None, speaker_turns: bool, known: tuple[str, ...], all_known_speakers: bool,
+           callback_url: str | None, model: str | None, language: str | None, wait: bool, as_json: bool,
+           base_url: str, api_key: str) -> None:
     """Upload FILE and submit it for transcription."""
+    if known and all_known_speakers:
+        raise click.UsageError("give --known-speaker NAME or --all-known-speakers, not both")
     hints = {"num_speakers": num_speakers, "min_speakers": min_speakers, "max_speakers": max_speakers,
-             "speaker_turns": speaker_turns or None}
-    run_client(_submit(file, speaker or speaker_turns, hints, callback_url, model, language, wait, as_json,
-                       base_url, api_key))
+             "speaker_turns": speaker_turns or None, "known_speakers": list(known) or all_known_speakers or None}
+    run_client(_submit(file, speaker or speaker_turns or bool(hints["known_speakers"]), hints, callback_url, model,
+                       language, wait, as_json, base_url, api_key))
 
 
 async def _submit(file, speaker, hints, callback_url, model, language, wait, as_json, base_url, api_key):

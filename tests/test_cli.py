@@ -63,6 +63,19 @@ async def test_submit_speaker_turns_prints_who_spoke_when(gateway, tmp_path):
                                         "[00:02.00 - 00:04.00] SPEAKER_01", "[00:04.00 - 00:06.00] SPEAKER_00"]
 
 
+async def test_submit_known_speakers_label_speakers_and_pass_the_names(gateway, speech_script):
+    code, _, err = await cli("submit", str(speech_script), "--model", ECHO, "--known-speaker", "Nobody",
+                             "--url", gateway.url)
+    assert code == 1 and "400 known_speakers: no enrolled speaker named 'Nobody'" in err  # asked of the gateway
+    code, out, err = await cli("submit", str(speech_script), "--model", ECHO, "--all-known-speakers", "--wait",
+                               "--url", gateway.url)
+    assert code == 0, err
+    assert all("] SPEAKER_00: " in line for line in out.strip().splitlines())  # none enrolled: labels only
+    code, _, err = await cli("submit", str(speech_script), "--known-speaker", "Ann", "--all-known-speakers",
+                             "--url", gateway.url)
+    assert code == 2 and "give --known-speaker NAME or --all-known-speakers, not both" in err
+
+
 async def test_submit_json_then_status(gateway, speech_script, webhook):
     code, out, err = await cli("submit", str(speech_script), "--model", ECHO, "--json", "--url", gateway.url,
                                "--callback-url", webhook.url)

@@ -13,12 +13,13 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import sqlite3
 import time
 
 import pytest
 from playwright.sync_api import Page, expect
 
-from conftest import ECHO, free_port, test_config
+from conftest import ECHO, espeak, free_port, test_config
 from gateway.client import ClientError
 from threaded import ThreadedGateway
 from tgw_echo import script_wav
@@ -304,6 +305,34 @@ def test_no_timeline_without_speaker_turns(signed_in, gw):
     expect(page.locator(".legend summary")).to_have_text(["SPEAKER_00", "SPEAKER_01"])
     expect(page.locator(".legend .talk")).to_have_text(["0:04", "0:02"])  # by the segments
     expect(page.locator("#timeline")).to_have_count(0)
+
+
+def test_the_upload_form_names_the_speakers_the_key_enrolled(signed_in, gw):
+    import aiohttp
+
+    voice = espeak("Parking remains a problem, because the old market square is already full of cars.",
+                   gw.tmp / "ann.wav")
+
+    async def enrol(client):
+        form = aiohttp.FormData()
+        form.add_field("name", "Ann")
+        form.add_field("file", voice.read_bytes(), filename="ann.wav", content_type="audio/wav")
+        return (await client._call("POST", "/speakers", data=form))["speaker_id"]
+
+    speaker_id = gw.run(gw.api(enrol))
+    page = signed_in.page
+    page.set_input_files("input[type=file][name=file]", script_wav(gw.tmp / "known.wav", SCRIPT, seconds=6))
+    page.check("input[name=known_speakers]")
+    page.select_option("select[name=model]", ECHO)
+    page.click("button[type=submit]")
+    expect(page).to_have_url(re.compile(r"/tasks/[0-9a-f]{32}$"))
+    task_id = page.url.rsplit("/", 1)[1]
+    expect(page.locator("#segments .who")).to_have_text(["SPEAKER_00", "SPEAKER_01", "SPEAKER_00"],
+                                                        timeout=WAIT_MS)  # labelled too
+    with sqlite3.connect(gw.tmp / "gateway.db") as db:
+        [(options,)] = db.execute("SELECT options FROM task WHERE id = ?", (task_id,)).fetchall()
+    assert [k["name"] for k in json.loads(options)["known_speakers"]] == ["Ann"]  # the voiceprint went with it
+    gw.run(gw.api(lambda client: client._call("DELETE", f"/speakers/{speaker_id}")))
 
 
 def test_live_task_list(signed_in, gw):

@@ -93,23 +93,24 @@ async def _submit(request: web.Request, fields: dict) -> web.StreamResponse:
         return _upload_form(request, 400, exc.message, fields)
     await uploads.add_asset(app[DB], app[STORE], asset)
     try:
-        req = requests.parse_generate_request(_generate_body(asset.id, fields))
-        provider = await requests.validate_request(app[DB], app[CONFIG], app[PROVIDERS], req, caller_of(request))
+        task = await api.submit_request(app, requests.parse_generate_request(_generate_body(asset.id, fields)),
+                                        caller_of(request))
     except BadRequest as exc:
         await uploads.remove_asset(app[DB], app[STORE], asset)
         return _upload_form(request, 400, exc.message, fields)
-    task = await api.queue_task(app, req, provider, req.options(), caller=caller_of(request))
     raise web.HTTPSeeOther(f"/tasks/{task.id}")
 
 
 def _generate_body(asset_id: str, fields: dict) -> dict:
     """The form as the body of async-generate-audio (so it is checked exactly as the API's);
-    speaker turns label the speakers too."""
-    turns = fields.get("speaker_turns") == "on"
+    speaker turns and known speakers (every one the key enrolled) label the speakers too."""
+    turns, known = fields.get("speaker_turns") == "on", fields.get("known_speakers") == "on"
     body: dict = {"asset_id": asset_id, "model": fields.get("model") or "whisper-1",
-                  "speaker": fields.get("speaker") == "on" or turns}
+                  "speaker": fields.get("speaker") == "on" or turns or known}
     if turns:
         body["speaker_turns"] = True
+    if known:
+        body["known_speakers"] = True
     if fields.get("language", "").strip():
         body["language"] = fields["language"].strip()
     if fields.get("num_speakers", "").strip():
