@@ -1,7 +1,7 @@
 """Known speakers: the open-set decision's thresholds (engine.known_speaker_threshold,
-engine.known_speaker_narrowband_threshold), measured on realistic
-speech (bench/realistic.py: 16 voices, 6 recording conditions), before and after the
-multi-condition enrolment and the telephone band's voiceprints (gateway/voiceprints.py).
+engine.known_speaker_narrowband_threshold), measured on realistic speech (bench/realistic.py:
+16 voices, 6 recording conditions), before and after the multi-condition enrolment and the
+telephone band's voiceprints (gateway/voiceprints.py).
 
 Half the voices are enrolled (`voiceprints.enrolment`, as POST /speakers does), from one sentence
 or from three, recorded clean (`clean`) or as the tests are (`same`: a label of an earlier call);
@@ -9,8 +9,9 @@ every voice then says six other sentences under every condition. A test is what 
 matches: a cluster's centre (the mean of its windows, of the telephone band for narrowband
 audio), of three sentences together (`cluster`, about 9 s, as a voice in a conversation) or of
 each alone (`utterance`, about 3 s: a voice heard for one sentence). Narrowband audio
-(voiceprints.narrowband) is matched with the telephone band's voiceprints. Two folds: the enrolled and the other half swap, so every test counts once enrolled
-and once not. Reported per enrolment, condition and unit:
+(voiceprints.narrowband) is matched with the telephone band's voiceprints. Two folds: the
+enrolled and the other half swap, so every test counts once enrolled and once not. Reported per
+enrolment, condition and unit:
   false-name rate    a voice that is not enrolled given a name
   correct-name rate  an enrolled voice given its own name
 `before`: the voiceprint of the audio as given alone, one threshold (the lowest at which the

@@ -3,8 +3,8 @@ the key that enrolled them; and the voices a request names, resolved when it is 
 
 A voice's voiceprints (voiceprints.Enrolment) are made from a file, from part of an asset, or from
 the segments of one label of a completed task (`voice_spans`). A name may be enrolled more than
-once (from several files): matching takes its closest voiceprint. The caller sees and uses only its own speakers (an
-admin key every one); any other is 404, as tasks are.
+once (from several files): matching takes its closest voiceprint. The caller sees and uses only
+its own speakers (an admin key every one); any other is 404, as tasks are.
 """
 
 from __future__ import annotations

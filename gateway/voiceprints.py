@@ -17,7 +17,7 @@ threshold (cosine similarity) from a known voice, one-to-one (two clusters never
 name; the clearest pairs are decided first). The thresholds are measured by
 bench/known_speakers.py (a voice heard for one sentence needs no more than one heard for three).
 
-Plain functions of arrays, except that `voiceprint` loads the encoder (once per process).
+Plain functions of arrays, except that `embedded` loads the encoder (once per process).
 """
 
 from __future__ import annotations
@@ -74,27 +74,22 @@ class Enrolment:
 GAP = np.zeros(int(0.3 * speakers.SAMPLE_RATE), np.float32)  # between stretches joined
 
 
-def voiceprint(pieces: Iterable[np.ndarray]) -> np.ndarray:
-    """The voiceprint of one voice from stretches of 16 kHz audio of it (joined with short pauses,
-    so that stretches shorter than a window count too); TooLittleSpeech when they hold less than
-    MIN_SPEECH_S of speech."""
-    audio, starts = speech_windows(pieces)
-    return embedded(audio, starts)
-
-
 def enrolment(pieces: Iterable[np.ndarray]) -> Enrolment:
-    """The voiceprints an enrolment keeps of one voice (as `voiceprint`, TooLittleSpeech): each of
-    the same windows of its speech, found in the audio as given."""
+    """The voiceprints an enrolment keeps of one voice from stretches of 16 kHz audio of it
+    (`speech_windows`, TooLittleSpeech): each of the same windows of its speech, found in the
+    audio as given; the noise is the same in the wideband and the telephone-band ones."""
     audio, starts = speech_windows(pieces)
     rng = np.random.default_rng(0)  # the same audio always gives the same voiceprints
-    return Enrolment(np.stack([embedded(audio, starts), embedded(noisy(audio, rng), starts),
+    heard_in_noise = noisy(audio, rng)
+    return Enrolment(np.stack([embedded(audio, starts), embedded(heard_in_noise, starts),
                                embedded(reverberant(audio, rng), starts)]),
                      np.stack([embedded(band_limited(audio), starts),
-                               embedded(band_limited(noisy(audio, rng)), starts)]))
+                               embedded(band_limited(heard_in_noise), starts)]))
 
 
 def speech_windows(pieces: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """The stretches joined, and the starts (s) of the embedding windows through their speech;
+    """Stretches of 16 kHz audio of one voice joined with short pauses (so that stretches shorter
+    than a window count too), and the starts (s) of the embedding windows through their speech;
     TooLittleSpeech when they hold less than MIN_SPEECH_S of it."""
     audio = np.concatenate([part for piece in pieces for part in (piece, GAP)] or [GAP])
     duration = len(audio) / speakers.SAMPLE_RATE

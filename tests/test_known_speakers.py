@@ -90,7 +90,7 @@ async def stored_voiceprint(database_url: str, speaker_id: str) -> np.ndarray:
 
 
 def voiceprint_of(path: Path) -> np.ndarray:
-    return voiceprints.voiceprint([decode(str(path))])
+    return voiceprints.embedded(*voiceprints.speech_windows([decode(str(path))]))
 
 
 def stored_files(gw) -> list[Path]:

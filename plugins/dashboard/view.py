@@ -70,7 +70,8 @@ class Bar:
 
 
 def timeline(turns: Iterable[dict[str, Any]], colours: dict[str, int], duration: float | None) -> list[Bar]:
-    """The speaker turns as bars across the audio's `duration` (none without one)."""
+    """The speaker turns as bars across the audio: its `duration`, or the last turn's end when
+    that is later or the duration is unknown (no bars when both are 0)."""
     turns = list(turns)
     length = max([duration or 0.0, *(float(t["end_time"]) for t in turns)])
     if length <= 0:
