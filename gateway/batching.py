@@ -21,12 +21,17 @@ What it keeps of sequential decoding, and how:
   would have decoded the rest in its next window. Here the rest (`_tail`) joins the next batch
   (or a last small one), at most TAIL_ROUNDS times; segments are given in time order, each once
   everything before it is decoded.
-- Quality checks: words are always aligned. A window whose decoding fails them (`failed`: the
-  pipeline's figure, its window's as the sequential decoder's is, or its words' mean) is
-  decoded again on its own (below); and since a window of good speech can carry a segment of
-  guesses (German after English), a segment of MIN_JUDGED words or more takes its own words'
-  figure when lower (`judged`), so it is dropped as a failed window's segments are, not
-  decoded again: at temperature 0 the sequential decoder gives the same.
+- Quality checks: a window's words are aligned when the task or speaker labelling asks for
+  them, or when its decoding is `doubtful` (a low figure, few words for its time, a poor
+  recording's batch); aligning is a pass of the decoder, a tenth of the time. A window whose
+  decoding fails the checks (`failed`: the pipeline's figure, its window's as the sequential
+  decoder's is; the compression ratio of its whole text, as the sequential decoder's; its
+  words' mean) is decoded again on its own (below); a window that says one text again and
+  again is kept up to where it began (`unlooped`) and the rest decoded again; and since a
+  window of good speech can carry a segment of guesses (German after English), a segment of
+  MIN_JUDGED words or more takes its own words' figure when lower (`judged`), so it is
+  dropped as a failed window's segments are, not decoded again: at temperature 0 the
+  sequential decoder gives the same.
 - Segment timestamps: `without_timestamps=False` (the pipeline's default, True, gives one
   segment per window); word timestamps when asked.
 - Progress and stopping: the pipeline is called once per batch (batches of equal size, at most
@@ -45,6 +50,7 @@ What it keeps of sequential decoding, and how:
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 from dataclasses import dataclass, replace
 from functools import cached_property
@@ -64,6 +70,9 @@ MAX_PAUSE_S = 3.0           # a longer pause between two stretches starts a new 
 MIN_TAIL_S = 1.0            # a window's end left undecoded (_tail) this long or longer is decoded again
 TAIL_ROUNDS = 2             # times what is left of a window is decoded again
 MIN_JUDGED = 3              # words a segment needs for its own words to be checked (fewer say little)
+DOUBTFUL_LOGPROB = -0.38    # a window's pipeline figure below this: its words are aligned and checked
+MIN_TOKENS_PER_S = 1.5      # fewer text tokens per second of a window's audio: the same
+POOR_LOGPROB = -0.45        # a window of a batch whose lowest figure is below this: the same
 FALLBACK = (0.2, 0.4, 0.6, 0.8, 1.0)  # faster-whisper's fallback temperatures after 0, which the batch used
 Clip = tuple[float, float]  # start, end in seconds of the audio
 
@@ -202,10 +211,8 @@ def _decoded(model, audio: np.ndarray, windows: Sequence[Window], settings: dict
     """(window, its segments in the audio's times, what of it is left to decode or None) of each
     window, decoded together by the pipeline, and the language. A window whose decoding failed
     Whisper's quality checks, or that gave no segment at all the first time, is decoded `alone`."""
-    from faster_whisper import BatchedInferencePipeline
-
     # a pipeline per call: it is a thin wrapper, and keeps a run's state (last_speech_timestamp)
-    segments, info = BatchedInferencePipeline(model).transcribe(
+    segments, info = _pipeline(model, windows, bool(settings.get("word_timestamps"))).transcribe(
         padded(audio, windows), clip_timestamps=[{"start": i * CLIP_S, "end": (i + 1) * CLIP_S}
                                                  for i in range(len(windows))],
         batch_size=len(windows), without_timestamps=False, **{**settings, "word_timestamps": True})
@@ -216,7 +223,7 @@ def _decoded(model, audio: np.ndarray, windows: Sequence[Window], settings: dict
     out = []
     for i, window in enumerate(windows):
         got = [inside(shifted(s, -i * CLIP_S), window) for s in by_seek.get(_seek(model, i * CLIP_S), [])]
-        got = [s for s in got if s.start < window.length]
+        got = unlooped([s for s in got if s.start < window.length])
         if (not got and window not in round_of) or (fallback and failed(got)):
             again = {**settings, "language": info.language, "temperature": FALLBACK}
             out.append((window, alone(model, audio, window, again), None))
@@ -226,14 +233,104 @@ def _decoded(model, audio: np.ndarray, windows: Sequence[Window], settings: dict
     return out, info.language
 
 
+def doubtful(figure: float, text_tokens: int, length: float, lowest: float) -> bool:
+    """True when a window's decoding may be one its words fail (`failed`, `judged`), so they are
+    worth aligning when no one asked for them (docs/ARCHITECTURE.md, "Quality checks by the words
+    too"): its pipeline figure is low, or it gave few text tokens for its `length` seconds of
+    audio (21 s of German heard as "I'm feeling like" twice, at -0.16), or the lowest figure of
+    its batch, `lowest`, says the recording is poor (a telephone line, noise, a codec: there,
+    windows at -0.25 carried segments of guesses). Measured on the engine bench's accuracy set
+    and conversations, bench/realistic.py's conditions and English followed by four other
+    languages: every window whose words changed what was kept is doubtful; 7 in 73 of clean
+    speech are."""
+    return figure < DOUBTFUL_LOGPROB or text_tokens < MIN_TOKENS_PER_S * length or lowest < POOR_LOGPROB
+
+
+@functools.cache
+def _pipeline_class(base: type) -> type:
+    class Pipeline(base):
+        """faster-whisper's pipeline aligning the words of a batch's windows only where they are
+        wanted or the window is `doubtful` (aligning is a pass of the decoder over a window: a
+        tenth of its time); the other windows' segments have no words."""
+
+        def __init__(self, model, windows: Sequence[Window], words: bool) -> None:
+            super().__init__(model)
+            self.windows, self.words = list(windows), words
+
+        def generate_segment_batched(self, features, tokenizer, options):
+            self.encoded, outputs = super().generate_segment_batched(features, tokenizer, options)
+            return self.encoded, outputs
+
+        def forward(self, features, tokenizer, chunks_metadata, options):
+            out = super().forward(features, tokenizer, chunks_metadata, replace(options, word_timestamps=False))
+            windows, self.windows = self.windows[:len(out)], self.windows[len(out):]
+            figures = [got[0]["avg_logprob"] if got else 0.0 for got in out]
+            aligned = [i for i, (got, window) in enumerate(zip(out, windows)) if self.words or (got and doubtful(
+                figures[i], sum(t < tokenizer.eot for s in got for t in s["tokens"]), window.length, min(figures)))]
+            for s in (s for got in out for s in got):
+                s["words"] = []
+            if aligned and self.encoded.device != "cpu":  # its rows are copied on a CPU only
+                aligned = list(range(len(out)))
+            if aligned:
+                sizes = [int(math.ceil(m["duration"]) * self.model.frames_per_second) for m in chunks_metadata]
+                self.last_speech_timestamp = self.model.add_word_timestamps(
+                    [out[i] for i in aligned], tokenizer, encoder_rows(self.encoded, aligned),
+                    [sizes[i] for i in aligned], options.prepend_punctuations, options.append_punctuations,
+                    self.last_speech_timestamp)
+            return out
+
+    return Pipeline
+
+
+def encoder_rows(encoded, kept: Sequence[int]):
+    """The encoder's output (a CTranslate2 StorageView on a CPU, a window a row) of the windows `kept`."""
+    if len(kept) == encoded.shape[0]:
+        return encoded
+    import ctranslate2
+
+    return ctranslate2.StorageView.from_array(np.ascontiguousarray(np.asarray(encoded)[list(kept)]))
+
+
+def _pipeline(model, windows: Sequence[Window], words: bool):
+    """A batched pipeline for `windows`, aligning words always when `words`, else as `doubtful` says."""
+    import faster_whisper
+
+    return _pipeline_class(faster_whisper.BatchedInferencePipeline)(model, windows, words)
+
+
+def unlooped(segments: Sequence) -> Sequence:
+    """A window's `segments` up to where Whisper began saying one of them again and again (the
+    first of the repeated text), when their whole text fails the compression check: the rest
+    of the window is then decoded again (`_tail`), as the sequential decoder's next window would
+    begin there. tiny.en heard German after English as "Good morning to you." 16 times, segment
+    after segment, each passing the checks."""
+    if not segments or not untranscribed.failed(0.0, _compression("".join(s.text for s in segments))):
+        return segments
+    texts = [s.text.strip().lower() for s in segments]
+    again = next((j for j, t in enumerate(texts) if t in texts[:j]), None)
+    return segments if again is None else segments[:texts.index(texts[again])]
+
+
+def _compression(text: str) -> float:
+    from faster_whisper.transcribe import get_compression_ratio
+
+    return get_compression_ratio(text)
+
+
 def failed(segments: Sequence) -> bool:
     """True when a window's `segments` fail Whisper's quality checks: the pipeline's figure (the
-    window's log-probability, each segment's compression ratio), or the mean log-probability of
-    all their words. The pipeline's figure counts the timestamp tokens, and a window can pass on
-    them: tiny.en heard 21 s of German as nothing, then "I'm feeling like" twice, at -0.16, with
-    words at -1.7 on average (tests/test_language.py); sequential decoding's checks fail it."""
+    window's log-probability, each segment's compression ratio), the compression ratio of the
+    window's whole text (the sequential decoder's: the pipeline's is each segment's, and a window
+    heard as "Good morning to you." 16 times passed segment by segment), or the mean
+    log-probability of all their words when aligned. The pipeline's figure counts the timestamp
+    tokens, and a window can pass on them: tiny.en heard 21 s of German as nothing, then "I'm
+    feeling like" twice, at -0.16, with words at -1.7 on average (tests/test_language.py);
+    sequential decoding's checks fail it."""
+    if not segments:
+        return False
     heard = mean_logprob([w for s in segments for w in s.words or ()])
-    return any(untranscribed.failed(min(s.avg_logprob, heard), s.compression_ratio) for s in segments)
+    whole = _compression("".join(s.text for s in segments))
+    return any(untranscribed.failed(min(s.avg_logprob, heard), max(s.compression_ratio, whole)) for s in segments)
 
 
 def judged(segment):

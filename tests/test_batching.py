@@ -5,6 +5,7 @@ real engine on a short conversation: timestamps, words, progress per batch, stop
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 
 import faster_whisper
@@ -17,6 +18,7 @@ from gateway.config import EngineConfig
 from gateway.engine import EngineStopped, LocalEngine, TranscribeRequest
 from gateway.options import TaskOptions
 
+from conftest import LONG_SPEECH
 from test_speakers import LINES, MORE_LINES, VOICE_A, VOICE_B, conversation
 
 
@@ -260,7 +262,7 @@ def test_a_segment_of_guesses_in_a_window_that_passes_is_given_its_own_figure_no
     drops a failed window's; decoding the window again at temperature 0 would give the same.
     Fewer than MIN_JUDGED words say too little to judge ("Sure." on a telephone line)."""
     windows = [W((0.0, 20.0)), W((30.0, 50.0))]
-    fine = " ".join(["fine"] * 9)  # enough of the window's words are sure: the window passes
+    fine = "one two three four five six seven eight nine"  # enough sure words: the window passes
     guessed = Script({windows[0]: [(0.0, 9.0, fine, -0.2), (9.0, 19.0, "guess guess guess", -0.2)],
                       windows[1]: [(30.0, 39.0, "fine fine fine", -0.2), (39.0, 40.0, "guess", -0.2)]},
                      alone=[(0.5, 9.0, "clear")])
@@ -269,6 +271,37 @@ def test_a_segment_of_guesses_in_a_window_that_passes_is_given_its_own_figure_no
     assert figures == [(fine, -0.2), ("guess guess guess", round(float(np.log(0.1)), 2)),
                        ("fine fine fine", -0.2), ("guess", -0.2)]
     assert not guessed.alone_calls and untranscribed.failed(segments[1].avg_logprob, 1.0)
+
+
+def test_a_window_heard_as_one_text_again_and_again_is_kept_up_to_the_loop_and_the_rest_decoded_again(monkeypatch):
+    """The pipeline's compression ratio is each segment's: tiny.en heard German after English as
+    "Good morning to you." 16 times, segment after segment, each passing. The window's whole text
+    fails the check (as the sequential decoder's does); what came before the loop is kept, and the
+    rest of the window is decoded again, as the sequential decoder's next window would begin there."""
+    window = W((0.0, 28.0))
+    loop = [(5.0 + i, 6.0 + i, "Good morning to you.", -0.2) for i in range(16)]
+    script = Script({window: [(0.0, 5.0, "fine words said here", -0.2)] + loop,
+                     window.after(5.0): [(6.0, 8.0, "clear words", -0.2)]})
+    got, _ = decode(monkeypatch, script, [window])
+    assert got == [(0.0, 5.0, "fine words said here"), (6.0, 8.0, "clear words")]
+    assert script.calls[1] == [window.after(5.0)] and not script.alone_calls
+
+
+def test_a_window_whose_whole_text_loops_without_repeating_a_segment_fails_the_checks():
+    varied = [segment(i, i + 1.0, "la " * (3 + i), 0) for i in range(12)]  # fine one by one
+    assert not any(untranscribed.failed(s.avg_logprob, s.compression_ratio) for s in varied)
+    assert batching.unlooped(varied) == varied and batching.failed(varied)
+    assert not batching.failed([segment(0.0, 1.0, "Yes.", 0), segment(1.0, 2.0, "Yes.", 0)])
+
+
+def test_words_are_aligned_when_asked_or_when_a_window_is_doubtful():
+    """Aligning a batch's words is a pass of the decoder over every window; words are wanted by
+    the checks only where the pipeline's figure is low or the text is thin for the time
+    (docs/ARCHITECTURE.md, "Quality checks by the words too")."""
+    assert not batching.doubtful(-0.25, 90, 27.0, -0.36)  # clean speech: about 3 tokens a second
+    assert batching.doubtful(-0.5, 90, 27.0, -0.5)  # a telephone line, noise: the words may fail
+    assert batching.doubtful(-0.25, 90, 27.0, -0.5)  # a window of a poor recording's batch
+    assert batching.doubtful(-0.16, 8, 21.0, -0.16)  # 21 s of German heard as "I'm feeling like" twice
 
 
 def test_a_short_segment_sampled_at_a_fallback_temperature_is_judged_by_its_words():
@@ -347,3 +380,21 @@ async def test_a_closing_engine_stops_batched_decoding_at_the_next_batch(talk):
     finally:
         engine.close()
     assert 0 < max(seen) < 0.9, seen
+
+
+async def test_clean_speech_is_decoded_without_aligning_words_no_one_asked_for(long_speech_wav, monkeypatch):
+    """Aligning words costs a tenth of the time; clean speech passes the window's checks, so its
+    words are aligned only when a task or speaker labelling asks (the test above)."""
+    aligned = []
+    real = faster_whisper.WhisperModel.add_word_timestamps
+    monkeypatch.setattr(faster_whisper.WhisperModel, "add_word_timestamps",
+                        lambda self, segments, *rest: aligned.append(len(segments)) or real(self, segments, *rest))
+    engine = LocalEngine(EngineConfig(batch_size=8))
+    try:
+        outcome = await engine.transcribe(TranscribeRequest(path=str(long_speech_wav)), lambda fraction: None)
+    finally:
+        engine.close()
+    text = " ".join(s.text for s in outcome.segments)
+    said, heard = (set(re.findall(r"[a-z']+", t.lower())) for t in (LONG_SPEECH, text))
+    assert len(said & heard) > 0.9 * len(said)  # nothing dropped: bench/results/engine.md measures 7 % WER
+    assert not aligned and not any(s.words for s in outcome.segments)
