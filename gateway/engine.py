@@ -148,33 +148,51 @@ class LocalEngine:
         encoder = self._speaker_encoder(report) if req.speaker else None
         timed, parts, languages, speech, duration = [], [], [], [], 0.0
         narrow_blocks = []  # whether each block is narrowband, when known voices are to be named
-        for block in audio.blocks(req.path, self.cfg.block_s):  # memory holds one block, whatever the file's length
-            def within(f: float, block=block) -> None:  # a fraction of this block -> of the file
-                report(min(1.0, (block.offset + f * block.duration) / measured))
+        done = threading.Event()  # the job is over (finished or failed): an embedding beside it stops
+        try:
+            for block in audio.blocks(req.path, self.cfg.block_s):  # memory holds one block, whatever the file's length
+                def within(f: float, block=block) -> None:  # a fraction of this block -> of the file
+                    report(min(1.0, (block.offset + f * block.duration) / measured))
 
-            duration = block.offset + block.duration
-            # the speech regions (for the note, the speakers' windows and batched decoding's windows):
-            # found first when batching needs them, else meanwhile, on what CPU the sequential
-            # decoder leaves idle: it rarely keeps every core busy (bench/e2e.py)
-            finding = None if self.batching else self._vad.submit(speakers.speech_regions, block.samples)
-            regions = speakers.speech_regions(block.samples) if finding is None else None
-            found, language = self.timed_segments(
-                model, block.samples, req, lambda f: within(share * f),
-                lambda a, b, text, at=block.offset: partial(a + at, b + at, text), regions)
-            timed += speakers.shifted(found, block.offset)
-            regions = regions if finding is None else finding.result()
-            speech += [(a + block.offset, b + block.offset) for a, b in regions]
-            languages.append(language)
-            if encoder is not None:
-                # known voices are matched with a narrowband block's telephone band, as their
-                # telephone-band voiceprints were made (the clusters are made as ever)
-                narrow = bool(req.options.known_speakers) and voiceprints.narrowband(
-                    *voiceprints.band_energies(block.samples))
-                narrow_blocks.append(narrow)
-                parts.append(speakers.embed_block(encoder, block.samples, block.offset, regions,
-                                                  self.cfg.speaker_step_s,
-                                                  lambda f: within(share + (1 - share) * speakers.EMBEDDING * f),
-                                                  voiceprints.band_limited(block.samples) if narrow else None))
+                duration = block.offset + block.duration
+                # the speech regions (for the note, the speakers' windows and batched decoding's windows):
+                # found first when batching needs them, else meanwhile, on what CPU the sequential
+                # decoder leaves idle: it rarely keeps every core busy (bench/e2e.py)
+                finding = None if self.batching else self._vad.submit(speakers.speech_regions, block.samples)
+                regions = speakers.speech_regions(block.samples) if finding is None else None
+                embedding, decoded = None, threading.Event()
+
+                def embedded(f: float, within=within, decoded=decoded) -> None:
+                    """The embedding's progress, the job's once the block is decoded (before, the decoder's is)."""
+                    if done.is_set():
+                        raise EngineStopped("the job is over")
+                    if decoded.is_set():
+                        within(share + (1 - share) * speakers.EMBEDDING * f)
+                    elif self._stopping.is_set():
+                        raise EngineStopped("the engine is shutting down")
+
+                if encoder is not None:
+                    # known voices are matched with a narrowband block's telephone band, as their
+                    # telephone-band voiceprints were made (the clusters are made as ever)
+                    narrow = bool(req.options.known_speakers) and voiceprints.narrowband(
+                        *voiceprints.band_energies(block.samples))
+                    narrow_blocks.append(narrow)
+                    if regions is not None:  # known before decoding: the voices are embedded beside it,
+                        # on what CPU the batched decoder leaves idle (docs/ARCHITECTURE.md, "Speaker labelling")
+                        embedding = self._vad.submit(self._embedded, encoder, block, regions, narrow, embedded)
+                found, language = self.timed_segments(
+                    model, block.samples, req, lambda f: within(share * f),
+                    lambda a, b, text, at=block.offset: partial(a + at, b + at, text), regions)
+                decoded.set()
+                timed += speakers.shifted(found, block.offset)
+                regions = regions if finding is None else finding.result()
+                speech += [(a + block.offset, b + block.offset) for a, b in regions]
+                languages.append(language)
+                if encoder is not None:
+                    parts.append(self._embedded(encoder, block, regions, narrow, embedded) if embedding is None
+                                 else embedding.result())
+        finally:
+            done.set()
         note = self.untranscribed_note(speech, timed, multilingual=model.model.is_multilingual)
         if req.speaker:
             labelled = speakers.label_speakers(timed, parts, duration, threshold=self.cfg.speaker_threshold,
@@ -187,6 +205,12 @@ class LocalEngine:
                  **({"decoding": decoding} if (decoding := req.decoding()) else {}))
         return Outcome(success=True, segments=labelled.segments, duration=duration, speaker_note=labelled.note,
                        note=note, turns=labelled.turns, language=languages[0] if languages else None)
+
+    def _embedded(self, encoder, block, regions, narrow: bool, report: Callable[[float], None]):
+        """The speaker windows of `block` embedded (speakers.embed_block), with its telephone band
+        too when `narrow` (known voices are matched with it)."""
+        return speakers.embed_block(encoder, block.samples, block.offset, regions, self.cfg.speaker_step_s, report,
+                                    voiceprints.band_limited(block.samples) if narrow else None)
 
     def namer(self, req: TranscribeRequest, narrow: bool) -> speakers.Namer | None:
         """What names the task's clusters that are known speakers' voices (None: it names none);

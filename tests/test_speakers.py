@@ -3,7 +3,9 @@ pipeline on generated espeak-ng conversations through the local engine (no datab
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
+import time
 import wave
 from pathlib import Path
 
@@ -419,12 +421,12 @@ async def test_one_voice_in_five_seconds_is_one_speaker(engine, tmp_path):
 
 
 async def test_labelling_reports_progress_per_batch_and_stops_there_when_the_engine_closes(tmp_path):
-    """Embedding the windows is most of labelling's time: progress moves after each batch, and a
-    closing engine (SIGTERM) stops the job at the next batch instead of finishing it."""
+    """Embedding the windows after sequential decoding (batch_size 0): progress moves after each
+    batch, and a closing engine (SIGTERM) stops the job at the next batch instead of finishing it."""
     from gateway.engine import TRANSCRIBED, EngineStopped
 
     wav, _ = conversation(tmp_path, "monologue", [(VOICE_A, " ".join(LINES + MORE_LINES))], gaps=[])
-    stopping = LocalEngine(EngineConfig(speaker_step_s=0.1))  # 35 s of speech: 3 batches of windows
+    stopping = LocalEngine(EngineConfig(speaker_step_s=0.1, batch_size=0))  # 35 s of speech: 3 batches of windows
     seen: list[float] = []
 
     def on_progress(fraction: float) -> None:
@@ -439,6 +441,33 @@ async def test_labelling_reports_progress_per_batch_and_stops_there_when_the_eng
         stopping.close()
     labelling = [f for f in seen if f > TRANSCRIBED]
     assert seen == sorted(seen) and labelling and max(labelling) < 0.95, seen  # stopped about a tenth in
+
+
+async def test_labelling_beside_batched_decoding_stops_with_it_when_the_engine_closes(tmp_path):
+    """With batched decoding the windows are embedded on a thread beside the decoder: a closing
+    engine stops the job at the decoder's next batch, and the embedding beside it at its next."""
+    from gateway.engine import TRANSCRIBED, EngineStopped
+
+    wav, _ = conversation(tmp_path, "monologue", [(VOICE_A, " ".join(LINES + MORE_LINES))], gaps=[])
+    stopping = LocalEngine(EngineConfig(speaker_step_s=0.1, batch_size=1))  # windows of 35 s: batches of one
+    seen: list[float] = []
+
+    def on_progress(fraction: float) -> None:
+        seen.append(fraction)
+        if fraction > 0:  # the first window is decoded
+            stopping.close()
+
+    try:
+        with pytest.raises(EngineStopped):
+            await stopping.transcribe(TranscribeRequest(path=str(wav), speaker=True), on_progress)
+    finally:
+        stopping.close()
+    assert seen == sorted(seen) and 0 < max(seen) < TRANSCRIBED, seen
+    beside = stopping._vad._threads  # the engine's pool the embedding ran on
+    deadline = time.monotonic() + 10  # the embedding stops at its next batch of windows
+    while any(t.is_alive() for t in beside) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert beside and not any(t.is_alive() for t in beside)
 
 
 async def test_audio_shorter_than_the_embedding_window_is_one_speaker_with_a_note(engine, tmp_path):
