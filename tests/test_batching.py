@@ -15,11 +15,11 @@ from faster_whisper.transcribe import Segment, Word
 
 from gateway import batching, untranscribed
 from gateway.config import EngineConfig
-from gateway.engine import EngineStopped, LocalEngine, TranscribeRequest
+from gateway.engine import LocalEngine, TranscribeRequest
 from gateway.options import TaskOptions
 
 from conftest import LONG_SPEECH
-from test_speakers import LINES, MORE_LINES, VOICE_A, VOICE_B, conversation
+from test_speakers import LINES, MORE_LINES, VOICE_A, VOICE_B, conversation, stopped
 
 
 def W(*pieces: tuple[float, float]) -> batching.Window:
@@ -366,19 +366,8 @@ async def test_batched_decoding_keeps_timestamps_words_and_progress_per_batch(ta
 
 
 async def test_a_closing_engine_stops_batched_decoding_at_the_next_batch(talk):
-    engine = LocalEngine(EngineConfig(batch_size=1))
-    seen: list[float] = []
-
-    def on_progress(fraction: float) -> None:
-        seen.append(fraction)
-        if fraction > 0:  # the first window is decoded
-            engine.close()
-
-    try:
-        with pytest.raises(EngineStopped):
-            await engine.transcribe(TranscribeRequest(path=str(talk)), on_progress)
-    finally:
-        engine.close()
+    seen = await stopped(LocalEngine(EngineConfig(batch_size=1)), TranscribeRequest(path=str(talk)),
+                         lambda fraction: fraction > 0)  # the first window is decoded
     assert 0 < max(seen) < 0.9, seen
 
 

@@ -420,25 +420,35 @@ async def test_one_voice_in_five_seconds_is_one_speaker(engine, tmp_path):
     assert outcome.segments and {s.speaker for s in outcome.segments} == {"SPEAKER_00"}
 
 
-async def test_labelling_reports_progress_per_batch_and_stops_there_when_the_engine_closes(tmp_path):
-    """Embedding the windows after sequential decoding (batch_size 0): progress moves after each
-    batch, and a closing engine (SIGTERM) stops the job at the next batch instead of finishing it."""
-    from gateway.engine import TRANSCRIBED, EngineStopped
+async def stopped(engine: LocalEngine, req: TranscribeRequest, when) -> list[float]:
+    """The progress `engine` reported for `req`, closed (as on SIGTERM) at the first fraction
+    `when` holds true of; the job must stop with EngineStopped."""
+    from gateway.engine import EngineStopped
 
-    wav, _ = conversation(tmp_path, "monologue", [(VOICE_A, " ".join(LINES + MORE_LINES))], gaps=[])
-    stopping = LocalEngine(EngineConfig(speaker_step_s=0.1, batch_size=0))  # 35 s of speech: 3 batches of windows
     seen: list[float] = []
 
     def on_progress(fraction: float) -> None:
         seen.append(fraction)
-        if fraction > TRANSCRIBED:  # the first batch of windows is embedded
-            stopping.close()
+        if when(fraction):
+            engine.close()
 
     try:
         with pytest.raises(EngineStopped):
-            await stopping.transcribe(TranscribeRequest(path=str(wav), speaker=True), on_progress)
+            await engine.transcribe(req, on_progress)
     finally:
-        stopping.close()
+        engine.close()
+    return seen
+
+
+async def test_labelling_reports_progress_per_batch_and_stops_there_when_the_engine_closes(tmp_path):
+    """Embedding the windows after sequential decoding (batch_size 0): progress moves after each
+    batch, and a closing engine (SIGTERM) stops the job at the next batch instead of finishing it."""
+    from gateway.engine import TRANSCRIBED
+
+    wav, _ = conversation(tmp_path, "monologue", [(VOICE_A, " ".join(LINES + MORE_LINES))], gaps=[])
+    engine = LocalEngine(EngineConfig(speaker_step_s=0.1, batch_size=0))  # 35 s of speech: 3 batches of windows
+    seen = await stopped(engine, TranscribeRequest(path=str(wav), speaker=True),
+                         lambda fraction: fraction > TRANSCRIBED)  # the first batch of windows is embedded
     labelling = [f for f in seen if f > TRANSCRIBED]
     assert seen == sorted(seen) and labelling and max(labelling) < 0.95, seen  # stopped about a tenth in
 
@@ -446,24 +456,14 @@ async def test_labelling_reports_progress_per_batch_and_stops_there_when_the_eng
 async def test_labelling_beside_batched_decoding_stops_with_it_when_the_engine_closes(tmp_path):
     """With batched decoding the windows are embedded on a thread beside the decoder: a closing
     engine stops the job at the decoder's next batch, and the embedding beside it at its next."""
-    from gateway.engine import TRANSCRIBED, EngineStopped
+    from gateway.engine import TRANSCRIBED
 
     wav, _ = conversation(tmp_path, "monologue", [(VOICE_A, " ".join(LINES + MORE_LINES))], gaps=[])
-    stopping = LocalEngine(EngineConfig(speaker_step_s=0.1, batch_size=1))  # windows of 35 s: batches of one
-    seen: list[float] = []
-
-    def on_progress(fraction: float) -> None:
-        seen.append(fraction)
-        if fraction > 0:  # the first window is decoded
-            stopping.close()
-
-    try:
-        with pytest.raises(EngineStopped):
-            await stopping.transcribe(TranscribeRequest(path=str(wav), speaker=True), on_progress)
-    finally:
-        stopping.close()
+    engine = LocalEngine(EngineConfig(speaker_step_s=0.1, batch_size=1))  # windows of 35 s: batches of one
+    seen = await stopped(engine, TranscribeRequest(path=str(wav), speaker=True),
+                         lambda fraction: fraction > 0)  # the first window is decoded
     assert seen == sorted(seen) and 0 < max(seen) < TRANSCRIBED, seen
-    beside = stopping._vad._threads  # the engine's pool the embedding ran on
+    beside = engine._vad._threads  # the engine's pool the embedding ran on
     deadline = time.monotonic() + 10  # the embedding stops at its next batch of windows
     while any(t.is_alive() for t in beside) and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
